@@ -1,0 +1,1 @@
+//! The smtpd.conf language: lexer, PEG grammar, checks, and the compiled configuration.

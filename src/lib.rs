@@ -1,0 +1,11 @@
+//! smtpd: a mail transfer agent that speaks OpenSMTPD's smtpd.conf language.
+//!
+//! Mail flows one way through the crate: the configuration ([`config`]) is
+//! compiled once into an immutable rule graph; the SMTP side ([`smtp`]) asks
+//! that graph what to do at each phase; accepted messages are handed to the
+//! durable [`queue`], which owns every fsync; delivery reads from the queue.
+
+pub mod config;
+pub mod dns;
+pub mod queue;
+pub mod smtp;

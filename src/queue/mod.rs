@@ -1,0 +1,1 @@
+//! The durable queue: spool layout, envelopes, fsync before acceptance, recovery.

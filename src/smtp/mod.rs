@@ -1,0 +1,1 @@
+//! The SMTP wire side: command parser, DATA receiver, replies and the session state machine.
