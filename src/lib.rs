@@ -9,3 +9,4 @@ pub mod config;
 pub mod dns;
 pub mod queue;
 pub mod smtp;
+pub mod table;

@@ -1,1 +1,105 @@
-fn main() {}
+//! smtpd(8): argument parsing and wiring only.
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser};
+use smtpd::config::{self, parse::Options, system::RealSystem};
+
+const USAGE: &str = "usage: smtpd [-dFhnv] [-D macro=value] [-f file] [-P system] [-T trace] [--spool dir] [--resolv-conf file]";
+
+#[derive(Parser, Debug)]
+#[command(name = "smtpd", disable_help_flag = true, disable_version_flag = true, override_usage = USAGE)]
+struct Args {
+    /// Run in the foreground and log to stderr.
+    #[arg(short = 'd', action = ArgAction::SetTrue)]
+    debug: bool,
+    /// Run in the foreground, logging to syslog.
+    #[arg(short = 'F', action = ArgAction::SetTrue)]
+    foreground: bool,
+    /// Print the version and usage.
+    #[arg(short = 'h', action = ArgAction::SetTrue)]
+    help: bool,
+    /// Check the configuration and exit.
+    #[arg(short = 'n', action = ArgAction::SetTrue)]
+    check: bool,
+    /// More verbose logging; with -n, print the configuration back.
+    #[arg(short = 'v', action = ArgAction::Count)]
+    verbose: u8,
+    /// Define a macro, overriding the file's definition.
+    #[arg(short = 'D', value_name = "macro=value")]
+    defines: Vec<String>,
+    /// Configuration file.
+    #[arg(short = 'f', value_name = "file", default_value = "/etc/smtpd.conf")]
+    file: String,
+    /// Start with a subsystem paused (mda, mta, smtp).
+    #[arg(short = 'P', value_name = "system")]
+    paused: Vec<String>,
+    /// Enable a trace category.
+    #[arg(short = 'T', value_name = "trace")]
+    traces: Vec<String>,
+    /// Spool directory.
+    #[arg(long = "spool", value_name = "dir", default_value = "/var/spool/smtpd")]
+    spool: String,
+    /// resolv.conf-format file naming the DNS servers.
+    #[arg(
+        long = "resolv-conf",
+        value_name = "file",
+        default_value = "/etc/resolv.conf"
+    )]
+    resolv_conf: String,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if e.kind() == clap::error::ErrorKind::DisplayHelp {
+                eprintln!("version: smtpd {}", env!("CARGO_PKG_VERSION"));
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.help {
+        eprintln!("version: smtpd {}", env!("CARGO_PKG_VERSION"));
+        eprintln!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    for p in &args.paused {
+        if !matches!(p.as_str(), "mda" | "mta" | "smtp") {
+            eprintln!("smtpd: invalid system to pause: {p}");
+            return ExitCode::from(1);
+        }
+    }
+    let options = Options {
+        defines: args.defines.clone(),
+        hostname: None,
+    };
+    let checked = config::check(&args.file, &options, &RealSystem);
+    let hints = std::env::var_os("SMTPD_NO_HINTS").is_none();
+    let report = checked
+        .diagnostics
+        .render(hints, &|f| std::fs::read_to_string(f).ok());
+    eprint!("{report}");
+    let Some(cfg) = checked.config else {
+        return ExitCode::from(1);
+    };
+    if args.check {
+        if args.verbose > 0 {
+            print!("{}", config::print::print(&cfg));
+        }
+        eprintln!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    let _ = (
+        args.debug,
+        args.foreground,
+        &args.traces,
+        &args.spool,
+        &args.resolv_conf,
+    );
+    eprintln!(
+        "smtpd: the SMTP service is not available in this build; use -n to check a configuration"
+    );
+    ExitCode::from(1)
+}

@@ -1,1 +1,142 @@
-//! The smtpd.conf language: lexer, PEG grammar, checks, and the compiled configuration.
+//! The smtpd.conf language: lexer, PEG grammar, checks, and the checked configuration.
+//!
+//! `check` runs exactly the validation a start-up runs; `smtpd -n` is a thin wrapper around it.
+
+pub mod builtin;
+pub mod diag;
+pub mod hints;
+pub mod lexer;
+pub mod model;
+pub mod parse;
+pub mod print;
+pub mod system;
+
+use diag::Diagnostics;
+use model::Config;
+use system::System;
+
+/// Result of reading a configuration.
+pub struct Checked {
+    /// The configuration, when it has no errors.
+    pub config: Option<Config>,
+    pub diagnostics: Diagnostics,
+}
+
+/// Read, check and load everything `path` names (tables, certificates), as start-up does.
+pub fn check(path: &str, options: &parse::Options, system: &dyn System) -> Checked {
+    run(options, system, |p| p.parse_file(path))
+}
+
+/// The same check on text in memory.
+pub fn check_text(
+    name: &str,
+    text: &[u8],
+    options: &parse::Options,
+    system: &dyn System,
+) -> Checked {
+    run(options, system, |p| p.parse_text(name, text))
+}
+
+fn run(
+    options: &parse::Options,
+    system: &dyn System,
+    go: impl FnOnce(&mut parse::Parser) -> Result<(), diag::Fatal>,
+) -> Checked {
+    let hostname = options.hostname.clone().unwrap_or_else(system::server_name);
+    let mut p = parse::Parser::new(system, hostname);
+    p.define_macros(&options.defines);
+    if go(&mut p).is_err() {
+        let (_, diagnostics) = p.finish();
+        return Checked {
+            config: None,
+            diagnostics,
+        };
+    }
+    p.finish_checks();
+    let (config, mut diagnostics) = p.finish();
+    if config.rules.is_empty() {
+        diagnostics.plain("warn: no rules, nothing to do".into());
+        return Checked {
+            config: None,
+            diagnostics,
+        };
+    }
+    if diagnostics.has_errors() {
+        return Checked {
+            config: None,
+            diagnostics,
+        };
+    }
+    if let Err(msg) = load_pki(&config) {
+        diagnostics.plain(format!("smtpd: {msg}"));
+        return Checked {
+            config: None,
+            diagnostics,
+        };
+    }
+    if let Err(msg) = check_queue_key(&config) {
+        diagnostics.plain(format!("smtpd: {msg}"));
+        return Checked {
+            config: None,
+            diagnostics,
+        };
+    }
+    Checked {
+        config: Some(config),
+        diagnostics,
+    }
+}
+
+/// Certificates and keys are read at start-up, and by `-n` too.
+fn load_pki(config: &Config) -> Result<(), String> {
+    for pki in &config.pkis {
+        let Some(cert) = &pki.cert else {
+            return Err("load_pki_tree: missing certificate file".into());
+        };
+        let ok = std::fs::read(cert)
+            .map(|b| String::from_utf8_lossy(&b).contains("-----BEGIN CERTIFICATE-----"))
+            .unwrap_or(false);
+        if !ok {
+            return Err("load_pki_tree: failed to load certificate file".into());
+        }
+        let Some(key) = &pki.key else {
+            return Err("load_pki_tree: missing key file".into());
+        };
+        let ok = std::fs::read(key)
+            .map(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY-----"))
+            .unwrap_or(false);
+        if !ok {
+            return Err("load_pki_tree: failed to load key file".into());
+        }
+    }
+    for ca in &config.cas {
+        let ok = std::fs::read(&ca.cert)
+            .map(|b| String::from_utf8_lossy(&b).contains("-----BEGIN CERTIFICATE-----"))
+            .unwrap_or(false);
+        if !ok {
+            return Err("load_pki_tree: failed to load CA file".into());
+        }
+    }
+    Ok(())
+}
+
+/// `queue encryption KEY`: 32 bytes, or 64 hex digits.
+fn check_queue_key(config: &Config) -> Result<(), String> {
+    let Some(key) = &config.queue.encryption else {
+        return Ok(());
+    };
+    let key = match key.as_deref() {
+        Some("stdin") | Some("-") | None => {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+        Some(k) => k.to_string(),
+    };
+    let ok = key.len() == 32 || (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err("crypto_setup:invalid key for queue encryption".into())
+    }
+}
