@@ -73,12 +73,12 @@ impl Diagnostics {
                     if !hints {
                         continue;
                     }
-                    if let Some(src) = source(file) {
-                        if let Some(l) = src.lines().nth((*line as usize).saturating_sub(1)) {
-                            let l = l.trim_end();
-                            if !l.is_empty() {
-                                let _ = writeln!(out, "    {line} | {l}");
-                            }
+                    if let Some(src) = source(file)
+                        && let Some(l) = src.lines().nth((*line as usize).saturating_sub(1))
+                    {
+                        let l = l.trim_end();
+                        if !l.is_empty() {
+                            let _ = writeln!(out, "    {line} | {l}");
                         }
                     }
                     if let Some(h) = hint {

@@ -29,13 +29,13 @@ pub fn did_you_mean(word: &str) -> Option<&'static str> {
 /// A hint for a syntax error found at token `idx` of a statement.
 pub fn syntax_hint(toks: &[Token], idx: usize) -> Option<String> {
     let first = toks.first()?;
-    if let TokenKind::Str(w) = &first.kind {
-        if w == "accept" || (w == "deliver") {
-            return Some(
+    if let TokenKind::Str(w) = &first.kind
+        && (w == "accept" || (w == "deliver"))
+    {
+        return Some(
                 "`accept ... deliver to` is the pre-6.4 syntax: declare `action \"NAME\" <method>` and route with `match from ... for ... action \"NAME\"`"
                     .into(),
             );
-        }
     }
     if first.kind == TokenKind::Keyword("reject") {
         return Some(

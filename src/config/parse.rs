@@ -923,13 +923,13 @@ impl<'s> Parser<'s> {
                 None => (config.clone(), None),
             }
         };
-        if let Some(p) = &path {
-            if !p.starts_with('/') {
-                return Ok(self.fail_at(
-                    &body,
-                    format!("invalid backend parameter for table: {name}"),
-                )?);
-            }
+        if let Some(p) = &path
+            && !p.starts_with('/')
+        {
+            return Ok(self.fail_at(
+                &body,
+                format!("invalid backend parameter for table: {name}"),
+            )?);
         }
         let backend = if backend == "file" {
             "static".to_string()
@@ -1135,7 +1135,7 @@ impl<'s> Parser<'s> {
             let o = o.into_inner().next().expect("grammar: listen option");
             self.listen_option(&mut l, o)?;
         }
-        if l.auth.is_some() && !matches!(l.tls, Some(_)) {
+        if l.auth.is_some() && l.tls.is_none() {
             return self.fatal("invalid listen option: auth requires tls/smtps".into());
         }
         if l.pki.is_some() && l.tls.is_none() {
@@ -1145,19 +1145,19 @@ impl<'s> Parser<'s> {
             Some(addrs) => l.addresses = addrs,
             None => return self.fatal(format!("invalid virtual ip or interface: {iface}")),
         }
-        if let Some(pki) = &l.pki {
-            if !self.cfg.pkis.iter().any(|p| p.name == *pki) {
-                self.diags.plain(format!("pki name not found: {pki}"));
-                self.diags.plain("smtpd".into());
-                return Err(Stop::Fatal);
-            }
+        if let Some(pki) = &l.pki
+            && !self.cfg.pkis.iter().any(|p| p.name == *pki)
+        {
+            self.diags.plain(format!("pki name not found: {pki}"));
+            self.diags.plain("smtpd".into());
+            return Err(Stop::Fatal);
         }
-        if let Some(ca) = &l.ca {
-            if !self.cfg.cas.iter().any(|c| c.name == *ca) {
-                self.diags.plain(format!("ca name not found: {ca}"));
-                self.diags.plain("smtpd".into());
-                return Err(Stop::Fatal);
-            }
+        if let Some(ca) = &l.ca
+            && !self.cfg.cas.iter().any(|c| c.name == *ca)
+        {
+            self.diags.plain(format!("ca name not found: {ca}"));
+            self.diags.plain("smtpd".into());
+            return Err(Stop::Fatal);
         }
         self.cfg.listeners.push(l);
         self.cfg
@@ -1422,12 +1422,13 @@ impl<'s> Parser<'s> {
                 None => return Ok(self.fail_at(&t, format!("ttl delay \"{v}\" is invalid"))?),
             }
         }
-        if let ActionMethod::Relay(r) = &method {
-            if r.auth.is_some() && r.host.is_none() {
-                return Ok(
-                    self.fail_end("auth may not be specified without host on a dispatcher".into())?
-                );
-            }
+        if let ActionMethod::Relay(r) = &method
+            && r.auth.is_some()
+            && r.host.is_none()
+        {
+            return Ok(
+                self.fail_end("auth may not be specified without host on a dispatcher".into())?
+            );
         }
         let span = self.span();
         self.cfg.actions.push(Action {

@@ -128,12 +128,12 @@ impl System for RealSystem {
 
 /// The server name: the first line of `/etc/mailname`, else the host name.
 pub fn server_name() -> String {
-    if let Ok(s) = std::fs::read_to_string("/etc/mailname") {
-        if let Some(l) = s.lines().next() {
-            let l = l.trim();
-            if !l.is_empty() {
-                return l.to_string();
-            }
+    if let Ok(s) = std::fs::read_to_string("/etc/mailname")
+        && let Some(l) = s.lines().next()
+    {
+        let l = l.trim();
+        if !l.is_empty() {
+            return l.to_string();
         }
     }
     nix::unistd::gethostname()

@@ -54,11 +54,11 @@ pub fn parse(path: &str, text: &str) -> Result<Loaded, LoadError> {
         let mut rest = &line[sep + 1..];
         loop {
             let r = rest.trim_start_matches([' ', '\t']);
-            if let Some(after) = r.strip_prefix(':') {
-                if after.starts_with([' ', '\t']) {
-                    rest = after;
-                    continue;
-                }
+            if let Some(after) = r.strip_prefix(':')
+                && after.starts_with([' ', '\t'])
+            {
+                rest = after;
+                continue;
             }
             rest = r;
             break;
