@@ -8,5 +8,6 @@
 pub mod config;
 pub mod dns;
 pub mod queue;
+pub mod rules;
 pub mod smtp;
 pub mod table;

@@ -1,0 +1,129 @@
+//! The rule graph: a checked configuration compiled once into the immutable form the SMTP
+//! side evaluates at every phase. Shared between sessions with `Arc`; a reload builds a new
+//! one.
+//!
+//! Compilation indexes every table (networks by prefix length, exact domains in a hash set,
+//! regular expressions compiled once), flattens each listener's filter chain into per-phase
+//! lists, and keeps `match` rules in file order (first match wins).
+
+pub mod matching;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::model::*;
+use matching::CompiledTable;
+
+/// One step of a flattened filter chain at one phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainStep {
+    /// A builtin filter (index into [`Config::filters`]).
+    Builtin { filter: String, rule: BuiltinFilter },
+    /// An external filter process, asked at every phase it registers for.
+    Proc { filter: String, proc: String },
+}
+
+/// A filter chain flattened per phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PhaseChains {
+    pub phases: BTreeMap<Phase, Vec<ChainStep>>,
+    /// Processes the chain talks to, in chain order.
+    pub procs: Vec<String>,
+}
+
+/// The compiled configuration.
+#[derive(Debug)]
+pub struct RuleGraph {
+    pub config: Config,
+    pub tables: Vec<CompiledTable>,
+    /// Flattened chains, by filter name (listeners and relay actions refer to them by name).
+    pub chains: BTreeMap<String, PhaseChains>,
+}
+
+impl PartialEq for RuleGraph {
+    /// Two graphs are equal when they were compiled from equal configurations: everything else
+    /// is derived from the configuration deterministically.
+    fn eq(&self, other: &RuleGraph) -> bool {
+        self.config == other.config && self.chains == other.chains
+    }
+}
+
+impl RuleGraph {
+    /// Compile a checked configuration.
+    pub fn compile(config: Config) -> Arc<RuleGraph> {
+        let tables = config.tables.iter().map(CompiledTable::compile).collect();
+        let mut chains = BTreeMap::new();
+        for f in &config.filters {
+            chains.insert(f.name.clone(), flatten(&config, f));
+        }
+        Arc::new(RuleGraph {
+            config,
+            tables,
+            chains,
+        })
+    }
+
+    pub fn table(&self, id: TableId) -> &CompiledTable {
+        &self.tables[id.0]
+    }
+
+    /// The flattened chain a listener runs, if it is filtered.
+    pub fn listener_chain(&self, l: &Listener) -> Option<&PhaseChains> {
+        l.filter.as_ref().and_then(|f| self.chains.get(f))
+    }
+}
+
+fn flatten(config: &Config, f: &Filter) -> PhaseChains {
+    let members: Vec<&Filter> = match &f.kind {
+        FilterKind::Chain(names) => names
+            .iter()
+            .filter_map(|n| config.filter_named(n))
+            .collect(),
+        _ => vec![f],
+    };
+    let mut out = PhaseChains::default();
+    for m in members {
+        match &m.kind {
+            FilterKind::Builtin(b) => {
+                out.phases
+                    .entry(b.phase)
+                    .or_default()
+                    .push(ChainStep::Builtin {
+                        filter: m.name.clone(),
+                        rule: b.clone(),
+                    });
+            }
+            FilterKind::Proc(p) => {
+                out.procs.push(p.clone());
+                for phase in ALL_PHASES {
+                    out.phases.entry(phase).or_default().push(ChainStep::Proc {
+                        filter: m.name.clone(),
+                        proc: p.clone(),
+                    });
+                }
+            }
+            FilterKind::ProcExec { .. } => {
+                out.procs.push(m.name.clone());
+                for phase in ALL_PHASES {
+                    out.phases.entry(phase).or_default().push(ChainStep::Proc {
+                        filter: m.name.clone(),
+                        proc: m.name.clone(),
+                    });
+                }
+            }
+            FilterKind::Chain(_) => {}
+        }
+    }
+    out
+}
+
+const ALL_PHASES: [Phase; 8] = [
+    Phase::Connect,
+    Phase::Helo,
+    Phase::Ehlo,
+    Phase::Auth,
+    Phase::MailFrom,
+    Phase::RcptTo,
+    Phase::Data,
+    Phase::Commit,
+];
