@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
 use smtpd::config::{self, parse::Options, system::RealSystem};
+use smtpd::rules::RuleGraph;
 
 const USAGE: &str = "usage: smtpd [-dFhnv] [-D macro=value] [-f file] [-P system] [-T trace] [--spool dir] [--resolv-conf file]";
 
@@ -84,9 +85,11 @@ fn main() -> ExitCode {
     let Some(cfg) = checked.config else {
         return ExitCode::from(1);
     };
+    // Start-up compiles the rule graph; so does the check, so that both validate the same.
+    let graph = RuleGraph::compile(cfg);
     if args.check {
         if args.verbose > 0 {
-            print!("{}", config::print::print(&cfg));
+            print!("{}", config::print::print(&graph.config));
         }
         eprintln!("configuration OK");
         return ExitCode::SUCCESS;

@@ -113,7 +113,7 @@ pub fn hostname_match(subject: &str, pattern: &str) -> bool {
             }
             continue;
         }
-        if i >= s.len() || s[i].to_ascii_lowercase() != p[j].to_ascii_lowercase() {
+        if i >= s.len() || !s[i].eq_ignore_ascii_case(&p[j]) {
             return false;
         }
         i += 1;
