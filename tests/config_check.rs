@@ -436,6 +436,7 @@ fn hints_follow_the_opensmtpd_line() {
 #[test]
 fn usage_and_version() {
     let out = Command::new(smtpd()).arg("-h").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("version: smtpd "), "{err}");
     assert!(err.contains("usage: smtpd [-dFhnv]"));

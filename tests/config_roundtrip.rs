@@ -8,7 +8,10 @@ use smtpd::config::{self, parse::Options, print::print, system::RealSystem};
 use smtpd::rules::RuleGraph;
 
 fn options() -> Options {
-    Options { defines: Vec::new(), hostname: Some("mx.example.org".into()) }
+    Options {
+        defines: Vec::new(),
+        hostname: Some("mx.example.org".into()),
+    }
 }
 
 fn graph_of(name: &str, text: &str) -> Result<std::sync::Arc<RuleGraph>, String> {
@@ -26,11 +29,20 @@ fn corpus_configs_round_trip_to_equal_graphs() {
     let mut n = 0;
     for e in std::fs::read_dir(root.join("real")).unwrap() {
         let path = e.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap().replace("@STUBS@", stubs.to_str().unwrap());
-        let Ok(g1) = graph_of("a.conf", &text) else { continue };
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("@STUBS@", stubs.to_str().unwrap());
+        let Ok(g1) = graph_of("a.conf", &text) else {
+            continue;
+        };
         let printed = print(&g1.config);
-        let g2 = graph_of("b.conf", &printed).unwrap_or_else(|e| panic!("{}: {e}\n{printed}", path.display()));
-        assert!(g1 == g2, "{}: graphs differ after printing:\n{printed}", path.display());
+        let g2 = graph_of("b.conf", &printed)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{printed}", path.display()));
+        assert!(
+            g1 == g2,
+            "{}: graphs differ after printing:\n{printed}",
+            path.display()
+        );
         assert_eq!(print(&g2.config), printed);
         n += 1;
     }
@@ -45,21 +57,51 @@ fn name() -> impl Strategy<Value = String> {
 fn table_body() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::collection::vec(name(), 1..4).prop_map(|v| format!("{{ {} }}", v.join(", "))),
-        prop::collection::vec((name(), name()), 1..4)
-            .prop_map(|v| format!("{{ {} }}", v.iter().map(|(k, x)| format!("{k} = {x}")).collect::<Vec<_>>().join(", "))),
+        prop::collection::vec((name(), name()), 1..4).prop_map(|v| format!(
+            "{{ {} }}",
+            v.iter()
+                .map(|(k, x)| format!("{k} = {x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     ]
 }
 
 fn statement() -> impl Strategy<Value = String> {
     prop_oneof![
         (name(), table_body()).prop_map(|(n, b)| format!("table t{n} {b}")),
-        (1u16..65535, any::<bool>(), name()).prop_map(|(p, m, t)| format!("listen on 127.0.0.1 port {p}{} tag {t}", if m { " mask-src" } else { "" })),
-        (name(), prop_oneof![Just("mbox".to_string()), Just("maildir".to_string()), name().prop_map(|p| format!("maildir \"/var/{p}\" junk")), name().prop_map(|c| format!("mda \"/bin/{c}\""))])
+        (1u16..65535, any::<bool>(), name()).prop_map(|(p, m, t)| format!(
+            "listen on 127.0.0.1 port {p}{} tag {t}",
+            if m { " mask-src" } else { "" }
+        )),
+        (
+            name(),
+            prop_oneof![
+                Just("mbox".to_string()),
+                Just("maildir".to_string()),
+                name().prop_map(|p| format!("maildir \"/var/{p}\" junk")),
+                name().prop_map(|c| format!("mda \"/bin/{c}\""))
+            ]
+        )
             .prop_map(|(n, m)| format!("action \"a{n}\" {m}")),
         (name(), name()).prop_map(|(n, h)| format!("action \"r{n}\" relay helo {h} tls")),
-        (name(), prop_oneof![Just("rdns"), Just("fcrdns"), Just("!rdns")], prop_oneof![Just("junk".to_string()), Just("bypass".to_string()), name().prop_map(|m| format!("reject \"550 {m}\""))])
+        (
+            name(),
+            prop_oneof![Just("rdns"), Just("fcrdns"), Just("!rdns")],
+            prop_oneof![
+                Just("junk".to_string()),
+                Just("bypass".to_string()),
+                name().prop_map(|m| format!("reject \"550 {m}\""))
+            ]
+        )
             .prop_map(|(n, c, d)| format!("filter f{n} phase connect match {c} {d}")),
-        (prop_oneof![Just("smtp max-message-size 10M"), Just("queue ttl 2d"), Just("smtp limit max-rcpt 10"), Just("bounce warn-interval 1h, 2h")]).prop_map(String::from),
+        (prop_oneof![
+            Just("smtp max-message-size 10M"),
+            Just("queue ttl 2d"),
+            Just("smtp limit max-rcpt 10"),
+            Just("bounce warn-interval 1h, 2h")
+        ])
+        .prop_map(String::from),
     ]
 }
 

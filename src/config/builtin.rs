@@ -16,7 +16,7 @@ fn builtin(name: &str, kind: TableKind, keys: Vec<String>) -> Table {
         name: name.to_string(),
         backend: TableBackend::Builtin,
         kind,
-        entries,
+        entries: std::sync::Arc::new(entries),
         anonymous: false,
         span: Span::default(),
     }

@@ -580,7 +580,7 @@ mod tests {
                 (Number(25), 1),
                 (Newline, 1),
                 (Newline, 2),
-                (Eof, 2)
+                (Eof, 3)
             ]
         );
         assert_eq!(lex("10M")[0].0, s("10M"));
@@ -608,7 +608,8 @@ mod tests {
     #[test]
     fn comments() {
         let t = lex("# a comment \\\n still comment\nx");
-        assert_eq!(t[0], (TokenKind::Newline, 1));
+        // The newline that ends the comment is the one on line 2.
+        assert_eq!(t[0], (TokenKind::Newline, 2));
         assert_eq!(t[1], (s("x"), 3));
         assert_eq!(lex("a#b")[1].0, TokenKind::Newline);
         assert_eq!(lex("\"a#b\"")[0].0, s("a#b"));

@@ -55,7 +55,7 @@ pub struct Table {
     pub backend: TableBackend,
     pub kind: TableKind,
     /// Keys (lower-cased, as OpenSMTPD stores them) in byte order; lists have empty values.
-    pub entries: BTreeMap<String, String>,
+    pub entries: Arc<BTreeMap<String, String>>,
     /// Anonymous tables (`<dynamic:N>`) are printed back inline where they were used.
     pub anonymous: bool,
     pub span: Span,

@@ -903,6 +903,7 @@ impl<'s> Parser<'s> {
                 return self.fatal(format!("table_create: table \"{name}\" already defined"));
             }
             let (kind, entries) = inline_entries(body);
+            let entries = Arc::new(entries);
             let id = self.add_table(Table {
                 name,
                 backend: TableBackend::Inline,
@@ -991,7 +992,7 @@ impl<'s> Parser<'s> {
                 if backend == "static" {
                     t.kind = l.kind;
                 }
-                t.entries = l.entries;
+                t.entries = Arc::new(l.entries);
             }
             Some(Err(e)) => {
                 match e {
@@ -1054,7 +1055,7 @@ impl<'s> Parser<'s> {
             name,
             backend: TableBackend::Inline,
             kind,
-            entries,
+            entries: Arc::new(entries),
             anonymous: true,
             span,
         })
@@ -2009,7 +2010,7 @@ type Rule_ = super::model::Rule;
 
 /// Entries of an inline `{ ... }` table; the first element decides list or mapping.
 fn inline_entries(values: P) -> (TableKind, std::collections::BTreeMap<String, String>) {
-    let mut entries = std::collections::BTreeMap::new();
+    let mut entries: Vec<(String, String)> = Vec::new();
     let inner = values.into_inner().next().expect("grammar: table values");
     let kind = if inner.as_rule() == Rule::keyval_list {
         TableKind::Mapping
@@ -2022,15 +2023,15 @@ fn inline_entries(values: P) -> (TableKind, std::collections::BTreeMap<String, S
                 let mut kv = e.into_inner();
                 let k = s(&kv.next().expect("grammar: key"));
                 let v = s(&kv.next().expect("grammar: value"));
-                entries.insert(k.to_ascii_lowercase(), v);
+                entries.push((k.to_ascii_lowercase(), v));
             }
             Rule::STR => {
-                entries.insert(s(&e).to_ascii_lowercase(), String::new());
+                entries.push((s(&e).to_ascii_lowercase(), String::new()));
             }
             _ => {}
         }
     }
-    (kind, entries)
+    (kind, crate::table::build_entries(entries))
 }
 
 #[derive(Clone, Copy)]

@@ -19,17 +19,14 @@ use crate::config::model::{Table, TableKind};
 pub struct CompiledTable {
     pub name: String,
     pub kind: TableKind,
-    pub entries: BTreeMap<String, String>,
+    pub entries: std::sync::Arc<BTreeMap<String, String>>,
     /// netaddr: networks grouped by prefix length (longest first), holding masked networks.
     networks: Vec<(u8, bool, HashSet<IpAddr>)>,
-    /// netaddr: keys that are not addresses (`local`).
-    net_words: HashSet<String>,
-    /// domain: keys without `*`.
-    exact_domains: HashSet<String>,
     /// domain: keys with `*`, in sorted order.
     wild_domains: Vec<String>,
-    /// regex: compiled patterns in key order; `None` never matches (invalid pattern).
-    regexes: Vec<Option<Regex>>,
+    /// regex: compiled patterns in key order, built on first use (most tables are never
+    /// used as regular expressions); `None` never matches (invalid pattern).
+    regexes: std::sync::OnceLock<Vec<Option<Regex>>>,
 }
 
 fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
@@ -169,26 +166,17 @@ pub fn compile_regex(pattern: &str) -> Option<Regex> {
 impl CompiledTable {
     pub fn compile(t: &Table) -> CompiledTable {
         let mut by_prefix: HashMap<(u8, bool), HashSet<IpAddr>> = HashMap::new();
-        let mut net_words = HashSet::new();
-        let mut exact_domains = HashSet::new();
         let mut wild_domains = Vec::new();
         for key in t.entries.keys() {
-            match parse_netaddr(key) {
-                Some(net) => {
-                    let v6 = net.is_ipv6();
-                    by_prefix
-                        .entry((net.prefix(), v6))
-                        .or_default()
-                        .insert(mask(net.ip(), net.prefix()));
-                }
-                None => {
-                    net_words.insert(key.clone());
-                }
+            if let Some(net) = parse_netaddr(key) {
+                let v6 = net.is_ipv6();
+                by_prefix
+                    .entry((net.prefix(), v6))
+                    .or_default()
+                    .insert(mask(net.ip(), net.prefix()));
             }
             if key.contains('*') {
                 wild_domains.push(key.clone());
-            } else {
-                exact_domains.insert(key.clone());
             }
         }
         let mut networks: Vec<(u8, bool, HashSet<IpAddr>)> = by_prefix
@@ -196,16 +184,13 @@ impl CompiledTable {
             .map(|((p, v6), set)| (p, v6, set))
             .collect();
         networks.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let regexes = t.entries.keys().map(|k| compile_regex(k)).collect();
         CompiledTable {
             name: t.name.clone(),
             kind: t.kind,
             entries: t.entries.clone(),
             networks,
-            net_words,
-            exact_domains,
             wild_domains,
-            regexes,
+            regexes: std::sync::OnceLock::new(),
         }
     }
 
@@ -224,13 +209,13 @@ impl CompiledTable {
     /// domain service.
     pub fn match_domain(&self, subject: &str) -> bool {
         let s = subject.to_ascii_lowercase();
-        self.exact_domains.contains(&s) || self.wild_domains.iter().any(|p| hostname_match(&s, p))
+        self.entries.contains_key(&s) || self.wild_domains.iter().any(|p| hostname_match(&s, p))
     }
 
     /// netaddr service: `subject` is the client address text (`a.b.c.d`, `[v6]`, `local`).
     pub fn match_netaddr(&self, subject: &str) -> bool {
         let s = subject.to_ascii_lowercase();
-        if self.net_words.contains(&s) {
+        if self.entries.contains_key(&s) {
             return true;
         }
         let Some(net) = parse_netaddr(&s) else {
@@ -257,7 +242,10 @@ impl CompiledTable {
     /// regex service: unanchored search of the lower-cased subject.
     pub fn match_regex(&self, subject: &str) -> bool {
         let s = subject.to_ascii_lowercase();
-        self.regexes.iter().flatten().any(|r| r.is_match(&s))
+        let regexes = self
+            .regexes
+            .get_or_init(|| self.entries.keys().map(|k| compile_regex(k)).collect());
+        regexes.iter().flatten().any(|r| r.is_match(&s))
     }
 }
 
@@ -271,10 +259,11 @@ mod tests {
             name: "t".into(),
             backend: TableBackend::Inline,
             kind: TableKind::List,
-            entries: keys
-                .iter()
-                .map(|k| (k.to_ascii_lowercase(), String::new()))
-                .collect(),
+            entries: std::sync::Arc::new(
+                keys.iter()
+                    .map(|k| (k.to_ascii_lowercase(), String::new()))
+                    .collect(),
+            ),
             anonymous: false,
             span: Span::default(),
         })

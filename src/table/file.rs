@@ -4,8 +4,6 @@
 //! first entry makes the file a list. Otherwise the first entry decides: with a blank or `:`
 //! in it the file is a mapping (`key value`, `key: value`, `key:value`), without one a list.
 
-use std::collections::BTreeMap;
-
 use super::{LoadError, Loaded};
 use crate::config::model::TableKind;
 
@@ -23,7 +21,7 @@ pub fn load(path: &str) -> Result<Loaded, LoadError> {
 /// Parse table-file text; `path` only names the file in messages.
 pub fn parse(path: &str, text: &str) -> Result<Loaded, LoadError> {
     let mut kind: Option<TableKind> = None;
-    let mut entries = BTreeMap::new();
+    let mut entries: Vec<(String, String)> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() {
@@ -41,7 +39,7 @@ pub fn parse(path: &str, text: &str) -> Result<Loaded, LoadError> {
             TableKind::List
         });
         if k == TableKind::List {
-            entries.insert(line.to_ascii_lowercase(), String::new());
+            entries.push((line.to_ascii_lowercase(), String::new()));
             continue;
         }
         let Some(sep) = line.find([' ', '\t', ':']) else {
@@ -69,11 +67,11 @@ pub fn parse(path: &str, text: &str) -> Result<Loaded, LoadError> {
                 n + 1
             )));
         }
-        entries.insert(key.to_ascii_lowercase(), rest.to_string());
+        entries.push((key.to_ascii_lowercase(), rest.to_string()));
     }
     Ok(Loaded {
         kind: kind.unwrap_or(TableKind::Mapping),
-        entries,
+        entries: super::build_entries(entries),
     })
 }
 
