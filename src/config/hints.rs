@@ -42,6 +42,14 @@ pub fn syntax_hint(toks: &[Token], idx: usize) -> Option<String> {
             "pre-6.4 `reject` rules are written `match from ... for ... reject` since 6.4".into(),
         );
     }
+    // A statement starting with an unknown word: a misspelt keyword, unless it is a macro.
+    if let TokenKind::Str(w) = &first.kind
+        && idx <= 1
+        && toks.get(1).map(|t| &t.kind) != Some(&TokenKind::Punct('='))
+        && let Some(k) = did_you_mean(w)
+    {
+        return Some(format!("unknown statement `{w}`; did you mean `{k}`?"));
+    }
     let at = toks.get(idx)?;
     match &at.kind {
         TokenKind::Str(w) if w == "certificate" => Some("since 6.4 the keyword is `cert`".into()),

@@ -151,6 +151,9 @@ pub struct Token {
     pub kind: TokenKind,
     pub line: u32,
     pub file: Arc<str>,
+    /// Order in which the parser read the token (set by the parser), so that the lexer's own
+    /// messages are printed where OpenSMTPD prints them.
+    pub seq: u64,
 }
 
 /// A diagnostic the lexer printed, in OpenSMTPD's `FILE:LINE: message` form.
@@ -329,6 +332,7 @@ impl Lexer {
     fn token(&self, kind: TokenKind) -> Token {
         Token {
             kind,
+            seq: 0,
             line: self.token_line,
             file: self.file.clone(),
         }

@@ -126,7 +126,7 @@ fn check_queue_key(config: &Config) -> Result<(), String> {
         return Ok(());
     };
     let key = match key.as_deref() {
-        Some("stdin") | Some("-") | None => {
+        None => {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
             line.trim_end_matches(['\r', '\n']).to_string()

@@ -25,6 +25,14 @@ struct Grammar;
 
 type P<'a> = Pair<'a, Rule>;
 
+/// Punctuation pairs exist only for error positions; the tree walk skips them.
+fn not_punct(p: &P) -> bool {
+    !matches!(
+        p.as_rule(),
+        Rule::NL | Rule::ARROW | Rule::EQ | Rule::COMMA | Rule::LBRACE | Rule::RBRACE | Rule::LT | Rule::GT
+    )
+}
+
 /// How to read a configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -98,6 +106,10 @@ pub struct Parser<'s> {
     system: &'s dyn System,
     dynamic_tables: usize,
     dynamic_chains: u32,
+    /// Tokens read so far, and the lexer's messages waiting to be printed, each with the
+    /// sequence number of the token read right after it.
+    seq: u64,
+    lex_msgs: VecDeque<(u64, super::lexer::LexError)>,
     socket_listener: bool,
     /// Tokens and line of the statement being applied.
     tokens: Vec<Token>,
@@ -145,6 +157,8 @@ impl<'s> Parser<'s> {
             system,
             dynamic_tables: 0,
             dynamic_chains: 0,
+            seq: 0,
+            lex_msgs: VecDeque::new(),
             socket_listener: false,
             tokens: Vec::new(),
             starts: Vec::new(),
@@ -191,6 +205,18 @@ impl<'s> Parser<'s> {
         (self.cfg, self.diags)
     }
 
+    /// Print the lexer's messages for every token up to `seq`.
+    fn flush_lex(&mut self, seq: u64) {
+        while let Some((s, _)) = self.lex_msgs.front() {
+            if *s > seq {
+                break;
+            }
+            if let Some((_, e)) = self.lex_msgs.pop_front() {
+                self.diags.at(&e.file, e.line, e.message);
+            }
+        }
+    }
+
     fn next_token(&mut self) -> Token {
         if let Some(t) = self.pending.pop_front() {
             return t;
@@ -198,14 +224,17 @@ impl<'s> Parser<'s> {
         loop {
             let Some(lexer) = self.lexers.last_mut() else {
                 return Token {
+                    seq: u64::MAX,
                     kind: TokenKind::Eof,
                     line: 0,
                     file: Arc::from(""),
                 };
             };
-            let t = lexer.next_token(&self.macros);
+            let mut t = lexer.next_token(&self.macros);
+            self.seq += 1;
+            t.seq = self.seq;
             for e in lexer.errors.drain(..) {
-                self.diags.at(&e.file, e.line, e.message);
+                self.lex_msgs.push_back((t.seq, e));
             }
             if t.kind == TokenKind::Eof && self.lexers.len() > 1 {
                 self.lexers.pop();
@@ -236,6 +265,7 @@ impl<'s> Parser<'s> {
                 self.statement(toks, &terminator)?;
             }
             if eof {
+                self.flush_lex(u64::MAX);
                 return Ok(());
             }
         }
@@ -258,15 +288,41 @@ impl<'s> Parser<'s> {
                     Some(t) => (t.file.clone(), t.line),
                     None => (terminator.file.clone(), terminator.line),
                 };
-                let hint = super::hints::syntax_hint(&toks, idx);
-                self.diags.at_hint(&file, line, "syntax error".into(), hint);
+                // OpenSMTPD's yacc parser takes its default reductions before it notices a bad
+                // token: when the tokens before the error already form a whole statement, that
+                // statement takes effect (a `match ... action "x" junk` line still adds its
+                // rule), and if it fails its own check, that message replaces the syntax error.
+                let mut report = true;
+                // The name-level checks happen once the token after the name is read.
+                if let Some(t) = toks.get(2) {
+                    self.flush_lex(t.seq.min(toks.get(idx).map_or(terminator.seq, |x| x.seq)));
+                }
+                match self.mid_statement_checks(&toks, idx) {
+                    Some(Ok(())) => {}
+                    Some(Err(Stop::Failed)) => report = false,
+                    Some(Err(Stop::Fatal)) => return Err(Fatal),
+                    None => {}
+                }
+                if report && idx > 0 && idx < toks.len() {
+                    match self.apply_closed_prefix(&toks[..idx], terminator) {
+                        Some(Ok(())) => {}
+                        Some(Err(Stop::Failed)) => report = false,
+                        Some(Err(Stop::Fatal)) => return Err(Fatal),
+                        None => {}
+                    }
+                }
+                self.flush_lex(toks.get(idx).map_or(terminator.seq, |t| t.seq));
+                if report {
+                    let hint = super::hints::syntax_hint(&toks, idx);
+                    self.diags.at_hint(&file, line, "syntax error".into(), hint);
+                }
                 // Skip to the next newline, as yacc's error recovery does; what follows it is
                 // read again as new statements.
                 let from = idx.min(toks.len());
-                if let Some(nl) = toks[from..]
-                    .iter()
-                    .position(|t| t.kind == TokenKind::Newline)
-                {
+                let nl = toks[from..].iter().position(|t| t.kind == TokenKind::Newline);
+                // Error recovery reads (and drops) every token up to that newline.
+                self.flush_lex(nl.map_or(terminator.seq, |n| toks[from + n].seq));
+                if let Some(nl) = nl {
                     let mut again: VecDeque<Token> =
                         toks[from + nl + 1..].iter().cloned().collect();
                     again.push_back(terminator.clone());
@@ -278,10 +334,11 @@ impl<'s> Parser<'s> {
             Ok(mut pairs) => {
                 let Some(stmt) = pairs
                     .next()
-                    .and_then(|p| p.into_inner().find(|p| p.as_rule() != Rule::EOI))
+                    .and_then(|p| p.into_inner().filter(not_punct).find(|p| p.as_rule() != Rule::EOI))
                 else {
                     return Ok(());
                 };
+                self.flush_lex(terminator.seq);
                 self.tokens = toks;
                 self.starts = rendered.starts;
                 self.end_line = terminator.line;
@@ -294,6 +351,52 @@ impl<'s> Parser<'s> {
                 }
             }
         }
+    }
+}
+
+impl Parser<'_> {
+    /// Checks OpenSMTPD makes as soon as a statement's name is read, before the rest of the
+    /// statement: they win over a syntax error later on the line.
+    fn mid_statement_checks(&mut self, toks: &[Token], idx: usize) -> Option<Apply> {
+        let name = match toks.get(1).map(|t| &t.kind) {
+            Some(TokenKind::Str(n)) => n.clone(),
+            _ => return None,
+        };
+        let line = toks[1].line;
+        let file = toks[1].file.clone();
+        match toks[0].kind {
+            TokenKind::Keyword("action") if idx >= 2 && self.cfg.action_named(&name).is_some() => {
+                self.diags.at(&file, line, format!("dispatcher already declared with that name: {name}"));
+                Some(Err(Stop::Failed))
+            }
+            TokenKind::Keyword("proc") if idx >= 3 && self.cfg.procs.iter().any(|p| p.name == name) => {
+                self.diags.at(&file, line, format!("processor already exists with that name: {name}"));
+                Some(Err(Stop::Failed))
+            }
+            TokenKind::Keyword("pki") | TokenKind::Keyword("ca") if idx >= 2 && !valid_domain_name(&name) => {
+                self.diags.at(&file, line, format!("not a valid domain name: {name}"));
+                Some(Err(Stop::Failed))
+            }
+            TokenKind::Keyword("table") if idx >= 2 && self.cfg.table_named(&name).is_some() => {
+                self.diags.plain(format!("smtpd: table_create: table \"{name}\" already defined"));
+                Some(Err(Stop::Fatal))
+            }
+            _ => None,
+        }
+    }
+
+    /// Apply `prefix` if it is a complete statement.
+    fn apply_closed_prefix(&mut self, prefix: &[Token], terminator: &Token) -> Option<Apply> {
+        let rendered = render(prefix);
+        let mut pairs = Grammar::parse(Rule::statement, &rendered.text).ok()?;
+        let stmt = pairs.next()?.into_inner().filter(not_punct).find(|p| p.as_rule() != Rule::EOI)?;
+        self.tokens = prefix.to_vec();
+        self.starts = rendered.starts;
+        self.end_line = prefix.last().map(|t| t.line).unwrap_or(terminator.line);
+        self.end_file = terminator.file.clone();
+        let r = self.apply(stmt);
+        self.tokens.clear();
+        Some(r)
     }
 }
 
@@ -461,7 +564,7 @@ impl<'s> Parser<'s> {
             Rule::include => self.include(stmt),
             Rule::macro_def => self.macro_def(stmt),
             Rule::admd => {
-                let v = s(&stmt.into_inner().nth(1).expect("grammar: admd value"));
+                let v = s(&stmt.into_inner().filter(not_punct).nth(1).expect("grammar: admd value"));
                 if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
                     let f = self.end_file.clone();
                     self.diags.at(&f, self.end_line, "not a valid admd".into());
@@ -473,7 +576,7 @@ impl<'s> Parser<'s> {
             }
             Rule::bounce => {
                 let mut delays = Vec::new();
-                for p in stmt.into_inner().filter(|p| p.as_rule() == Rule::STR) {
+                for p in stmt.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::STR) {
                     let v = s(&p);
                     match parse_delay(&v) {
                         Some(sec) => delays.push(Delay {
@@ -497,7 +600,7 @@ impl<'s> Parser<'s> {
             Rule::queue => self.queue(stmt),
             Rule::scheduler => {
                 let limits = self.limits(
-                    stmt.into_inner().filter(|p| p.as_rule() == Rule::limit_kv),
+                    stmt.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::limit_kv),
                     LimitKind::Scheduler,
                 )?;
                 self.cfg.scheduler_limits.push(limits);
@@ -518,7 +621,7 @@ impl<'s> Parser<'s> {
     }
 
     fn include(&mut self, stmt: P) -> Apply {
-        let p = stmt.into_inner().nth(1).expect("grammar: include path");
+        let p = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: include path");
         let path = s(&p);
         match std::fs::read(&path) {
             Ok(src) => {
@@ -539,7 +642,7 @@ impl<'s> Parser<'s> {
     }
 
     fn macro_def(&mut self, stmt: P) -> Apply {
-        let mut it = stmt.into_inner();
+        let mut it = stmt.into_inner().filter(not_punct);
         let name_p = it.next().expect("grammar: macro name");
         let name = s(&name_p);
         let value = s(&it.next().expect("grammar: macro value"));
@@ -551,7 +654,7 @@ impl<'s> Parser<'s> {
     }
 
     fn ca(&mut self, stmt: P) -> Apply {
-        let mut strs = stmt.into_inner().filter(|p| p.as_rule() == Rule::STR);
+        let mut strs = stmt.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::STR);
         let name_p = strs.next().expect("grammar: ca name");
         let name = s(&name_p);
         if !valid_domain_name(&name) {
@@ -570,7 +673,7 @@ impl<'s> Parser<'s> {
     }
 
     fn pki(&mut self, stmt: P) -> Apply {
-        let mut it = stmt.into_inner().skip(1);
+        let mut it = stmt.into_inner().filter(not_punct).skip(1);
         let name_p = it.next().expect("grammar: pki name");
         let name = s(&name_p);
         if !valid_domain_name(&name) {
@@ -593,7 +696,7 @@ impl<'s> Parser<'s> {
             }
         };
         for opt in it {
-            let mut o = opt.clone().into_inner();
+            let mut o = opt.clone().into_inner().filter(not_punct);
             let kw = o.next().expect("grammar: pki option").as_rule();
             let v = s(&o.next().expect("grammar: pki value"));
             match kw {
@@ -614,7 +717,7 @@ impl<'s> Parser<'s> {
     fn limits<'a>(&mut self, kvs: impl Iterator<Item = P<'a>>, kind: LimitKind) -> Check<Limits> {
         let mut out = Vec::new();
         for kv in kvs {
-            let mut it = kv.clone().into_inner();
+            let mut it = kv.clone().into_inner().filter(not_punct);
             let key = s(&it.next().expect("grammar: limit key"));
             let value: i64 = it
                 .next()
@@ -631,11 +734,11 @@ impl<'s> Parser<'s> {
     }
 
     fn mda(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().nth(1).expect("grammar: mda body");
+        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: mda body");
         match inner.as_rule() {
             Rule::mda_limit => {
                 let limits = self.limits(
-                    inner.into_inner().filter(|p| p.as_rule() == Rule::limit_kv),
+                    inner.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::limit_kv),
                     LimitKind::Mda,
                 )?;
                 self.cfg.mda_limits.push(limits);
@@ -646,7 +749,7 @@ impl<'s> Parser<'s> {
             _ => {
                 let mut strs = inner
                     .clone()
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .filter(|p| p.as_rule() == Rule::STR);
                 let name = s(&strs.next().expect("grammar: wrapper name"));
                 let cmd = s(&strs.next().expect("grammar: wrapper command"));
@@ -666,11 +769,11 @@ impl<'s> Parser<'s> {
     }
 
     fn mta(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().nth(1).expect("grammar: mta body");
+        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: mta body");
         match inner.as_rule() {
             Rule::mta_max_deferred => {
                 let n = inner
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .nth(1)
                     .map(|p| p.as_str().parse().unwrap_or(0))
                     .unwrap_or(0);
@@ -685,11 +788,11 @@ impl<'s> Parser<'s> {
                     inet6: false,
                     limits: Vec::new(),
                 };
-                for p in inner.into_inner() {
+                for p in inner.into_inner().filter(not_punct) {
                     match p.as_rule() {
                         Rule::STR => lim.domain = Some(s(&p)),
                         Rule::mta_limit_opt => {
-                            let o = p.into_inner().next().expect("grammar: mta limit option");
+                            let o = p.into_inner().filter(not_punct).next().expect("grammar: mta limit option");
                             match o.as_rule() {
                                 Rule::k_inet4 => lim.inet4 = true,
                                 Rule::k_inet6 => lim.inet6 = true,
@@ -717,7 +820,7 @@ impl<'s> Parser<'s> {
         proc: &mut Proc,
     ) -> Check<()> {
         for o in opts {
-            let mut it = o.clone().into_inner();
+            let mut it = o.clone().into_inner().filter(not_punct);
             let kw = it.next().expect("grammar: proc option").as_rule();
             let v = s(&it.next().expect("grammar: proc option value"));
             let (slot, what) = match kw {
@@ -734,7 +837,7 @@ impl<'s> Parser<'s> {
     }
 
     fn proc_stmt(&mut self, stmt: P) -> Apply {
-        let mut it = stmt.into_inner().skip(1);
+        let mut it = stmt.into_inner().filter(not_punct).skip(1);
         let name_p = it.next().expect("grammar: proc name");
         let name = s(&name_p);
         let command = s(&it.next().expect("grammar: proc command"));
@@ -759,19 +862,19 @@ impl<'s> Parser<'s> {
     }
 
     fn queue(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().nth(1).expect("grammar: queue body");
+        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: queue body");
         match inner.as_rule() {
             Rule::k_compression => {
                 self.cfg.queue.compression = true;
                 self.push_once(Item::Queue(QueueItem::Compression));
             }
             Rule::queue_encryption => {
-                let key = inner.into_inner().nth(1).map(|p| s(&p));
+                let key = inner.into_inner().filter(not_punct).nth(1).map(|p| s(&p));
                 self.cfg.queue.encryption = Some(key);
                 self.push_once(Item::Queue(QueueItem::Encryption));
             }
             _ => {
-                let p = inner.into_inner().nth(1).expect("grammar: queue ttl");
+                let p = inner.into_inner().filter(not_punct).nth(1).expect("grammar: queue ttl");
                 let v = s(&p);
                 match parse_delay(&v) {
                     Some(sec) => {
@@ -794,11 +897,11 @@ impl<'s> Parser<'s> {
     }
 
     fn smtp(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().nth(1).expect("grammar: smtp body");
+        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: smtp body");
         match inner.as_rule() {
             Rule::smtp_limit => {
                 let limits = self.limits(
-                    inner.into_inner().filter(|p| p.as_rule() == Rule::limit_kv),
+                    inner.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::limit_kv),
                     LimitKind::Session,
                 )?;
                 for (k, v) in &limits {
@@ -813,11 +916,11 @@ impl<'s> Parser<'s> {
                     .push(Item::Smtp(SmtpItem::Limit(self.cfg.smtp_limits.len() - 1)));
             }
             Rule::smtp_ciphers => {
-                self.cfg.smtp.ciphers = inner.into_inner().nth(1).map(|p| s(&p));
+                self.cfg.smtp.ciphers = inner.into_inner().filter(not_punct).nth(1).map(|p| s(&p));
                 self.push_once(Item::Smtp(SmtpItem::Ciphers));
             }
             Rule::smtp_max_message_size => {
-                let p = inner.into_inner().nth(1).expect("grammar: size");
+                let p = inner.into_inner().filter(not_punct).nth(1).expect("grammar: size");
                 let v = if p.as_rule() == Rule::STR {
                     s(&p)
                 } else {
@@ -830,7 +933,7 @@ impl<'s> Parser<'s> {
                 self.push_once(Item::Smtp(SmtpItem::MaxMessageSize));
             }
             _ => {
-                let p = inner.into_inner().nth(1).expect("grammar: delimiter");
+                let p = inner.into_inner().filter(not_punct).nth(1).expect("grammar: delimiter");
                 let v = s(&p);
                 let mut chars = v.chars();
                 let (Some(c), None) = (chars.next(), chars.next()) else {
@@ -849,10 +952,10 @@ impl<'s> Parser<'s> {
     }
 
     fn srs(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().nth(1).expect("grammar: srs body");
+        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: srs body");
         let rule = inner.as_rule();
         let p = inner
-            .into_inner()
+            .into_inner().filter(not_punct)
             .filter(|p| p.as_rule() == Rule::STR)
             .last()
             .expect("grammar: srs value");
@@ -893,7 +996,7 @@ impl<'s> Parser<'s> {
     }
 
     fn table(&mut self, stmt: P) -> Apply {
-        let mut it = stmt.into_inner().skip(1);
+        let mut it = stmt.into_inner().filter(not_punct).skip(1);
         let name_p = it.next().expect("grammar: table name");
         let name = s(&name_p);
         let span = self.span();
@@ -1016,12 +1119,12 @@ impl<'s> Parser<'s> {
 
     /// Resolve a `tables` pair: a reference, an inline table, or a single string.
     fn tables(&mut self, p: P) -> Check<TableId> {
-        let inner = p.into_inner().next().expect("grammar: tables");
+        let inner = p.into_inner().filter(not_punct).next().expect("grammar: tables");
         match inner.as_rule() {
             Rule::table_ref => {
                 let name_p = inner
                     .clone()
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .next()
                     .expect("grammar: table name");
                 let name = s(&name_p);
@@ -1031,7 +1134,7 @@ impl<'s> Parser<'s> {
                 }
             }
             Rule::inline_table => {
-                let values = inner.into_inner().next().expect("grammar: table values");
+                let values = inner.into_inner().filter(not_punct).next().expect("grammar: table values");
                 let (kind, entries) = inline_entries(values);
                 Ok(self.anonymous_table(kind, entries))
             }
@@ -1064,7 +1167,7 @@ impl<'s> Parser<'s> {
     fn regex_tables(&mut self, p: P) -> Check<TableMatch> {
         let mut regex = false;
         let mut table = None;
-        for q in p.into_inner() {
+        for q in p.into_inner().filter(not_punct) {
             match q.as_rule() {
                 Rule::k_regex => regex = true,
                 _ => table = Some(self.tables(q)?),
@@ -1109,7 +1212,7 @@ impl<'s> Parser<'s> {
     // ------------------------------------------------------------ listen
 
     fn listen(&mut self, stmt: P) -> Apply {
-        let target = stmt.into_inner().nth(2).expect("grammar: listen target");
+        let target = stmt.into_inner().filter(not_punct).nth(2).expect("grammar: listen target");
         let span = self.span();
         if target.as_rule() == Rule::listen_socket {
             if self.socket_listener {
@@ -1118,8 +1221,8 @@ impl<'s> Parser<'s> {
                 return Ok(self.fail_end("socket listener already configured".into())?);
             }
             let mut l = Listener::new(ListenOn::Socket, span);
-            for o in target.into_inner().skip(1) {
-                let o = o.into_inner().next().expect("grammar: socket option");
+            for o in target.into_inner().filter(not_punct).skip(1) {
+                let o = o.into_inner().filter(not_punct).next().expect("grammar: socket option");
                 self.listen_option(&mut l, o)?;
             }
             self.socket_listener = true;
@@ -1129,11 +1232,11 @@ impl<'s> Parser<'s> {
                 .push(Item::Listener(self.cfg.listeners.len() - 1));
             return Ok(());
         }
-        let mut it = target.into_inner();
+        let mut it = target.into_inner().filter(not_punct);
         let iface = s(&it.next().expect("grammar: interface"));
         let mut l = Listener::new(ListenOn::Interface(iface.clone()), span);
         for o in it {
-            let o = o.into_inner().next().expect("grammar: listen option");
+            let o = o.into_inner().filter(not_punct).next().expect("grammar: listen option");
             self.listen_option(&mut l, o)?;
         }
         if l.auth.is_some() && l.tls.is_none() {
@@ -1168,7 +1271,7 @@ impl<'s> Parser<'s> {
     }
 
     fn filter_ref(&mut self, p: P) -> Check<String> {
-        let inner = p.clone().into_inner().nth(1).expect("grammar: filter ref");
+        let inner = p.clone().into_inner().filter(not_punct).nth(1).expect("grammar: filter ref");
         if inner.as_rule() == Rule::STR {
             let name = s(&inner);
             if self.cfg.filter_named(&name).is_none() {
@@ -1192,7 +1295,7 @@ impl<'s> Parser<'s> {
     fn chain_members(&mut self, list: P) -> Check<Vec<String>> {
         let mut members: Vec<String> = Vec::new();
         let mut procs: Vec<String> = Vec::new();
-        for m in list.into_inner() {
+        for m in list.into_inner().filter(not_punct) {
             let name = s(&m);
             let Some(f) = self.cfg.filter_named(&name) else {
                 return self.fail_at(&m, format!("no filter exist with that name: {name}"));
@@ -1247,7 +1350,7 @@ impl<'s> Parser<'s> {
             }
             Rule::opt_port => {
                 once!(l.port.is_some(), "port already specified");
-                let v = o.clone().into_inner().nth(1).expect("grammar: port");
+                let v = o.clone().into_inner().filter(not_punct).nth(1).expect("grammar: port");
                 let (spelled, number) = match v.as_rule() {
                     Rule::NUM => {
                         let n: i64 = v.as_str().parse().unwrap_or(-1);
@@ -1287,7 +1390,7 @@ impl<'s> Parser<'s> {
                 once!(l.tls.is_some(), "TLS mode already specified");
                 let verify = o
                     .clone()
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .any(|p| p.as_rule() == Rule::k_verify);
                 l.tls = Some(match o.as_rule() {
                     Rule::opt_smtps => TlsMode::Smtps { verify },
@@ -1299,7 +1402,7 @@ impl<'s> Parser<'s> {
                 once!(l.pki.is_some(), "pki already specified");
                 l.pki = o
                     .clone()
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .nth(1)
                     .map(|p| s(&p).to_ascii_lowercase());
             }
@@ -1307,24 +1410,15 @@ impl<'s> Parser<'s> {
                 once!(l.ca.is_some(), "ca already specified");
                 l.ca = o
                     .clone()
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .nth(1)
                     .map(|p| s(&p).to_ascii_lowercase());
             }
             Rule::opt_auth | Rule::opt_auth_optional => {
                 once!(l.auth.is_some(), "auth already specified");
-                let t = match o.clone().into_inner().nth(1) {
-                    Some(tp) => {
-                        let id = self.tables(tp)?;
-                        if !self.is_mapping(id) {
-                            let name = self.cfg.table(id).name.clone();
-                            return self.fail_at(
-                                &o,
-                                format!("invalid use of table \"{name}\" as AUTH parameter"),
-                            );
-                        }
-                        Some(id)
-                    }
+                // OpenSMTPD does not check the kind of a credentials table here.
+                let t = match o.clone().into_inner().filter(not_punct).nth(1) {
+                    Some(tp) => Some(self.tables(tp)?),
                     None => None,
                 };
                 l.auth = Some(if o.as_rule() == Rule::opt_auth {
@@ -1335,17 +1429,17 @@ impl<'s> Parser<'s> {
             }
             Rule::opt_tag => {
                 once!(l.tag.is_some(), "tag already specified");
-                let v = s(&o.clone().into_inner().nth(1).expect("grammar: tag"));
+                let v = s(&o.clone().into_inner().filter(not_punct).nth(1).expect("grammar: tag"));
                 once!(v.len() > 32, "tag name too long");
                 l.tag = Some(v);
             }
             Rule::opt_hostname => {
                 once!(l.hostname.is_some(), "hostname already specified");
-                l.hostname = o.clone().into_inner().nth(1).map(|p| s(&p));
+                l.hostname = o.clone().into_inner().filter(not_punct).nth(1).map(|p| s(&p));
             }
             Rule::opt_hostnames => {
                 once!(l.hostnames.is_some(), "hostnames already specified");
-                let id = self.tables(o.clone().into_inner().nth(1).expect("grammar: hostnames"))?;
+                let id = self.tables(o.clone().into_inner().filter(not_punct).nth(1).expect("grammar: hostnames"))?;
                 if !self.is_mapping(id) {
                     let name = self.cfg.table(id).name.clone();
                     return self.fail_at(
@@ -1373,7 +1467,7 @@ impl<'s> Parser<'s> {
             }
             Rule::opt_senders => {
                 once!(l.senders.is_some(), "senders already specified");
-                let mut it = o.clone().into_inner().skip(1);
+                let mut it = o.clone().into_inner().filter(not_punct).skip(1);
                 let id = self.tables(it.next().expect("grammar: senders"))?;
                 if !self.is_mapping(id) {
                     let name = self.cfg.table(id).name.clone();
@@ -1392,7 +1486,7 @@ impl<'s> Parser<'s> {
     // ------------------------------------------------------------ action
 
     fn action(&mut self, stmt: P) -> Apply {
-        let mut it = stmt.into_inner().skip(1);
+        let mut it = stmt.into_inner().filter(not_punct).skip(1);
         let name_p = it.next().expect("grammar: action name");
         let name = s(&name_p);
         if self.cfg.action_named(&name).is_some() {
@@ -1409,7 +1503,7 @@ impl<'s> Parser<'s> {
         };
         let mut ttl = None;
         for t in it {
-            let v = s(&t.clone().into_inner().nth(1).expect("grammar: ttl"));
+            let v = s(&t.clone().into_inner().filter(not_punct).nth(1).expect("grammar: ttl"));
             if ttl.is_some() {
                 return Ok(self.fail_at(&t, "ttl already specified for this dispatcher".into())?);
             }
@@ -1426,6 +1520,7 @@ impl<'s> Parser<'s> {
         if let ActionMethod::Relay(r) = &method
             && r.auth.is_some()
             && r.host.is_none()
+            && r.domain.is_none()
         {
             return Ok(
                 self.fail_end("auth may not be specified without host on a dispatcher".into())?
@@ -1445,14 +1540,14 @@ impl<'s> Parser<'s> {
     }
 
     fn local(&mut self, p: P) -> Check<LocalAction> {
-        let mut it = p.into_inner();
+        let mut it = p.into_inner().filter(not_punct);
         let m = it.next().expect("grammar: local method");
         let method = match m.as_rule() {
             Rule::m_mbox => LocalMethod::Mbox,
             Rule::m_maildir => {
                 let mut path = None;
                 let mut junk = false;
-                for q in m.into_inner() {
+                for q in m.into_inner().filter(not_punct) {
                     match q.as_rule() {
                         Rule::STR => path = Some(s(&q)),
                         Rule::k_junk => junk = true,
@@ -1462,7 +1557,7 @@ impl<'s> Parser<'s> {
                 LocalMethod::Maildir { path, junk }
             }
             Rule::m_lmtp => {
-                let mut inner = m.into_inner().skip(1);
+                let mut inner = m.into_inner().filter(not_punct).skip(1);
                 let destination = s(&inner.next().expect("grammar: lmtp destination"));
                 LocalMethod::Lmtp {
                     destination,
@@ -1470,7 +1565,7 @@ impl<'s> Parser<'s> {
                 }
             }
             Rule::m_mda => {
-                LocalMethod::Mda(s(&m.into_inner().nth(1).expect("grammar: mda command")))
+                LocalMethod::Mda(s(&m.into_inner().filter(not_punct).nth(1).expect("grammar: mda command")))
             }
             Rule::k_forward_only => LocalMethod::ForwardOnly,
             _ => LocalMethod::ExpandOnly,
@@ -1484,10 +1579,10 @@ impl<'s> Parser<'s> {
             wrapper: None,
         };
         for opt in it {
-            let o = opt.into_inner().next().expect("grammar: local option");
+            let o = opt.into_inner().filter(not_punct).next().expect("grammar: local option");
             let arg = o
                 .clone()
-                .into_inner()
+                .into_inner().filter(not_punct)
                 .nth(1)
                 .expect("grammar: local option value");
             match o.as_rule() {
@@ -1566,8 +1661,8 @@ impl<'s> Parser<'s> {
 
     fn relay(&mut self, p: P) -> Check<RelayAction> {
         let mut r = RelayAction::default();
-        for opt in p.into_inner().skip(1) {
-            let o = opt.into_inner().next().expect("grammar: relay option");
+        for opt in p.into_inner().filter(not_punct).skip(1) {
+            let o = opt.into_inner().filter(not_punct).next().expect("grammar: relay option");
             macro_rules! once {
                 ($cond:expr, $what:expr) => {
                     if $cond {
@@ -1578,7 +1673,7 @@ impl<'s> Parser<'s> {
                     }
                 };
             }
-            let arg = o.clone().into_inner().nth(1);
+            let arg = o.clone().into_inner().filter(not_punct).nth(1);
             match o.as_rule() {
                 Rule::ro_helo => {
                     once!(r.helo.is_some(), "helo");
@@ -1618,7 +1713,7 @@ impl<'s> Parser<'s> {
                     }
                     r.backup = Some(
                         o.clone()
-                            .into_inner()
+                            .into_inner().filter(not_punct)
                             .find(|q| q.as_rule() == Rule::STR)
                             .map(|q| s(&q)),
                     );
@@ -1686,11 +1781,11 @@ impl<'s> Parser<'s> {
             decision: RuleDecision::Reject,
             span,
         };
-        for p in stmt.into_inner().skip(1) {
+        for p in stmt.into_inner().filter(not_punct).skip(1) {
             match p.as_rule() {
                 Rule::match_opt => self.match_opt(&mut rule, p)?,
                 Rule::match_action => {
-                    let name_p = p.into_inner().nth(1).expect("grammar: action name");
+                    let name_p = p.into_inner().filter(not_punct).nth(1).expect("grammar: action name");
                     let name = s(&name_p);
                     if self.cfg.action_named(&name).is_none() {
                         return Ok(self.fail_at(&name_p, format!("no such dispatcher: {name}"))?);
@@ -1706,7 +1801,7 @@ impl<'s> Parser<'s> {
     }
 
     fn match_opt(&mut self, rule: &mut Rule_, p: P) -> Check<()> {
-        let mut it = p.into_inner();
+        let mut it = p.into_inner().filter(not_punct);
         let mut first = it.next().expect("grammar: match option");
         let negate = first.as_rule() == Rule::NOT;
         if negate {
@@ -1720,7 +1815,7 @@ impl<'s> Parser<'s> {
                 }
             };
         }
-        let arg = o.clone().into_inner().nth(1);
+        let arg = o.clone().into_inner().filter(not_punct).nth(1);
         match o.as_rule() {
             Rule::mo_tag => {
                 once!(rule.tag, "tag");
@@ -1765,7 +1860,7 @@ impl<'s> Parser<'s> {
             Rule::mo_from => {
                 once!(rule.from, "from");
                 let f = arg.expect("grammar: from");
-                let farg = f.clone().into_inner().nth(1);
+                let farg = f.clone().into_inner().filter(not_punct).nth(1);
                 let value = match f.as_rule() {
                     Rule::from_socket => FromCriterion::Socket,
                     Rule::from_local => FromCriterion::Local,
@@ -1784,7 +1879,6 @@ impl<'s> Parser<'s> {
                         None => FromCriterion::Rdns(None),
                     },
                     Rule::from_auth => {
-                        once!(rule.auth, "auth");
                         let tm = match farg {
                             Some(a) => {
                                 let tm = self.regex_tables(a)?;
@@ -1797,7 +1891,6 @@ impl<'s> Parser<'s> {
                         FromCriterion::Auth(tm)
                     }
                     _ => {
-                        once!(rule.mail_from, "mail-from");
                         let tm = self.regex_tables(farg.expect("grammar: from mail-from"))?;
                         self.need(&o, tm.table, true, "mail-from")?;
                         rule.mail_from = Some(Negatable { negate, value: tm });
@@ -1809,7 +1902,7 @@ impl<'s> Parser<'s> {
             _ => {
                 once!(rule.for_, "for");
                 let f = arg.expect("grammar: for");
-                let farg = f.clone().into_inner().nth(1);
+                let farg = f.clone().into_inner().filter(not_punct).nth(1);
                 let value = match f.as_rule() {
                     Rule::for_local => ForCriterion::Local,
                     Rule::for_any => ForCriterion::Any,
@@ -1819,7 +1912,6 @@ impl<'s> Parser<'s> {
                         ForCriterion::Domain(tm)
                     }
                     _ => {
-                        once!(rule.rcpt_to, "rcpt-to");
                         let tm = self.regex_tables(farg.expect("grammar: for rcpt-to"))?;
                         self.need(&o, tm.table, true, "for")?;
                         rule.rcpt_to = Some(Negatable { negate, value: tm });
@@ -1835,7 +1927,7 @@ impl<'s> Parser<'s> {
     // ------------------------------------------------------------ filter
 
     fn filter(&mut self, stmt: P) -> Apply {
-        let mut it = stmt.into_inner().skip(1);
+        let mut it = stmt.into_inner().filter(not_punct).skip(1);
         let name_p = it.next().expect("grammar: filter name");
         let name = s(&name_p);
         if self.cfg.filter_named(&name).is_some() {
@@ -1847,7 +1939,7 @@ impl<'s> Parser<'s> {
         let body = it.next().expect("grammar: filter body");
         let kind = match body.as_rule() {
             Rule::filter_proc => {
-                let p = body.into_inner().nth(1).expect("grammar: proc name");
+                let p = body.into_inner().filter(not_punct).nth(1).expect("grammar: proc name");
                 let proc = s(&p);
                 if !self.cfg.procs.iter().any(|x| x.name == proc) {
                     return Ok(
@@ -1857,7 +1949,7 @@ impl<'s> Parser<'s> {
                 FilterKind::Proc(proc)
             }
             Rule::filter_proc_exec => {
-                let mut b = body.into_inner().skip(1);
+                let mut b = body.into_inner().filter(not_punct).skip(1);
                 let command = s(&b.next().expect("grammar: proc-exec command"));
                 if self.cfg.procs.iter().any(|x| x.name == name) {
                     return Ok(self.fail_at(
@@ -1883,13 +1975,13 @@ impl<'s> Parser<'s> {
             }
             Rule::filter_chain => {
                 let list = body
-                    .into_inner()
+                    .into_inner().filter(not_punct)
                     .find(|p| p.as_rule() == Rule::filter_list)
                     .expect("grammar: chain list");
                 FilterKind::Chain(self.chain_members(list)?)
             }
             _ => FilterKind::Builtin(
-                self.builtin_filter(body.into_inner().nth(1).expect("grammar: phase rule"))?,
+                self.builtin_filter(body.into_inner().filter(not_punct).nth(1).expect("grammar: phase rule"))?,
             ),
         };
         let span = self.span();
@@ -1906,7 +1998,7 @@ impl<'s> Parser<'s> {
     }
 
     fn builtin_filter(&mut self, rule: P) -> Check<BuiltinFilter> {
-        let mut it = rule.into_inner();
+        let mut it = rule.into_inner().filter(not_punct);
         let phase = match it.next().expect("grammar: phase").as_rule() {
             Rule::k_connect => Phase::Connect,
             Rule::k_helo => Phase::Helo,
@@ -1920,62 +2012,56 @@ impl<'s> Parser<'s> {
         let cond_p = it.nth(1).expect("grammar: condition");
         let mut negate = false;
         let mut condition = Condition::Fcrdns;
-        for c in cond_p.into_inner() {
+        for c in cond_p.into_inner().filter(not_punct) {
             if c.as_rule() == Rule::NOT {
                 negate = true;
                 continue;
             }
-            let arg = c.clone().into_inner().nth(1);
+            let arg = c.clone().into_inner().filter(not_punct).nth(1);
             condition = match c.as_rule() {
                 Rule::c_fcrdns => Condition::Fcrdns,
                 Rule::c_rdns => match arg {
                     Some(a) => {
                         let tm = self.regex_tables(a)?;
-                        self.need(&c, tm.table, true, "rdns")?;
                         Condition::Rdns(Some(tm))
                     }
                     None => Condition::Rdns(None),
                 },
                 Rule::c_src => {
                     let tm = self.regex_tables(arg.expect("grammar: src"))?;
-                    self.need(&c, tm.table, true, "src")?;
                     Condition::Src(tm)
                 }
                 Rule::c_helo => {
                     let tm = self.regex_tables(arg.expect("grammar: helo"))?;
-                    self.need(&c, tm.table, true, "helo")?;
                     Condition::Helo(tm)
                 }
                 Rule::c_auth => match arg {
                     Some(a) => {
                         let tm = self.regex_tables(a)?;
-                        self.need(&c, tm.table, true, "auth")?;
                         Condition::Auth(Some(tm))
                     }
                     None => Condition::Auth(None),
                 },
                 Rule::c_mail_from => {
                     let tm = self.regex_tables(arg.expect("grammar: mail-from"))?;
-                    self.need(&c, tm.table, true, "mail-from")?;
                     Condition::MailFrom(tm)
                 }
                 _ => {
                     let tm = self.regex_tables(arg.expect("grammar: rcpt-to"))?;
-                    self.need(&c, tm.table, true, "rcpt-to")?;
                     Condition::RcptTo(tm)
                 }
             };
         }
         let mut d = it.next().expect("grammar: decision");
         if d.as_rule() == Rule::decision {
-            d = d.into_inner().next().expect("grammar: decision body");
+            d = d.into_inner().filter(not_punct).next().expect("grammar: decision body");
         }
         if d.as_rule() == Rule::decision_nojunk {
-            d = d.into_inner().next().expect("grammar: decision body");
+            d = d.into_inner().filter(not_punct).next().expect("grammar: decision body");
         }
         let msg = d
             .clone()
-            .into_inner()
+            .into_inner().filter(not_punct)
             .nth(1)
             .map(|m| s(&m))
             .unwrap_or_default();
@@ -2011,16 +2097,16 @@ type Rule_ = super::model::Rule;
 /// Entries of an inline `{ ... }` table; the first element decides list or mapping.
 fn inline_entries(values: P) -> (TableKind, std::collections::BTreeMap<String, String>) {
     let mut entries: Vec<(String, String)> = Vec::new();
-    let inner = values.into_inner().next().expect("grammar: table values");
+    let inner = values.into_inner().filter(not_punct).next().expect("grammar: table values");
     let kind = if inner.as_rule() == Rule::keyval_list {
         TableKind::Mapping
     } else {
         TableKind::List
     };
-    for e in inner.into_inner() {
+    for e in inner.into_inner().filter(not_punct) {
         match e.as_rule() {
             Rule::keyval => {
-                let mut kv = e.into_inner();
+                let mut kv = e.into_inner().filter(not_punct);
                 let k = s(&kv.next().expect("grammar: key"));
                 let v = s(&kv.next().expect("grammar: value"));
                 entries.push((k.to_ascii_lowercase(), v));
