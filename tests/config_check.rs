@@ -370,7 +370,12 @@ fn diagnostics_are_opensmtpds() {
                 r.stderr
             ));
         }
-        assert_eq!(r.ok, *expected == "configuration OK\n", "case {i} exit status: {}\n{text}", r.stderr);
+        assert_eq!(
+            r.ok,
+            *expected == "configuration OK\n",
+            "case {i} exit status: {}\n{text}",
+            r.stderr
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -29,7 +29,14 @@ type P<'a> = Pair<'a, Rule>;
 fn not_punct(p: &P) -> bool {
     !matches!(
         p.as_rule(),
-        Rule::NL | Rule::ARROW | Rule::EQ | Rule::COMMA | Rule::LBRACE | Rule::RBRACE | Rule::LT | Rule::GT
+        Rule::NL
+            | Rule::ARROW
+            | Rule::EQ
+            | Rule::COMMA
+            | Rule::LBRACE
+            | Rule::RBRACE
+            | Rule::LT
+            | Rule::GT
     )
 }
 
@@ -319,7 +326,9 @@ impl<'s> Parser<'s> {
                 // Skip to the next newline, as yacc's error recovery does; what follows it is
                 // read again as new statements.
                 let from = idx.min(toks.len());
-                let nl = toks[from..].iter().position(|t| t.kind == TokenKind::Newline);
+                let nl = toks[from..]
+                    .iter()
+                    .position(|t| t.kind == TokenKind::Newline);
                 // Error recovery reads (and drops) every token up to that newline.
                 self.flush_lex(nl.map_or(terminator.seq, |n| toks[from + n].seq));
                 if let Some(nl) = nl {
@@ -332,10 +341,11 @@ impl<'s> Parser<'s> {
                 Ok(())
             }
             Ok(mut pairs) => {
-                let Some(stmt) = pairs
-                    .next()
-                    .and_then(|p| p.into_inner().filter(not_punct).find(|p| p.as_rule() != Rule::EOI))
-                else {
+                let Some(stmt) = pairs.next().and_then(|p| {
+                    p.into_inner()
+                        .filter(not_punct)
+                        .find(|p| p.as_rule() != Rule::EOI)
+                }) else {
                     return Ok(());
                 };
                 self.flush_lex(terminator.seq);
@@ -366,19 +376,34 @@ impl Parser<'_> {
         let file = toks[1].file.clone();
         match toks[0].kind {
             TokenKind::Keyword("action") if idx >= 2 && self.cfg.action_named(&name).is_some() => {
-                self.diags.at(&file, line, format!("dispatcher already declared with that name: {name}"));
+                self.diags.at(
+                    &file,
+                    line,
+                    format!("dispatcher already declared with that name: {name}"),
+                );
                 Some(Err(Stop::Failed))
             }
-            TokenKind::Keyword("proc") if idx >= 3 && self.cfg.procs.iter().any(|p| p.name == name) => {
-                self.diags.at(&file, line, format!("processor already exists with that name: {name}"));
+            TokenKind::Keyword("proc")
+                if idx >= 3 && self.cfg.procs.iter().any(|p| p.name == name) =>
+            {
+                self.diags.at(
+                    &file,
+                    line,
+                    format!("processor already exists with that name: {name}"),
+                );
                 Some(Err(Stop::Failed))
             }
-            TokenKind::Keyword("pki") | TokenKind::Keyword("ca") if idx >= 2 && !valid_domain_name(&name) => {
-                self.diags.at(&file, line, format!("not a valid domain name: {name}"));
+            TokenKind::Keyword("pki") | TokenKind::Keyword("ca")
+                if idx >= 2 && !valid_domain_name(&name) =>
+            {
+                self.diags
+                    .at(&file, line, format!("not a valid domain name: {name}"));
                 Some(Err(Stop::Failed))
             }
             TokenKind::Keyword("table") if idx >= 2 && self.cfg.table_named(&name).is_some() => {
-                self.diags.plain(format!("smtpd: table_create: table \"{name}\" already defined"));
+                self.diags.plain(format!(
+                    "smtpd: table_create: table \"{name}\" already defined"
+                ));
                 Some(Err(Stop::Fatal))
             }
             _ => None,
@@ -389,7 +414,11 @@ impl Parser<'_> {
     fn apply_closed_prefix(&mut self, prefix: &[Token], terminator: &Token) -> Option<Apply> {
         let rendered = render(prefix);
         let mut pairs = Grammar::parse(Rule::statement, &rendered.text).ok()?;
-        let stmt = pairs.next()?.into_inner().filter(not_punct).find(|p| p.as_rule() != Rule::EOI)?;
+        let stmt = pairs
+            .next()?
+            .into_inner()
+            .filter(not_punct)
+            .find(|p| p.as_rule() != Rule::EOI)?;
         self.tokens = prefix.to_vec();
         self.starts = rendered.starts;
         self.end_line = prefix.last().map(|t| t.line).unwrap_or(terminator.line);
@@ -564,7 +593,11 @@ impl<'s> Parser<'s> {
             Rule::include => self.include(stmt),
             Rule::macro_def => self.macro_def(stmt),
             Rule::admd => {
-                let v = s(&stmt.into_inner().filter(not_punct).nth(1).expect("grammar: admd value"));
+                let v = s(&stmt
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: admd value"));
                 if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
                     let f = self.end_file.clone();
                     self.diags.at(&f, self.end_line, "not a valid admd".into());
@@ -576,7 +609,11 @@ impl<'s> Parser<'s> {
             }
             Rule::bounce => {
                 let mut delays = Vec::new();
-                for p in stmt.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::STR) {
+                for p in stmt
+                    .into_inner()
+                    .filter(not_punct)
+                    .filter(|p| p.as_rule() == Rule::STR)
+                {
                     let v = s(&p);
                     match parse_delay(&v) {
                         Some(sec) => delays.push(Delay {
@@ -600,7 +637,9 @@ impl<'s> Parser<'s> {
             Rule::queue => self.queue(stmt),
             Rule::scheduler => {
                 let limits = self.limits(
-                    stmt.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::limit_kv),
+                    stmt.into_inner()
+                        .filter(not_punct)
+                        .filter(|p| p.as_rule() == Rule::limit_kv),
                     LimitKind::Scheduler,
                 )?;
                 self.cfg.scheduler_limits.push(limits);
@@ -621,7 +660,11 @@ impl<'s> Parser<'s> {
     }
 
     fn include(&mut self, stmt: P) -> Apply {
-        let p = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: include path");
+        let p = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: include path");
         let path = s(&p);
         match std::fs::read(&path) {
             Ok(src) => {
@@ -654,7 +697,10 @@ impl<'s> Parser<'s> {
     }
 
     fn ca(&mut self, stmt: P) -> Apply {
-        let mut strs = stmt.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::STR);
+        let mut strs = stmt
+            .into_inner()
+            .filter(not_punct)
+            .filter(|p| p.as_rule() == Rule::STR);
         let name_p = strs.next().expect("grammar: ca name");
         let name = s(&name_p);
         if !valid_domain_name(&name) {
@@ -734,11 +780,18 @@ impl<'s> Parser<'s> {
     }
 
     fn mda(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: mda body");
+        let inner = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: mda body");
         match inner.as_rule() {
             Rule::mda_limit => {
                 let limits = self.limits(
-                    inner.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::limit_kv),
+                    inner
+                        .into_inner()
+                        .filter(not_punct)
+                        .filter(|p| p.as_rule() == Rule::limit_kv),
                     LimitKind::Mda,
                 )?;
                 self.cfg.mda_limits.push(limits);
@@ -749,7 +802,8 @@ impl<'s> Parser<'s> {
             _ => {
                 let mut strs = inner
                     .clone()
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .filter(|p| p.as_rule() == Rule::STR);
                 let name = s(&strs.next().expect("grammar: wrapper name"));
                 let cmd = s(&strs.next().expect("grammar: wrapper command"));
@@ -769,11 +823,16 @@ impl<'s> Parser<'s> {
     }
 
     fn mta(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: mta body");
+        let inner = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: mta body");
         match inner.as_rule() {
             Rule::mta_max_deferred => {
                 let n = inner
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .nth(1)
                     .map(|p| p.as_str().parse().unwrap_or(0))
                     .unwrap_or(0);
@@ -792,7 +851,11 @@ impl<'s> Parser<'s> {
                     match p.as_rule() {
                         Rule::STR => lim.domain = Some(s(&p)),
                         Rule::mta_limit_opt => {
-                            let o = p.into_inner().filter(not_punct).next().expect("grammar: mta limit option");
+                            let o = p
+                                .into_inner()
+                                .filter(not_punct)
+                                .next()
+                                .expect("grammar: mta limit option");
                             match o.as_rule() {
                                 Rule::k_inet4 => lim.inet4 = true,
                                 Rule::k_inet6 => lim.inet6 = true,
@@ -862,7 +925,11 @@ impl<'s> Parser<'s> {
     }
 
     fn queue(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: queue body");
+        let inner = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: queue body");
         match inner.as_rule() {
             Rule::k_compression => {
                 self.cfg.queue.compression = true;
@@ -874,7 +941,11 @@ impl<'s> Parser<'s> {
                 self.push_once(Item::Queue(QueueItem::Encryption));
             }
             _ => {
-                let p = inner.into_inner().filter(not_punct).nth(1).expect("grammar: queue ttl");
+                let p = inner
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: queue ttl");
                 let v = s(&p);
                 match parse_delay(&v) {
                     Some(sec) => {
@@ -897,11 +968,18 @@ impl<'s> Parser<'s> {
     }
 
     fn smtp(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: smtp body");
+        let inner = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: smtp body");
         match inner.as_rule() {
             Rule::smtp_limit => {
                 let limits = self.limits(
-                    inner.into_inner().filter(not_punct).filter(|p| p.as_rule() == Rule::limit_kv),
+                    inner
+                        .into_inner()
+                        .filter(not_punct)
+                        .filter(|p| p.as_rule() == Rule::limit_kv),
                     LimitKind::Session,
                 )?;
                 for (k, v) in &limits {
@@ -920,7 +998,11 @@ impl<'s> Parser<'s> {
                 self.push_once(Item::Smtp(SmtpItem::Ciphers));
             }
             Rule::smtp_max_message_size => {
-                let p = inner.into_inner().filter(not_punct).nth(1).expect("grammar: size");
+                let p = inner
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: size");
                 let v = if p.as_rule() == Rule::STR {
                     s(&p)
                 } else {
@@ -933,7 +1015,11 @@ impl<'s> Parser<'s> {
                 self.push_once(Item::Smtp(SmtpItem::MaxMessageSize));
             }
             _ => {
-                let p = inner.into_inner().filter(not_punct).nth(1).expect("grammar: delimiter");
+                let p = inner
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: delimiter");
                 let v = s(&p);
                 let mut chars = v.chars();
                 let (Some(c), None) = (chars.next(), chars.next()) else {
@@ -952,10 +1038,15 @@ impl<'s> Parser<'s> {
     }
 
     fn srs(&mut self, stmt: P) -> Apply {
-        let inner = stmt.into_inner().filter(not_punct).nth(1).expect("grammar: srs body");
+        let inner = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: srs body");
         let rule = inner.as_rule();
         let p = inner
-            .into_inner().filter(not_punct)
+            .into_inner()
+            .filter(not_punct)
             .filter(|p| p.as_rule() == Rule::STR)
             .last()
             .expect("grammar: srs value");
@@ -1119,12 +1210,17 @@ impl<'s> Parser<'s> {
 
     /// Resolve a `tables` pair: a reference, an inline table, or a single string.
     fn tables(&mut self, p: P) -> Check<TableId> {
-        let inner = p.into_inner().filter(not_punct).next().expect("grammar: tables");
+        let inner = p
+            .into_inner()
+            .filter(not_punct)
+            .next()
+            .expect("grammar: tables");
         match inner.as_rule() {
             Rule::table_ref => {
                 let name_p = inner
                     .clone()
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .next()
                     .expect("grammar: table name");
                 let name = s(&name_p);
@@ -1134,7 +1230,11 @@ impl<'s> Parser<'s> {
                 }
             }
             Rule::inline_table => {
-                let values = inner.into_inner().filter(not_punct).next().expect("grammar: table values");
+                let values = inner
+                    .into_inner()
+                    .filter(not_punct)
+                    .next()
+                    .expect("grammar: table values");
                 let (kind, entries) = inline_entries(values);
                 Ok(self.anonymous_table(kind, entries))
             }
@@ -1212,7 +1312,11 @@ impl<'s> Parser<'s> {
     // ------------------------------------------------------------ listen
 
     fn listen(&mut self, stmt: P) -> Apply {
-        let target = stmt.into_inner().filter(not_punct).nth(2).expect("grammar: listen target");
+        let target = stmt
+            .into_inner()
+            .filter(not_punct)
+            .nth(2)
+            .expect("grammar: listen target");
         let span = self.span();
         if target.as_rule() == Rule::listen_socket {
             if self.socket_listener {
@@ -1222,7 +1326,11 @@ impl<'s> Parser<'s> {
             }
             let mut l = Listener::new(ListenOn::Socket, span);
             for o in target.into_inner().filter(not_punct).skip(1) {
-                let o = o.into_inner().filter(not_punct).next().expect("grammar: socket option");
+                let o = o
+                    .into_inner()
+                    .filter(not_punct)
+                    .next()
+                    .expect("grammar: socket option");
                 self.listen_option(&mut l, o)?;
             }
             self.socket_listener = true;
@@ -1236,7 +1344,11 @@ impl<'s> Parser<'s> {
         let iface = s(&it.next().expect("grammar: interface"));
         let mut l = Listener::new(ListenOn::Interface(iface.clone()), span);
         for o in it {
-            let o = o.into_inner().filter(not_punct).next().expect("grammar: listen option");
+            let o = o
+                .into_inner()
+                .filter(not_punct)
+                .next()
+                .expect("grammar: listen option");
             self.listen_option(&mut l, o)?;
         }
         if l.auth.is_some() && l.tls.is_none() {
@@ -1271,7 +1383,12 @@ impl<'s> Parser<'s> {
     }
 
     fn filter_ref(&mut self, p: P) -> Check<String> {
-        let inner = p.clone().into_inner().filter(not_punct).nth(1).expect("grammar: filter ref");
+        let inner = p
+            .clone()
+            .into_inner()
+            .filter(not_punct)
+            .nth(1)
+            .expect("grammar: filter ref");
         if inner.as_rule() == Rule::STR {
             let name = s(&inner);
             if self.cfg.filter_named(&name).is_none() {
@@ -1350,7 +1467,12 @@ impl<'s> Parser<'s> {
             }
             Rule::opt_port => {
                 once!(l.port.is_some(), "port already specified");
-                let v = o.clone().into_inner().filter(not_punct).nth(1).expect("grammar: port");
+                let v = o
+                    .clone()
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: port");
                 let (spelled, number) = match v.as_rule() {
                     Rule::NUM => {
                         let n: i64 = v.as_str().parse().unwrap_or(-1);
@@ -1390,7 +1512,8 @@ impl<'s> Parser<'s> {
                 once!(l.tls.is_some(), "TLS mode already specified");
                 let verify = o
                     .clone()
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .any(|p| p.as_rule() == Rule::k_verify);
                 l.tls = Some(match o.as_rule() {
                     Rule::opt_smtps => TlsMode::Smtps { verify },
@@ -1402,7 +1525,8 @@ impl<'s> Parser<'s> {
                 once!(l.pki.is_some(), "pki already specified");
                 l.pki = o
                     .clone()
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .nth(1)
                     .map(|p| s(&p).to_ascii_lowercase());
             }
@@ -1410,7 +1534,8 @@ impl<'s> Parser<'s> {
                 once!(l.ca.is_some(), "ca already specified");
                 l.ca = o
                     .clone()
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .nth(1)
                     .map(|p| s(&p).to_ascii_lowercase());
             }
@@ -1429,17 +1554,33 @@ impl<'s> Parser<'s> {
             }
             Rule::opt_tag => {
                 once!(l.tag.is_some(), "tag already specified");
-                let v = s(&o.clone().into_inner().filter(not_punct).nth(1).expect("grammar: tag"));
+                let v = s(&o
+                    .clone()
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: tag"));
                 once!(v.len() > 32, "tag name too long");
                 l.tag = Some(v);
             }
             Rule::opt_hostname => {
                 once!(l.hostname.is_some(), "hostname already specified");
-                l.hostname = o.clone().into_inner().filter(not_punct).nth(1).map(|p| s(&p));
+                l.hostname = o
+                    .clone()
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .map(|p| s(&p));
             }
             Rule::opt_hostnames => {
                 once!(l.hostnames.is_some(), "hostnames already specified");
-                let id = self.tables(o.clone().into_inner().filter(not_punct).nth(1).expect("grammar: hostnames"))?;
+                let id = self.tables(
+                    o.clone()
+                        .into_inner()
+                        .filter(not_punct)
+                        .nth(1)
+                        .expect("grammar: hostnames"),
+                )?;
                 if !self.is_mapping(id) {
                     let name = self.cfg.table(id).name.clone();
                     return self.fail_at(
@@ -1503,7 +1644,12 @@ impl<'s> Parser<'s> {
         };
         let mut ttl = None;
         for t in it {
-            let v = s(&t.clone().into_inner().filter(not_punct).nth(1).expect("grammar: ttl"));
+            let v = s(&t
+                .clone()
+                .into_inner()
+                .filter(not_punct)
+                .nth(1)
+                .expect("grammar: ttl"));
             if ttl.is_some() {
                 return Ok(self.fail_at(&t, "ttl already specified for this dispatcher".into())?);
             }
@@ -1564,9 +1710,11 @@ impl<'s> Parser<'s> {
                     rcpt_to: inner.next().is_some(),
                 }
             }
-            Rule::m_mda => {
-                LocalMethod::Mda(s(&m.into_inner().filter(not_punct).nth(1).expect("grammar: mda command")))
-            }
+            Rule::m_mda => LocalMethod::Mda(s(&m
+                .into_inner()
+                .filter(not_punct)
+                .nth(1)
+                .expect("grammar: mda command"))),
             Rule::k_forward_only => LocalMethod::ForwardOnly,
             _ => LocalMethod::ExpandOnly,
         };
@@ -1579,10 +1727,15 @@ impl<'s> Parser<'s> {
             wrapper: None,
         };
         for opt in it {
-            let o = opt.into_inner().filter(not_punct).next().expect("grammar: local option");
+            let o = opt
+                .into_inner()
+                .filter(not_punct)
+                .next()
+                .expect("grammar: local option");
             let arg = o
                 .clone()
-                .into_inner().filter(not_punct)
+                .into_inner()
+                .filter(not_punct)
                 .nth(1)
                 .expect("grammar: local option value");
             match o.as_rule() {
@@ -1662,7 +1815,11 @@ impl<'s> Parser<'s> {
     fn relay(&mut self, p: P) -> Check<RelayAction> {
         let mut r = RelayAction::default();
         for opt in p.into_inner().filter(not_punct).skip(1) {
-            let o = opt.into_inner().filter(not_punct).next().expect("grammar: relay option");
+            let o = opt
+                .into_inner()
+                .filter(not_punct)
+                .next()
+                .expect("grammar: relay option");
             macro_rules! once {
                 ($cond:expr, $what:expr) => {
                     if $cond {
@@ -1713,7 +1870,8 @@ impl<'s> Parser<'s> {
                     }
                     r.backup = Some(
                         o.clone()
-                            .into_inner().filter(not_punct)
+                            .into_inner()
+                            .filter(not_punct)
                             .find(|q| q.as_rule() == Rule::STR)
                             .map(|q| s(&q)),
                     );
@@ -1785,7 +1943,11 @@ impl<'s> Parser<'s> {
             match p.as_rule() {
                 Rule::match_opt => self.match_opt(&mut rule, p)?,
                 Rule::match_action => {
-                    let name_p = p.into_inner().filter(not_punct).nth(1).expect("grammar: action name");
+                    let name_p = p
+                        .into_inner()
+                        .filter(not_punct)
+                        .nth(1)
+                        .expect("grammar: action name");
                     let name = s(&name_p);
                     if self.cfg.action_named(&name).is_none() {
                         return Ok(self.fail_at(&name_p, format!("no such dispatcher: {name}"))?);
@@ -1939,7 +2101,11 @@ impl<'s> Parser<'s> {
         let body = it.next().expect("grammar: filter body");
         let kind = match body.as_rule() {
             Rule::filter_proc => {
-                let p = body.into_inner().filter(not_punct).nth(1).expect("grammar: proc name");
+                let p = body
+                    .into_inner()
+                    .filter(not_punct)
+                    .nth(1)
+                    .expect("grammar: proc name");
                 let proc = s(&p);
                 if !self.cfg.procs.iter().any(|x| x.name == proc) {
                     return Ok(
@@ -1975,13 +2141,19 @@ impl<'s> Parser<'s> {
             }
             Rule::filter_chain => {
                 let list = body
-                    .into_inner().filter(not_punct)
+                    .into_inner()
+                    .filter(not_punct)
                     .find(|p| p.as_rule() == Rule::filter_list)
                     .expect("grammar: chain list");
                 FilterKind::Chain(self.chain_members(list)?)
             }
             _ => FilterKind::Builtin(
-                self.builtin_filter(body.into_inner().filter(not_punct).nth(1).expect("grammar: phase rule"))?,
+                self.builtin_filter(
+                    body.into_inner()
+                        .filter(not_punct)
+                        .nth(1)
+                        .expect("grammar: phase rule"),
+                )?,
             ),
         };
         let span = self.span();
@@ -2054,14 +2226,23 @@ impl<'s> Parser<'s> {
         }
         let mut d = it.next().expect("grammar: decision");
         if d.as_rule() == Rule::decision {
-            d = d.into_inner().filter(not_punct).next().expect("grammar: decision body");
+            d = d
+                .into_inner()
+                .filter(not_punct)
+                .next()
+                .expect("grammar: decision body");
         }
         if d.as_rule() == Rule::decision_nojunk {
-            d = d.into_inner().filter(not_punct).next().expect("grammar: decision body");
+            d = d
+                .into_inner()
+                .filter(not_punct)
+                .next()
+                .expect("grammar: decision body");
         }
         let msg = d
             .clone()
-            .into_inner().filter(not_punct)
+            .into_inner()
+            .filter(not_punct)
             .nth(1)
             .map(|m| s(&m))
             .unwrap_or_default();
@@ -2097,7 +2278,11 @@ type Rule_ = super::model::Rule;
 /// Entries of an inline `{ ... }` table; the first element decides list or mapping.
 fn inline_entries(values: P) -> (TableKind, std::collections::BTreeMap<String, String>) {
     let mut entries: Vec<(String, String)> = Vec::new();
-    let inner = values.into_inner().filter(not_punct).next().expect("grammar: table values");
+    let inner = values
+        .into_inner()
+        .filter(not_punct)
+        .next()
+        .expect("grammar: table values");
     let kind = if inner.as_rule() == Rule::keyval_list {
         TableKind::Mapping
     } else {
