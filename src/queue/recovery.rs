@@ -1,0 +1,233 @@
+//! Recovery at start: put the spool back into a state where every message
+//! in `queue/` is deliverable and nothing else is left over.
+//!
+//! What a crash can leave, and what recovery does with it:
+//! * entries in `incoming/`: transactions that never committed (no 250 was
+//!   sent for them) — removed;
+//! * entries in `purge/`: messages being deleted — finished;
+//! * `<evpid>.tmp` next to an envelope: an update cut short; the envelope
+//!   itself is intact (the rename is the commit point) — the temp file is
+//!   removed;
+//! * a message directory without envelopes: the last envelope was removed
+//!   but the directory not yet — the message is purged;
+//! * an envelope that does not parse, a message directory without its
+//!   `message` file, or a name that is not ours: moved to `corrupt/` for a
+//!   human to look at, never deleted and never delivered.
+//!
+//! Everything else is returned to the caller, which hands the envelopes to
+//! the scheduler. Recovery is idempotent: a crash during recovery is
+//! recovered by the next start.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::commit::remove_tree;
+use super::envelope::Envelope;
+use super::envelope_file::{EnvelopeFormatError, MAX_ENVELOPE_FILE};
+use super::error::{QueueError, Result};
+use super::id::{Evpid, Msgid};
+use super::layout::{Layout, MESSAGE_FILE, UPDATE_SUFFIX, create_dir, is_bucket_name};
+
+/// What [`super::Spool::open`] found and did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Every committed envelope, in id order, for the scheduler.
+    pub envelopes: Vec<Envelope>,
+    /// Number of committed messages found.
+    pub messages: usize,
+    /// Open transactions removed from `incoming/`.
+    pub rolled_back: usize,
+    /// Messages removed because none of their envelopes was left.
+    pub purged: Vec<Msgid>,
+    /// Where quarantined files and directories now are (under `corrupt/`).
+    pub quarantined: Vec<PathBuf>,
+}
+
+/// Runs recovery on an existing, locked spool.
+pub(crate) fn recover(layout: &Layout) -> Result<Recovery> {
+    let mut report = Recovery::default();
+
+    for entry in list(&layout.purge())? {
+        remove_any(&entry.path)?;
+    }
+    for entry in list(&layout.incoming())? {
+        remove_any(&entry.path)?;
+        report.rolled_back += 1;
+        tracing::info!("queue: rolled back {}", entry.path.display());
+    }
+
+    for bucket in list(&layout.queue())? {
+        if !(bucket.is_dir && bucket.name.as_deref().is_some_and(is_bucket_name)) {
+            report
+                .quarantined
+                .push(quarantine(layout, &bucket.path, None)?);
+            continue;
+        }
+        for message in list(&bucket.path)? {
+            let msgid = message
+                .name
+                .as_deref()
+                .and_then(|n| n.parse::<Msgid>().ok().filter(|m| m.to_string() == n));
+            match msgid {
+                Some(m) if message.is_dir && layout.bucket(m) == bucket.path => {
+                    recover_message(layout, m, &mut report)?;
+                }
+                _ => report
+                    .quarantined
+                    .push(quarantine(layout, &message.path, None)?),
+            }
+        }
+    }
+    report.envelopes.sort_by_key(|e| e.id);
+    Ok(report)
+}
+
+/// Recovery of one `queue/<XX>/<msgid>/`.
+fn recover_message(layout: &Layout, msgid: Msgid, report: &mut Recovery) -> Result<()> {
+    let dir = layout.message_dir(msgid);
+    let mut has_body = false;
+    let mut candidates = Vec::new();
+    for entry in list(&dir)? {
+        let name = entry.name.as_deref().unwrap_or("");
+        if name == MESSAGE_FILE && !entry.is_dir {
+            has_body = true;
+        } else if name.ends_with(UPDATE_SUFFIX) && !entry.is_dir {
+            remove_any(&entry.path)?;
+        } else if let Some(evpid) = envelope_name(msgid, name).filter(|_| !entry.is_dir) {
+            candidates.push((evpid, entry.path));
+        } else {
+            report
+                .quarantined
+                .push(quarantine(layout, &entry.path, Some(msgid))?);
+        }
+    }
+    if !has_body {
+        tracing::warn!("queue: message {msgid} has no body; moved to corrupt/");
+        report.quarantined.push(quarantine(layout, &dir, None)?);
+        return Ok(());
+    }
+    let mut loaded = 0;
+    for (evpid, path) in candidates {
+        match read_envelope(&path, evpid) {
+            Ok(envelope) => {
+                report.envelopes.push(envelope);
+                loaded += 1;
+            }
+            Err(QueueError::Corrupt { reason, .. }) => {
+                tracing::warn!("queue: corrupt envelope {}: {reason}", path.display());
+                report
+                    .quarantined
+                    .push(quarantine(layout, &path, Some(msgid))?);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if loaded == 0 {
+        remove_tree(&dir)?;
+        report.purged.push(msgid);
+    } else {
+        report.messages += 1;
+    }
+    Ok(())
+}
+
+/// The envelope id named by a file in `msgid`'s directory, if it is one
+/// (canonical lower-case spelling only: that is what we write).
+pub(crate) fn envelope_name(msgid: Msgid, name: &str) -> Option<Evpid> {
+    name.parse::<Evpid>()
+        .ok()
+        .filter(|e| e.msgid() == msgid && e.to_string() == name)
+}
+
+/// Reads and parses one envelope file; a file that does not parse is
+/// reported as [`QueueError::Corrupt`] (not moved: the caller decides).
+pub(crate) fn read_envelope(path: &Path, evpid: Evpid) -> Result<Envelope> {
+    let file = fs::File::open(path).map_err(|e| QueueError::io("open", path, e))?;
+    let mut bytes = Vec::with_capacity(1024);
+    file.take(MAX_ENVELOPE_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| QueueError::io("read", path, e))?;
+    Envelope::from_file_text(evpid, &bytes).map_err(|reason: EnvelopeFormatError| {
+        QueueError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })
+}
+
+/// Moves `path` into `corrupt/` (into `corrupt/<msgid>/` when it belongs to
+/// a message), adding `.N` to the name if it is taken. Returns where it went.
+pub(crate) fn quarantine(layout: &Layout, path: &Path, msgid: Option<Msgid>) -> Result<PathBuf> {
+    let dir = match msgid {
+        Some(m) => layout.corrupt().join(m.to_string()),
+        None => layout.corrupt(),
+    };
+    create_dir(&dir, 0o700).map_err(|e| QueueError::io("create", &dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unnamed".into());
+    let mut dest = dir.join(&name);
+    let mut n = 1;
+    while dest.symlink_metadata().is_ok() {
+        if n > 1000 {
+            return Err(QueueError::io(
+                "quarantine",
+                path,
+                std::io::Error::other("too many files of that name in corrupt/"),
+            ));
+        }
+        dest = dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &dest).map_err(|e| QueueError::io("rename", path, e))?;
+    tracing::warn!(
+        "queue: quarantined {} as {}",
+        path.display(),
+        dest.display()
+    );
+    Ok(dest)
+}
+
+/// One directory entry.
+pub(crate) struct Entry {
+    pub(crate) path: PathBuf,
+    /// The name if it is UTF-8 (ours always are).
+    pub(crate) name: Option<String>,
+    /// A real directory (symbolic links are not followed).
+    pub(crate) is_dir: bool,
+}
+
+/// Lists a directory, sorted by name for a deterministic walk.
+pub(crate) fn list(dir: &Path) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| QueueError::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| QueueError::io("read directory", dir, e))?;
+        let is_dir = entry
+            .file_type()
+            .map_err(|e| QueueError::io("stat", &entry.path(), e))?
+            .is_dir();
+        out.push(Entry {
+            path: entry.path(),
+            name: entry.file_name().to_str().map(str::to_string),
+            is_dir,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Removes a file or a directory tree.
+fn remove_any(path: &Path) -> Result<()> {
+    let is_dir = path.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false);
+    if is_dir {
+        remove_tree(path)
+    } else {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(QueueError::io("remove", path, e)),
+        }
+    }
+}

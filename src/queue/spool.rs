@@ -1,0 +1,496 @@
+//! The spool: the one handle through which the daemon touches the queue on
+//! disk — opening (and recovering) it, starting message transactions, and
+//! the operations the scheduler, delivery and `smtpctl` need on committed
+//! messages.
+//!
+//! A `Spool` is a cheap clone (an `Arc`); every session holds one. Opening
+//! takes an exclusive lock on `spool.lock`, so two daemons can never roll
+//! back each other's transactions.
+//!
+//! Operations on committed messages are plain blocking file-system calls
+//! (a few µs to a few ms, including fsyncs); async callers run them with
+//! `tokio::task::spawn_blocking`. Changes to one message's directory
+//! (update, add, remove) are serialized by a lock stripe chosen by message
+//! id, so "remove the last envelope, then the message" cannot race with
+//! "add a bounce envelope to the message".
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::commit::{CommitStats, Committer, Counters, remove_tree, sync_dir, sync_file};
+use super::envelope::Envelope;
+use super::error::{QueueError, Result};
+use super::id::{Evpid, Msgid};
+use super::layout::{Layout, MESSAGE_FILE};
+use super::recovery::{self, Recovery, envelope_name, quarantine, read_envelope};
+use super::writer::MessageWriter;
+
+/// Number of lock stripes for per-message changes.
+const STRIPES: usize = 64;
+
+/// Attempts at drawing a free message id before giving up.
+const MSGID_ATTEMPTS: usize = 100;
+
+/// A handle on an open spool (see the module documentation).
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: Layout,
+    committer: Committer,
+    counters: Arc<Counters>,
+    stripes: Vec<Mutex<()>>,
+    /// Held for the life of the spool; the lock goes with the descriptor.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("root", &self.inner.layout.root())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Spool::remove_envelope`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// The envelope; the message still has others.
+    Envelope,
+    /// The envelope and, as it was the last one, the message.
+    Message,
+}
+
+impl Spool {
+    /// Opens the spool at `root` (created if missing), locks it, starts the
+    /// committer and recovers what a previous run left (see
+    /// [`super::recovery`]). The [`Recovery`] lists the committed envelopes
+    /// for the scheduler.
+    pub fn open(root: impl Into<PathBuf>) -> Result<(Spool, Recovery)> {
+        let layout = Layout::new(root);
+        layout
+            .create()
+            .map_err(|e| QueueError::io("create spool", layout.root(), e))?;
+        let lock_path = layout.lock_file();
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| QueueError::io("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(QueueError::Locked(lock_path)),
+            Err(fs::TryLockError::Error(e)) => return Err(QueueError::io("lock", &lock_path, e)),
+        }
+        let recovered = recovery::recover(&layout)?;
+        let counters = Arc::new(Counters::default());
+        let committer = Committer::start(layout.clone(), Arc::clone(&counters))?;
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                layout,
+                committer,
+                counters,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                _lock: lock,
+            }),
+        };
+        Ok((spool, recovered))
+    }
+
+    /// Reads every committed envelope of the spool at `root` without
+    /// locking, repairing or changing anything: for `smtpctl show queue`
+    /// when the daemon is not running. Unreadable envelopes are skipped
+    /// (and logged); files that vanish during the walk are ignored.
+    pub fn offline_envelopes(root: impl AsRef<Path>) -> Result<Vec<Envelope>> {
+        let layout = Layout::new(root.as_ref());
+        let mut out = Vec::new();
+        for bucket in recovery::list(&layout.queue())? {
+            if !bucket.is_dir {
+                continue;
+            }
+            let messages = match recovery::list(&bucket.path) {
+                Ok(m) => m,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            for message in messages {
+                let Some(msgid) = message
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.parse::<Msgid>().ok().filter(|m| m.to_string() == n))
+                else {
+                    continue;
+                };
+                let entries = match recovery::list(&message.path) {
+                    Ok(e) => e,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let Some(evpid) = entry.name.as_deref().and_then(|n| envelope_name(msgid, n))
+                    else {
+                        continue;
+                    };
+                    match read_envelope(&entry.path, evpid) {
+                        Ok(envelope) => out.push(envelope),
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    /// Where the spool lives.
+    pub fn root(&self) -> &Path {
+        self.inner.layout.root()
+    }
+
+    /// The spool's path arithmetic.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Counters of the commit path.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.counters.snapshot()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub(crate) fn committer(&self) -> &Committer {
+        &self.inner.committer
+    }
+
+    /// Starts a message transaction: draws a message id that is free in the
+    /// spool and creates `incoming/<msgid>/message`. Runs on tokio's
+    /// blocking pool (creating files costs up to a millisecond).
+    pub async fn begin_message(&self) -> Result<MessageWriter> {
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || spool.begin_message_blocking())
+            .await
+            .map_err(|e| {
+                QueueError::io(
+                    "begin message in",
+                    &self.inner.layout.incoming(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?
+    }
+
+    /// Like [`Spool::begin_message`], for callers outside tokio.
+    pub fn begin_message_blocking(&self) -> Result<MessageWriter> {
+        self.begin_message_with(Msgid::random)
+    }
+
+    /// [`Spool::begin_message_blocking`] with the id source given (tests use
+    /// it to put messages into chosen buckets).
+    pub(crate) fn begin_message_with(
+        &self,
+        mut draw: impl FnMut() -> Result<Msgid>,
+    ) -> Result<MessageWriter> {
+        let layout = &self.inner.layout;
+        for _ in 0..MSGID_ATTEMPTS {
+            let msgid = draw()?;
+            if layout.message_dir(msgid).symlink_metadata().is_ok() {
+                continue;
+            }
+            let dir = layout.incoming_message(msgid);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(QueueError::io("create", &dir, e)),
+            }
+            // A transaction with this id may have committed between the
+            // check and the mkdir; from now on nobody else can.
+            if layout.message_dir(msgid).symlink_metadata().is_ok() {
+                let _ = fs::remove_dir(&dir);
+                continue;
+            }
+            let body = dir.join(MESSAGE_FILE);
+            let file = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&body)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = remove_tree(&dir);
+                    return Err(QueueError::io("create", &body, e));
+                }
+            };
+            return Ok(MessageWriter::new(self.clone(), msgid, dir, file));
+        }
+        Err(QueueError::io(
+            "find a free message id in",
+            &layout.queue(),
+            std::io::Error::other(format!("{MSGID_ATTEMPTS} random ids were all taken")),
+        ))
+    }
+
+    /// Every committed message, in id order.
+    pub fn messages(&self) -> Result<Vec<Msgid>> {
+        let layout = &self.inner.layout;
+        let mut out = Vec::new();
+        for bucket in recovery::list(&layout.queue())? {
+            if !bucket.is_dir {
+                continue;
+            }
+            for entry in recovery::list(&bucket.path)? {
+                if let Some(m) = entry
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.parse::<Msgid>().ok().filter(|m| m.to_string() == n))
+                    .filter(|m| entry.is_dir && layout.bucket(*m) == bucket.path)
+                {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The envelope ids of a committed message, in id order.
+    pub fn envelope_ids(&self, msgid: Msgid) -> Result<Vec<Evpid>> {
+        let dir = self.inner.layout.message_dir(msgid);
+        if !dir.is_dir() {
+            return Err(QueueError::NoSuchMessage(msgid));
+        }
+        let mut ids: Vec<Evpid> = recovery::list(&dir)?
+            .into_iter()
+            .filter(|e| !e.is_dir)
+            .filter_map(|e| e.name.as_deref().and_then(|n| envelope_name(msgid, n)))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Every committed envelope that can be read, in id order (for
+    /// `smtpctl show queue`). Corrupt ones are quarantined and skipped;
+    /// envelopes removed while the walk runs are skipped.
+    pub fn envelopes(&self) -> Result<Vec<Envelope>> {
+        let mut out = Vec::new();
+        for msgid in self.messages()? {
+            let ids = match self.envelope_ids(msgid) {
+                Ok(ids) => ids,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            for evpid in ids {
+                match self.load_envelope(evpid) {
+                    Ok(envelope) => out.push(envelope),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e @ QueueError::Corrupt { .. }) => tracing::warn!("{e}"),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one committed envelope. A corrupt one is moved to `corrupt/`
+    /// and reported as [`QueueError::Corrupt`].
+    pub fn load_envelope(&self, evpid: Evpid) -> Result<Envelope> {
+        let path = self.inner.layout.envelope_file(evpid);
+        match read_envelope(&path, evpid) {
+            Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(QueueError::NoSuchEnvelope(evpid))
+            }
+            Err(QueueError::Corrupt { .. }) => {
+                // Read again under the message's lock: an update may have
+                // replaced the file meanwhile, and a good envelope must
+                // never be quarantined.
+                let _guard = self.stripe(evpid.msgid());
+                match read_envelope(&path, evpid) {
+                    Err(QueueError::Corrupt { path, reason }) => {
+                        quarantine(&self.inner.layout, &path, Some(evpid.msgid()))?;
+                        Err(QueueError::Corrupt { path, reason })
+                    }
+                    Err(QueueError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        Err(QueueError::NoSuchEnvelope(evpid))
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Rewrites a committed envelope (retry count, last try, error line...)
+    /// atomically: the new text goes to `<evpid>.tmp`, is fsynced, renamed
+    /// over the envelope, and the directory is fsynced. A crash leaves the
+    /// old or the new envelope, never a mix.
+    pub fn update_envelope(&self, envelope: &Envelope) -> Result<()> {
+        self.store_envelope(envelope, true)
+    }
+
+    /// Draws an envelope id that is free in a committed message (for a
+    /// bounce envelope, which lives in the message it reports on).
+    pub fn new_evpid(&self, msgid: Msgid) -> Result<Evpid> {
+        for _ in 0..64 {
+            let evpid = Evpid::random(msgid)?;
+            if self
+                .inner
+                .layout
+                .envelope_file(evpid)
+                .symlink_metadata()
+                .is_err()
+            {
+                return Ok(evpid);
+            }
+        }
+        Err(QueueError::Random(
+            "no free envelope id after 64 draws".into(),
+        ))
+    }
+
+    /// Adds a new envelope (a bounce, usually) to a committed message,
+    /// durably, the same way [`Spool::update_envelope`] writes.
+    pub fn add_envelope(&self, envelope: &Envelope) -> Result<()> {
+        self.store_envelope(envelope, false)
+    }
+
+    fn store_envelope(&self, envelope: &Envelope, replace: bool) -> Result<()> {
+        let layout = &self.inner.layout;
+        let evpid = envelope.id;
+        let text = envelope
+            .to_file_text()
+            .map_err(|e| QueueError::InvalidEnvelope(format!("{evpid}: {e}")))?;
+        let _guard = self.stripe(evpid.msgid());
+        let dir = layout.message_dir(evpid.msgid());
+        if !layout.message_file(evpid.msgid()).is_file() {
+            return Err(QueueError::NoSuchMessage(evpid.msgid()));
+        }
+        let path = layout.envelope_file(evpid);
+        let exists = path.symlink_metadata().is_ok();
+        if replace && !exists {
+            return Err(QueueError::NoSuchEnvelope(evpid));
+        }
+        if !replace && exists {
+            return Err(QueueError::InvalidEnvelope(format!(
+                "envelope {evpid} already exists"
+            )));
+        }
+        let tmp = layout.envelope_update_file(evpid);
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| QueueError::io("create", &tmp, e))?;
+            f.write_all(text.as_bytes())
+                .map_err(|e| QueueError::io("write", &tmp, e))?;
+            sync_file(&f, &tmp)?;
+            fs::rename(&tmp, &path).map_err(|e| QueueError::io("rename", &tmp, e))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        sync_dir(&dir)
+    }
+
+    /// Removes a committed envelope (delivered, failed for good, expired, or
+    /// removed by the administrator). When it was the message's last one,
+    /// the message goes too. Durable on return, so a crash cannot deliver
+    /// it again.
+    pub fn remove_envelope(&self, evpid: Evpid) -> Result<Removed> {
+        let layout = &self.inner.layout;
+        let msgid = evpid.msgid();
+        let _guard = self.stripe(msgid);
+        let path = layout.envelope_file(evpid);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(QueueError::NoSuchEnvelope(evpid));
+            }
+            Err(e) => return Err(QueueError::io("remove", &path, e)),
+        }
+        let dir = layout.message_dir(msgid);
+        let others = recovery::list(&dir)?.iter().any(|e| {
+            !e.is_dir
+                && e.name
+                    .as_deref()
+                    .and_then(|n| envelope_name(msgid, n))
+                    .is_some()
+        });
+        if others {
+            sync_dir(&dir)?;
+            Ok(Removed::Envelope)
+        } else {
+            self.purge_locked(msgid)?;
+            Ok(Removed::Message)
+        }
+    }
+
+    /// Removes a committed message with all its envelopes; returns how many
+    /// envelopes it had.
+    pub fn remove_message(&self, msgid: Msgid) -> Result<usize> {
+        let count = self.envelope_ids(msgid)?.len();
+        let _guard = self.stripe(msgid);
+        self.purge_locked(msgid)?;
+        Ok(count)
+    }
+
+    /// Moves a message directory to `purge/` (durably gone from `queue/`
+    /// once the bucket is fsynced), then deletes it. A crash during the
+    /// deletion is finished by the next start.
+    fn purge_locked(&self, msgid: Msgid) -> Result<()> {
+        let layout = &self.inner.layout;
+        let dir = layout.message_dir(msgid);
+        let purge = layout.purge_message(msgid);
+        remove_tree(&purge)?;
+        match fs::rename(&dir, &purge) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(QueueError::NoSuchMessage(msgid));
+            }
+            Err(e) => return Err(QueueError::io("rename", &dir, e)),
+        }
+        sync_dir(&layout.bucket(msgid))?;
+        if let Err(e) = remove_tree(&purge) {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+
+    /// Opens a committed message's body for reading (delivery, bounces,
+    /// `smtpctl show message`).
+    pub fn open_message(&self, msgid: Msgid) -> Result<File> {
+        let path = self.inner.layout.message_file(msgid);
+        File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                QueueError::NoSuchMessage(msgid)
+            } else {
+                QueueError::io("open", &path, e)
+            }
+        })
+    }
+
+    fn stripe(&self, msgid: Msgid) -> MutexGuard<'_, ()> {
+        let i = msgid.get() as usize % STRIPES;
+        // The guarded data is `()`: a panic elsewhere cannot leave it
+        // inconsistent, so a poisoned lock is simply taken.
+        self.inner.stripes[i]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,345 @@
+//! The open transaction of one message: the body streamed to
+//! `incoming/<msgid>/message` while DATA runs, then committed with its
+//! envelopes or rolled back.
+//!
+//! A `MessageWriter` owns `incoming/<msgid>/` until it commits, aborts or is
+//! dropped; dropping it without a commit removes the directory, so a session
+//! that dies mid-DATA leaves nothing behind (and a crash leaves only an
+//! `incoming/` entry, which the next start removes).
+//!
+//! Body chunks are collected in memory and written in 64 KiB blocks from
+//! tokio's blocking pool, so a session never blocks its runtime thread on
+//! the disk; the `_blocking` twins serve callers outside tokio.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::commit::{Counters, micros_since, remove_tree, sync_dir, sync_file};
+use super::envelope::Envelope;
+use super::error::{QueueError, Result};
+use super::id::{Evpid, Msgid};
+use super::layout::MESSAGE_FILE;
+use super::spool::Spool;
+
+/// Body bytes collected before a write to the file.
+const WRITE_BLOCK: usize = 64 * 1024;
+
+/// An open message transaction (see the module documentation).
+pub struct MessageWriter {
+    spool: Spool,
+    msgid: Msgid,
+    dir: PathBuf,
+    /// `None` only while a block is being written from the blocking pool,
+    /// or after such a write was abandoned (the writer is then unusable).
+    file: Option<File>,
+    buf: Vec<u8>,
+    size: u64,
+    /// Low halves of the envelope ids handed out, to keep them distinct.
+    issued: HashSet<u32>,
+    /// Set once the directory is owned by a commit or has been removed.
+    finished: bool,
+}
+
+impl std::fmt::Debug for MessageWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageWriter")
+            .field("msgid", &self.msgid)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessageWriter {
+    /// Wraps a freshly created `incoming/<msgid>/` and its body file.
+    pub(crate) fn new(spool: Spool, msgid: Msgid, dir: PathBuf, file: File) -> MessageWriter {
+        MessageWriter {
+            spool,
+            msgid,
+            dir,
+            file: Some(file),
+            buf: Vec::with_capacity(WRITE_BLOCK),
+            size: 0,
+            issued: HashSet::new(),
+            finished: false,
+        }
+    }
+
+    /// The message id (for `smtp message msgid=...` and the 250 reply).
+    pub fn msgid(&self) -> Msgid {
+        self.msgid
+    }
+
+    /// Body bytes written so far (`size=` of the `smtp message` log line).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// A fresh envelope id in this message, distinct from the ones already
+    /// handed out.
+    pub fn new_evpid(&mut self) -> Result<Evpid> {
+        // A collision needs the same 32 random bits twice; the bound only
+        // makes the loop provably finite.
+        for _ in 0..64 {
+            let evpid = Evpid::random(self.msgid)?;
+            if self.issued.insert(evpid.get() as u32) {
+                return Ok(evpid);
+            }
+        }
+        Err(QueueError::Random(
+            "no free envelope id after 64 draws".into(),
+        ))
+    }
+
+    /// Appends body bytes. The file is written from tokio's blocking pool
+    /// whenever 64 KiB have collected.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(chunk);
+        self.size += chunk.len() as u64;
+        if self.buf.len() >= WRITE_BLOCK {
+            self.flush_block().await?;
+        }
+        Ok(())
+    }
+
+    /// Like [`MessageWriter::write`], for callers outside tokio.
+    pub fn write_blocking(&mut self, chunk: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(chunk);
+        self.size += chunk.len() as u64;
+        if self.buf.len() >= WRITE_BLOCK {
+            let path = self.body_path();
+            let file = self.file.as_mut().ok_or_else(|| unusable(&path))?;
+            file.write_all(&self.buf)
+                .map_err(|e| QueueError::io("write", &path, e))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    async fn flush_block(&mut self) -> Result<()> {
+        let path = self.body_path();
+        let mut file = self.file.take().ok_or_else(|| unusable(&path))?;
+        let block = std::mem::take(&mut self.buf);
+        let write_path = path.clone();
+        let (file, mut block, result) = tokio::task::spawn_blocking(move || {
+            let result = file
+                .write_all(&block)
+                .map_err(|e| QueueError::io("write", &write_path, e));
+            (file, block, result)
+        })
+        .await
+        .map_err(|e| QueueError::io("write", &path, std::io::Error::other(e.to_string())))?;
+        self.file = Some(file);
+        block.clear();
+        self.buf = block;
+        result
+    }
+
+    fn body_path(&self) -> PathBuf {
+        self.dir.join(MESSAGE_FILE)
+    }
+
+    /// Makes the message and `envelopes` durable in `queue/` and returns the
+    /// message id; only then may the SMTP side reply `250`. Each envelope's
+    /// id must come from [`MessageWriter::new_evpid`] (or at least belong to
+    /// this message and be distinct). On error everything is rolled back.
+    /// See [`super::commit`] for the steps and the durability argument.
+    pub async fn commit(mut self, envelopes: Vec<Envelope>) -> Result<Msgid> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let transaction = self.take_transaction(envelopes, Arc::clone(&cancelled))?;
+        let dir = self.dir.clone();
+        let mut guard = CancelOnDrop(Some(cancelled));
+        let result = tokio::task::spawn_blocking(move || transaction.run()).await;
+        guard.0 = None;
+        match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The blocking task died; what it left in incoming/ goes.
+                let _ = remove_tree(&dir);
+                Err(QueueError::io(
+                    "commit",
+                    &dir,
+                    std::io::Error::other(e.to_string()),
+                ))
+            }
+        }
+    }
+
+    /// Like [`MessageWriter::commit`], for callers outside tokio.
+    pub fn commit_blocking(mut self, envelopes: Vec<Envelope>) -> Result<Msgid> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.take_transaction(envelopes, cancelled)?.run()
+    }
+
+    /// Rolls the transaction back: removes `incoming/<msgid>/`.
+    pub fn abort(mut self) -> Result<()> {
+        self.finished = true;
+        self.file = None;
+        remove_tree(&self.dir)
+    }
+
+    /// Stands for a crash in tests: the writer goes away without cleaning up.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        self.finished = true;
+    }
+
+    /// Checks the envelopes and hands the directory over to a transaction.
+    fn take_transaction(
+        &mut self,
+        envelopes: Vec<Envelope>,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Transaction> {
+        if envelopes.is_empty() {
+            return Err(QueueError::InvalidEnvelope(format!(
+                "message {} has no envelopes",
+                self.msgid
+            )));
+        }
+        let mut seen = HashSet::new();
+        let mut files = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            if envelope.id.msgid() != self.msgid {
+                return Err(QueueError::InvalidEnvelope(format!(
+                    "envelope {} does not belong to message {}",
+                    envelope.id, self.msgid
+                )));
+            }
+            if !seen.insert(envelope.id) {
+                return Err(QueueError::InvalidEnvelope(format!(
+                    "envelope {} given twice",
+                    envelope.id
+                )));
+            }
+            let text = envelope
+                .to_file_text()
+                .map_err(|e| QueueError::InvalidEnvelope(format!("{}: {e}", envelope.id)))?;
+            files.push((envelope.id, text));
+        }
+        let path = self.body_path();
+        let file = self.file.take().ok_or_else(|| unusable(&path))?;
+        self.finished = true;
+        Ok(Transaction {
+            spool: self.spool.clone(),
+            msgid: self.msgid,
+            dir: self.dir.clone(),
+            file,
+            tail: std::mem::take(&mut self.buf),
+            envelopes: files,
+            cancelled,
+        })
+    }
+}
+
+impl Drop for MessageWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.file = None;
+            if let Err(e) = remove_tree(&self.dir) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+fn unusable(path: &std::path::Path) -> QueueError {
+    QueueError::io(
+        "write",
+        path,
+        std::io::Error::other("an earlier write was interrupted; the transaction must be aborted"),
+    )
+}
+
+/// Sets the cancel flag if the commit future is dropped before it finishes.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A message on its way from `incoming/` to `queue/`; owns the directory
+/// and removes it on any failure.
+struct Transaction {
+    spool: Spool,
+    msgid: Msgid,
+    dir: PathBuf,
+    file: File,
+    tail: Vec<u8>,
+    envelopes: Vec<(Evpid, String)>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Transaction {
+    /// Steps 1–3 here, 4–6 in the committer (see [`super::commit`]).
+    fn run(self) -> Result<Msgid> {
+        let Transaction {
+            spool,
+            msgid,
+            dir,
+            file,
+            tail,
+            envelopes,
+            cancelled,
+        } = self;
+        let counters = spool.counters();
+        let started = std::time::Instant::now();
+        let prepared = prepare(&dir, file, &tail, &envelopes, counters);
+        Counters::add(&counters.prepare_micros, micros_since(started));
+        let outcome = match prepared {
+            Err(e) => Err(e),
+            Ok(()) if cancelled.load(Ordering::Acquire) => Err(QueueError::Cancelled),
+            Ok(()) => spool.committer().submit(msgid, cancelled),
+        };
+        match outcome {
+            Ok(()) => Ok(msgid),
+            Err(e) => {
+                // The committer removes what it rolls back; this covers the
+                // failures before it, and is harmless after.
+                let _ = remove_tree(&dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Steps 1–3: body and envelopes written and fsynced, then their directory.
+fn prepare(
+    dir: &std::path::Path,
+    mut file: File,
+    tail: &[u8],
+    envelopes: &[(Evpid, String)],
+    counters: &Counters,
+) -> Result<()> {
+    let body = dir.join(MESSAGE_FILE);
+    file.write_all(tail)
+        .map_err(|e| QueueError::io("write", &body, e))?;
+    sync_file(&file, &body)?;
+    Counters::add(&counters.file_syncs, 1);
+    drop(file);
+
+    for (evpid, text) in envelopes {
+        let path = dir.join(evpid.to_string());
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| QueueError::io("create", &path, e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| QueueError::io("write", &path, e))?;
+        sync_file(&f, &path)?;
+        Counters::add(&counters.file_syncs, 1);
+    }
+
+    sync_dir(dir)?;
+    Counters::add(&counters.message_dir_syncs, 1);
+    Ok(())
+}
