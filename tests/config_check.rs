@@ -461,6 +461,25 @@ fn hints_follow_the_opensmtpd_line() {
 }
 
 #[test]
+fn unknown_trace_flags_warn_and_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("F"),
+        "action \"l\" mbox\nmatch action \"l\"\n",
+    )
+    .unwrap();
+    let r = run_in(
+        dir.path(),
+        &["-n", "-T", "expand", "-T", "bogus", "-f", "F"],
+    );
+    assert_eq!(
+        r.stderr,
+        "warn: unknown trace flag \"bogus\"\nconfiguration OK\n"
+    );
+    assert!(r.ok);
+}
+
+#[test]
 fn usage_and_version() {
     let out = Command::new(smtpd()).arg("-h").output().unwrap();
     assert_eq!(out.status.code(), Some(1));

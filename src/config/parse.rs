@@ -852,7 +852,8 @@ impl<'s> Parser<'s> {
                         Rule::STR => lim.domain = Some(s(&p)),
                         Rule::mta_limit_opt => {
                             let o = p
-                                .into_inner().find(not_punct)
+                                .into_inner()
+                                .find(not_punct)
                                 .expect("grammar: mta limit option");
                             match o.as_rule() {
                                 Rule::k_inet4 => lim.inet4 = true,
@@ -1208,14 +1209,13 @@ impl<'s> Parser<'s> {
 
     /// Resolve a `tables` pair: a reference, an inline table, or a single string.
     fn tables(&mut self, p: P) -> Check<TableId> {
-        let inner = p
-            .into_inner().find(not_punct)
-            .expect("grammar: tables");
+        let inner = p.into_inner().find(not_punct).expect("grammar: tables");
         match inner.as_rule() {
             Rule::table_ref => {
                 let name_p = inner
                     .clone()
-                    .into_inner().find(not_punct)
+                    .into_inner()
+                    .find(not_punct)
                     .expect("grammar: table name");
                 let name = s(&name_p);
                 match self.cfg.table_named(&name) {
@@ -1225,7 +1225,8 @@ impl<'s> Parser<'s> {
             }
             Rule::inline_table => {
                 let values = inner
-                    .into_inner().find(not_punct)
+                    .into_inner()
+                    .find(not_punct)
                     .expect("grammar: table values");
                 let (kind, entries) = inline_entries(values);
                 Ok(self.anonymous_table(kind, entries))
@@ -1319,7 +1320,8 @@ impl<'s> Parser<'s> {
             let mut l = Listener::new(ListenOn::Socket, span);
             for o in target.into_inner().filter(not_punct).skip(1) {
                 let o = o
-                    .into_inner().find(not_punct)
+                    .into_inner()
+                    .find(not_punct)
                     .expect("grammar: socket option");
                 self.listen_option(&mut l, o)?;
             }
@@ -1335,7 +1337,8 @@ impl<'s> Parser<'s> {
         let mut l = Listener::new(ListenOn::Interface(iface.clone()), span);
         for o in it {
             let o = o
-                .into_inner().find(not_punct)
+                .into_inner()
+                .find(not_punct)
                 .expect("grammar: listen option");
             self.listen_option(&mut l, o)?;
         }
@@ -1716,7 +1719,8 @@ impl<'s> Parser<'s> {
         };
         for opt in it {
             let o = opt
-                .into_inner().find(not_punct)
+                .into_inner()
+                .find(not_punct)
                 .expect("grammar: local option");
             let arg = o
                 .clone()
@@ -1802,7 +1806,8 @@ impl<'s> Parser<'s> {
         let mut r = RelayAction::default();
         for opt in p.into_inner().filter(not_punct).skip(1) {
             let o = opt
-                .into_inner().find(not_punct)
+                .into_inner()
+                .find(not_punct)
                 .expect("grammar: relay option");
             macro_rules! once {
                 ($cond:expr, $what:expr) => {
@@ -2211,12 +2216,14 @@ impl<'s> Parser<'s> {
         let mut d = it.next().expect("grammar: decision");
         if d.as_rule() == Rule::decision {
             d = d
-                .into_inner().find(not_punct)
+                .into_inner()
+                .find(not_punct)
                 .expect("grammar: decision body");
         }
         if d.as_rule() == Rule::decision_nojunk {
             d = d
-                .into_inner().find(not_punct)
+                .into_inner()
+                .find(not_punct)
                 .expect("grammar: decision body");
         }
         let msg = d
@@ -2259,7 +2266,8 @@ type Rule_ = super::model::Rule;
 fn inline_entries(values: P) -> (TableKind, std::collections::BTreeMap<String, String>) {
     let mut entries: Vec<(String, String)> = Vec::new();
     let inner = values
-        .into_inner().find(not_punct)
+        .into_inner()
+        .find(not_punct)
         .expect("grammar: table values");
     let kind = if inner.as_rule() == Rule::keyval_list {
         TableKind::Mapping
