@@ -239,6 +239,11 @@ impl CompiledTable {
         self.entries.keys().any(|k| mailaddr_match(&s, k, delim))
     }
 
+    /// Compile the table's keys as regular expressions (done once).
+    pub fn compile_regexes(&self) {
+        self.regexes.get_or_init(|| self.entries.keys().map(|k| compile_regex(k)).collect());
+    }
+
     /// regex service: unanchored search of the lower-cased subject.
     pub fn match_regex(&self, subject: &str) -> bool {
         let s = subject.to_ascii_lowercase();

@@ -51,7 +51,11 @@ impl PartialEq for RuleGraph {
 impl RuleGraph {
     /// Compile a checked configuration.
     pub fn compile(config: Config) -> Arc<RuleGraph> {
-        let tables = config.tables.iter().map(CompiledTable::compile).collect();
+        let tables: Vec<CompiledTable> = config.tables.iter().map(CompiledTable::compile).collect();
+        // Tables used as regular expressions are compiled now, once, not at the first lookup.
+        for id in regex_tables(&config) {
+            tables[id.0].compile_regexes();
+        }
         let mut chains = BTreeMap::new();
         for f in &config.filters {
             chains.insert(f.name.clone(), flatten(&config, f));
@@ -71,6 +75,45 @@ impl RuleGraph {
     pub fn listener_chain(&self, l: &Listener) -> Option<&PhaseChains> {
         l.filter.as_ref().and_then(|f| self.chains.get(f))
     }
+}
+
+/// Every table some rule or filter uses with `regex`.
+fn regex_tables(config: &Config) -> Vec<TableId> {
+    let mut out = Vec::new();
+    let mut add = |tm: Option<&TableMatch>| {
+        if let Some(tm) = tm.filter(|t| t.regex) {
+            out.push(tm.table);
+        }
+    };
+    for r in &config.rules {
+        if let Some(f) = &r.from {
+            match &f.value {
+                FromCriterion::Src(t) | FromCriterion::MailFrom(t) => add(Some(t)),
+                FromCriterion::Rdns(t) | FromCriterion::Auth(t) => add(t.as_ref()),
+                _ => {}
+            }
+        }
+        if let Some(f) = &r.for_
+            && let ForCriterion::Domain(t) | ForCriterion::RcptTo(t) = &f.value {
+                add(Some(t));
+            }
+        for n in [&r.tag, &r.helo, &r.mail_from, &r.rcpt_to].into_iter().flatten() {
+            add(Some(&n.value));
+        }
+        if let Some(a) = &r.auth {
+            add(a.value.as_ref());
+        }
+    }
+    for f in &config.filters {
+        if let FilterKind::Builtin(b) = &f.kind {
+            match &b.condition {
+                Condition::Rdns(t) | Condition::Auth(t) => add(t.as_ref()),
+                Condition::Src(t) | Condition::Helo(t) | Condition::MailFrom(t) | Condition::RcptTo(t) => add(Some(t)),
+                Condition::Fcrdns => {}
+            }
+        }
+    }
+    out
 }
 
 fn flatten(config: &Config, f: &Filter) -> PhaseChains {
