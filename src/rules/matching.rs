@@ -241,7 +241,8 @@ impl CompiledTable {
 
     /// Compile the table's keys as regular expressions (done once).
     pub fn compile_regexes(&self) {
-        self.regexes.get_or_init(|| self.entries.keys().map(|k| compile_regex(k)).collect());
+        self.regexes
+            .get_or_init(|| self.entries.keys().map(|k| compile_regex(k)).collect());
     }
 
     /// regex service: unanchored search of the lower-cased subject.

@@ -7,6 +7,7 @@
 //! lists, and keeps `match` rules in file order (first match wins).
 
 pub mod matching;
+pub mod route;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,10 +95,14 @@ fn regex_tables(config: &Config) -> Vec<TableId> {
             }
         }
         if let Some(f) = &r.for_
-            && let ForCriterion::Domain(t) | ForCriterion::RcptTo(t) = &f.value {
-                add(Some(t));
-            }
-        for n in [&r.tag, &r.helo, &r.mail_from, &r.rcpt_to].into_iter().flatten() {
+            && let ForCriterion::Domain(t) | ForCriterion::RcptTo(t) = &f.value
+        {
+            add(Some(t));
+        }
+        for n in [&r.tag, &r.helo, &r.mail_from, &r.rcpt_to]
+            .into_iter()
+            .flatten()
+        {
             add(Some(&n.value));
         }
         if let Some(a) = &r.auth {
@@ -108,7 +113,10 @@ fn regex_tables(config: &Config) -> Vec<TableId> {
         if let FilterKind::Builtin(b) = &f.kind {
             match &b.condition {
                 Condition::Rdns(t) | Condition::Auth(t) => add(t.as_ref()),
-                Condition::Src(t) | Condition::Helo(t) | Condition::MailFrom(t) | Condition::RcptTo(t) => add(Some(t)),
+                Condition::Src(t)
+                | Condition::Helo(t)
+                | Condition::MailFrom(t)
+                | Condition::RcptTo(t) => add(Some(t)),
                 Condition::Fcrdns => {}
             }
         }
