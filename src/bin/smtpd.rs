@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         }
     }
     for t in &args.traces {
-        if !TRACES.contains(&t.as_str()) {
+        if smtpd::log::trace_category(t).is_none() {
             eprintln!("warn: unknown trace flag \"{t}\"");
         }
     }

@@ -1,0 +1,177 @@
+//! Logging in OpenSMTPD's format, through `tracing`.
+//!
+//! With `-d` every line goes to stderr as is (no timestamp, no prefix), flushed at once;
+//! otherwise to syslog (facility mail, ident `smtpd`). Info and warning lines are always
+//! written; `debug` lines only with `-v` (or `smtpctl log verbose`); trace lines (`-T NAME`)
+//! when their category is on. A trace category is the `target` of a `trace!` event:
+//! `tracing::trace!(target: "expand", "expand: ...")`.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Stderr,
+    Syslog,
+}
+
+/// Runtime-switchable log settings (`smtpctl log verbose`, `smtpctl trace`).
+pub struct Settings {
+    verbose: AtomicBool,
+    traces: RwLock<BTreeSet<String>>,
+}
+
+static SETTINGS: Settings = Settings { verbose: AtomicBool::new(false), traces: RwLock::new(BTreeSet::new()) };
+
+/// Canonical trace category for a `-T` name (aliases folded), `None` if unknown.
+pub fn trace_category(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "imsg" => "imsg",
+        "io" => "io",
+        "smtp" => "smtp",
+        "filters" => "filters",
+        "mta" | "transfer" => "mta",
+        "bounce" | "bounces" => "bounce",
+        "scheduler" => "scheduler",
+        "lookup" => "lookup",
+        "stat" | "stats" => "stat",
+        "rules" => "rules",
+        "mproc" => "mproc",
+        "expand" => "expand",
+        "table" | "tables" => "tables",
+        "queue" => "queue",
+        "all" => "all",
+        "profstat" => "profstat",
+        "profile-imsg" => "profile-imsg",
+        "profile-queue" => "profile-queue",
+        _ => return None,
+    })
+}
+
+pub fn set_verbose(on: bool) {
+    SETTINGS.verbose.store(on, Ordering::Relaxed);
+}
+
+pub fn set_trace(category: &str, on: bool) {
+    if let Ok(mut t) = SETTINGS.traces.write() {
+        if on {
+            t.insert(category.to_string());
+        } else {
+            t.remove(category);
+        }
+    }
+}
+
+/// Is the trace category on?
+pub fn tracing(category: &str) -> bool {
+    SETTINGS.traces.read().map(|t| t.contains(category) || t.contains("all")).unwrap_or(false)
+}
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+}
+
+struct Writer {
+    dest: Destination,
+    syslog: Option<UnixDatagram>,
+}
+
+impl Writer {
+    fn write(&mut self, level: Level, line: &str) {
+        if self.dest == Destination::Syslog {
+            if let Some(sock) = &self.syslog {
+                let sev = match level {
+                    Level::ERROR => 3,
+                    Level::WARN => 4,
+                    Level::INFO => 6,
+                    _ => 7,
+                };
+                let msg = format!("<{}>smtpd[{}]: {line}", 2 * 8 + sev, std::process::id());
+                if sock.send(msg.as_bytes()).is_ok() {
+                    return;
+                }
+            }
+        }
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "{line}");
+        let _ = e.flush();
+    }
+}
+
+struct OpenSmtpdLayer {
+    out: Mutex<Writer>,
+}
+
+impl<S: Subscriber> Layer<S> for OpenSmtpdLayer {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let meta = event.metadata();
+        let level = *meta.level();
+        let show = match level {
+            Level::ERROR | Level::WARN | Level::INFO => true,
+            Level::DEBUG => SETTINGS.verbose.load(Ordering::Relaxed),
+            Level::TRACE => tracing(meta.target()),
+        };
+        if !show {
+            return;
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        if let Ok(mut w) = self.out.lock() {
+            w.write(level, &m.0);
+        }
+    }
+}
+
+/// Install the logger. Safe to call once; later calls are ignored.
+pub fn init(dest: Destination, verbose: bool, traces: &[String]) {
+    set_verbose(verbose);
+    for t in traces {
+        if let Some(c) = trace_category(t) {
+            set_trace(c, true);
+        }
+    }
+    let syslog = if dest == Destination::Syslog {
+        UnixDatagram::unbound().ok().filter(|s| s.connect("/dev/log").is_ok())
+    } else {
+        None
+    };
+    let layer = OpenSmtpdLayer { out: Mutex::new(Writer { dest, syslog }) };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories() {
+        assert_eq!(trace_category("bounces"), Some("bounce"));
+        assert_eq!(trace_category("tables"), Some("tables"));
+        assert_eq!(trace_category("bogus"), None);
+        set_trace("expand", true);
+        assert!(tracing("expand"));
+        set_trace("expand", false);
+        assert!(!tracing("expand"));
+    }
+}
