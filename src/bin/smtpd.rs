@@ -8,32 +8,6 @@ use smtpd::rules::RuleGraph;
 
 const USAGE: &str = "usage: smtpd [-dFhnv] [-D macro=value] [-f file] [-P system] [-T trace] [--spool dir] [--resolv-conf file]";
 
-/// Trace categories `-T` accepts (OpenSMTPD's names and aliases).
-const TRACES: &[&str] = &[
-    "imsg",
-    "io",
-    "smtp",
-    "filters",
-    "mta",
-    "transfer",
-    "bounce",
-    "bounces",
-    "scheduler",
-    "lookup",
-    "stat",
-    "stats",
-    "rules",
-    "mproc",
-    "expand",
-    "table",
-    "tables",
-    "queue",
-    "all",
-    "profstat",
-    "profile-imsg",
-    "profile-queue",
-];
-
 #[derive(Parser, Debug)]
 #[command(name = "smtpd", disable_help_flag = true, disable_version_flag = true, override_usage = USAGE)]
 struct Args {
