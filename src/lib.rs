@@ -7,8 +7,8 @@
 
 pub mod config;
 pub mod dns;
+pub mod log;
 pub mod queue;
 pub mod rules;
 pub mod smtp;
 pub mod table;
-pub mod log;

@@ -30,7 +30,10 @@ pub struct Settings {
     traces: RwLock<BTreeSet<String>>,
 }
 
-static SETTINGS: Settings = Settings { verbose: AtomicBool::new(false), traces: RwLock::new(BTreeSet::new()) };
+static SETTINGS: Settings = Settings {
+    verbose: AtomicBool::new(false),
+    traces: RwLock::new(BTreeSet::new()),
+};
 
 /// Canonical trace category for a `-T` name (aliases folded), `None` if unknown.
 pub fn trace_category(name: &str) -> Option<&'static str> {
@@ -73,7 +76,11 @@ pub fn set_trace(category: &str, on: bool) {
 
 /// Is the trace category on?
 pub fn tracing(category: &str) -> bool {
-    SETTINGS.traces.read().map(|t| t.contains(category) || t.contains("all")).unwrap_or(false)
+    SETTINGS
+        .traces
+        .read()
+        .map(|t| t.contains(category) || t.contains("all"))
+        .unwrap_or(false)
 }
 
 struct Message(String);
@@ -152,11 +159,15 @@ pub fn init(dest: Destination, verbose: bool, traces: &[String]) {
         }
     }
     let syslog = if dest == Destination::Syslog {
-        UnixDatagram::unbound().ok().filter(|s| s.connect("/dev/log").is_ok())
+        UnixDatagram::unbound()
+            .ok()
+            .filter(|s| s.connect("/dev/log").is_ok())
     } else {
         None
     };
-    let layer = OpenSmtpdLayer { out: Mutex::new(Writer { dest, syslog }) };
+    let layer = OpenSmtpdLayer {
+        out: Mutex::new(Writer { dest, syslog }),
+    };
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
