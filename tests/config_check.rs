@@ -360,6 +360,19 @@ fn diagnostics_are_opensmtpds() {
         ("action \"l\" maildir \\\n  alias <nosuch>\n".into(), "F:2: no such table: nosuch\nwarn: no rules, nothing to do\n"),
     ];
     let dir = tempfile::tempdir().unwrap();
+    // A table file with a bad line, read on another thread: its messages keep their place.
+    std::fs::write(dir.path().join("bad.tbl"), "a b\nc\n").unwrap();
+    let mut cases = cases;
+    let bad = dir.path().join("bad.tbl");
+    let bad = bad.to_str().unwrap();
+    let text = format!(
+        "table a file:{bad}\ntable b {{ x }}\naction \"l\" mbox alias <a>\nmatch for domain <b> action \"l\"\n"
+    );
+    let expected = format!(
+        "{bad}: invalid map entry line 2\nF:1: invalid configuration file {bad} for table a\nF:3: table \"a\" may not be used for alias lookups\nF:4: no such dispatcher: l\nwarn: no rules, nothing to do\n"
+    );
+    let expected: &'static str = Box::leak(expected.into_boxed_str());
+    cases.push((text, expected));
     let mut failures = Vec::new();
     for (i, (text, expected)) in cases.iter().enumerate() {
         std::fs::write(dir.path().join("F"), text).unwrap();

@@ -117,6 +117,8 @@ pub struct Parser<'s> {
     /// sequence number of the token read right after it.
     seq: u64,
     lex_msgs: VecDeque<(u64, super::lexer::LexError)>,
+    /// File tables still being read on other threads, by table index.
+    pending_tables: std::collections::HashMap<usize, PendingTable>,
     socket_listener: bool,
     /// Tokens and line of the statement being applied.
     tokens: Vec<Token>,
@@ -166,6 +168,7 @@ impl<'s> Parser<'s> {
             dynamic_chains: 0,
             seq: 0,
             lex_msgs: VecDeque::new(),
+            pending_tables: std::collections::HashMap::new(),
             socket_listener: false,
             tokens: Vec::new(),
             starts: Vec::new(),
@@ -427,6 +430,17 @@ impl Parser<'_> {
         self.tokens.clear();
         Some(r)
     }
+}
+
+/// A table file being read on another thread.
+struct PendingTable {
+    handle: std::thread::JoinHandle<Result<table::Loaded, LoadError>>,
+    /// Where its error messages go in the output, if it fails.
+    diag_pos: usize,
+    file: Arc<str>,
+    line: u32,
+    /// File tables take their kind (list or mapping) from their content.
+    set_kind: bool,
 }
 
 /// Why a statement stopped early.
@@ -1141,36 +1155,23 @@ impl<'s> Parser<'s> {
             return self.fatal(format!("table_create: table \"{name}\" already defined"));
         }
         let path_s = path.clone().unwrap_or_default();
-        let (backend_v, loaded) = match backend.as_str() {
-            "static" => (
-                TableBackend::File {
-                    path: path_s.clone(),
-                    spelled: config.clone(),
-                },
-                if path.is_some() {
-                    Some(table::file::load(&path_s))
-                } else {
-                    None
-                },
-            ),
-            "db" => (
-                TableBackend::Db {
-                    path: path_s.clone(),
-                },
-                Some(table::db::load(&path_s)),
-            ),
-            _ => (
-                TableBackend::External {
-                    backend: backend.clone(),
-                    config: path_s.clone(),
-                },
-                None,
-            ),
+        let backend_v = match backend.as_str() {
+            "static" => TableBackend::File {
+                path: path_s.clone(),
+                spelled: config.clone(),
+            },
+            "db" => TableBackend::Db {
+                path: path_s.clone(),
+            },
+            _ => TableBackend::External {
+                backend: backend.clone(),
+                config: path_s.clone(),
+            },
         };
         let mut t = Table {
             name: name.clone(),
             backend: backend_v,
-            kind: if matches!(backend.as_str(), "static") {
+            kind: if backend == "static" {
                 TableKind::Mapping
             } else {
                 TableKind::Dynamic
@@ -1179,25 +1180,45 @@ impl<'s> Parser<'s> {
             anonymous: false,
             span,
         };
+        let loader: Option<fn(&str) -> Result<table::Loaded, LoadError>> = match backend.as_str() {
+            "static" if path.is_some() => Some(table::file::load),
+            "db" => Some(table::db::load),
+            _ => None,
+        };
         let mut failed = false;
-        match loaded {
-            Some(Ok(l)) => {
-                if backend == "static" {
-                    t.kind = l.kind;
+        let mut pending = None;
+        if let Some(load) = loader {
+            // Opening is checked now, so that a missing file is reported in order; reading
+            // and indexing run on another thread until a statement needs the table.
+            match std::fs::File::open(&path_s) {
+                Err(e) => {
+                    let why = crate::config::diag::strerror(&e);
+                    self.diags.plain(if backend == "db" {
+                        format!("{path_s}: {why}")
+                    } else {
+                        format!("{path_s}: fopen: {why}")
+                    });
+                    t.kind = TableKind::Unusable;
+                    failed = true;
                 }
-                t.entries = Arc::new(l.entries);
-            }
-            Some(Err(e)) => {
-                match e {
-                    LoadError::Open(msg) | LoadError::Format(msg) => self.diags.plain(msg),
+                Ok(_) => {
+                    let p = path_s.clone();
+                    let (file, line) = self.line_end(&body);
+                    pending = Some(PendingTable {
+                        handle: std::thread::spawn(move || load(&p)),
+                        diag_pos: self.diags.messages.len(),
+                        file,
+                        line,
+                        set_kind: backend == "static",
+                    });
                 }
-                t.kind = TableKind::Unusable;
-                failed = true;
             }
-            None => {}
         }
         let id = self.add_table(t);
         self.cfg.items.push(Item::Table(id.0));
+        if let Some(p) = pending {
+            self.pending_tables.insert(id.0, p);
+        }
         if failed {
             return Ok(self.fail_at(
                 &body,
@@ -1219,7 +1240,10 @@ impl<'s> Parser<'s> {
                     .expect("grammar: table name");
                 let name = s(&name_p);
                 match self.cfg.table_named(&name) {
-                    Some(id) => Ok(id),
+                    Some(id) => {
+                        self.join_table(id.0);
+                        Ok(id)
+                    }
                     None => self.fail_at(&inner, format!("no such table: {name}")),
                 }
             }
@@ -2249,8 +2273,59 @@ impl<'s> Parser<'s> {
         })
     }
 
+    /// Wait for a table being read on another thread and take its entries (or its error,
+    /// printed where OpenSMTPD prints it: right after the table statement's messages).
+    fn join_table(&mut self, idx: usize) {
+        let Some(p) = self.pending_tables.remove(&idx) else {
+            return;
+        };
+        let result = p
+            .handle
+            .join()
+            .unwrap_or_else(|_| Err(LoadError::Format("table loader failed".into())));
+        let t = &mut self.cfg.tables[idx];
+        match result {
+            Ok(l) => {
+                if p.set_kind {
+                    t.kind = l.kind;
+                }
+                t.entries = Arc::new(l.entries);
+            }
+            Err(LoadError::Open(msg) | LoadError::Format(msg)) => {
+                t.kind = TableKind::Unusable;
+                let text = match &t.backend {
+                    TableBackend::File { path, .. } | TableBackend::Db { path } => {
+                        format!("invalid configuration file {path} for table {}", t.name)
+                    }
+                    _ => format!("invalid configuration file for table {}", t.name),
+                };
+                let at = super::diag::Message::At {
+                    file: p.file.to_string(),
+                    line: p.line,
+                    text,
+                    hint: None,
+                };
+                let pos = p.diag_pos.min(self.diags.messages.len());
+                self.diags
+                    .messages
+                    .insert(pos, super::diag::Message::Plain(msg));
+                self.diags.messages.insert(pos + 1, at);
+                for other in self.pending_tables.values_mut() {
+                    if other.diag_pos >= pos {
+                        other.diag_pos += 2;
+                    }
+                }
+            }
+        }
+    }
+
     /// Checks that need the whole file: the implicit socket listener and the rule count.
     pub fn finish_checks(&mut self) {
+        let mut pending: Vec<usize> = self.pending_tables.keys().copied().collect();
+        pending.sort_unstable();
+        for idx in pending {
+            self.join_table(idx);
+        }
         if !self.socket_listener {
             let mut l = Listener::new(ListenOn::Socket, Span::default());
             l.implicit = true;
