@@ -106,18 +106,18 @@ struct Writer {
 
 impl Writer {
     fn write(&mut self, level: Level, line: &str) {
-        if self.dest == Destination::Syslog {
-            if let Some(sock) = &self.syslog {
-                let sev = match level {
-                    Level::ERROR => 3,
-                    Level::WARN => 4,
-                    Level::INFO => 6,
-                    _ => 7,
-                };
-                let msg = format!("<{}>smtpd[{}]: {line}", 2 * 8 + sev, std::process::id());
-                if sock.send(msg.as_bytes()).is_ok() {
-                    return;
-                }
+        if self.dest == Destination::Syslog
+            && let Some(sock) = &self.syslog
+        {
+            let sev = match level {
+                Level::ERROR => 3,
+                Level::WARN => 4,
+                Level::INFO => 6,
+                _ => 7,
+            };
+            let msg = format!("<{}>smtpd[{}]: {line}", 2 * 8 + sev, std::process::id());
+            if sock.send(msg.as_bytes()).is_ok() {
+                return;
             }
         }
         let mut e = std::io::stderr().lock();

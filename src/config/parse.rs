@@ -432,6 +432,9 @@ impl Parser<'_> {
     }
 }
 
+/// Reads a table source.
+type TableLoader = fn(&str) -> Result<table::Loaded, LoadError>;
+
 /// A table file being read on another thread.
 struct PendingTable {
     handle: std::thread::JoinHandle<Result<table::Loaded, LoadError>>,
@@ -1180,7 +1183,7 @@ impl<'s> Parser<'s> {
             anonymous: false,
             span,
         };
-        let loader: Option<fn(&str) -> Result<table::Loaded, LoadError>> = match backend.as_str() {
+        let loader: Option<TableLoader> = match backend.as_str() {
             "static" if path.is_some() => Some(table::file::load),
             "db" => Some(table::db::load),
             _ => None,
