@@ -168,7 +168,11 @@ impl CompiledTable {
         let mut by_prefix: HashMap<(u8, bool), HashSet<IpAddr>> = HashMap::new();
         let mut wild_domains = Vec::new();
         for key in t.entries.keys() {
-            if let Some(net) = parse_netaddr(key) {
+            // Only keys that can be addresses are parsed as such (a cheap test first: most
+            // keys of big tables are names or mail addresses).
+            let first = key.as_bytes().first().copied().unwrap_or(b'x');
+            let maybe_addr = first.is_ascii_digit() || first == b'[' || key.contains(':');
+            if let Some(net) = maybe_addr.then(|| parse_netaddr(key)).flatten() {
                 let v6 = net.is_ipv6();
                 by_prefix
                     .entry((net.prefix(), v6))

@@ -15,7 +15,10 @@ pub fn load(path: &str) -> Result<Loaded, LoadError> {
             crate::config::diag::strerror(&e)
         ))
     })?;
-    parse(path, &String::from_utf8_lossy(&bytes))
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse(path, text),
+        Err(_) => parse(path, &String::from_utf8_lossy(&bytes)),
+    }
 }
 
 /// Parse table-file text; `path` only names the file in messages.
