@@ -6,6 +6,7 @@
 //! regular expressions compiled once), flattens each listener's filter chain into per-phase
 //! lists, and keeps `match` rules in file order (first match wins).
 
+pub mod filter;
 pub mod matching;
 pub mod route;
 
