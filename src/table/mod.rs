@@ -38,33 +38,13 @@ pub enum LoadError {
 /// Build a table's map from entries in file order: a later duplicate key replaces an earlier
 /// one. Sorting once and building the map in bulk is several times faster than inserting
 /// 100,000 keys one by one.
-pub fn build_entries(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
-    // Files are often written sorted already: then there is nothing to sort. Otherwise an
-    // unstable sort on (key, position) puts a later duplicate after an earlier one.
-    let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
-    if pairs.windows(2).all(|w| w[0].0 <= w[1].0) {
-        for (k, v) in pairs {
-            push_last_wins(&mut out, k, v);
-        }
-    } else {
-        let mut indexed: Vec<(String, String, usize)> = pairs
-            .into_iter()
-            .enumerate()
-            .map(|(i, (k, v))| (k, v, i))
-            .collect();
-        indexed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
-        for (k, v, _) in indexed {
-            push_last_wins(&mut out, k, v);
-        }
-    }
-    out.into_iter().collect()
-}
-
-fn push_last_wins(out: &mut Vec<(String, String)>, k: String, v: String) {
-    match out.last_mut() {
-        Some(last) if last.0 == k => last.1 = v,
-        _ => out.push((k, v)),
-    }
+pub fn build_entries(mut pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
+    // Reversed, a stable sort puts the last of equal keys first; dedup keeps it. Everything
+    // happens in the one vector, and the map is then built in bulk from sorted input.
+    pairs.reverse();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    pairs.dedup_by(|later, first| later.0 == first.0);
+    pairs.into_iter().collect()
 }
 
 #[cfg(test)]
