@@ -44,7 +44,9 @@ fn parse() -> Result<Opts, String> {
             "--to" => o.to = val()?,
             "--from" => o.from = val()?,
             "--reuse" => o.reuse = val()?.parse().map_err(|e| format!("--reuse: {e}"))?,
-            "--server-pid" => o.server_pids.push(val()?.parse().map_err(|e| format!("--server-pid: {e}"))?),
+            "--server-pid" => o
+                .server_pids
+                .push(val()?.parse().map_err(|e| format!("--server-pid: {e}"))?),
             t if !t.starts_with('-') => o.target = t.to_string(),
             other => return Err(format!("unknown option {other}")),
         }
@@ -57,19 +59,30 @@ fn parse() -> Result<Opts, String> {
 
 /// CPU seconds (user + system) of a process and its children that were waited for.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(rest) = stat.rsplit(')').next() else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields after the command: state is f[0]; utime, stime are fields 14 and 15 (1-based
     // in proc(5)), i.e. f[11], f[12]; cutime, cstime f[13], f[14].
-    let ticks: f64 = [11, 12, 13, 14].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
+    let ticks: f64 = [11, 12, 13, 14]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
+        .sum();
     ticks / 100.0
 }
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -77,38 +90,60 @@ async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<u16, Str
     let mut line = String::new();
     for _ in 0..64 {
         line.clear();
-        let n = tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut line)).await.map_err(|_| "timeout")?.map_err(|e| e.to_string())?;
+        let n = tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut line))
+            .await
+            .map_err(|_| "timeout")?
+            .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed".into());
         }
         if line.len() < 4 || line.as_bytes()[3] != b'-' {
-            return line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad reply {line:?}"));
+            return line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("bad reply {line:?}"));
         }
     }
     Err("reply too long".into())
 }
 
-async fn session(o: &Opts, body: &[u8], left: &AtomicUsize, lat: &mut Vec<f64>) -> Result<usize, String> {
-    let s = TcpStream::connect(&o.target).await.map_err(|e| e.to_string())?;
+async fn session(
+    o: &Opts,
+    body: &[u8],
+    left: &AtomicUsize,
+    lat: &mut Vec<f64>,
+) -> Result<usize, String> {
+    let s = TcpStream::connect(&o.target)
+        .await
+        .map_err(|e| e.to_string())?;
     s.set_nodelay(true).ok();
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     if reply(&mut r).await? != 220 {
         return Err("banner".into());
     }
-    w.write_all(b"EHLO client.test\r\n").await.map_err(|e| e.to_string())?;
+    w.write_all(b"EHLO client.test\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     reply(&mut r).await?;
     let mut sent = 0;
     while sent < o.reuse {
-        if left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| x.checked_sub(1)).is_err() {
+        if left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| x.checked_sub(1))
+            .is_err()
+        {
             break;
         }
         let t = Instant::now();
-        w.write_all(format!("MAIL FROM:<{}>\r\n", o.from).as_bytes()).await.map_err(|e| e.to_string())?;
+        w.write_all(format!("MAIL FROM:<{}>\r\n", o.from).as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         if reply(&mut r).await? != 250 {
             return Err("mail".into());
         }
-        w.write_all(format!("RCPT TO:<{}>\r\n", o.to).as_bytes()).await.map_err(|e| e.to_string())?;
+        w.write_all(format!("RCPT TO:<{}>\r\n", o.to).as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         if reply(&mut r).await? != 250 {
             return Err("rcpt".into());
         }
@@ -201,6 +236,10 @@ async fn main() {
         sent as f64 / secs,
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
-        if sent > 0 { (cpu1 - cpu0) * 1000.0 * 1000.0 / sent as f64 } else { 0.0 },
+        if sent > 0 {
+            (cpu1 - cpu0) * 1000.0 * 1000.0 / sent as f64
+        } else {
+            0.0
+        },
     );
 }

@@ -102,15 +102,109 @@ fn main() -> ExitCode {
         // table entries.
         std::process::exit(0);
     }
-    let _ = (
-        args.debug,
-        args.foreground,
-        &args.traces,
-        &args.spool,
-        &args.resolv_conf,
-    );
-    eprintln!(
-        "smtpd: the SMTP service is not available in this build; use -n to check a configuration"
-    );
-    ExitCode::from(1)
+    run_daemon(&args, graph)
+}
+
+/// Start the server: logging, listeners, queue, then serve until SIGTERM or SIGINT.
+fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
+    use smtpd::log::{self, Destination};
+    use std::sync::Arc;
+    use tracing::info;
+
+    let dest = if args.debug {
+        Destination::Stderr
+    } else {
+        Destination::Syslog
+    };
+    log::init(dest, args.verbose > 0, &args.traces);
+    // Bind before going to the background, so that a taken port is reported to the caller.
+    let bound = match smtpd::smtp::listen::bind_all(&graph.config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let fds = smtpd::smtp::listen::raise_fd_limit();
+    let spool = match smtpd::queue::Spool::open(&args.spool) {
+        Ok((spool, _recovery)) => spool,
+        Err(e) => {
+            eprintln!("smtpd: spool {}: {e}", args.spool);
+            return ExitCode::from(1);
+        }
+    };
+    if !args.debug && !args.foreground {
+        // Before any thread exists: fork is only safe in a single-threaded process.
+        if let Err(e) = nix::unistd::daemon(false, false) {
+            eprintln!("smtpd: daemon: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtpd: runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        info!("info: smtpd {} starting", env!("CARGO_PKG_VERSION"));
+        let resolver: Arc<dyn smtpd::dns::Resolver> = match smtpd::dns::HickoryResolver::from_file(
+            std::path::Path::new(&args.resolv_conf),
+            &smtpd::dns::HostsFile::System,
+        ) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!("warn: resolver: {e}: reverse names are unknown");
+                match smtpd::dns::ZoneResolver::from_zone("") {
+                    Ok(z) => Arc::new(z),
+                    Err(_) => return,
+                }
+            }
+        };
+        let max_sessions = (fds.saturating_sub(64) as usize).clamp(64, 100_000);
+        tracing::debug!("debug: smtp: will accept at most {max_sessions} clients");
+        let server = Arc::new(smtpd::smtp::server::Server {
+            graph: graph.clone(),
+            spool: Arc::new(spool),
+            resolver,
+            sessions: Arc::new(tokio::sync::Semaphore::new(max_sessions)),
+            rdns_bound: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(300),
+        });
+        for b in bound {
+            tracing::debug!(
+                "debug: smtp: listen on {} port {}",
+                b.addr.ip(),
+                b.addr.port()
+            );
+            match tokio::net::TcpListener::from_std(b.socket) {
+                Ok(listener) => {
+                    tokio::spawn(smtpd::smtp::server::accept_loop(
+                        server.clone(),
+                        listener,
+                        b.listener,
+                    ));
+                }
+                Err(e) => tracing::warn!("warn: smtp: {}: {e}", b.addr),
+            }
+        }
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("warn: signal: {e}");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        info!("Exiting");
+    });
+    ExitCode::SUCCESS
 }

@@ -58,7 +58,9 @@ impl RuleGraph {
         };
         match c {
             Condition::Fcrdns => f.fcrdns,
-            Condition::Rdns(None) => f.rdns.is_some_and(|n| n.parse::<std::net::IpAddr>().is_err()),
+            Condition::Rdns(None) => f
+                .rdns
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_err()),
             Condition::Rdns(Some(t)) => tm(t, f.rdns.unwrap_or("<unknown>"), true, false),
             Condition::Src(t) => {
                 if t.regex {
@@ -76,7 +78,12 @@ impl RuleGraph {
     }
 
     /// Run the builtin members of `chain` hooked on `phase`.
-    pub fn run_filters(&self, chain: &PhaseChains, phase: Phase, facts: &FilterFacts) -> (FilterOutcome, Vec<FilterNote>) {
+    pub fn run_filters(
+        &self,
+        chain: &PhaseChains,
+        phase: Phase,
+        facts: &FilterFacts,
+    ) -> (FilterOutcome, Vec<FilterNote>) {
         let mut notes = Vec::new();
         let Some(steps) = chain.phases.get(&phase) else {
             return (FilterOutcome::Proceed, notes);
@@ -92,7 +99,10 @@ impl RuleGraph {
             }
             let (outcome, word) = match &rule.decision {
                 Decision::Report(_) => {
-                    notes.push(FilterNote { filter: filter.clone(), decision: "report" });
+                    notes.push(FilterNote {
+                        filter: filter.clone(),
+                        decision: "report",
+                    });
                     continue;
                 }
                 Decision::Bypass => (FilterOutcome::Proceed, "bypass"),
@@ -101,7 +111,10 @@ impl RuleGraph {
                 Decision::Disconnect(m) => (FilterOutcome::Disconnect(m.clone()), "disconnect"),
                 Decision::Rewrite(m) => (FilterOutcome::Rewrite(m.clone()), "rewrite"),
             };
-            notes.push(FilterNote { filter: filter.clone(), decision: word });
+            notes.push(FilterNote {
+                filter: filter.clone(),
+                decision: word,
+            });
             return (outcome, notes);
         }
         (FilterOutcome::Proceed, notes)

@@ -1,0 +1,642 @@
+//! The SMTP server: accept loops, the session cap, and the thin task that drives one
+//! [`Session`] over a TCP connection.
+//!
+//! The driver is where the session's questions meet the rest of smtpd: filters and `match`
+//! rules (the rule graph), the queue (message files, envelopes, the durable commit before
+//! `250`), DNS (the client's reverse name, looked up before the banner but never for longer
+//! than a short bound) and the log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, trace, warn};
+
+use super::action::{
+    Action, Answer, AuthResult, AuthVerdict, CommitVerdict, Event, FilterPhase, FilterVerdict,
+    MessageStamp, OpenVerdict, Question, RecipientVerdict, SenderVerdict,
+};
+use super::address::Mailaddr;
+use super::ids::{EnvelopeId, MsgId, SessionId};
+use super::params::{AuthMode, ClientAddress, ClientInfo, Fcrdns, Limits, SessionParams, TlsMode};
+use super::received::time_to_text;
+use super::reply::Reply;
+use super::session::Session;
+use crate::config::model::{self as cfg, Phase};
+use crate::dns::{self, Resolver};
+use crate::queue::{self, Spool};
+use crate::rules::RuleGraph;
+use crate::rules::filter::{FilterFacts, FilterOutcome};
+use crate::rules::route::{Facts, Verdict};
+
+/// Everything sessions share.
+pub struct Server {
+    pub graph: Arc<RuleGraph>,
+    pub spool: Arc<Spool>,
+    pub resolver: Arc<dyn Resolver>,
+    /// Concurrent sessions allowed; a client beyond gets a 421 instead of silence.
+    pub sessions: Arc<Semaphore>,
+    /// Longest wait for the client's reverse name before the banner.
+    pub rdns_bound: Duration,
+    /// Idle time after which a session is closed (OpenSMTPD: 300 s).
+    pub timeout: Duration,
+}
+
+/// Serve one listening socket until the task is dropped.
+pub async fn accept_loop(server: Arc<Server>, listener: TcpListener, index: usize) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("warn: smtp: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        match server.sessions.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    serve(server, stream, peer, index).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let name = &server.graph.config.hostname;
+                    let line =
+                        format!("421 4.3.2 {name} Too many connections, try again later\r\n");
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        stream.write_all(line.as_bytes()),
+                    )
+                    .await;
+                    info!(
+                        "smtp: refused connection from {} (session limit reached)",
+                        peer.ip()
+                    );
+                });
+            }
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The local time zone's offset (seconds east of UTC) and abbreviation at `t`.
+fn local_offset(t: i64) -> (i32, String) {
+    let tt: libc::time_t = t as libc::time_t;
+    // SAFETY: `tm` is a plain C struct for which all-zero bytes are a valid value;
+    // localtime_r only writes into the struct we pass and reads `tt`, both valid for the
+    // duration of the call, and it is the thread-safe variant.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; the pointers are to live locals.
+    let ok = unsafe { !libc::localtime_r(&tt, &mut tm).is_null() };
+    if !ok {
+        return (0, "UTC".into());
+    }
+    let zone = if tm.tm_zone.is_null() {
+        "UTC".to_string()
+    } else {
+        // SAFETY: tm_zone points to a NUL-terminated string owned by the C library that
+        // stays valid at least until the next call to tzset; we copy it at once.
+        unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    (tm.tm_gmtoff as i32, zone)
+}
+
+/// `vis(3)` with VIS_SAFE | VIS_CSTYLE, as OpenSMTPD escapes commands in its logs.
+pub fn vis(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push('\t'),
+            0 => s.push_str("\\0"),
+            0x07 => s.push_str("\\a"),
+            0x08 => s.push_str("\\b"),
+            0x0b => s.push_str("\\v"),
+            0x0c => s.push_str("\\f"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    s
+}
+
+fn addr_text(a: &Option<Mailaddr>) -> String {
+    a.as_ref().map(|m| m.to_string()).unwrap_or_default()
+}
+
+struct Conn {
+    server: Arc<Server>,
+    sid: SessionId,
+    listener: usize,
+    client: ClientInfo,
+    client_ip: IpAddr,
+    /// Message being received, from MAIL FROM to the end of DATA.
+    writer: Option<queue::MessageWriter>,
+    /// Envelopes of the accepted recipients, written at commit.
+    envelopes: Vec<queue::Envelope>,
+    /// A write to the message file failed: the commit must refuse.
+    write_failed: bool,
+    helo: String,
+    auth_user: Option<String>,
+    mail_from: String,
+}
+
+impl Conn {
+    fn listener(&self) -> &cfg::Listener {
+        &self.server.graph.config.listeners[self.listener]
+    }
+
+    fn log_event(&self, e: &Event) {
+        let sid = self.sid;
+        match e {
+            Event::Identified { .. } => {}
+            Event::FailedCommand { command, result } => {
+                info!(
+                    "{sid} smtp failed-command command=\"{}\" result=\"{}\"",
+                    vis(command),
+                    result
+                );
+            }
+            Event::BadInput { result } => info!("{sid} smtp bad-input result=\"{result}\""),
+            Event::Authentication { user, result } => {
+                info!(
+                    "{sid} smtp authentication user={} result={}",
+                    vis(user),
+                    result.as_str()
+                );
+            }
+            Event::MessageAccepted {
+                msgid,
+                size,
+                esmtp,
+                sender,
+                recipients,
+            } => {
+                info!(
+                    "{sid} smtp message msgid={msgid} size={size} nrcpt={} proto={}",
+                    recipients.len(),
+                    if *esmtp { "ESMTP" } else { "SMTP" }
+                );
+                for (evpid, to) in recipients {
+                    info!(
+                        "{sid} smtp envelope evpid={evpid} from=<{}> to=<{to}>",
+                        addr_text(sender)
+                    );
+                }
+            }
+        }
+    }
+
+    fn filter(&mut self, phase: FilterPhase, query: &str) -> FilterVerdict {
+        let graph = self.server.graph.clone();
+        let Some(chain) = graph.listener_chain(self.listener()) else {
+            return FilterVerdict::Proceed;
+        };
+        let phase = match phase {
+            FilterPhase::Connect => Phase::Connect,
+            FilterPhase::Helo => Phase::Helo,
+            FilterPhase::Ehlo => Phase::Ehlo,
+            FilterPhase::Auth => Phase::Auth,
+            FilterPhase::MailFrom => Phase::MailFrom,
+            FilterPhase::RcptTo => Phase::RcptTo,
+            FilterPhase::Data => Phase::Data,
+            FilterPhase::Commit => Phase::Commit,
+            _ => return FilterVerdict::Proceed,
+        };
+        if matches!(phase, Phase::Helo | Phase::Ehlo) {
+            self.helo = query.to_string();
+        }
+        if phase == Phase::MailFrom {
+            self.mail_from = query.to_string();
+        }
+        let source = self.client.address.text();
+        let facts = FilterFacts {
+            source: &source,
+            rdns: (self.client.rdns != dns::UNKNOWN_HOST).then_some(self.client.rdns.as_str()),
+            fcrdns: self.client.fcrdns == Fcrdns::Pass,
+            helo: &self.helo,
+            auth_user: self.auth_user.as_deref(),
+            mail_from: &self.mail_from,
+            rcpt_to: if phase == Phase::RcptTo { query } else { "" },
+        };
+        let (outcome, notes) = graph.run_filters(chain, phase, &facts);
+        for n in notes {
+            trace!(target: "filters", "{} filters builtin phase={} filter={} decision={}", self.sid, phase.keyword(), n.filter, n.decision);
+        }
+        match outcome {
+            FilterOutcome::Proceed => FilterVerdict::Proceed,
+            FilterOutcome::Junk => FilterVerdict::Junk,
+            FilterOutcome::Reject(m) => FilterVerdict::Reject(m),
+            FilterOutcome::Disconnect(m) => FilterVerdict::Disconnect(m),
+            FilterOutcome::Rewrite(m) => FilterVerdict::Rewrite(m),
+        }
+    }
+
+    async fn sender(&mut self, sender: Option<Mailaddr>) -> SenderVerdict {
+        if let Some(w) = self.writer.take() {
+            let _ = w.abort();
+        }
+        self.envelopes.clear();
+        self.write_failed = false;
+        self.mail_from = addr_text(&sender);
+        match self.server.spool.begin_message().await {
+            Ok(w) => {
+                let msgid = MsgId(w.msgid().get());
+                self.writer = Some(w);
+                SenderVerdict::Accept { msgid }
+            }
+            Err(e) => {
+                warn!("warn: queue: cannot create message: {e}");
+                SenderVerdict::Disconnect(Reply::temporary_error())
+            }
+        }
+    }
+
+    fn recipient(
+        &mut self,
+        rcpt: &Mailaddr,
+        envelope: &super::action::Envelope,
+    ) -> RecipientVerdict {
+        let graph = self.server.graph.clone();
+        let source = self.client.address.text();
+        let listener = self.listener().clone();
+        let tag = listener.tag.clone().unwrap_or_default();
+        let sender = envelope
+            .sender
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "@".to_string());
+        let authenticated =
+            envelope.auth_user.is_some() || matches!(self.client.address, ClientAddress::Local);
+        let facts = Facts {
+            tag: &tag,
+            source: &source,
+            rdns: (self.client.rdns != dns::UNKNOWN_HOST).then_some(self.client.rdns.as_str()),
+            helo: &envelope.helo,
+            authenticated,
+            auth_user: envelope.auth_user.as_deref(),
+            sender: &sender,
+            expanded: false,
+        };
+        let rcpt_text = rcpt.to_string();
+        let verdict = graph.route(&facts, &rcpt_text);
+        let action = match verdict {
+            Verdict::Action { rule, action } => {
+                trace!(target: "rules", "rule #{} matched: {}", rule + 1, graph.rule_to_text(&graph.config.rules[rule]));
+                action
+            }
+            Verdict::Reject { rule } => {
+                trace!(target: "rules", "rule #{} matched: {}", rule + 1, graph.rule_to_text(&graph.config.rules[rule]));
+                return RecipientVerdict::Refuse(Reply::invalid_recipient(rcpt));
+            }
+            Verdict::NoMatch => {
+                trace!(target: "rules", "no rule matched");
+                return RecipientVerdict::Refuse(Reply::invalid_recipient(rcpt));
+            }
+            Verdict::TempFail => {
+                trace!(target: "rules", "temporary failure in processing of a rule");
+                return RecipientVerdict::Refuse(Reply::recipient_tempfail(rcpt));
+            }
+        };
+        let Some(writer) = self.writer.as_mut() else {
+            return RecipientVerdict::Disconnect(Reply::temporary_failure());
+        };
+        let evpid = match writer.new_evpid() {
+            Ok(e) => e,
+            Err(_) => return RecipientVerdict::Disconnect(Reply::temporary_failure()),
+        };
+        let target = match graph.config.action_named(&action).map(|a| &a.method) {
+            Some(cfg::ActionMethod::Relay(_)) => queue::Target::Mta(queue::MtaTarget::default()),
+            _ => queue::Target::Mda(queue::MdaTarget {
+                user: rcpt.user.clone(),
+                ..Default::default()
+            }),
+        };
+        let sender_text = envelope
+            .sender
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let mut e =
+            queue::Envelope::new(evpid, target, &sender_text, &rcpt_text, &rcpt_text, now());
+        e.dispatcher = action;
+        e.tag = tag;
+        e.smtpname = self.server.graph.config.hostname.clone();
+        e.helo = envelope.helo.clone();
+        e.hostname = self.client.rdns.clone();
+        e.client = match self.client.address {
+            ClientAddress::Ip(ip) => queue::ClientAddr::Ip(ip),
+            ClientAddress::Local => queue::ClientAddr::Local,
+        };
+        e.auth_user = envelope.auth_user.clone().unwrap_or_default();
+        e.flags.authenticated = envelope.auth_user.is_some();
+        self.envelopes.push(e);
+        RecipientVerdict::Accept {
+            evpid: EnvelopeId(evpid.get()),
+        }
+    }
+
+    async fn commit(&mut self) -> CommitVerdict {
+        let Some(writer) = self.writer.take() else {
+            return CommitVerdict::Disconnect(Reply::temporary_failure());
+        };
+        if self.write_failed {
+            let _ = writer.abort();
+            return CommitVerdict::Refuse(Reply::temporary_failure());
+        }
+        let envelopes = std::mem::take(&mut self.envelopes);
+        match writer.commit(envelopes).await {
+            Ok(_) => CommitVerdict::Committed,
+            Err(e) => {
+                warn!("warn: queue: commit failed: {e}");
+                CommitVerdict::Refuse(Reply::temporary_failure())
+            }
+        }
+    }
+}
+
+fn session_params(
+    server: &Server,
+    sid: SessionId,
+    l: &cfg::Listener,
+    client: ClientInfo,
+    local: IpAddr,
+) -> SessionParams {
+    let cfg = &server.graph.config;
+    let mut p = SessionParams::new(sid, &cfg.hostname, client);
+    p.listener_hostname = l
+        .hostname
+        .clone()
+        .or_else(|| {
+            l.hostnames.and_then(|t| {
+                server
+                    .graph
+                    .table(t)
+                    .lookup(&local.to_string())
+                    .map(String::from)
+            })
+        })
+        .unwrap_or_else(|| cfg.hostname.clone());
+    // OpenSMTPD's session name (banner, EHLO, qualification of bare local parts) is the
+    // listener's host name, which defaults to the server name.
+    p.server_name = p.listener_hostname.clone();
+    p.tls = match l.tls {
+        None => TlsMode::None,
+        Some(cfg::TlsMode::Tls) => TlsMode::StartTls,
+        Some(cfg::TlsMode::TlsRequire { .. }) => TlsMode::StartTlsRequired,
+        Some(cfg::TlsMode::Smtps { .. }) => TlsMode::Smtps,
+    };
+    p.auth = match l.auth {
+        None => AuthMode::None,
+        Some(cfg::AuthMode::Required(_)) => AuthMode::Required,
+        Some(cfg::AuthMode::Optional(_)) => AuthMode::Optional,
+    };
+    p.dsn = !l.no_dsn;
+    p.filtered = l.filter.is_some();
+    p.mask_source = l.mask_src;
+    p.received_auth = l.received_auth;
+    p.local_listener = l
+        .addresses
+        .iter()
+        .any(|a| matches!(a.to_string().as_str(), "127.0.0.1" | "::1"));
+    p.masquerade = l.senders.is_some_and(|(_, m)| m);
+    p.limits = Limits {
+        max_message_size: usize::try_from(cfg.smtp.max_message_size).unwrap_or(usize::MAX),
+        max_rcpt: usize::try_from(cfg.smtp.max_rcpt).unwrap_or(1000),
+        max_mails: usize::try_from(cfg.smtp.max_mails).unwrap_or(100),
+        ..Limits::default()
+    };
+    p
+}
+
+/// Drive one session to its end.
+pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr, listener: usize) {
+    let sid = SessionId(rand_u64());
+    let ip = canonical(peer.ip());
+    let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
+    let deadline = tokio::time::Instant::now() + server.rdns_bound;
+    let outcome = dns::fcrdns(server.resolver.as_ref(), ip, deadline).await;
+    if let Some(w) = outcome.warning() {
+        warn!("{w}");
+    }
+    let client = ClientInfo {
+        address: ClientAddress::Ip(ip),
+        rdns: outcome.host().to_string(),
+        fcrdns: match outcome.fcrdns {
+            dns::Fcrdns::Pass => Fcrdns::Pass,
+            dns::Fcrdns::Fail => Fcrdns::Fail,
+            dns::Fcrdns::Error => Fcrdns::Error,
+        },
+    };
+    info!(
+        "{sid} smtp connected address={} host={}",
+        client.address.text(),
+        client.rdns
+    );
+    let l = server.graph.config.listeners[listener].clone();
+    let params = session_params(&server, sid, &l, client.clone(), local);
+    let mut session = Session::new(params);
+    let mut conn = Conn {
+        server: server.clone(),
+        sid,
+        listener,
+        client,
+        client_ip: ip,
+        writer: None,
+        envelopes: Vec::new(),
+        write_failed: false,
+        helo: String::new(),
+        auth_user: None,
+        mail_from: String::new(),
+    };
+    let reason = drive(&mut conn, &mut session, &mut stream).await;
+    if let Some(w) = conn.writer.take() {
+        let _ = w.abort();
+    }
+    let _ = conn.client_ip;
+    info!("{sid} smtp disconnected reason={reason}");
+}
+
+/// Run the session over the stream; returns the disconnect reason for the log.
+async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut TcpStream) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(512);
+    let mut buf = vec![0u8; 16 * 1024];
+    let timeout = conn.server.timeout;
+    loop {
+        // Everything the session wants done, in order.
+        while let Some(action) = session.next_action() {
+            match action {
+                Action::Send(bytes) => {
+                    trace!(target: "smtp", "smtp: {}: >>> {}", conn.sid, String::from_utf8_lossy(&bytes).trim_end());
+                    out.extend_from_slice(&bytes);
+                }
+                Action::Event(e) => conn.log_event(&e),
+                Action::MessageData(bytes) => {
+                    if let Some(w) = conn.writer.as_mut()
+                        && !conn.write_failed
+                        && w.write(&bytes).await.is_err()
+                    {
+                        conn.write_failed = true;
+                    }
+                }
+                Action::Rollback(_) => {
+                    if let Some(w) = conn.writer.take() {
+                        let _ = w.abort();
+                    }
+                    conn.envelopes.clear();
+                }
+                Action::StartTls => {
+                    // TLS is not available in this build: the session goes on in clear text.
+                    if !out.is_empty() && write_all(stream, &mut out, timeout).await.is_err() {
+                        return "io-error".into();
+                    }
+                    session.tls_failed();
+                }
+                Action::Close => {
+                    let _ = write_all(stream, &mut out, timeout).await;
+                    let _ = stream.shutdown().await;
+                    return "quit".into();
+                }
+                Action::Ask(q) => {
+                    let answer = match *q {
+                        Question::Filter { phase, query, .. } => {
+                            Answer::Filter(conn.filter(phase, &query))
+                        }
+                        Question::Sender { sender, .. } => {
+                            Answer::Sender(conn.sender(sender).await)
+                        }
+                        Question::Recipient { rcpt, envelope, .. } => {
+                            Answer::Recipient(conn.recipient(&rcpt, &envelope))
+                        }
+                        Question::OpenMessage(_) => {
+                            let t = now() as i64;
+                            let (off, zone) = local_offset(t);
+                            Answer::OpenMessage(OpenVerdict::Ready(MessageStamp {
+                                date: time_to_text(t, off, &zone),
+                                message_id: rand_u64(),
+                            }))
+                        }
+                        Question::CommitMessage { .. } => {
+                            // The reply waits for the durable commit; send what is pending first.
+                            if !out.is_empty()
+                                && write_all(stream, &mut out, timeout).await.is_err()
+                            {
+                                return "io-error".into();
+                            }
+                            Answer::CommitMessage(conn.commit().await)
+                        }
+                        Question::Credentials(_) => {
+                            // Credentials are checked once AUTH support lands; refuse meanwhile.
+                            conn.log_event(&Event::Authentication {
+                                user: Vec::new(),
+                                result: AuthResult::PermFail,
+                            });
+                            Answer::Credentials(AuthVerdict::Rejected)
+                        }
+                    };
+                    if let Err(e) = session.answer(answer) {
+                        debug!("debug: smtp: {}: answer refused: {e:?}", conn.sid);
+                    }
+                }
+            }
+        }
+        if session.is_closed() {
+            let _ = write_all(stream, &mut out, timeout).await;
+            return "quit".into();
+        }
+        if !out.is_empty() && write_all(stream, &mut out, timeout).await.is_err() {
+            return "io-error".into();
+        }
+        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+            Err(_) => {
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "421 {} Timeout exceeded\r\n",
+                            conn.server.graph.config.hostname
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                return "timeout".into();
+            }
+            Ok(Ok(0)) => {
+                session.abort();
+                return "disconnect".into();
+            }
+            Ok(Ok(n)) => session.input(&buf[..n]),
+            Ok(Err(e)) => return format!("\"io-error: {e}\""),
+        }
+    }
+}
+
+async fn write_all(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let r = tokio::time::timeout(timeout, stream.write_all(out)).await;
+    out.clear();
+    match r {
+        Ok(x) => x,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timeout",
+        )),
+    }
+}
+
+/// A random 64-bit number (session ids, Message-ID values).
+pub fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+    }
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vis_escapes_like_opensmtpd() {
+        assert_eq!(vis(b"RCPT TO:<a@b> "), "RCPT TO:<a@b> ");
+        assert_eq!(vis(b"A\r\nB\\\x01"), "A\\r\\nB\\\\\\001");
+    }
+}

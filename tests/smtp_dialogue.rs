@@ -1,0 +1,309 @@
+//! The SMTP engine over real TCP: the built `smtpd -d` on a loopback port, scripted clients,
+//! and the spool on disk.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `smtpd -d` with its own spool, stopped on drop.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Daemon {
+    /// Start smtpd on a free port; `conf` uses `PORT` where the port goes. A port can be
+    /// taken between choosing and binding it, so a few attempts are made.
+    pub fn start(conf: &str) -> Daemon {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            std::fs::write(
+                dir.path().join("smtpd.conf"),
+                conf.replace("PORT", &port.to_string()),
+            )
+            .unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+                .args(["-d", "-f"])
+                .arg(dir.path().join("smtpd.conf"))
+                .arg("--spool")
+                .arg(dir.path().join("spool"))
+                .arg("--resolv-conf")
+                .arg(dir.path().join("no-resolv.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut d = Daemon { child, port, dir };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return d;
+                }
+                if let Ok(Some(_)) = d.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("smtpd would not start");
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+}
+
+/// A line-oriented client.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    /// One complete reply (all its lines).
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        for _ in 0..100 {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            out.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        out.replace("\r\n", "\n")
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    /// Send a command line and return the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+const CONF: &str = "listen on 127.0.0.1 port PORT hostname mx.test\n\
+    table domains { \"bsdsx.fr\", \"*.bsdsx.fr\" }\n\
+    action \"local_mail\" maildir \"/tmp/vmail/%{rcpt}\" junk\n\
+    match from any for domain <domains> action \"local_mail\"\n";
+
+fn ehlo_reply() -> &'static str {
+    "250-mx.test Hello client.example [127.0.0.1], pleased to meet you\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250-SIZE 36700160\n250-DSN\n250-PIPELINING\n250 HELP\n"
+}
+
+fn queued_envelopes(spool: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let q = spool.join("queue");
+    for b in std::fs::read_dir(&q).into_iter().flatten().flatten() {
+        for m in std::fs::read_dir(b.path()).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(m.path()).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+                    out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn walkthrough_session_with_opensmtpd_replies() {
+    let d = Daemon::start(CONF);
+    let mut c = Client::connect(d.port);
+    assert_eq!(c.reply(), "220 mx.test ESMTP OpenSMTPD\n");
+    assert_eq!(c.cmd("EHLO client.example"), ehlo_reply());
+    assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.0.0 Ok\n");
+    for ok in [
+        "abuse@bsdsx.fr",
+        "FOO@BSDSX.FR",
+        "foo+tag@bsdsx.fr",
+        "foo@sub.bsdsx.fr",
+    ] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{ok}>")),
+            "250 2.1.5 Destination address valid: Recipient ok\n",
+            "{ok}"
+        );
+    }
+    assert_eq!(
+        c.cmd("RCPT TO:<foo@other.example>"),
+        "550 Invalid recipient: <foo@other.example>\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<abuse>"),
+        "550 Invalid recipient: <abuse@mx.test>\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<root@absdsx.fr>"),
+        "550 Invalid recipient: <root@absdsx.fr>\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<root@bsdsx.fr.fr>"),
+        "550 Invalid recipient: <root@bsdsx.fr.fr>\n"
+    );
+    assert_eq!(
+        c.cmd("DATA"),
+        "354 Enter mail, end with \".\" on a line by itself\n"
+    );
+    c.send(
+        b"From: <sender@client.example>\r\nSubject: test\r\n\r\nHello.\r\n..a dot line\r\n.\r\n",
+    );
+    let accepted = c.reply();
+    assert!(
+        accepted.starts_with("250 2.0.0 ")
+            && accepted.ends_with(" Message accepted for delivery\n"),
+        "{accepted}"
+    );
+    let msgid = accepted.split(' ').nth(2).unwrap().to_string();
+    assert_eq!(msgid.len(), 8);
+    // 250 means on disk: the envelopes are in the queue now.
+    let envs = queued_envelopes(&d.spool());
+    assert_eq!(envs.len(), 4, "{envs:?}");
+    assert!(
+        envs.iter().all(|e| e.contains("dispatcher: local_mail")),
+        "{envs:?}"
+    );
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\n");
+}
+
+#[test]
+fn command_errors_and_sequence() {
+    let d = Daemon::start(CONF);
+    let mut c = Client::connect(d.port);
+    c.reply();
+    assert_eq!(
+        c.cmd("FOO"),
+        "500 5.5.1 Invalid command: Command unrecognized\n"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@b.example>"),
+        "503 5.5.1 Invalid command: Command not allowed at this point.\n"
+    );
+    assert_eq!(
+        c.cmd("HELO client.example"),
+        "250 mx.test Hello client.example [127.0.0.1], pleased to meet you\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<foo@bsdsx.fr>"),
+        "503 5.5.1 Invalid command: Command not allowed at this point.\n"
+    );
+    assert_eq!(c.cmd("NOOP"), "250 2.0.0 Ok\n");
+    assert_eq!(c.cmd("RSET"), "250 2.0.0 Reset state\n");
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\n");
+}
+
+#[test]
+fn pipelined_transaction_with_dot_and_quit_together() {
+    let d = Daemon::start(CONF);
+    let mut c = Client::connect(d.port);
+    c.reply();
+    assert_eq!(c.cmd("EHLO client.example"), ehlo_reply());
+    c.send(b"MAIL FROM:<s@client.example>\r\nRCPT TO:<foo@bsdsx.fr>\r\nRCPT TO:<nobody@other.example>\r\nDATA\r\n");
+    assert_eq!(c.reply(), "250 2.0.0 Ok\n");
+    assert_eq!(
+        c.reply(),
+        "250 2.1.5 Destination address valid: Recipient ok\n"
+    );
+    assert_eq!(c.reply(), "550 Invalid recipient: <nobody@other.example>\n");
+    assert_eq!(
+        c.reply(),
+        "354 Enter mail, end with \".\" on a line by itself\n"
+    );
+    c.send(b"Subject: p\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    assert!(c.reply().ends_with("Message accepted for delivery\n"));
+    assert_eq!(c.reply(), "221 2.0.0 Bye\n");
+    assert_eq!(queued_envelopes(&d.spool()).len(), 1);
+}
+
+/// SMTP smuggling: only CRLF.CRLF ends the data; a fake end followed by commands is text.
+#[test]
+fn smuggled_end_of_data_is_not_a_command() {
+    let d = Daemon::start(CONF);
+    for fake in ["\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n"] {
+        let mut c = Client::connect(d.port);
+        c.reply();
+        c.cmd("EHLO client.example");
+        c.cmd("MAIL FROM:<s@client.example>");
+        c.cmd("RCPT TO:<foo@bsdsx.fr>");
+        assert!(c.cmd("DATA").starts_with("354"));
+        let smuggled = format!(
+            "Subject: x\r\n\r\nhello{fake}MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@bsdsx.fr>\r\nDATA\r\nevil\r\n.\r\n"
+        );
+        c.send(smuggled.as_bytes());
+        let r = c.reply();
+        // Exactly one reply for the whole DATA: either accepted as one message or refused,
+        // never a 250 for the smuggled MAIL FROM.
+        assert!(
+            r.starts_with("250 2.0.0 ") || r.starts_with("5"),
+            "{fake:?}: {r}"
+        );
+        assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\n", "{fake:?}");
+    }
+    // No envelope for the victim: the smuggled transaction never happened.
+    let envs = queued_envelopes(&d.spool());
+    assert!(
+        envs.iter().all(|e| !e.contains("victim@bsdsx.fr")),
+        "{envs:?}"
+    );
+}
+
+#[test]
+fn python_smtplib_client() {
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("python3 missing: skipped");
+        return;
+    }
+    let d = Daemon::start(CONF);
+    let script = format!(
+        "import smtplib\n\
+         s = smtplib.SMTP('127.0.0.1', {port}, local_hostname='client.example', timeout=10)\n\
+         refused = s.sendmail('sender@client.example', ['foo@bsdsx.fr', 'bar@bsdsx.fr'], 'Subject: smtplib\\r\\n\\r\\nhi\\r\\n')\n\
+         print('refused', refused)\n\
+         s.quit()\n",
+        port = d.port
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "refused {}");
+    assert_eq!(queued_envelopes(&d.spool()).len(), 2);
+}
