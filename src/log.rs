@@ -134,6 +134,11 @@ impl<S: Subscriber> Layer<S> for OpenSmtpdLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let meta = event.metadata();
         let level = *meta.level();
+        // Only smtpd's own lines: libraries (the resolver, TLS) log through tracing too.
+        let ours = meta.target().starts_with("smtpd") || trace_category(meta.target()).is_some();
+        if !ours {
+            return;
+        }
         let show = match level {
             Level::ERROR | Level::WARN | Level::INFO => true,
             Level::DEBUG => SETTINGS.verbose.load(Ordering::Relaxed),
