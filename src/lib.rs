@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod expand;
 pub mod log;
 pub mod queue;
 pub mod rules;
