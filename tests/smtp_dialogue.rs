@@ -112,10 +112,13 @@ impl Client {
     }
 }
 
-const CONF: &str = "listen on 127.0.0.1 port PORT hostname mx.test\n\
-    table domains { \"bsdsx.fr\", \"*.bsdsx.fr\" }\n\
-    action \"local_mail\" maildir \"/tmp/vmail/%{rcpt}\" junk\n\
-    match from any for domain <domains> action \"local_mail\"\n";
+const CONF: &str = "listen on 127.0.0.1 port PORT hostname mx.test
+table domains { \"bsdsx.fr\", \"*.bsdsx.fr\" }
+table aliases { abuse = postmaster, postmaster = root, root = foo }
+table users { foo = \"2000:2000:/var/empty\", bar = \"2000:2000:/var/empty\" }
+action \"local_mail\" maildir \"/tmp/vmail/%{rcpt}\" junk userbase <users> alias <aliases>
+match from any for domain <domains> action \"local_mail\"
+";
 
 fn ehlo_reply() -> &'static str {
     "250-mx.test Hello client.example [127.0.0.1], pleased to meet you\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250-SIZE 36700160\n250-DSN\n250-PIPELINING\n250 HELP\n"
@@ -144,34 +147,38 @@ fn walkthrough_session_with_opensmtpd_replies() {
     assert_eq!(c.reply(), "220 mx.test ESMTP OpenSMTPD\n");
     assert_eq!(c.cmd("EHLO client.example"), ehlo_reply());
     assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.0.0 Ok\n");
-    for ok in [
-        "abuse@bsdsx.fr",
-        "FOO@BSDSX.FR",
-        "foo+tag@bsdsx.fr",
-        "foo@sub.bsdsx.fr",
+    let ok = "250 2.1.5 Destination address valid: Recipient ok\n";
+    // Session 1 of the reference walkthrough, then session 2's bare local parts, case, +tag.
+    for (rcpt, reply) in [
+        ("abuse@bsdsx.fr", ok),
+        ("postmaster@bsdsx.fr", ok),
+        ("root@bsdsx.fr", ok),
+        ("foo@bsdsx.fr", ok),
+        ("bar@bsdsx.fr", ok),
+        (
+            "nobody@bsdsx.fr",
+            "550 Invalid recipient: <nobody@bsdsx.fr>\n",
+        ),
+        ("foo@sub.bsdsx.fr", ok),
+        (
+            "foo@other.example",
+            "550 Invalid recipient: <foo@other.example>\n",
+        ),
+        ("abuse", "550 Invalid recipient: <abuse@mx.test>\n"),
+        ("FOO@BSDSX.FR", ok),
+        ("foo+tag@bsdsx.fr", ok),
+        ("bsdsx.fr", "550 Invalid recipient: <bsdsx.fr@mx.test>\n"),
+        (
+            "root@absdsx.fr",
+            "550 Invalid recipient: <root@absdsx.fr>\n",
+        ),
+        (
+            "root@bsdsx.fr.fr",
+            "550 Invalid recipient: <root@bsdsx.fr.fr>\n",
+        ),
     ] {
-        assert_eq!(
-            c.cmd(&format!("RCPT TO:<{ok}>")),
-            "250 2.1.5 Destination address valid: Recipient ok\n",
-            "{ok}"
-        );
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")), reply, "{rcpt}");
     }
-    assert_eq!(
-        c.cmd("RCPT TO:<foo@other.example>"),
-        "550 Invalid recipient: <foo@other.example>\n"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<abuse>"),
-        "550 Invalid recipient: <abuse@mx.test>\n"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<root@absdsx.fr>"),
-        "550 Invalid recipient: <root@absdsx.fr>\n"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<root@bsdsx.fr.fr>"),
-        "550 Invalid recipient: <root@bsdsx.fr.fr>\n"
-    );
     assert_eq!(
         c.cmd("DATA"),
         "354 Enter mail, end with \".\" on a line by itself\n"
@@ -187,11 +194,17 @@ fn walkthrough_session_with_opensmtpd_replies() {
     );
     let msgid = accepted.split(' ').nth(2).unwrap().to_string();
     assert_eq!(msgid.len(), 8);
-    // 250 means on disk: the envelopes are in the queue now.
+    // 250 means on disk: one envelope per accepted RCPT is in the queue now.
     let envs = queued_envelopes(&d.spool());
-    assert_eq!(envs.len(), 4, "{envs:?}");
+    assert_eq!(envs.len(), 8, "{envs:?}");
     assert!(
         envs.iter().all(|e| e.contains("dispatcher: local_mail")),
+        "{envs:?}"
+    );
+    // abuse@ went through the alias chain abuse -> postmaster -> root -> foo.
+    assert!(
+        envs.iter()
+            .any(|e| e.contains("rcpt: abuse@bsdsx.fr") && e.contains("mda-user: foo")),
         "{envs:?}"
     );
     assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\n");

@@ -27,10 +27,11 @@ use super::reply::Reply;
 use super::session::Session;
 use crate::config::model::{self as cfg, Phase};
 use crate::dns::{self, Resolver};
+use crate::expand;
 use crate::queue::{self, Spool};
 use crate::rules::RuleGraph;
 use crate::rules::filter::{FilterFacts, FilterOutcome};
-use crate::rules::route::{Facts, Verdict};
+use crate::rules::route::Facts;
 
 /// Everything sessions share.
 pub struct Server {
@@ -308,60 +309,88 @@ impl Conn {
             expanded: false,
         };
         let rcpt_text = rcpt.to_string();
-        let verdict = graph.route(&facts, &rcpt_text);
-        let action = match verdict {
-            Verdict::Action { rule, action } => {
-                trace!(target: "rules", "rule #{} matched: {}", rule + 1, graph.rule_to_text(&graph.config.rules[rule]));
-                action
-            }
-            Verdict::Reject { rule } => {
-                trace!(target: "rules", "rule #{} matched: {}", rule + 1, graph.rule_to_text(&graph.config.rules[rule]));
-                return RecipientVerdict::Refuse(Reply::invalid_recipient(rcpt));
-            }
-            Verdict::NoMatch => {
-                trace!(target: "rules", "no rule matched");
-                return RecipientVerdict::Refuse(Reply::invalid_recipient(rcpt));
-            }
-            Verdict::TempFail => {
-                trace!(target: "rules", "temporary failure in processing of a rule");
-                return RecipientVerdict::Refuse(Reply::recipient_tempfail(rcpt));
+        // Rules and expansion (aliases, virtual, userbase, .forward) decide the RCPT; the
+        // expansion may read .forward and include files.
+        let outcome = tokio::task::block_in_place(|| {
+            expand::expand(&graph, &facts, &rcpt_text, &expand::Sources::system())
+        });
+        let deliveries = match outcome {
+            expand::ExpandOutcome::Accepted(d) => d,
+            expand::ExpandOutcome::Refused(r) => {
+                let text = r.reply(&rcpt_text);
+                let reply = Reply::parse(&text).unwrap_or_else(|| {
+                    if r.temporary {
+                        Reply::recipient_tempfail(rcpt)
+                    } else {
+                        Reply::invalid_recipient(rcpt)
+                    }
+                });
+                return RecipientVerdict::Refuse(reply);
             }
         };
         let Some(writer) = self.writer.as_mut() else {
             return RecipientVerdict::Disconnect(Reply::temporary_failure());
-        };
-        let evpid = match writer.new_evpid() {
-            Ok(e) => e,
-            Err(_) => return RecipientVerdict::Disconnect(Reply::temporary_failure()),
-        };
-        let target = match graph.config.action_named(&action).map(|a| &a.method) {
-            Some(cfg::ActionMethod::Relay(_)) => queue::Target::Mta(queue::MtaTarget::default()),
-            _ => queue::Target::Mda(queue::MdaTarget {
-                user: rcpt.user.clone(),
-                ..Default::default()
-            }),
         };
         let sender_text = envelope
             .sender
             .as_ref()
             .map(|m| m.to_string())
             .unwrap_or_default();
-        let mut e =
-            queue::Envelope::new(evpid, target, &sender_text, &rcpt_text, &rcpt_text, now());
-        e.dispatcher = action;
-        e.tag = tag;
-        e.smtpname = self.server.graph.config.hostname.clone();
-        e.helo = envelope.helo.clone();
-        e.hostname = self.client.rdns.clone();
-        e.client = match self.client.address {
-            ClientAddress::Ip(ip) => queue::ClientAddr::Ip(ip),
-            ClientAddress::Local => queue::ClientAddr::Local,
-        };
-        e.auth_user = envelope.auth_user.clone().unwrap_or_default();
-        e.flags.authenticated = envelope.auth_user.is_some();
-        self.envelopes.push(e);
-        RecipientVerdict::Accept {
-            evpid: EnvelopeId(evpid.get()),
+        let mut last = None;
+        for d in deliveries {
+            let evpid = match writer.new_evpid() {
+                Ok(e) => e,
+                Err(_) => return RecipientVerdict::Disconnect(Reply::temporary_failure()),
+            };
+            let target = match &d.target {
+                expand::Target::Relay => queue::Target::Mta(queue::MtaTarget::default()),
+                expand::Target::Mailbox {
+                    user, subaddress, ..
+                } => queue::Target::Mda(queue::MdaTarget {
+                    user: user.name.clone(),
+                    subaddress: subaddress.clone(),
+                    ..Default::default()
+                }),
+                expand::Target::File { path, run_as } => queue::Target::Mda(queue::MdaTarget {
+                    user: run_as_name(run_as),
+                    path: path.clone(),
+                    ..Default::default()
+                }),
+                expand::Target::Command { command, run_as } => {
+                    queue::Target::Mda(queue::MdaTarget {
+                        user: run_as_name(run_as),
+                        exec: command.clone(),
+                        ..Default::default()
+                    })
+                }
+            };
+            let mut e = queue::Envelope::new(
+                evpid,
+                target,
+                &sender_text,
+                &d.rcpt.to_string(),
+                &d.dest.to_string(),
+                now(),
+            );
+            e.dispatcher = d.action.clone();
+            e.tag = tag.clone();
+            e.smtpname = self.server.graph.config.hostname.clone();
+            e.helo = envelope.helo.clone();
+            e.hostname = self.client.rdns.clone();
+            e.client = match self.client.address {
+                ClientAddress::Ip(ip) => queue::ClientAddr::Ip(ip),
+                ClientAddress::Local => queue::ClientAddr::Local,
+            };
+            e.auth_user = envelope.auth_user.clone().unwrap_or_default();
+            e.flags.authenticated = envelope.auth_user.is_some();
+            self.envelopes.push(e);
+            last = Some(evpid);
+        }
+        match last {
+            Some(evpid) => RecipientVerdict::Accept {
+                evpid: EnvelopeId(evpid.get()),
+            },
+            None => RecipientVerdict::Refuse(Reply::invalid_recipient(rcpt)),
         }
     }
 
@@ -381,6 +410,13 @@ impl Conn {
                 CommitVerdict::Refuse(Reply::temporary_failure())
             }
         }
+    }
+}
+
+fn run_as_name(r: &expand::RunAs) -> String {
+    match r {
+        expand::RunAs::User(u) => u.name.clone(),
+        expand::RunAs::Smtpd => expand::SMTPD_USER.to_string(),
     }
 }
 
