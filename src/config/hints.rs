@@ -59,7 +59,12 @@ pub fn syntax_hint(toks: &[Token], idx: usize) -> Option<String> {
         TokenKind::Str(w) => did_you_mean(w).map(|k| format!("unexpected `{w}`; did you mean `{k}`?")),
         TokenKind::Keyword(k) => {
             let prev_is_name_slot = idx > 0
-                && matches!(toks[idx - 1].kind, TokenKind::Keyword("table" | "action" | "filter" | "proc" | "pki" | "ca") | TokenKind::Punct('<'));
+                && matches!(
+                    toks[idx - 1].kind,
+                    TokenKind::Keyword("table" | "action" | "filter" | "proc" | "pki" | "ca")
+                        | TokenKind::Punct('<' | '{' | ',' | '=')
+                        | TokenKind::Arrow
+                );
             if prev_is_name_slot {
                 Some(format!("`{k}` is a reserved word; quote it to use it as a name: \"{k}\""))
             } else {
