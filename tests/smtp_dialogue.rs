@@ -329,22 +329,54 @@ fn swaks_client() {
     }
     let d = Daemon::start(CONF);
     let out = Command::new("swaks")
-        .args(["--server", &format!("127.0.0.1:{}", d.port), "--helo", "client.example"])
-        .args(["--from", "sender@client.example", "--to", "foo@bsdsx.fr,bar@bsdsx.fr"])
-        .args(["--header", "Subject: swaks", "--body", "hello from swaks", "--pipeline"])
+        .args([
+            "--server",
+            &format!("127.0.0.1:{}", d.port),
+            "--helo",
+            "client.example",
+        ])
+        .args([
+            "--from",
+            "sender@client.example",
+            "--to",
+            "foo@bsdsx.fr,bar@bsdsx.fr",
+        ])
+        .args([
+            "--header",
+            "Subject: swaks",
+            "--body",
+            "hello from swaks",
+            "--pipeline",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("<-  250 2.0.0 ") && text.contains("Message accepted for delivery"), "{text}");
+    assert!(
+        text.contains("<-  250 2.0.0 ") && text.contains("Message accepted for delivery"),
+        "{text}"
+    );
     assert_eq!(queued_envelopes(&d.spool()).len(), 2);
     // A refused recipient: swaks reports the 550 and fails.
     let out = Command::new("swaks")
-        .args(["--server", &format!("127.0.0.1:{}", d.port), "--helo", "client.example"])
-        .args(["--from", "sender@client.example", "--to", "nobody@elsewhere.example"])
+        .args([
+            "--server",
+            &format!("127.0.0.1:{}", d.port),
+            "--helo",
+            "client.example",
+        ])
+        .args([
+            "--from",
+            "sender@client.example",
+            "--to",
+            "nobody@elsewhere.example",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(text.contains("<** 550 Invalid recipient: <nobody@elsewhere.example>"), "{text}");
+    assert!(
+        text.contains("<** 550 Invalid recipient: <nobody@elsewhere.example>"),
+        "{text}"
+    );
 }

@@ -51,6 +51,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A delivery helper process (re-executed with the recipient's uid) does its job and exits.
+    if let Some(code) = smtpd::deliver::helper_main_if_requested() {
+        std::process::exit(code);
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -126,8 +130,8 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         }
     };
     let fds = smtpd::smtp::listen::raise_fd_limit();
-    let spool = match smtpd::queue::Spool::open(&args.spool) {
-        Ok((spool, _recovery)) => spool,
+    let (spool, recovery) = match smtpd::queue::Spool::open(&args.spool) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("smtpd: spool {}: {e}", args.spool);
             return ExitCode::from(1);
@@ -167,9 +171,23 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         };
         let max_sessions = (fds.saturating_sub(64) as usize).clamp(64, 100_000);
         tracing::debug!("debug: smtp: will accept at most {max_sessions} clients");
+        let spool = Arc::new(spool);
+        if recovery.rolled_back > 0 {
+            info!(
+                "info: queue: {} unfinished transactions rolled back",
+                recovery.rolled_back
+            );
+        }
+        if let Some(notice) = smtpd::deliver::privsep::unprivileged_notice() {
+            info!("{notice}");
+        }
+        let runner =
+            smtpd::deliver::runner::Runner::new(graph.clone(), spool.clone(), &recovery.envelopes);
+        tokio::spawn(runner.clone().run());
         let server = Arc::new(smtpd::smtp::server::Server {
+            delivery: Some(runner),
             graph: graph.clone(),
-            spool: Arc::new(spool),
+            spool,
             resolver,
             sessions: Arc::new(tokio::sync::Semaphore::new(max_sessions)),
             rdns_bound: std::time::Duration::from_secs(2),

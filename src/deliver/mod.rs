@@ -45,6 +45,7 @@ pub mod privsep;
 pub mod request;
 pub mod result;
 pub mod run;
+pub mod runner;
 pub mod shell;
 
 pub use format::{FormatError, FormatVars, MailAddr};

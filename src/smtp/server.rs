@@ -44,6 +44,8 @@ pub struct Server {
     pub rdns_bound: Duration,
     /// Idle time after which a session is closed (OpenSMTPD: 300 s).
     pub timeout: Duration,
+    /// Where committed envelopes go to be delivered.
+    pub delivery: Option<Arc<crate::deliver::runner::Runner>>,
 }
 
 /// Serve one listening socket until the task is dropped.
@@ -403,8 +405,14 @@ impl Conn {
             return CommitVerdict::Refuse(Reply::temporary_failure());
         }
         let envelopes = std::mem::take(&mut self.envelopes);
+        let scheduled = envelopes.clone();
         match writer.commit(envelopes).await {
-            Ok(_) => CommitVerdict::Committed,
+            Ok(_) => {
+                if let Some(d) = &self.server.delivery {
+                    d.submit(&scheduled);
+                }
+                CommitVerdict::Committed
+            }
             Err(e) => {
                 warn!("warn: queue: commit failed: {e}");
                 CommitVerdict::Refuse(Reply::temporary_failure())

@@ -1,0 +1,195 @@
+//! Mail accepted over SMTP is delivered: the daemon's scheduler hands committed envelopes to
+//! the local delivery agent, files land in real maildirs (owned by the userbase uid when smtpd
+//! runs as root), and the queue is empty afterwards.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("smtpd.conf"),
+        conf.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-f"])
+        .arg(dir.join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon(child);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
+}
+
+fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut replies = Vec::new();
+    let read = |r: &mut BufReader<TcpStream>| {
+        let mut all = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        all
+    };
+    replies.push(read(&mut r));
+    for l in lines {
+        w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+        if *l == "DATA" || !l.ends_with('.') || l.len() > 1 {
+            replies.push(read(&mut r));
+        }
+    }
+    replies
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn accepted_mail_is_delivered_into_maildirs_and_leaves_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = dir.path().join("vmail");
+    std::fs::create_dir(&vmail).unwrap();
+    let root = nix::unistd::Uid::effective().is_root();
+    if root {
+        // The recipient's uid must be able to create its maildir.
+        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).unwrap();
+        let mut p = dir.path().to_path_buf();
+        loop {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+            if !p.pop() || p.as_os_str().len() <= 4 {
+                break;
+            }
+        }
+    }
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         table domains {{ \"bsdsx.fr\", \"*.bsdsx.fr\" }}\n\
+         table aliases {{ abuse = postmaster, postmaster = root, root = foo }}\n\
+         table users {{ foo = \"2000:2000:/var/empty\", bar = \"2000:2000:/var/empty\" }}\n\
+         action \"local_mail\" maildir \"{}/%{{rcpt}}\" junk userbase <users> alias <aliases>\n\
+         match from any for domain <domains> action \"local_mail\"\n",
+        vmail.display()
+    );
+    let (_d, port) = start(dir.path(), &conf);
+    let replies = dialogue(
+        port,
+        &[
+            "EHLO client.example",
+            "MAIL FROM:<>",
+            "RCPT TO:<abuse@bsdsx.fr>",
+            "RCPT TO:<bar@bsdsx.fr>",
+            "DATA",
+            "Subject: e2e\r\n\r\nHello.\r\n.",
+            "QUIT",
+        ],
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.contains("Message accepted for delivery")),
+        "{replies:?}"
+    );
+    // Wait (bounded) for both deliveries.
+    let t = Instant::now();
+    let mut delivered = Vec::new();
+    while t.elapsed() < Duration::from_secs(15) {
+        delivered = files_under(&vmail)
+            .into_iter()
+            .filter(|p| p.parent().is_some_and(|d| d.ends_with("new")))
+            .collect();
+        if delivered.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    let abuse = delivered
+        .iter()
+        .find(|p| p.to_string_lossy().contains("/abuse@bsdsx.fr/new/"))
+        .expect("abuse@ maildir");
+    let text = std::fs::read_to_string(abuse).unwrap();
+    assert!(text.starts_with("Delivered-To: abuse@bsdsx.fr\n"), "{text}");
+    assert!(
+        text.contains("\tby mx.test (OpenSMTPD) with ESMTP id "),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: e2e\n") && text.ends_with("Hello.\n"),
+        "{text}"
+    );
+    assert!(
+        vmail.join("abuse@bsdsx.fr/.Junk/new").is_dir(),
+        "junk folder created"
+    );
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(abuse).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (2000, 2000),
+            "delivered as the userbase uid"
+        );
+    }
+    // Delivered envelopes leave the queue (bounded wait for the removal).
+    let t = Instant::now();
+    let mut left = usize::MAX;
+    while t.elapsed() < Duration::from_secs(5) {
+        left = files_under(&dir.path().join("spool/queue")).len();
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(left, 0, "queue not empty after delivery");
+}
