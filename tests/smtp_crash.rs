@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn start(conf: &Path, spool: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
         .args(["-d", "-f"])
         .arg(conf)
         .arg("--spool")
@@ -32,6 +32,8 @@ fn start(conf: &Path, spool: &Path, port: u16) -> Child {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("smtpd did not come back");
 }
 
