@@ -57,33 +57,53 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// CPU seconds (user + system) of a process and its children that were waited for.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit(')').next() else {
-        return 0.0;
-    };
+/// (utime + stime in clock ticks, ppid) of a process, from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit(')').next()?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields after the command: state is f[0]; utime, stime are fields 14 and 15 (1-based
-    // in proc(5)), i.e. f[11], f[12]; cutime, cstime f[13], f[14].
-    let ticks: f64 = [11, 12, 13, 14]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
+    // After the command: f[0] state, f[1] ppid, ..., f[11] utime, f[12] stime.
+    let ppid = f.get(1)?.parse().ok()?;
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((ticks, ppid))
 }
 
+/// The process and all its descendants (servers made of several processes).
+fn tree(root: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some((_, ppid)) = proc_stat(pid) {
+                parent.insert(pid, ppid);
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent.iter().filter(|(_, pp)| **pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
+
+/// CPU seconds (user + system) used so far by a process tree.
+fn cpu_seconds(pid: u32) -> f64 {
+    tree(pid).into_iter().filter_map(proc_stat).map(|(t, _)| t).sum::<f64>() / 100.0
+}
+
+/// Sum of the peak RSS of a process tree, in KB.
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    tree(pid)
+        .into_iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+                .unwrap_or(0)
         })
-        .unwrap_or(0)
+        .sum()
 }
 
 async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<u16, String> {
