@@ -72,10 +72,10 @@ fn proc_stat(pid: u32) -> Option<(f64, u32)> {
 fn tree(root: u32) -> Vec<u32> {
     let mut parent = std::collections::HashMap::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-            if let Some((_, ppid)) = proc_stat(pid) {
-                parent.insert(pid, ppid);
-            }
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            && let Some((_, ppid)) = proc_stat(pid)
+        {
+            parent.insert(pid, ppid);
         }
     }
     let mut out = vec![root];
@@ -90,7 +90,12 @@ fn tree(root: u32) -> Vec<u32> {
 
 /// CPU seconds (user + system) used so far by a process tree.
 fn cpu_seconds(pid: u32) -> f64 {
-    tree(pid).into_iter().filter_map(proc_stat).map(|(t, _)| t).sum::<f64>() / 100.0
+    tree(pid)
+        .into_iter()
+        .filter_map(proc_stat)
+        .map(|(t, _)| t)
+        .sum::<f64>()
+        / 100.0
 }
 
 /// Sum of the peak RSS of a process tree, in KB.
@@ -100,7 +105,11 @@ fn rss_kb(pid: u32) -> u64 {
         .map(|p| {
             std::fs::read_to_string(format!("/proc/{p}/status"))
                 .ok()
-                .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
                 .unwrap_or(0)
         })
         .sum()

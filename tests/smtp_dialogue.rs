@@ -39,7 +39,8 @@ impl Daemon {
             )
             .unwrap();
             let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-                .args(["-d", "-f"])
+                // Deliveries paused: the tests look at the queue.
+                .args(["-d", "-P", "mda", "-f"])
                 .arg(dir.path().join("smtpd.conf"))
                 .arg("--spool")
                 .arg(dir.path().join("spool"))

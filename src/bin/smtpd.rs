@@ -121,6 +121,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         Destination::Syslog
     };
     log::init(dest, args.verbose > 0, &args.traces);
+    graph.trace_filter_init();
     // Bind before going to the background, so that a taken port is reported to the caller.
     let bound = match smtpd::smtp::listen::bind_all(&graph.config) {
         Ok(b) => b,
@@ -183,6 +184,14 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         }
         let runner =
             smtpd::deliver::runner::Runner::new(graph.clone(), spool.clone(), &recovery.envelopes);
+        for p in &args.paused {
+            match p.as_str() {
+                "mda" => runner.set_paused(smtpd::queue::DeliveryKind::Mda, true),
+                "mta" => runner.set_paused(smtpd::queue::DeliveryKind::Mta, true),
+                _ => {}
+            }
+            info!("info: {p} paused");
+        }
         tokio::spawn(runner.clone().run());
         let server = Arc::new(smtpd::smtp::server::Server {
             delivery: Some(runner),
@@ -193,6 +202,12 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             rdns_bound: std::time::Duration::from_secs(2),
             timeout: std::time::Duration::from_secs(300),
         });
+        // `-P smtp`: the sockets are bound but no connection is accepted.
+        let bound = if args.paused.iter().any(|p| p == "smtp") {
+            Vec::new()
+        } else {
+            bound
+        };
         for b in bound {
             tracing::debug!(
                 "debug: smtp: listen on {} port {}",

@@ -70,6 +70,18 @@ impl Runner {
         })
     }
 
+    /// Pause or resume an agent (`smtpd -P mda|mta`, `smtpctl pause`).
+    pub fn set_paused(&self, kind: DeliveryKind, paused: bool) {
+        if let Ok(mut s) = self.scheduler.lock() {
+            if paused {
+                s.pause_agent(kind);
+            } else {
+                s.resume_agent(kind);
+            }
+        }
+        self.wake.notify_one();
+    }
+
     /// Schedule envelopes that were just committed.
     pub fn submit(&self, envelopes: &[Envelope]) {
         if let Ok(mut s) = self.scheduler.lock() {

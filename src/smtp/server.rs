@@ -30,7 +30,7 @@ use crate::dns::{self, Resolver};
 use crate::expand;
 use crate::queue::{self, Spool};
 use crate::rules::RuleGraph;
-use crate::rules::filter::{FilterFacts, FilterOutcome};
+use crate::rules::filter::{FilterFacts, FilterOutcome, FilterRun, FilterSessionTrace};
 use crate::rules::route::Facts;
 
 /// Everything sessions share.
@@ -219,49 +219,72 @@ impl Conn {
         }
     }
 
+    /// Runs the listener's filter chain for one phase, as OpenSMTPD's lookup process does,
+    /// and traces every step under `-T filters`.
     fn filter(&mut self, phase: FilterPhase, query: &str) -> FilterVerdict {
         let graph = self.server.graph.clone();
         let Some(chain) = graph.listener_chain(self.listener()) else {
             return FilterVerdict::Proceed;
         };
-        let phase = match phase {
-            FilterPhase::Connect => Phase::Connect,
-            FilterPhase::Helo => Phase::Helo,
-            FilterPhase::Ehlo => Phase::Ehlo,
-            FilterPhase::Auth => Phase::Auth,
-            FilterPhase::MailFrom => Phase::MailFrom,
-            FilterPhase::RcptTo => Phase::RcptTo,
-            FilterPhase::Data => Phase::Data,
-            FilterPhase::Commit => Phase::Commit,
-            _ => return FilterVerdict::Proceed,
+        let builtin = match phase {
+            FilterPhase::Connect => Some(Phase::Connect),
+            FilterPhase::Helo => Some(Phase::Helo),
+            FilterPhase::Ehlo => Some(Phase::Ehlo),
+            FilterPhase::Auth => Some(Phase::Auth),
+            FilterPhase::MailFrom => Some(Phase::MailFrom),
+            FilterPhase::RcptTo => Some(Phase::RcptTo),
+            FilterPhase::Data => Some(Phase::Data),
+            FilterPhase::Commit => Some(Phase::Commit),
+            FilterPhase::StartTls | FilterPhase::Rset | FilterPhase::Quit | FilterPhase::Noop => {
+                None
+            }
         };
-        if matches!(phase, Phase::Helo | Phase::Ehlo) {
-            self.helo = query.to_string();
+        // The filter session keeps the HELO name and the sender as given at their phases.
+        match phase {
+            FilterPhase::Helo | FilterPhase::Ehlo => self.helo = query.to_string(),
+            FilterPhase::MailFrom => self.mail_from = query.to_string(),
+            _ => {}
         }
-        if phase == Phase::MailFrom {
-            self.mail_from = query.to_string();
-        }
-        let source = self.client.address.text();
-        let facts = FilterFacts {
-            source: &source,
-            rdns: (self.client.rdns != dns::UNKNOWN_HOST).then_some(self.client.rdns.as_str()),
-            fcrdns: self.client.fcrdns == Fcrdns::Pass,
-            helo: &self.helo,
-            auth_user: self.auth_user.as_deref(),
-            mail_from: &self.mail_from,
-            rcpt_to: if phase == Phase::RcptTo { query } else { "" },
+        let run = match builtin {
+            Some(p) => {
+                let source = self.client.address.text();
+                let sender_known = matches!(
+                    p,
+                    Phase::MailFrom | Phase::RcptTo | Phase::Data | Phase::Commit
+                );
+                let facts = FilterFacts {
+                    source: &source,
+                    rdns: (self.client.rdns != dns::UNKNOWN_HOST)
+                        .then_some(self.client.rdns.as_str()),
+                    fcrdns: self.client.fcrdns == Fcrdns::Pass,
+                    helo: (!self.helo.is_empty()).then_some(self.helo.as_str()),
+                    auth_user: self.auth_user.as_deref(),
+                    mail_from: sender_known.then_some(self.mail_from.as_str()),
+                };
+                graph.run_filters(chain, p, query, &facts)
+            }
+            None => FilterRun::unhooked(phase.as_str()),
         };
-        let (outcome, notes) = graph.run_filters(chain, phase, &facts);
-        for n in notes {
-            trace!(target: "filters", "{} filters builtin phase={} filter={} decision={}", self.sid, phase.keyword(), n.filter, n.decision);
+        for note in &run.notes {
+            trace!(target: "filters", "{} {note}", self.sid);
         }
-        match outcome {
+        let verdict = match run.outcome {
             FilterOutcome::Proceed => FilterVerdict::Proceed,
             FilterOutcome::Junk => FilterVerdict::Junk,
             FilterOutcome::Reject(m) => FilterVerdict::Reject(m),
             FilterOutcome::Disconnect(m) => FilterVerdict::Disconnect(m),
             FilterOutcome::Rewrite(m) => FilterVerdict::Rewrite(m),
+        };
+        match phase {
+            FilterPhase::Data
+                if matches!(verdict, FilterVerdict::Proceed | FilterVerdict::Junk) =>
+            {
+                FilterSessionTrace::data_begin(self.sid)
+            }
+            FilterPhase::Commit => FilterSessionTrace::data_end(self.sid),
+            _ => {}
         }
+        verdict
     }
 
     async fn sender(&mut self, sender: Option<Mailaddr>) -> SenderVerdict {
@@ -507,6 +530,9 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
         client.rdns
     );
     let l = server.graph.config.listeners[listener].clone();
+    // `-T filters`: session-begin now; session-end when this guard drops at the very end,
+    // after the `smtp disconnected` line. Filtered listeners only.
+    let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
     let params = session_params(&server, sid, &l, client.clone(), local);
     let mut session = Session::new(params);
     let mut conn = Conn {
