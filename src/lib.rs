@@ -13,3 +13,4 @@ pub mod queue;
 pub mod rules;
 pub mod smtp;
 pub mod table;
+pub mod tls;
