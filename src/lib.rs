@@ -14,3 +14,4 @@ pub mod queue;
 pub mod rules;
 pub mod smtp;
 pub mod table;
+pub mod tls;

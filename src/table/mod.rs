@@ -1,6 +1,7 @@
 //! Table backends: how the entries of `file:` and `db:` tables are read. Lookup services
 //! (domain, netaddr, mailaddr, regex matching) live with the rule graph that uses them.
 
+pub mod credentials;
 pub mod db;
 pub mod file;
 
