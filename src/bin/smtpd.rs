@@ -130,6 +130,34 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // TLS for every listener that offers it, from the configuration's pki and ca.
+    let mut tls = Vec::new();
+    if graph.config.listeners.iter().any(|l| l.tls.is_some()) {
+        let store = match smtpd::tls::TlsStore::load(&graph.config) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        for l in &graph.config.listeners {
+            if l.tls.is_none() {
+                tls.push(None);
+                continue;
+            }
+            let name = l
+                .hostname
+                .clone()
+                .unwrap_or_else(|| graph.config.hostname.clone());
+            match smtpd::tls::ServerTls::for_listener(&store, l, &name) {
+                Ok(t) => tls.push(Some(std::sync::Arc::new(t))),
+                Err(e) => {
+                    eprintln!("smtpd: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    }
     let fds = smtpd::smtp::listen::raise_fd_limit();
     let (spool, recovery) = match smtpd::queue::Spool::open(&args.spool) {
         Ok(x) => x,
@@ -195,6 +223,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         tokio::spawn(runner.clone().run());
         let server = Arc::new(smtpd::smtp::server::Server {
             delivery: Some(runner),
+            tls,
             graph: graph.clone(),
             spool,
             resolver,

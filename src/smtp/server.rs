@@ -16,12 +16,15 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, trace, warn};
 
 use super::action::{
-    Action, Answer, AuthResult, AuthVerdict, CommitVerdict, Event, FilterPhase, FilterVerdict,
-    MessageStamp, OpenVerdict, Question, RecipientVerdict, SenderVerdict,
+    Action, Answer, AuthVerdict, CommitVerdict, Event, FilterPhase, FilterVerdict, MessageStamp,
+    OpenVerdict, Question, RecipientVerdict, SenderVerdict,
 };
 use super::address::Mailaddr;
 use super::ids::{EnvelopeId, MsgId, SessionId};
-use super::params::{AuthMode, ClientAddress, ClientInfo, Fcrdns, Limits, SessionParams, TlsMode};
+use super::params::{
+    AuthMode, ClientAddress, ClientCert, ClientInfo, Fcrdns, Limits, SessionParams, TlsInfo,
+    TlsMode,
+};
 use super::received::time_to_text;
 use super::reply::Reply;
 use super::session::Session;
@@ -32,6 +35,11 @@ use crate::queue::{self, Spool};
 use crate::rules::RuleGraph;
 use crate::rules::filter::{FilterFacts, FilterOutcome, FilterRun, FilterSessionTrace};
 use crate::rules::route::Facts;
+
+/// A connection: plain TCP, or TLS over it after STARTTLS or on an SMTPS listener.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+type Stream = Box<dyn Io>;
 
 /// Everything sessions share.
 pub struct Server {
@@ -46,6 +54,8 @@ pub struct Server {
     pub timeout: Duration,
     /// Where committed envelopes go to be delivered.
     pub delivery: Option<Arc<crate::deliver::runner::Runner>>,
+    /// TLS of each listener (by index), when it has `tls`, `tls-require` or `smtps`.
+    pub tls: Vec<Option<Arc<crate::tls::ServerTls>>>,
 }
 
 /// Serve one listening socket until the task is dropped.
@@ -419,6 +429,52 @@ impl Conn {
         }
     }
 
+    /// Check AUTH credentials against the listener's table, or the system's accounts.
+    async fn authenticate(&mut self, c: super::auth::Credentials) -> AuthVerdict {
+        use crate::table::credentials::{AuthCheck, LookupError, authenticate};
+        let table = match self.listener().auth {
+            Some(cfg::AuthMode::Required(t) | cfg::AuthMode::Optional(t)) => t,
+            None => None,
+        };
+        let graph = self.server.graph.clone();
+        let user = c.user.clone();
+        let check = tokio::task::spawn_blocking(move || match table {
+            Some(id) => authenticate(&c.user, &c.password, |key| {
+                Ok(graph.table(id).lookup(key).map(String::from))
+            }),
+            None => authenticate(&c.user, &c.password, |key| {
+                // System accounts: the hash in the shadow file (readable by root).
+                let shadow = std::fs::read_to_string("/etc/shadow")
+                    .map_err(|e| LookupError(e.to_string()))?;
+                Ok(shadow.lines().find_map(|l| {
+                    let mut f = l.split(':');
+                    (f.next() == Some(key)).then(|| f.next().unwrap_or("").to_string())
+                }))
+            }),
+        })
+        .await
+        .unwrap_or_else(|_| AuthCheck::TempFail("authentication task failed".into()));
+        let verdict = match &check {
+            AuthCheck::Ok => AuthVerdict::Accepted,
+            AuthCheck::PermFail => AuthVerdict::Rejected,
+            AuthCheck::Unusable(e) => {
+                warn!("warn: smtp: {}: unusable password hash: {e}", self.sid);
+                AuthVerdict::Rejected
+            }
+            AuthCheck::TempFail(e) => {
+                warn!("warn: smtp: {}: credentials lookup failed: {e}", self.sid);
+                AuthVerdict::TempFail
+            }
+        };
+        if verdict == AuthVerdict::Accepted {
+            self.auth_user = Some(String::from_utf8_lossy(&user).into_owned());
+        } else {
+            // As OpenSMTPD, a failed attempt is answered after a random delay of up to 1 s.
+            tokio::time::sleep(Duration::from_millis(rand_u64() % 1000)).await;
+        }
+        verdict
+    }
+
     async fn commit(&mut self) -> CommitVerdict {
         let Some(writer) = self.writer.take() else {
             return CommitVerdict::Disconnect(Reply::temporary_failure());
@@ -506,7 +562,7 @@ fn session_params(
 }
 
 /// Drive one session to its end.
-pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr, listener: usize) {
+pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, listener: usize) {
     let sid = SessionId(rand_u64());
     let ip = canonical(peer.ip());
     let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
@@ -548,6 +604,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
         auth_user: None,
         mail_from: String::new(),
     };
+    let mut stream: Stream = Box::new(stream);
     let reason = drive(&mut conn, &mut session, &mut stream).await;
     if let Some(w) = conn.writer.take() {
         let _ = w.abort();
@@ -557,7 +614,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
 }
 
 /// Run the session over the stream; returns the disconnect reason for the log.
-async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut TcpStream) -> String {
+async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> String {
     let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut buf = vec![0u8; 16 * 1024];
     let timeout = conn.server.timeout;
@@ -585,11 +642,40 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut TcpStream) -
                     conn.envelopes.clear();
                 }
                 Action::StartTls => {
-                    // TLS is not available in this build: the session goes on in clear text.
                     if !out.is_empty() && write_all(stream, &mut out, timeout).await.is_err() {
                         return "io-error".into();
                     }
-                    session.tls_failed();
+                    let Some(tls) = conn.server.tls.get(conn.listener).cloned().flatten() else {
+                        session.tls_failed();
+                        continue;
+                    };
+                    let (placeholder, _) = tokio::io::duplex(1);
+                    let plain = std::mem::replace(stream, Box::new(placeholder));
+                    match tokio::time::timeout(timeout, tls.accept(plain)).await {
+                        Ok(Ok(up)) => {
+                            info!("{} smtp tls ciphers={}", conn.sid, up.facts.ciphers());
+                            if let Some(check) = up.facts.peer_cert.check_result() {
+                                info!("{} smtp client-cert-check result=\"{check}\"", conn.sid);
+                            }
+                            if let Some(reason) = up.refusal() {
+                                return reason.to_string();
+                            }
+                            let info = TlsInfo {
+                                version: up.facts.version.clone(),
+                                cipher: up.facts.cipher.clone(),
+                                bits: up.facts.bits,
+                                client_cert: match up.facts.peer_cert {
+                                    crate::tls::PeerCert::Verified => ClientCert::Verified,
+                                    crate::tls::PeerCert::Failed(_) => ClientCert::Unverified,
+                                    crate::tls::PeerCert::None => ClientCert::None,
+                                },
+                            };
+                            *stream = Box::new(up.stream);
+                            session.tls_established(info);
+                        }
+                        Ok(Err(e)) => return format!("\"{}\"", e.reason()),
+                        Err(_) => return "timeout".into(),
+                    }
                 }
                 Action::Close => {
                     let _ = write_all(stream, &mut out, timeout).await;
@@ -624,14 +710,7 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut TcpStream) -
                             }
                             Answer::CommitMessage(conn.commit().await)
                         }
-                        Question::Credentials(_) => {
-                            // Credentials are checked once AUTH support lands; refuse meanwhile.
-                            conn.log_event(&Event::Authentication {
-                                user: Vec::new(),
-                                result: AuthResult::PermFail,
-                            });
-                            Answer::Credentials(AuthVerdict::Rejected)
-                        }
+                        Question::Credentials(c) => Answer::Credentials(conn.authenticate(c).await),
                     };
                     if let Err(e) = session.answer(answer) {
                         debug!("debug: smtp: {}: answer refused: {e:?}", conn.sid);
@@ -670,7 +749,7 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut TcpStream) -
 }
 
 async fn write_all(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     out: &mut Vec<u8>,
     timeout: Duration,
 ) -> std::io::Result<()> {
