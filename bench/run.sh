@@ -27,9 +27,12 @@ table users { "bench" = "2000:2000:/var/empty" }
 action "bench" maildir "$dir/maildir" userbase <users>
 match from any for domain "bench.test" action "bench"
 CONF
-# An empty resolv.conf: no DNS traffic leaves the machine; both servers see the same.
+# No DNS server for either side: OpenSMTPD gets an empty resolv.conf (its resolver is refused
+# at once by 127.0.0.1:53), smtpd no resolver file at all (no lookups).
 : > "$dir/resolv.conf"
-target/release/smtpd -d -f "$dir/smtpd.conf" --spool "$dir/spool" --resolv-conf "$dir/resolv.conf" > "$dir/smtpd.log" 2>&1 &
+mkdir -p "$dir/maildir"
+[ "$(id -u)" = 0 ] && chown 2000:2000 "$dir/maildir"
+target/release/smtpd -d -f "$dir/smtpd.conf" --spool "$dir/spool" --resolv-conf "$dir/no-resolver" > "$dir/smtpd.log" 2>&1 &
 ours=$!
 trap 'kill $ours 2>/dev/null || true' EXIT
 peers=../shared/bench/peers.sh
