@@ -381,3 +381,55 @@ fn swaks_client() {
         "{text}"
     );
 }
+
+/// The banner does not wait for the client's reverse lookup on a listener without filters:
+/// with a name server that never answers, it still comes at once, and the lookup's bounded
+/// failure (`host=<unknown>`) is known before the first command is processed.
+#[test]
+fn banner_is_not_held_by_a_dead_resolver() {
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("resolv.conf"),
+        format!(
+            "nameserver 127.0.0.1:{}\n",
+            dead.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        CONF.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "mda", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg(dir.path().join("resolv.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    let mut c = Client::connect(port);
+    assert_eq!(c.reply(), "220 mx.test ESMTP OpenSMTPD\n");
+    let banner_wait = t.elapsed();
+    // The resolver's bound is 2 s; the banner must not have waited for it.
+    assert!(
+        banner_wait < Duration::from_millis(1500),
+        "banner took {banner_wait:?}"
+    );
+    assert_eq!(c.cmd("EHLO client.example"), ehlo_reply());
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\n");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -181,6 +181,8 @@ struct Conn {
     helo: String,
     auth_user: Option<String>,
     mail_from: String,
+    /// The reverse lookup still running after the banner, if any.
+    pending_rdns: Option<PendingRdns>,
 }
 
 impl Conn {
@@ -429,6 +431,24 @@ impl Conn {
         }
     }
 
+    /// Wait for a reverse lookup that was left running after the banner (it is bounded by
+    /// its own deadline), log the connection and give the session the client's name.
+    async fn resolve_client(&mut self, session: &mut Session) {
+        let Some(task) = self.pending_rdns.take() else {
+            return;
+        };
+        if let Ok(outcome) = task.await {
+            self.client = client_info(self.client_ip, &outcome);
+        }
+        info!(
+            "{} smtp connected address={} host={}",
+            self.sid,
+            self.client.address.text(),
+            self.client.rdns
+        );
+        session.set_client(self.client.clone());
+    }
+
     /// Check AUTH credentials against the listener's table, or the system's accounts.
     async fn authenticate(&mut self, c: super::auth::Credentials) -> AuthVerdict {
         use crate::table::credentials::{AuthCheck, LookupError, authenticate};
@@ -561,17 +581,11 @@ fn session_params(
     p
 }
 
-/// Drive one session to its end.
-pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, listener: usize) {
-    let sid = SessionId(rand_u64());
-    let ip = canonical(peer.ip());
-    let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
-    let deadline = tokio::time::Instant::now() + server.rdns_bound;
-    let outcome = dns::fcrdns(server.resolver.as_ref(), ip, deadline).await;
+fn client_info(ip: IpAddr, outcome: &dns::FcrdnsOutcome) -> ClientInfo {
     if let Some(w) = outcome.warning() {
         warn!("{w}");
     }
-    let client = ClientInfo {
+    ClientInfo {
         address: ClientAddress::Ip(ip),
         rdns: outcome.host().to_string(),
         fcrdns: match outcome.fcrdns {
@@ -579,13 +593,39 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, lis
             dns::Fcrdns::Fail => Fcrdns::Fail,
             dns::Fcrdns::Error => Fcrdns::Error,
         },
-    };
-    info!(
-        "{sid} smtp connected address={} host={}",
-        client.address.text(),
-        client.rdns
-    );
+    }
+}
+
+/// The reverse lookup of a client whose banner did not wait for it.
+type PendingRdns = tokio::task::JoinHandle<dns::FcrdnsOutcome>;
+
+/// Drive one session to its end.
+pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, listener: usize) {
+    let sid = SessionId(rand_u64());
+    let ip = canonical(peer.ip());
+    let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
     let l = server.graph.config.listeners[listener].clone();
+    let deadline = tokio::time::Instant::now() + server.rdns_bound;
+    // A filtered listener needs the client's name before the banner (connect-phase filters
+    // test it), as OpenSMTPD always does. Otherwise the banner goes out at once and the
+    // lookup finishes meanwhile; it is awaited (within the same bound) before the first
+    // command is processed, so logs, rules and the Received header still have it.
+    let (client, pending) = if l.filter.is_some() {
+        let outcome = dns::fcrdns(server.resolver.as_ref(), ip, deadline).await;
+        (client_info(ip, &outcome), None)
+    } else {
+        let resolver = server.resolver.clone();
+        let task: PendingRdns =
+            tokio::spawn(async move { dns::fcrdns(resolver.as_ref(), ip, deadline).await });
+        (ClientInfo::unknown(ClientAddress::Ip(ip)), Some(task))
+    };
+    if pending.is_none() {
+        info!(
+            "{sid} smtp connected address={} host={}",
+            client.address.text(),
+            client.rdns
+        );
+    }
     // `-T filters`: session-begin now; session-end when this guard drops at the very end,
     // after the `smtp disconnected` line. Filtered listeners only.
     let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
@@ -603,9 +643,12 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, lis
         helo: String::new(),
         auth_user: None,
         mail_from: String::new(),
+        pending_rdns: pending,
     };
     let mut stream: Stream = Box::new(stream);
     let reason = drive(&mut conn, &mut session, &mut stream).await;
+    // A client gone before its first command: the connection is still logged.
+    conn.resolve_client(&mut session).await;
     if let Some(w) = conn.writer.take() {
         let _ = w.abort();
     }
@@ -742,7 +785,10 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                 session.abort();
                 return "disconnect".into();
             }
-            Ok(Ok(n)) => session.input(&buf[..n]),
+            Ok(Ok(n)) => {
+                conn.resolve_client(session).await;
+                session.input(&buf[..n])
+            }
             Ok(Err(e)) => return format!("\"io-error: {e}\""),
         }
     }

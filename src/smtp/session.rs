@@ -35,7 +35,7 @@ use super::command::{
 use super::data::{DataOutcome, DataReceiver};
 use super::ids::MsgId;
 use super::message::{MessageError, MessageOptions, MessageWriter};
-use super::params::{AuthMode, SessionParams, TlsInfo, TlsMode};
+use super::params::{AuthMode, ClientInfo, SessionParams, TlsInfo, TlsMode};
 use super::received::{ReceivedFields, received_header};
 use super::reply::{Extensions, HeloVerb, Reply};
 
@@ -183,6 +183,12 @@ impl Session {
     /// The parameters the session runs with.
     pub fn params(&self) -> &SessionParams {
         &self.params
+    }
+
+    /// What is known of the client, once a reverse lookup that finished after the banner
+    /// completes (unfiltered listeners do not hold the banner for it).
+    pub fn set_client(&mut self, client: ClientInfo) {
+        self.params.client = client;
     }
 
     /// Feeds bytes read from the client. Processing happens at once unless a question is
