@@ -177,7 +177,8 @@ impl Daemon {
             .expect("write resolv.conf");
             let log = File::create(dir.path().join("log")).expect("log file");
             let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-                .args(["-d", "-T", "filters", "-f"])
+                // Deliveries paused: the tests read the spooled messages.
+                .args(["-d", "-P", "mda", "-T", "filters", "-f"])
                 .arg(dir.path().join("smtpd.conf"))
                 .arg("--spool")
                 .arg(dir.path().join("spool"))
