@@ -193,3 +193,67 @@ fn accepted_mail_is_delivered_into_maildirs_and_leaves_the_queue() {
     }
     assert_eq!(left, 0, "queue not empty after delivery");
 }
+
+/// A message junked by a filter is delivered into the maildir's `.Junk` folder.
+#[test]
+fn junked_mail_lands_in_the_junk_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = dir.path().join("vmail");
+    std::fs::create_dir(&vmail).unwrap();
+    if nix::unistd::Uid::effective().is_root() {
+        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let conf = format!(
+        "filter \"junk_spam\" phase mail-from match mail-from regex \"^spam\" junk\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter \"junk_spam\"\n\
+         table users {{ foo = \"2000:2000:/var/empty\" }}\n\
+         action \"local_mail\" maildir \"{}/%{{rcpt}}\" junk userbase <users>\n\
+         match from any for domain \"bsdsx.fr\" action \"local_mail\"\n",
+        vmail.display()
+    );
+    let (_d, port) = start(dir.path(), &conf);
+    for from in ["spammer@x.example", "friend@x.example"] {
+        let replies = dialogue(
+            port,
+            &[
+                "EHLO client.example",
+                &format!("MAIL FROM:<{from}>"),
+                "RCPT TO:<foo@bsdsx.fr>",
+                "DATA",
+                "Subject: j\r\n\r\nbody\r\n.",
+                "QUIT",
+            ],
+        );
+        assert!(
+            replies
+                .iter()
+                .any(|r| r.contains("Message accepted for delivery")),
+            "{replies:?}"
+        );
+    }
+    let t = Instant::now();
+    let (mut junk, mut inbox) = (Vec::new(), Vec::new());
+    while t.elapsed() < Duration::from_secs(15) {
+        junk = files_under(&vmail.join("foo@bsdsx.fr/.Junk/new"));
+        inbox = files_under(&vmail.join("foo@bsdsx.fr/new"));
+        if junk.len() == 1 && inbox.len() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (junk.len(), inbox.len()),
+        (1, 1),
+        "junk={junk:?} inbox={inbox:?}"
+    );
+    let text = std::fs::read_to_string(&junk[0]).unwrap();
+    assert!(text.contains("X-Spam: Yes\n"), "{text}");
+    assert!(
+        !std::fs::read_to_string(&inbox[0])
+            .unwrap()
+            .contains("X-Spam"),
+        "the clean message is not marked"
+    );
+}
