@@ -140,6 +140,27 @@ s.user, s.password = "alice", "secret"
 expect(235, lambda: s.auth("PLAIN", s.auth_plain, initial_response_ok=False))
 s.quit()
 
+# AUTH replies of the catalogue, over TLS.
+s = smtplib.SMTP("127.0.0.1", {p1}, local_hostname="client.example", timeout=10)
+s.starttls(context=ctx)
+s.ehlo()
+expect(503, lambda: s.docmd("STARTTLS"))
+expect(501, lambda: s.docmd("AUTH"))
+expect(504, lambda: s.docmd("AUTH", "CRAM-MD5"))
+expect(334, lambda: s.docmd("AUTH", "PLAIN"))
+expect(501, lambda: s.docmd("%%%notbase64"))
+expect(334, lambda: s.docmd("AUTH", "LOGIN"))
+expect(334, lambda: s.docmd("YWxpY2U="))
+expect(235, lambda: s.docmd("c2VjcmV0"))
+expect(503, lambda: s.docmd("AUTH", "PLAIN AGFsaWNlAHNlY3JldA=="))
+s.quit()
+
+# `auth` (required) on the SMTPS listener: no mail before AUTH.
+s = smtplib.SMTP_SSL("127.0.0.1", {p2}, local_hostname="client.example", timeout=10, context=ctx)
+s.ehlo()
+expect(530, lambda: s.docmd("MAIL", "FROM:<alice@example.org>"))
+s.quit()
+
 # SMTPS with AUTH LOGIN.
 s = smtplib.SMTP_SSL("127.0.0.1", {p2}, local_hostname="client.example", timeout=10, context=ctx)
 s.ehlo()
