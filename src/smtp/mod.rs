@@ -31,6 +31,7 @@ pub mod ids;
 pub mod listen;
 pub mod message;
 pub mod params;
+pub mod proxy;
 pub mod received;
 pub mod reply;
 pub mod server;

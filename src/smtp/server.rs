@@ -596,15 +596,55 @@ fn client_info(ip: IpAddr, outcome: &dns::FcrdnsOutcome) -> ClientInfo {
     }
 }
 
+/// Read a PROXY v2 header (bounded in size and time); returns the client it names and the
+/// bytes read past it.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> Result<(Option<SocketAddr>, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Bounded: the header is at most 16 + 65535 bytes, and every read adds at least one.
+    while buf.len() <= 16 + 65535 {
+        match super::proxy::parse(&buf) {
+            Ok(Some(h)) => return Ok((h.source, buf.split_off(h.len))),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return Err("timeout".into()),
+            Ok(Ok(0)) => return Err("connection closed".into()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+    Err("header too long".into())
+}
+
 /// The reverse lookup of a client whose banner did not wait for it.
 type PendingRdns = tokio::task::JoinHandle<dns::FcrdnsOutcome>;
 
 /// Drive one session to its end.
-pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, listener: usize) {
+pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr, listener: usize) {
     let sid = SessionId(rand_u64());
+    let l = server.graph.config.listeners[listener].clone();
+    // `proxy-v2`: the real client is named by the header the proxy sends first.
+    let mut peer = peer;
+    let mut early = Vec::new();
+    if l.proxy_v2 {
+        match read_proxy_header(&mut stream).await {
+            Ok((source, rest)) => {
+                peer = source.unwrap_or(peer);
+                early = rest;
+            }
+            Err(why) => {
+                info!("{sid} smtp disconnected reason=\"proxy-v2: {why}\"");
+                return;
+            }
+        }
+    }
     let ip = canonical(peer.ip());
     let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
-    let l = server.graph.config.listeners[listener].clone();
     let deadline = tokio::time::Instant::now() + server.rdns_bound;
     // A filtered listener needs the client's name before the banner (connect-phase filters
     // test it), as OpenSMTPD always does. Otherwise the banner goes out at once and the
@@ -631,6 +671,9 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, lis
     let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
     let params = session_params(&server, sid, &l, client.clone(), local);
     let mut session = Session::new(params);
+    if !early.is_empty() {
+        session.input(&early);
+    }
     let mut conn = Conn {
         server: server.clone(),
         sid,

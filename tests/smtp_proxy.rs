@@ -1,0 +1,100 @@
+//! `listen on … proxy-v2`: the client named by the PROXY v2 header is the one rules and logs
+//! see; a connection without a valid header is closed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn header(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = smtpd::smtp::proxy::SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&25u16.to_be_bytes());
+    h
+}
+
+fn reply(r: &mut BufReader<TcpStream>) -> String {
+    let mut out = String::new();
+    for _ in 0..50 {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        out.push_str(&l);
+        if l.len() < 4 || l.as_bytes()[3] != b'-' {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn proxied_client_address_drives_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        format!(
+            "listen on 127.0.0.1 port {port} hostname mx.test proxy-v2\n\
+             action \"relay\" relay\n\
+             match from src {{ 192.0.2.0/24 }} for any action \"relay\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "mta", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Through the proxy, as 192.0.2.7: relaying is allowed for that network.
+    for (src, expect) in [
+        ([192, 0, 2, 7], "250 2.1.5"),
+        ([198, 51, 100, 1], "550 Invalid recipient"),
+    ] {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(&header(src, 40000)).unwrap();
+        assert!(reply(&mut r).starts_with("220 mx.test ESMTP"));
+        w.write_all(b"HELO client.example\r\n").unwrap();
+        let helo = reply(&mut r);
+        assert!(
+            helo.contains(&format!("[{}.{}.{}.{}]", src[0], src[1], src[2], src[3])),
+            "{helo}"
+        );
+        w.write_all(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<b@elsewhere.example>\r\n")
+            .unwrap();
+        reply(&mut r);
+        let rcpt = reply(&mut r);
+        assert!(rcpt.starts_with(expect), "{src:?}: {rcpt}");
+        w.write_all(b"QUIT\r\n").unwrap();
+    }
+    // No header: closed without a banner.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"EHLO client.example\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let _ = child.kill();
+    let _ = child.wait();
+}
