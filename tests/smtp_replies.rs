@@ -297,3 +297,56 @@ fn over_long_lines_close_the_session() {
     let mut rest = String::new();
     assert_eq!(c.r.read_line(&mut rest).unwrap_or(0), 0, "{rest}");
 }
+
+/// Beyond the session cap (derived from the open-file limit, here 128 → 64 sessions) a new
+/// client gets a 421 reply instead of silence, and the sessions already open keep working.
+#[test]
+fn clients_beyond_the_session_cap_get_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        format!("listen on 127.0.0.1 port {port} hostname mx.test\naction \"l\" mbox\nmatch from any for domain \"bsdsx.fr\" action \"l\"\n"),
+    )
+    .unwrap();
+    let cmd = format!(
+        "ulimit -n 128 && exec '{}' -d -P mda -f '{}' --spool '{}' --resolv-conf /nonexistent",
+        env!("CARGO_BIN_EXE_smtpd"),
+        dir.path().join("smtpd.conf").display(),
+        dir.path().join("spool").display()
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon(child, dir);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the probe connection above end before filling the sessions.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let mut c = Client::connect(port);
+        assert!(c.reply().starts_with("220 "));
+        open.push(c);
+    }
+    let mut extra = Client::connect(port);
+    let r = extra.reply();
+    assert!(
+        r.starts_with("421 4.3.2 mx.test Too many connections") || r.starts_with("421 "),
+        "{r}"
+    );
+    // The first session still works.
+    open[0].expect("NOOP", OK);
+    // And when one leaves, a new client is served again.
+    open.pop().unwrap().expect("QUIT", "221 2.0.0 Bye\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = Client::connect(port);
+    assert!(again.reply().starts_with("220 "));
+}
