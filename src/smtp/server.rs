@@ -702,7 +702,9 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
 /// Run the session over the stream; returns the disconnect reason for the log.
 async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> String {
     let mut out: Vec<u8> = Vec::with_capacity(512);
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small while the session is idle (thousands of idle sessions must stay cheap); it grows
+    // once a read fills it, as during DATA.
+    let mut buf = vec![0u8; 1024];
     let timeout = conn.server.timeout;
     loop {
         // Everything the session wants done, in order.
@@ -830,7 +832,10 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
             }
             Ok(Ok(n)) => {
                 conn.resolve_client(session).await;
-                session.input(&buf[..n])
+                session.input(&buf[..n]);
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf.resize(buf.len() * 4, 0);
+                }
             }
             Ok(Err(e)) => return format!("\"io-error: {e}\""),
         }
