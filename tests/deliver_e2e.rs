@@ -257,3 +257,120 @@ fn junked_mail_lands_in_the_junk_folder() {
         "the clean message is not marked"
     );
 }
+
+fn start_with(dir: &Path, conf_text: &str, extra: &[&str]) -> (Daemon, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("smtpd.conf"),
+        conf_text.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .arg("-d")
+        .args(extra)
+        .arg("-f")
+        .arg(dir.join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon(child);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
+}
+
+fn wait_for_files(dir: &Path, n: usize, secs: u64) -> Vec<std::path::PathBuf> {
+    let t = Instant::now();
+    loop {
+        let files: Vec<_> = files_under(dir)
+            .into_iter()
+            .filter(|p| p.parent().is_some_and(|d| d.ends_with("new")))
+            .collect();
+        if files.len() >= n || t.elapsed() > Duration::from_secs(secs) {
+            return files;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Mail queued while delivery is paused is delivered after a restart; a temporary failure
+/// (the maildir cannot be created) is retried and then succeeds.
+#[test]
+fn queued_mail_survives_a_restart_and_temporary_failures_are_retried() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vmail = dir.path().join("vmail");
+    std::fs::create_dir(&vmail).unwrap();
+    let root = nix::unistd::Uid::effective().is_root();
+    // Deliveries run as 2000 when smtpd is root (root itself is refused), else as ourselves.
+    let (uid, gid) = if root {
+        (2000, 2000)
+    } else {
+        (
+            nix::unistd::Uid::effective().as_raw(),
+            nix::unistd::Gid::effective().as_raw(),
+        )
+    };
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         table users {{ foo = \"{uid}:{gid}:/var/empty\" }}\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from any for domain \"bsdsx.fr\" action \"local\"\n",
+        vmail.display(),
+    );
+    // 1. Accept with delivery paused, then stop.
+    let (d, port) = start_with(dir.path(), &conf, &["-P", "mda"]);
+    let r = dialogue(
+        port,
+        &[
+            "EHLO client.example",
+            "MAIL FROM:<a@client.example>",
+            "RCPT TO:<foo@bsdsx.fr>",
+            "DATA",
+            "Subject: restart\r\n\r\nx\r\n.",
+            "QUIT",
+        ],
+    );
+    assert!(r.iter().any(|x| x.contains("Message accepted")), "{r:?}");
+    drop(d);
+    // 2. The delivery user cannot create its maildir: a temporary failure.
+    if root {
+        nix::unistd::chown(&vmail, Some(0.into()), Some(0.into())).unwrap();
+    } else {
+        std::fs::set_permissions(&vmail, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let (_d, _port) = start_with(dir.path(), &conf, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(wait_for_files(&vmail, 1, 0).is_empty(), "not delivered yet");
+    let envs = files_under(&dir.path().join("spool/queue"));
+    assert!(
+        envs.len() >= 2,
+        "message and envelope stay queued after a temporary failure: {envs:?}"
+    );
+    // 3. Repair: the retry (10 s later for local deliveries) delivers it.
+    if root {
+        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).unwrap();
+    } else {
+        std::fs::set_permissions(&vmail, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let files = wait_for_files(&vmail, 1, 40);
+    assert_eq!(files.len(), 1, "delivered after the retry");
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("Subject: restart")
+    );
+}

@@ -334,6 +334,8 @@ impl Runner {
             .lock()
             .ok()
             .and_then(|mut s| s.temp_failure(e.id, t));
+        // The loop may be asleep with nothing due: it must learn the new retry time.
+        self.wake.notify_one();
         if let Some(TempFailure::Removed) = outcome {
             let spool = self.spool.clone();
             let id = e.id;
