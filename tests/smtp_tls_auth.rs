@@ -82,18 +82,19 @@ fn starttls_smtps_and_auth_with_python_smtplib() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let hash = smtpd::table::credentials::encrypt(b"secret").unwrap();
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let conf = format!(
         "pki mx.test cert \"{}\" key \"{}\"\n\
          table creds {{ \"alice\" = \"{hash}\" }}\n\
          listen on 127.0.0.1 port {p1} hostname mx.test tls pki mx.test auth-optional <creds>\n\
          listen on 127.0.0.1 port {p2} hostname mx.test smtps pki mx.test auth <creds>\n\
+         listen on 127.0.0.1 port {p3} hostname mx.test auth <creds> auth-plaintext\n\
          action \"relay\" relay\n\
          match from any auth for any action \"relay\"\n",
         cert_path.display(),
         key_path.display()
     );
-    let _d = start(dir.path(), &conf, &[p1, p2]);
+    let _d = start(dir.path(), &conf, &[p1, p2, p3]);
     let ca = cert_path.display();
     let script = format!(
         r#"
@@ -159,6 +160,16 @@ s.quit()
 s = smtplib.SMTP_SSL("127.0.0.1", {p2}, local_hostname="client.example", timeout=10, context=ctx)
 s.ehlo()
 expect(530, lambda: s.docmd("MAIL", "FROM:<alice@example.org>"))
+s.quit()
+
+# `auth-plaintext`: AUTH offered and accepted without TLS, by explicit choice only.
+s = smtplib.SMTP("127.0.0.1", {p3}, local_hostname="client.example", timeout=10)
+s.ehlo()
+assert "auth" in s.esmtp_features and "starttls" not in s.esmtp_features, s.esmtp_features
+expect(530, lambda: s.docmd("MAIL", "FROM:<alice@example.org>"))
+s.user, s.password = "alice", "secret"
+expect(235, lambda: s.auth("PLAIN", s.auth_plain))
+print("plaintext auth ok")
 s.quit()
 
 # SMTPS with AUTH LOGIN.

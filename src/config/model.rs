@@ -155,6 +155,8 @@ pub struct Listener {
     pub no_dsn: bool,
     pub proxy_v2: bool,
     pub senders: Option<(TableId, bool)>,
+    /// `auth-plaintext`: AUTH offered without TLS (smtpd's option; refused by OpenSMTPD).
+    pub auth_plaintext: bool,
     /// The addresses the interface name resolved to when the configuration was checked.
     pub addresses: Vec<std::net::IpAddr>,
     /// The socket listener smtpd adds when the file has none.
@@ -181,6 +183,7 @@ impl Listener {
             no_dsn: false,
             proxy_v2: false,
             senders: None,
+            auth_plaintext: false,
             addresses: Vec::new(),
             implicit: false,
             span,

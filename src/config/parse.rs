@@ -1369,7 +1369,16 @@ impl<'s> Parser<'s> {
                 .expect("grammar: listen option");
             self.listen_option(&mut l, o)?;
         }
-        if l.auth.is_some() && l.tls.is_none() {
+        if l.auth_plaintext && l.auth.is_none() {
+            return Ok(self.fail_end("auth-plaintext requires auth".into())?);
+        }
+        if l.auth_plaintext {
+            let (f, line) = (self.end_file.clone(), self.end_line);
+            self.diags.plain(format!(
+                "warn: {f}:{line}: auth-plaintext: this listener accepts passwords without TLS"
+            ));
+        }
+        if l.auth.is_some() && !l.auth_plaintext && l.tls.is_none() {
             return self.fatal("invalid listen option: auth requires tls/smtps".into());
         }
         if l.pki.is_some() && l.tls.is_none() {
@@ -1623,6 +1632,10 @@ impl<'s> Parser<'s> {
             Rule::k_proxy_v2 => {
                 once!(l.proxy_v2, "proxy-v2 already specified");
                 l.proxy_v2 = true;
+            }
+            Rule::opt_auth_plaintext => {
+                once!(l.auth_plaintext, "auth-plaintext already specified");
+                l.auth_plaintext = true;
             }
             Rule::opt_senders => {
                 once!(l.senders.is_some(), "senders already specified");

@@ -294,6 +294,9 @@ impl Printer<'_> {
         if l.proxy_v2 {
             s.push_str(" proxy-v2");
         }
+        if l.auth_plaintext {
+            s.push_str(" auth-plaintext");
+        }
         if let Some((t, masq)) = l.senders {
             let _ = write!(
                 s,

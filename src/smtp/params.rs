@@ -146,6 +146,9 @@ pub struct SessionParams {
     pub tls: TlsMode,
     /// AUTH on this listener.
     pub auth: AuthMode,
+    /// AUTH is also offered without TLS (`auth-plaintext`, for a trusted network or behind a
+    /// TLS-terminating proxy); off by default, as in OpenSMTPD.
+    pub auth_plaintext: bool,
     /// Advertise and accept DSN parameters (false with `no-dsn` and on the 6.8 socket).
     pub dsn: bool,
     /// The listener has filters: the session asks its driver at every filter phase.
@@ -176,6 +179,7 @@ impl SessionParams {
             client,
             tls: TlsMode::None,
             auth: AuthMode::None,
+            auth_plaintext: false,
             dsn: true,
             filtered: false,
             mask_source: false,

@@ -563,6 +563,7 @@ fn session_params(
         Some(cfg::AuthMode::Required(_)) => AuthMode::Required,
         Some(cfg::AuthMode::Optional(_)) => AuthMode::Optional,
     };
+    p.auth_plaintext = l.auth_plaintext;
     p.dsn = !l.no_dsn;
     p.filtered = l.filter.is_some();
     p.mask_source = l.mask_src;

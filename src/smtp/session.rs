@@ -400,7 +400,9 @@ impl Session {
     }
 
     fn auth_advertised(&self) -> bool {
-        self.params.auth != AuthMode::None && self.secure() && !self.authenticated
+        self.params.auth != AuthMode::None
+            && (self.secure() || self.params.auth_plaintext)
+            && !self.authenticated
     }
 
     fn auth_user_text(&self) -> Option<String> {
