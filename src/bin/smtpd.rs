@@ -221,6 +221,16 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             info!("info: {p} paused");
         }
         tokio::spawn(runner.clone().run());
+        // The control socket for smtpctl: <spool>/smtpd.sock with --spool, else the system's.
+        let spool_dir = std::path::Path::new(&args.spool);
+        let custom = args.spool != smtpd::queue::DEFAULT_SPOOL;
+        smtpd::control::server::start(
+            smtpd::control::server::Control::new(
+                runner.clone(),
+                args.paused.iter().any(|p| p == "smtp"),
+            ),
+            smtpd::control::socket_path(custom.then_some(spool_dir)),
+        );
         let server = Arc::new(smtpd::smtp::server::Server {
             delivery: Some(runner),
             tls,

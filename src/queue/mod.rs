@@ -28,6 +28,7 @@
 //! * [`spool`]: the handle and the operations on committed messages;
 //! * [`scheduler`]: retry timing, expiry, and the `smtpctl` queue commands.
 
+pub mod bounce;
 pub mod commit;
 pub mod envelope;
 pub mod envelope_file;
