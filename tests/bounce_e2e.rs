@@ -228,3 +228,63 @@ fn null_sender_failure_is_not_reported() {
     assert!(maildir_files(&vmail.join("alice@mx.test")).is_empty());
     assert!(!d.log().contains("MAILER-DAEMON"));
 }
+
+#[test]
+fn delay_warning_then_expiry_are_reported() {
+    let (dir, vmail) = setup();
+    let conf = format!(
+        "queue ttl 2s\n\
+         bounce warn-interval 1s\n\
+         listen on 127.0.0.1 port PORT hostname mx.test\n\
+         table users {{ alice = \"2000:2000:/var/empty\", slow = \"2000:2000:/var/empty\" }}\n\
+         action \"later\" mda \"exit 75\" userbase <users>\n\
+         action \"local_mail\" maildir \"{}/%{{rcpt}}\" userbase <users>\n\
+         match from any for rcpt-to \"slow@mx.test\" action \"later\"\n\
+         match from any for domain \"mx.test\" action \"local_mail\"\n",
+        vmail.display()
+    );
+    let (d, port) = start(dir.path(), &conf);
+    send(
+        port,
+        "alice@mx.test",
+        "slow@mx.test",
+        "Subject: patience\r\n\r\nwaiting.",
+    );
+    let inbox = vmail.join("alice@mx.test");
+    wait_for("two reports", || maildir_files(&inbox).len() == 2);
+    let texts: Vec<String> = maildir_files(&inbox)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let delayed = texts
+        .iter()
+        .find(|t| t.contains("Subject: Delivery status notification: delayed\n"))
+        .expect("a delayed notice");
+    assert!(
+        delayed.contains(
+            "    A message is delayed for more than 1 second for the following\n    list of recipients:\n\nslow@mx.test: "
+        ),
+        "{delayed}"
+    );
+    assert!(delayed.contains("    The message is kept in the queue for up to 7 days.\n"));
+    assert!(delayed.contains("Action: delayed\n"));
+    let failed = texts
+        .iter()
+        .find(|t| t.contains("Subject: Delivery status notification: failed\n"))
+        .expect("a failure report at expiry");
+    assert!(
+        failed.contains("slow@mx.test: Envelope expired\n"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("Action: failed\nStatus: 5.4.7\n"),
+        "{failed}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("delivery: Expire for ")
+            && log.contains("from=<alice@mx.test>, to=<slow@mx.test>, rcpt=<->, delay=")
+            && log.contains("stat=Envelope expired"),
+        "{log}"
+    );
+}

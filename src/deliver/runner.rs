@@ -383,10 +383,10 @@ impl Runner {
             .ok()
             .and_then(|mut s| s.temp_failure(e.id, t));
         self.stats.tempfail.fetch_add(1, Ordering::Relaxed);
-        if let Some(TempFailure::Rescheduled(r)) = outcome {
-            if let Some(w) = r.delay_warning {
-                self.delay_warning(e, w.delay, w.timestamp).await;
-            }
+        if let Some(TempFailure::Rescheduled(r)) = outcome
+            && let Some(w) = r.delay_warning
+        {
+            self.delay_warning(e, w.delay, w.timestamp).await;
         }
         if let Some(TempFailure::Removed) = outcome {
             let spool = self.spool.clone();

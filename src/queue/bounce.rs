@@ -49,16 +49,17 @@ pub struct Report<'a> {
     pub headers_only: bool,
 }
 
-/// OpenSMTPD's duration words in notices: `5 seconds`, `1 minute`, `4 hours`, `7 days`.
+/// OpenSMTPD's duration words in notices: the largest unit that fits, truncated
+/// (`5 seconds`, `1 minute`, `4 hours`, `7 days`).
 pub fn duration_words(secs: u64) -> String {
-    let (n, unit) = if secs >= 86400 && secs % 86400 == 0 {
-        (secs / 86400, "day")
-    } else if secs >= 3600 && secs % 3600 == 0 {
-        (secs / 3600, "hour")
-    } else if secs >= 60 && secs % 60 == 0 {
-        (secs / 60, "minute")
-    } else {
+    let (n, unit) = if secs < 60 {
         (secs, "second")
+    } else if secs < 3600 {
+        (secs / 60, "minute")
+    } else if secs < 86400 {
+        (secs / 3600, "hour")
+    } else {
+        (secs / 86400, "day")
     };
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
@@ -315,7 +316,8 @@ body line\n\
         assert_eq!(duration_words(60), "1 minute");
         assert_eq!(duration_words(4 * 3600), "4 hours");
         assert_eq!(duration_words(7 * 86400), "7 days");
-        assert_eq!(duration_words(90), "90 seconds");
+        assert_eq!(duration_words(90), "1 minute");
+        assert_eq!(duration_words(0), "0 seconds");
     }
 
     #[test]
