@@ -291,3 +291,87 @@ fn without_a_daemon() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with('$'));
 }
+
+/// Reads the first line the server sends, or `None` if nothing comes within `wait`.
+fn banner_within(s: &mut TcpStream, wait: Duration) -> Option<String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 512];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[test]
+fn pause_and_resume_smtp() {
+    let (dir, _vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    let (d, port) = start(dir.path(), &conf, &[]);
+    let r = smtpctl(&spool, &["pause", "smtp"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    assert!(d.log().contains("info: smtp paused"));
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["show", "status"])),
+        "MDA running\nMTA running\nSMTP paused\n"
+    );
+    let r = smtpctl(&spool, &["pause", "smtp"]);
+    assert_eq!(stdout(&r), "command failed: smtp is already paused\n");
+    // The socket stays bound: the connection waits in the backlog, unanswered.
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        banner_within(&mut waiting, Duration::from_millis(500)),
+        None
+    );
+    let r = smtpctl(&spool, &["resume", "smtp"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    assert!(d.log().contains("info: smtp resumed"));
+    let banner = banner_within(&mut waiting, Duration::from_secs(10)).expect("a banner");
+    assert!(
+        banner.starts_with("220 mx.test ESMTP OpenSMTPD"),
+        "{banner}"
+    );
+}
+
+#[test]
+fn started_with_smtp_paused() {
+    let (dir, _vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        conf.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "smtp", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon(child, dir.path().join("unused.log"));
+    wait_for("the control socket", || spool.join("smtpd.sock").exists());
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["show", "status"])),
+        "MDA running\nMTA running\nSMTP paused\n"
+    );
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        banner_within(&mut waiting, Duration::from_millis(300)),
+        None
+    );
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["resume", "smtp"])),
+        "command succeeded\n"
+    );
+    assert!(banner_within(&mut waiting, Duration::from_secs(10)).is_some());
+}

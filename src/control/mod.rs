@@ -3,8 +3,10 @@
 //!
 //! * [`protocol`]: the request and reply lines on the socket (shared with `smtpctl`);
 //! * [`show`]: the texts of `show queue`, `show stats` and `show status`;
-//! * [`server`]: the unix socket served by the daemon, and what each request does.
+//! * [`server`]: the unix socket served by the daemon, and what each request does;
+//! * [`gate`]: `pause smtp`, the switch in front of the listeners' accept loops.
 
+pub mod gate;
 pub mod protocol;
 pub mod server;
 pub mod show;

@@ -7,13 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
+use super::gate::SmtpGate;
 use super::protocol::{Agent, Reply, Request, envelopes_text};
 use super::show;
 use crate::deliver::runner::Runner;
@@ -34,18 +35,18 @@ pub struct Control {
     runner: Arc<Runner>,
     started: u64,
     sessions: AtomicU64,
-    /// `smtpd -P smtp` was given: listeners were not started.
-    smtp_paused: AtomicBool,
+    /// Whether the SMTP listeners accept sessions.
+    smtp: Arc<SmtpGate>,
 }
 
 impl Control {
-    /// `smtp_paused`: the SMTP listeners were left stopped at start (`-P smtp`).
-    pub fn new(runner: Arc<Runner>, smtp_paused: bool) -> Arc<Control> {
+    /// `smtp` is the switch the listeners are served behind ([`SmtpGate::serve`]).
+    pub fn new(runner: Arc<Runner>, smtp: Arc<SmtpGate>) -> Arc<Control> {
         Arc::new(Control {
             runner,
             started: now(),
             sessions: AtomicU64::new(0),
-            smtp_paused: AtomicBool::new(smtp_paused),
+            smtp,
         })
     }
 
@@ -100,7 +101,7 @@ impl Control {
             Request::ShowStatus => Reply::ok(show::status_text(
                 self.runner.is_paused(DeliveryKind::Mda),
                 self.runner.is_paused(DeliveryKind::Mta),
-                self.smtp_paused.load(Ordering::Relaxed),
+                self.smtp.is_paused(),
             )),
             Request::Schedule(sel) => Reply::ok(envelopes_text(
                 self.runner.schedule_now(sel.id()),
@@ -124,21 +125,23 @@ impl Control {
     }
 
     fn pause(&self, agent: Agent, pause: bool) -> Reply {
-        let (was, kind) = match agent {
-            Agent::Mda => (self.runner.is_paused(DeliveryKind::Mda), DeliveryKind::Mda),
-            Agent::Mta => (self.runner.is_paused(DeliveryKind::Mta), DeliveryKind::Mta),
-            Agent::Smtp => {
-                // The listeners' accept loops cannot be stopped from here yet; saying
-                // "succeeded" while sessions are still accepted would be a lie.
-                return Reply::failed(Some("smtp cannot be paused at run time"));
-            }
+        let was = match agent {
+            Agent::Mda => self.runner.is_paused(DeliveryKind::Mda),
+            Agent::Mta => self.runner.is_paused(DeliveryKind::Mta),
+            Agent::Smtp => self.smtp.is_paused(),
         };
         let name = agent.as_str();
         if was == pause {
             let state = if pause { "paused" } else { "running" };
             return Reply::failed(Some(&format!("{name} is already {state}")));
         }
-        self.runner.set_paused(kind, pause);
+        match agent {
+            Agent::Mda => self.runner.set_paused(DeliveryKind::Mda, pause),
+            Agent::Mta => self.runner.set_paused(DeliveryKind::Mta, pause),
+            Agent::Smtp => {
+                self.smtp.set_paused(pause);
+            }
+        }
         info!("info: {name} {}", if pause { "paused" } else { "resumed" });
         Reply::succeeded()
     }
