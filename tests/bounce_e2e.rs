@@ -58,6 +58,11 @@ fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
 
 /// Send one message; panics unless it is accepted.
 fn send(port: u16, from: &str, to: &str, body: &str) {
+    send_to(port, from, &[to], body)
+}
+
+/// Send one message to several recipients; panics unless it is accepted.
+fn send_to(port: u16, from: &str, to: &[&str], body: &str) {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -77,14 +82,19 @@ fn send(port: u16, from: &str, to: &str, body: &str) {
         all
     };
     read();
-    for (line, want) in [
+    let mut dialogue = vec![
         ("EHLO client.example".to_string(), "250"),
         (format!("MAIL FROM:<{from}>"), "250"),
-        (format!("RCPT TO:<{to}>"), "250"),
+    ];
+    for t in to {
+        dialogue.push((format!("RCPT TO:<{t}>"), "250"));
+    }
+    dialogue.extend([
         ("DATA".to_string(), "354"),
         (format!("{body}\r\n."), "250"),
         ("QUIT".to_string(), "221"),
-    ] {
+    ]);
+    for (line, want) in dialogue {
         w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
         let reply = read();
         assert!(reply.starts_with(want), "{line} -> {reply}");
@@ -129,10 +139,11 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
 fn conf(vmail: &Path) -> String {
     format!(
         "listen on 127.0.0.1 port PORT hostname mx.test\n\
-         table users {{ alice = \"2000:2000:/var/empty\", broken = \"2000:2000:/var/empty\" }}\n\
+         table users {{ alice = \"2000:2000:/var/empty\", broken = \"2000:2000:/var/empty\", cracked = \"2000:2000:/var/empty\" }}\n\
          action \"fail\" mda \"exit 67\" userbase <users>\n\
          action \"local_mail\" maildir \"{}/%{{rcpt}}\" userbase <users>\n\
          match from any for rcpt-to \"broken@mx.test\" action \"fail\"\n\
+         match from any for rcpt-to \"cracked@mx.test\" action \"fail\"\n\
          match from any for domain \"mx.test\" action \"local_mail\"\n",
         vmail.display()
     )
@@ -287,4 +298,30 @@ fn delay_warning_then_expiry_are_reported() {
             && log.contains("stat=Envelope expired"),
         "{log}"
     );
+}
+
+#[test]
+fn failures_of_one_message_share_one_report() {
+    let (dir, vmail) = setup();
+    let (_d, port) = start(dir.path(), &conf(&vmail));
+    send_to(
+        port,
+        "alice@mx.test",
+        &["broken@mx.test", "cracked@mx.test"],
+        "Subject: twice\r\n\r\nbody",
+    );
+    let inbox = vmail.join("alice@mx.test");
+    wait_for("the report", || maildir_files(&inbox).len() == 1);
+    // No second report follows.
+    std::thread::sleep(Duration::from_millis(1500));
+    let files = maildir_files(&inbox);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("broken@mx.test: ") || l.starts_with("cracked@mx.test: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(text.contains("Final-Recipient: rfc822; broken@mx.test\nAction: failed\n"));
+    assert!(text.contains("Final-Recipient: rfc822; cracked@mx.test\nAction: failed\n"));
 }

@@ -6,6 +6,7 @@
 //! at start-up the envelopes the queue recovered are scheduled. Relay envelopes wait in the
 //! queue until outbound delivery is available.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +26,8 @@ use crate::queue::scheduler::{
     Action, EnvelopeStatus, ScheduleEntry, Scheduler, SchedulerConfig, TempFailure,
 };
 use crate::queue::{
-    BounceKind, BounceTarget, DeliveryKind, Envelope, Evpid, QueueId, Spool, StatusCode, Target,
+    BounceKind, BounceTarget, DeliveryKind, Envelope, Evpid, Msgid, QueueId, Spool, StatusCode,
+    Target,
 };
 use crate::rules::RuleGraph;
 
@@ -49,6 +51,17 @@ pub struct Runner {
     inflight: Arc<Semaphore>,
     /// Counters for `smtpctl show stats`.
     stats: DeliveryStats,
+    /// Reports being gathered: (message, kind, delay) → recipients so far.
+    reports: Mutex<HashMap<(Msgid, BounceKind, u64), PendingReport>>,
+}
+
+/// How long the first failure of a message waits for others to share its report.
+const REPORT_GATHERING: Duration = Duration::from_secs(1);
+
+/// A report being gathered, and the deliveries waiting for it to be queued.
+struct PendingReport {
+    recipients: Vec<crate::queue::bounce::ReportedRecipient>,
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Delivery outcomes counted since start (`smtpctl show stats`).
@@ -92,6 +105,7 @@ impl Runner {
             wake: Notify::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             stats: DeliveryStats::default(),
+            reports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -137,7 +151,11 @@ impl Runner {
                             drop(permit);
                         });
                     }
-                    Action::Expire { evpid, .. } => self.expire(evpid).await,
+                    Action::Expire { evpid, .. } => {
+                        // Its report may wait for others on the same message.
+                        let me = self.clone();
+                        tokio::spawn(async move { me.expire(evpid).await });
+                    }
                 }
             }
             let sleep = match self.scheduler.lock().ok().and_then(|s| s.next_wakeup()) {
@@ -414,25 +432,74 @@ impl Runner {
         status: StatusCode,
         errorline: &str,
     ) {
-        let t = now();
         let target = BounceTarget {
             kind,
             delay,
             ttl: crate::queue::BOUNCE_TTL,
         };
         // Refusals are decided by the queue's own rules; the copy itself is not stored.
-        let is_report = failed.flags.bounce && failed.sender.is_empty();
-        let refusal = if is_report {
-            Some(crate::queue::BounceRefusal::DoubleBounce)
-        } else {
-            failed.bounce(failed.id, target, t).err()
-        };
-        if let Some(r) = refusal {
+        if let Err(r) = failed.bounce(failed.id, target, now()) {
             if let Some(line) = r.log_line() {
                 warn!("{line}");
             }
             return;
         }
+        let line = crate::queue::bounce::ReportedRecipient {
+            dest: failed.dest.clone(),
+            errorline: failed_line(errorline),
+            status,
+        };
+        // Reports on one message and of one kind are grouped, as OpenSMTPD's bounce engine
+        // groups them: the first failure waits a moment for the others, then writes one
+        // report for all. Every caller returns once the report is durable (or given up), so
+        // the failed envelopes, and with them the message, are still queued meanwhile.
+        let key = (failed.id.msgid(), kind, delay);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = match self.reports.lock() {
+            Ok(mut pending) => match pending.get_mut(&key) {
+                Some(batch) => {
+                    batch.recipients.push(line);
+                    batch.waiters.push(tx);
+                    false
+                }
+                None => {
+                    pending.insert(
+                        key,
+                        PendingReport {
+                            recipients: vec![line],
+                            waiters: vec![tx],
+                        },
+                    );
+                    true
+                }
+            },
+            Err(_) => return,
+        };
+        if !first {
+            let _ = rx.await;
+            return;
+        }
+        tokio::time::sleep(REPORT_GATHERING).await;
+        let batch = self.reports.lock().ok().and_then(|mut p| p.remove(&key));
+        let Some(batch) = batch else {
+            return;
+        };
+        self.write_report(failed, kind, delay, &batch.recipients)
+            .await;
+        for w in batch.waiters {
+            let _ = w.send(());
+        }
+    }
+
+    /// Queue one report about `recipients` of `failed`'s message, routed to its sender.
+    async fn write_report(
+        &self,
+        failed: &Envelope,
+        kind: BounceKind,
+        delay: u64,
+        recipients: &[crate::queue::bounce::ReportedRecipient],
+    ) {
+        let t = now();
         let hostname = self.graph.config.hostname.clone();
         let sender = failed.sender.clone();
         let graph = self.graph.clone();
@@ -492,11 +559,6 @@ impl Runner {
             }
         };
         let date = crate::smtp::received::time_to_text(t as i64, 0, "UTC");
-        let recipients = [crate::queue::bounce::ReportedRecipient {
-            dest: failed.dest.clone(),
-            errorline: failed_line(errorline),
-            status,
-        }];
         let message_id = format!("<{:016x}@{hostname}>", random_u64());
         let report = crate::queue::bounce::Report {
             kind,
@@ -507,7 +569,7 @@ impl Runner {
             boundary_id: random_u64(),
             delay,
             ttl: crate::queue::BOUNCE_TTL,
-            recipients: &recipients,
+            recipients,
             original: &original,
             headers_only: false,
         };
@@ -552,9 +614,10 @@ impl Runner {
             Ok(m) => {
                 self.stats.bounces.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
-                    "debug: bounce: {} report for {} queued as {m} to <{sender}>",
+                    "debug: bounce: {} report on {} ({} recipient(s)) queued as {m} to <{sender}>",
                     kind.as_str(),
-                    failed.id
+                    failed.id.msgid(),
+                    recipients.len()
                 );
                 self.submit(&scheduled);
             }
