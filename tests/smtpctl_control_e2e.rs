@@ -277,6 +277,15 @@ fn without_a_daemon() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("|bob@remote.test|alice@mx.test|alice@mx.test|"));
     assert!(text.trim_end().ends_with("|0|offline||"), "{text}");
+    // Run as mailq (through a link), it is show queue.
+    let mailq = dir.path().join("mailq");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_smtpctl"), &mailq).unwrap();
+    let m = Command::new(&mailq)
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&m), text);
     // -s names the socket directly.
     let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
         .args(["-s", "/nonexistent/smtpd.sock", "pause", "mda"])

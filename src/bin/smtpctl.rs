@@ -3,7 +3,7 @@
 //! Commands may be abbreviated to an unambiguous prefix, as OpenSMTPD's smtpctl allows
 //! (`sh q` is `show queue`). `encrypt` runs here; every other command is a request on the
 //! daemon's control socket (see `smtpd::control::protocol`). `show queue` reads the spool
-//! directly when the daemon is not running.
+//! directly when the daemon is not running. Run as `mailq`, it is `smtpctl show queue`.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -170,7 +170,15 @@ fn resolve(args: &[String]) -> Result<Vec<String>, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `mailq` (a link to smtpctl) is `smtpctl show queue`.
+    let invoked = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&invoked)
+        .file_name()
+        .is_some_and(|n| n == "mailq")
+    {
+        args.extend(["show".into(), "queue".into()]);
+    }
     // `encrypt` takes raw bytes: handle it before any text conversion.
     if let Some(first) = args.first() {
         let c = first.as_bytes();
