@@ -5,6 +5,10 @@
 //! New envelopes arrive through [`Runner::submit`] right after their message is committed;
 //! at start-up the envelopes the queue recovered are scheduled. Relay envelopes wait in the
 //! queue until outbound delivery is available.
+//!
+//! A permanent failure, an expiry or a due delay warning queues a report for the sender
+//! ([`Runner::bounce`]): a new message from `<>`, routed through the rules like local mail.
+//! The control socket steers the loop through the methods at the end of this file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
