@@ -177,6 +177,23 @@ fn queue_status_schedule_pause_resume() {
     );
     assert_eq!((f[10], f[11]), ("0", "pending"), "{f:?}");
 
+    let env = smtpctl(&spool, &["show", "envelope", f[0]]);
+    assert!(env.status.success());
+    let env = stdout(&env);
+    assert!(env.starts_with("version: "), "{env}");
+    assert!(
+        env.contains("\ntype: mda\n") && env.contains("\nhelo: client.example\n"),
+        "{env}"
+    );
+    let msg = stdout(&smtpctl(&spool, &["show", "message", f[0]]));
+    assert!(msg.starts_with("Received: from client.example"), "{msg}");
+    assert!(
+        msg.contains("Subject: ctl\n") && msg.ends_with("\nhello\n"),
+        "{msg}"
+    );
+    let bad = smtpctl(&spool, &["show", "envelope", &f[0][..8]]);
+    assert_eq!(bad.status.code(), Some(1));
+
     // Abbreviations, as smtpctl allows them.
     let s = smtpctl(&spool, &["sh", "statu"]);
     assert_eq!(stdout(&s), "MDA paused\nMTA running\nSMTP running\n");

@@ -87,6 +87,14 @@ const COMMANDS: &[Word] = &[
         name: "show",
         next: Next::Words(&[
             Word {
+                name: "envelope",
+                next: Next::Argument("<evpid>"),
+            },
+            Word {
+                name: "message",
+                next: Next::Argument("<evpid>|<msgid>"),
+            },
+            Word {
                 name: "queue",
                 next: Next::End,
             },

@@ -10,7 +10,7 @@
 //! Requests are parsed on both ends with the same code, so an `smtpctl` and a daemon of the
 //! same build always agree; the daemon never trusts the client's parse.
 
-use crate::queue::QueueId;
+use crate::queue::{Evpid, Msgid, QueueId};
 
 /// The longest request line the daemon reads.
 pub const MAX_REQUEST: usize = 1024;
@@ -74,6 +74,10 @@ pub enum Request {
     ShowStats,
     /// `show status`.
     ShowStatus,
+    /// `show envelope EVPID`: the envelope file.
+    ShowEnvelope(Evpid),
+    /// `show message EVPID|MSGID`: the queued message.
+    ShowMessage(Msgid),
     /// `schedule ID|MSGID|all`.
     Schedule(Selection),
     /// `remove ID|MSGID|all`.
@@ -116,6 +120,20 @@ impl Request {
             ["show", "queue"] => Request::ShowQueue,
             ["show", "stats"] => Request::ShowStats,
             ["show", "status"] => Request::ShowStatus,
+            ["show", "envelope", id] => match id.parse::<QueueId>() {
+                Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
+                _ => {
+                    return Err(BadRequest(format!(
+                        "invalid evpid \"{}\"",
+                        id.escape_debug()
+                    )));
+                }
+            },
+            ["show", "message", id] => match id.parse::<QueueId>() {
+                Ok(QueueId::Envelope(e)) => Request::ShowMessage(e.msgid()),
+                Ok(QueueId::Message(m)) => Request::ShowMessage(m),
+                Err(e) => return Err(BadRequest(e.to_string())),
+            },
             ["schedule", id] => Request::Schedule(selection(id)?),
             ["remove", id] => Request::Remove(selection(id)?),
             ["pause", a] => Request::Pause(Agent::parse(a).ok_or_else(bad)?),
@@ -142,6 +160,8 @@ impl Request {
             Request::ShowQueue => "show queue".into(),
             Request::ShowStats => "show stats".into(),
             Request::ShowStatus => "show status".into(),
+            Request::ShowEnvelope(e) => format!("show envelope {e}"),
+            Request::ShowMessage(m) => format!("show message {m}"),
             Request::Schedule(s) => format!("schedule {}", sel(s)),
             Request::Remove(s) => format!("remove {}", sel(s)),
             Request::Pause(a) => format!("pause {}", a.as_str()),
@@ -230,6 +250,8 @@ mod tests {
             "show queue",
             "show stats",
             "show status",
+            "show envelope 1a2b3c4d00000001",
+            "show message 1a2b3c4d",
             "schedule all",
             "schedule 1a2b3c4d",
             "remove 1a2b3c4d00000001",
@@ -259,6 +281,13 @@ mod tests {
             "unknown trace flag \"nonsense\""
         );
         assert!(Request::parse("").is_err());
+        assert!(Request::parse("show envelope 1a2b3c4d").is_err());
+        assert_eq!(
+            Request::parse("show message 1a2b3c4d00000001")
+                .unwrap()
+                .line(),
+            "show message 1a2b3c4d"
+        );
     }
 
     #[test]

@@ -98,6 +98,33 @@ impl Control {
                     ),
                 ]))
             }
+            Request::ShowEnvelope(evpid) => {
+                let spool = self.runner.spool().clone();
+                match tokio::task::spawn_blocking(move || spool.load_envelope(evpid)).await {
+                    Ok(Ok(e)) => match e.to_file_text() {
+                        Ok(text) => Reply::ok(text),
+                        Err(err) => Reply::failed(Some(&err.to_string())),
+                    },
+                    Ok(Err(err)) => Reply::failed(Some(&err.to_string())),
+                    Err(_) => Reply::failed(None),
+                }
+            }
+            Request::ShowMessage(msgid) => {
+                let spool = self.runner.spool().clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut f = spool.open_message(msgid).map_err(|e| e.to_string())?;
+                    let mut buf = Vec::new();
+                    f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(buf)
+                })
+                .await;
+                match read {
+                    Ok(Ok(bytes)) => Reply::ok(String::from_utf8_lossy(&bytes).into_owned()),
+                    Ok(Err(err)) => Reply::failed(Some(&err)),
+                    Err(_) => Reply::failed(None),
+                }
+            }
             Request::ShowStatus => Reply::ok(show::status_text(
                 self.runner.is_paused(DeliveryKind::Mda),
                 self.runner.is_paused(DeliveryKind::Mta),
