@@ -203,6 +203,12 @@ fn queue_status_schedule_pause_resume() {
 
     let r = smtpctl(&spool, &["schedule", "all"]);
     assert_eq!(stdout(&r), "1 envelope scheduled\n");
+    let r = smtpctl(&spool, &["pause", "envelope", "all"]);
+    assert_eq!(stdout(&r), "1 envelope paused\n");
+    let q = stdout(&smtpctl(&spool, &["show", "queue"]));
+    assert!(q.contains("|mda|suspend|"), "{q}");
+    let r = smtpctl(&spool, &["resume", "envelope", &f[0][..8]]);
+    assert_eq!(stdout(&r), "1 envelope resumed\n");
     assert_eq!(delivered(&vmail), 0, "mda is paused");
 
     let r = smtpctl(&spool, &["resume", "mda"]);

@@ -36,6 +36,10 @@ enum Next {
 
 const AGENTS: &[Word] = &[
     Word {
+        name: "envelope",
+        next: Next::Argument("<evpid>|<msgid>|all"),
+    },
+    Word {
         name: "mda",
         next: Next::End,
     },

@@ -84,6 +84,8 @@ pub enum Request {
     Remove(Selection),
     /// `pause mda|mta|smtp`.
     Pause(Agent),
+    /// `pause envelope ID|MSGID|all` (true) / `resume envelope ...` (false).
+    Suspend(Selection, bool),
     /// `resume mda|mta|smtp`.
     Resume(Agent),
     /// `log verbose` (true) / `log brief` (false).
@@ -136,6 +138,8 @@ impl Request {
             },
             ["schedule", id] => Request::Schedule(selection(id)?),
             ["remove", id] => Request::Remove(selection(id)?),
+            ["pause", "envelope", id] => Request::Suspend(selection(id)?, true),
+            ["resume", "envelope", id] => Request::Suspend(selection(id)?, false),
             ["pause", a] => Request::Pause(Agent::parse(a).ok_or_else(bad)?),
             ["resume", a] => Request::Resume(Agent::parse(a).ok_or_else(bad)?),
             ["log", "verbose"] => Request::LogVerbose(true),
@@ -165,6 +169,8 @@ impl Request {
             Request::Schedule(s) => format!("schedule {}", sel(s)),
             Request::Remove(s) => format!("remove {}", sel(s)),
             Request::Pause(a) => format!("pause {}", a.as_str()),
+            Request::Suspend(s, true) => format!("pause envelope {}", sel(s)),
+            Request::Suspend(s, false) => format!("resume envelope {}", sel(s)),
             Request::Resume(a) => format!("resume {}", a.as_str()),
             Request::LogVerbose(true) => "log verbose".into(),
             Request::LogVerbose(false) => "log brief".into(),
@@ -256,6 +262,8 @@ mod tests {
             "schedule 1a2b3c4d",
             "remove 1a2b3c4d00000001",
             "pause mda",
+            "pause envelope all",
+            "resume envelope 1a2b3c4d",
             "resume smtp",
             "log verbose",
             "log brief",

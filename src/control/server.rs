@@ -138,6 +138,10 @@ impl Control {
                 self.runner.remove(sel.id()).await,
                 "removed",
             )),
+            Request::Suspend(sel, on) => Reply::ok(envelopes_text(
+                self.runner.suspend(sel.id(), on),
+                if on { "paused" } else { "resumed" },
+            )),
             Request::Pause(agent) => self.pause(agent, true),
             Request::Resume(agent) => self.pause(agent, false),
             Request::LogVerbose(on) => {

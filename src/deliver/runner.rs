@@ -702,6 +702,28 @@ impl Runner {
         n
     }
 
+    /// `smtpctl pause|resume envelope ID|MSGID|all`: suspend (or lift the suspension of)
+    /// envelopes. Returns how many changed.
+    pub fn suspend(&self, id: Option<QueueId>, suspend: bool) -> usize {
+        let targets: Vec<QueueId> = match id {
+            Some(q) => vec![q],
+            None => self
+                .known(None)
+                .into_iter()
+                .map(QueueId::Envelope)
+                .collect(),
+        };
+        let n = match self.scheduler.lock() {
+            Ok(mut s) => targets
+                .into_iter()
+                .map(|q| if suspend { s.suspend(q) } else { s.resume(q) })
+                .sum(),
+            Err(_) => 0,
+        };
+        self.wake.notify_one();
+        n
+    }
+
     /// `smtpctl remove ID|MSGID|all`: forget envelopes without a report, logging
     /// `Remove for ...`. Envelopes in flight go when their delivery reports back.
     pub async fn remove(&self, id: Option<QueueId>) -> usize {
