@@ -325,3 +325,33 @@ fn failures_of_one_message_share_one_report() {
     assert!(text.contains("Final-Recipient: rfc822; broken@mx.test\nAction: failed\n"));
     assert!(text.contains("Final-Recipient: rfc822; cracked@mx.test\nAction: failed\n"));
 }
+
+#[test]
+fn a_report_no_rule_accepts_is_logged_and_dropped() {
+    let (dir, vmail) = setup();
+    // No rule matches the remote sender's domain for local mail: the report is refused
+    // as an RCPT from the local socket would be, and the failure is logged.
+    let (d, port) = start(dir.path(), &conf(&vmail));
+    send(
+        port,
+        "bob@remote.test",
+        "broken@mx.test",
+        "Subject: x\r\n\r\nbody",
+    );
+    wait_for("the refusal of the report", || {
+        d.log()
+            .contains("warn: bounce: cannot send a report to <bob@remote.test>: ")
+    });
+    // The failed envelope still leaves the queue.
+    wait_for("an empty queue", || {
+        std::fs::read_dir(dir.path().join("spool/queue"))
+            .map(|d| {
+                d.flatten().all(|b| {
+                    std::fs::read_dir(b.path())
+                        .map(|mut m| m.next().is_none())
+                        .unwrap_or(true)
+                })
+            })
+            .unwrap_or(true)
+    });
+}
