@@ -6,6 +6,7 @@
 //! durable [`queue`], which owns every fsync; delivery reads from the queue.
 
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod dns;
 pub mod expand;

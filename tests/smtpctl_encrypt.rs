@@ -106,17 +106,17 @@ fn encrypt_takes_at_most_one_argument() {
 }
 
 #[test]
-fn other_commands_are_not_available_yet() {
-    let out = smtpctl(&["show", "queue"], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "smtpctl: command not available yet: show queue\n"
+fn unknown_commands_list_the_possibilities() {
+    let out = smtpctl(&["frobnicate"], None);
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("possibilities are:\n")
+            && err.contains("\nencrypt\n")
+            && err.contains("\nshow\n"),
+        "{err}"
     );
     let out = smtpctl(&[], None);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "usage: smtpctl command [argument ...]\n"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("usage: smtpctl "));
 }

@@ -1,31 +1,297 @@
 //! smtpctl(8): argument parsing and wiring only.
 //!
-//! Commands may be abbreviated to an unambiguous prefix, as OpenSMTPD's smtpctl allows;
-//! `encrypt` is the only command word starting with `e`, so any prefix of it will do.
+//! Commands may be abbreviated to an unambiguous prefix, as OpenSMTPD's smtpctl allows
+//! (`sh q` is `show queue`). `encrypt` runs here; every other command is a request on the
+//! daemon's control socket (see `smtpd::control::protocol`). `show queue` reads the spool
+//! directly when the daemon is not running. Run as `mailq`, it is `smtpctl show queue`.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use smtpd::control::protocol::{Reply, Request};
 use smtpd::table::credentials;
 
-fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let Some(command) = args.first() else {
-        eprintln!("usage: smtpctl command [argument ...]");
-        return ExitCode::from(1);
-    };
-    let command = command.as_bytes();
-    if !command.is_empty() && b"encrypt".starts_with(command) {
-        return encrypt(&args[1..]);
+const USAGE: &str = "usage: smtpctl [-s socket | --spool dir] command [argument ...]";
+
+/// A word the command line may abbreviate, and the words that may follow it.
+struct Word {
+    name: &'static str,
+    next: Next,
+}
+
+/// What follows a word.
+enum Next {
+    /// The command is complete.
+    End,
+    /// One of these words.
+    Words(&'static [Word]),
+    /// A free argument (an id, a trace category), named for the error text.
+    Argument(&'static str),
+}
+
+const AGENTS: &[Word] = &[
+    Word {
+        name: "envelope",
+        next: Next::Argument("<evpid>|<msgid>|all"),
+    },
+    Word {
+        name: "mda",
+        next: Next::End,
+    },
+    Word {
+        name: "mta",
+        next: Next::End,
+    },
+    Word {
+        name: "smtp",
+        next: Next::End,
+    },
+];
+
+const COMMANDS: &[Word] = &[
+    Word {
+        name: "encrypt",
+        next: Next::End,
+    },
+    Word {
+        name: "log",
+        next: Next::Words(&[
+            Word {
+                name: "brief",
+                next: Next::End,
+            },
+            Word {
+                name: "verbose",
+                next: Next::End,
+            },
+        ]),
+    },
+    Word {
+        name: "pause",
+        next: Next::Words(AGENTS),
+    },
+    Word {
+        name: "remove",
+        next: Next::Argument("<evpid>|<msgid>|all"),
+    },
+    Word {
+        name: "resume",
+        next: Next::Words(AGENTS),
+    },
+    Word {
+        name: "schedule",
+        next: Next::Argument("<evpid>|<msgid>|all"),
+    },
+    Word {
+        name: "show",
+        next: Next::Words(&[
+            Word {
+                name: "envelope",
+                next: Next::Argument("<evpid>"),
+            },
+            Word {
+                name: "message",
+                next: Next::Argument("<evpid>|<msgid>"),
+            },
+            Word {
+                name: "queue",
+                next: Next::End,
+            },
+            Word {
+                name: "stats",
+                next: Next::End,
+            },
+            Word {
+                name: "status",
+                next: Next::End,
+            },
+        ]),
+    },
+    Word {
+        name: "trace",
+        next: Next::Argument("<category>"),
+    },
+    Word {
+        name: "untrace",
+        next: Next::Argument("<category>"),
+    },
+];
+
+/// OpenSMTPD's answer to a word that matches nothing (or several things): the valid
+/// words at that position, exit status 255.
+fn possibilities(words: &[Word]) -> ExitCode {
+    eprintln!("possibilities are:");
+    for w in words {
+        eprintln!("{}", w.name);
     }
-    let words: Vec<String> = args
+    ExitCode::from(255)
+}
+
+/// Resolve abbreviations into the canonical words; `Err` carries the exit code.
+fn resolve(args: &[String]) -> Result<Vec<String>, ExitCode> {
+    let mut out = Vec::new();
+    let mut level = COMMANDS;
+    let mut i = 0;
+    loop {
+        let Some(given) = args.get(i) else {
+            return Err(possibilities(level));
+        };
+        let exact = level.iter().find(|w| w.name == given);
+        let matches: Vec<&Word> = level
+            .iter()
+            .filter(|w| !given.is_empty() && w.name.starts_with(given.as_str()))
+            .collect();
+        let word = match (exact, matches.as_slice()) {
+            (Some(w), _) => w,
+            (None, [w]) => *w,
+            _ => return Err(possibilities(level)),
+        };
+        out.push(word.name.to_string());
+        i += 1;
+        match &word.next {
+            Next::End => {
+                if word.name == "encrypt" {
+                    // Its optional argument is free text.
+                    out.extend(args[i..].iter().cloned());
+                    return Ok(out);
+                }
+                if i < args.len() {
+                    eprintln!("smtpctl: too many arguments");
+                    eprintln!("{USAGE}");
+                    return Err(ExitCode::from(1));
+                }
+                return Ok(out);
+            }
+            Next::Words(next) => level = next,
+            Next::Argument(what) => {
+                let (Some(arg), true) = (args.get(i), args.len() == i + 1) else {
+                    eprintln!("smtpctl: {} needs one argument: {what}", word.name);
+                    eprintln!("{USAGE}");
+                    return Err(ExitCode::from(1));
+                };
+                out.push(arg.clone());
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `mailq` (a link to smtpctl) is `smtpctl show queue`.
+    let invoked = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&invoked)
+        .file_name()
+        .is_some_and(|n| n == "mailq")
+    {
+        args.extend(["show".into(), "queue".into()]);
+    }
+    // `encrypt` takes raw bytes: handle it before any text conversion.
+    if let Some(first) = args.first() {
+        let c = first.as_bytes();
+        if !c.is_empty() && b"encrypt".starts_with(c) {
+            return encrypt(&args[1..]);
+        }
+    }
+    let mut socket: Option<PathBuf> = None;
+    let mut spool: Option<PathBuf> = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_bytes() {
+            b"-s" | b"--spool" => {
+                let Some(v) = args.get(i + 1) else {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(1);
+                };
+                if args[i].as_bytes() == b"-s" {
+                    socket = Some(PathBuf::from(v));
+                } else {
+                    spool = Some(PathBuf::from(v));
+                }
+                i += 2;
+            }
+            _ => break,
+        }
+    }
+    let rest = &args[i..];
+    if rest.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(1);
+    }
+    if let Some(first) = rest.first() {
+        let c = first.as_bytes();
+        if !c.is_empty() && b"encrypt".starts_with(c) {
+            return encrypt(&rest[1..]);
+        }
+    }
+    let words: Vec<String> = rest
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    eprintln!("smtpctl: command not available yet: {}", words.join(" "));
-    ExitCode::from(1)
+    let canonical = match resolve(&words) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let request = match Request::parse(&canonical.join(" ")) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtpctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = socket.unwrap_or_else(|| smtpd::control::socket_path(spool.as_deref()));
+    match ask(&socket, &request) {
+        Ok(reply) => {
+            print!("{}", reply.text);
+            let _ = std::io::stdout().flush();
+            if reply.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(_) if request == Request::ShowQueue => offline_queue(spool),
+        Err(_) => {
+            eprintln!("smtpctl: smtpd doesn't seem to be running");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One request, one reply over the control socket.
+fn ask(socket: &std::path::Path, request: &Request) -> std::io::Result<Reply> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("{}\n", request.line()).as_bytes())?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes)?;
+    Reply::decode(&bytes)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed reply"))
+}
+
+/// `show queue` without a daemon: the envelopes on disk, state `offline`.
+fn offline_queue(spool: Option<PathBuf>) -> ExitCode {
+    let root = spool.unwrap_or_else(|| PathBuf::from(smtpd::queue::DEFAULT_SPOOL));
+    match smtpd::queue::Spool::offline_envelopes(&root) {
+        Ok(mut list) => {
+            list.sort_by_key(|e| e.id);
+            let mut out = std::io::stdout().lock();
+            for e in &list {
+                let _ = writeln!(out, "{}", smtpd::control::show::queue_line(e, None, 0));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtpctl: {}: {e}", root.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `smtpctl encrypt [string]`.

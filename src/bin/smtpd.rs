@@ -221,6 +221,16 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             info!("info: {p} paused");
         }
         tokio::spawn(runner.clone().run());
+        // The control socket for smtpctl: <spool>/smtpd.sock with --spool, else the system's.
+        let spool_dir = std::path::Path::new(&args.spool);
+        let custom = args.spool != smtpd::queue::DEFAULT_SPOOL;
+        // `-P smtp` and `smtpctl pause smtp`: the listeners stay bound but do not accept.
+        let smtp_gate =
+            smtpd::control::gate::SmtpGate::new(args.paused.iter().any(|p| p == "smtp"));
+        smtpd::control::server::start(
+            smtpd::control::server::Control::new(runner.clone(), smtp_gate.clone()),
+            smtpd::control::socket_path(custom.then_some(spool_dir)),
+        );
         let server = Arc::new(smtpd::smtp::server::Server {
             delivery: Some(runner),
             tls,
@@ -231,28 +241,17 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             rdns_bound: std::time::Duration::from_secs(2),
             timeout: std::time::Duration::from_secs(300),
         });
-        // `-P smtp`: the sockets are bound but no connection is accepted.
-        let bound = if args.paused.iter().any(|p| p == "smtp") {
-            Vec::new()
-        } else {
-            bound
-        };
         for b in bound {
             tracing::debug!(
                 "debug: smtp: listen on {} port {}",
                 b.addr.ip(),
                 b.addr.port()
             );
-            match tokio::net::TcpListener::from_std(b.socket) {
-                Ok(listener) => {
-                    tokio::spawn(smtpd::smtp::server::accept_loop(
-                        server.clone(),
-                        listener,
-                        b.listener,
-                    ));
-                }
-                Err(e) => tracing::warn!("warn: smtp: {}: {e}", b.addr),
-            }
+            tokio::spawn(
+                smtp_gate
+                    .clone()
+                    .serve(server.clone(), b.socket, b.listener),
+            );
         }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

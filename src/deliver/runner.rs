@@ -5,7 +5,13 @@
 //! New envelopes arrive through [`Runner::submit`] right after their message is committed;
 //! at start-up the envelopes the queue recovered are scheduled. Relay envelopes wait in the
 //! queue until outbound delivery is available.
+//!
+//! A permanent failure, an expiry or a due delay warning queues a report for the sender
+//! ([`Runner::bounce`]): a new message from `<>`, routed through the rules like local mail.
+//! The control socket steers the loop through the methods at the end of this file.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,8 +26,13 @@ use super::request::{
 use super::result::Status;
 use crate::config::model::{ActionMethod, LocalMethod};
 use crate::expand::userbase::{SystemPasswd, TableUserbase, Userbase};
-use crate::queue::scheduler::{Action, ScheduleEntry, Scheduler, SchedulerConfig, TempFailure};
-use crate::queue::{DeliveryKind, Envelope, Evpid, Spool, Target};
+use crate::queue::scheduler::{
+    Action, EnvelopeStatus, ScheduleEntry, Scheduler, SchedulerConfig, TempFailure,
+};
+use crate::queue::{
+    BounceKind, BounceTarget, DeliveryKind, Envelope, Evpid, Msgid, QueueId, Spool, StatusCode,
+    Target,
+};
 use crate::rules::RuleGraph;
 
 /// How many deliveries run at once (OpenSMTPD's `mda limit max-session` default is 50).
@@ -42,6 +53,36 @@ pub struct Runner {
     scheduler: Mutex<Scheduler>,
     wake: Notify,
     inflight: Arc<Semaphore>,
+    /// Counters for `smtpctl show stats`.
+    stats: DeliveryStats,
+    /// Reports being gathered: (message, kind, delay) → recipients so far.
+    reports: Mutex<HashMap<(Msgid, BounceKind, u64), PendingReport>>,
+}
+
+/// How long the first failure of a message waits for others to share its report.
+const REPORT_GATHERING: Duration = Duration::from_secs(1);
+
+/// A report being gathered, and the deliveries waiting for it to be queued.
+struct PendingReport {
+    recipients: Vec<crate::queue::bounce::ReportedRecipient>,
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Delivery outcomes counted since start (`smtpctl show stats`).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Successful deliveries.
+    pub ok: AtomicU64,
+    /// Temporary failures.
+    pub tempfail: AtomicU64,
+    /// Permanent failures.
+    pub permfail: AtomicU64,
+    /// Envelopes expired.
+    pub expired: AtomicU64,
+    /// Envelopes removed by the administrator.
+    pub removed: AtomicU64,
+    /// Reports (bounces) queued.
+    pub bounces: AtomicU64,
 }
 
 impl Runner {
@@ -67,6 +108,8 @@ impl Runner {
             scheduler: Mutex::new(scheduler),
             wake: Notify::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            stats: DeliveryStats::default(),
+            reports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,7 +155,11 @@ impl Runner {
                             drop(permit);
                         });
                     }
-                    Action::Expire { evpid, .. } => self.expire(evpid).await,
+                    Action::Expire { evpid, .. } => {
+                        // Its report may wait for others on the same message.
+                        let me = self.clone();
+                        tokio::spawn(async move { me.expire(evpid).await });
+                    }
                 }
             }
             let sleep = match self.scheduler.lock().ok().and_then(|s| s.next_wakeup()) {
@@ -156,6 +203,17 @@ impl Runner {
                 },
                 super::log::duration_to_text(now().saturating_sub(e.ctime) as i64)
             );
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            // The report OpenSMTPD's later versions send: a failure with 5.4.7 (6.8 sends a
+            // misleading "delayed" notice with 4.4.7 and then drops the message).
+            self.bounce(
+                &e,
+                BounceKind::Failed,
+                0,
+                StatusCode { class: 5, code: 47 },
+                "Envelope expired",
+            )
+            .await;
         }
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.remove_envelope(evpid)).await;
@@ -307,8 +365,20 @@ impl Runner {
         info!("{}", mda_delivery_line(&entry, &result));
         match result.status {
             Status::Ok | Status::PermFail => {
-                // A permanent failure should bounce to the sender; until bounces exist the
-                // envelope is dropped with its log line, as OpenSMTPD does for `<>` senders.
+                if result.status == Status::PermFail {
+                    self.stats.permfail.fetch_add(1, Ordering::Relaxed);
+                    // The report needs the message: it is queued before the envelope goes.
+                    self.bounce(
+                        &e,
+                        BounceKind::Failed,
+                        0,
+                        StatusCode { class: 5, code: 30 },
+                        &result.error,
+                    )
+                    .await;
+                } else {
+                    self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                }
                 let spool = self.spool.clone();
                 if let Ok(Err(err)) =
                     tokio::task::spawn_blocking(move || spool.remove_envelope(evpid)).await
@@ -336,10 +406,421 @@ impl Runner {
             .and_then(|mut s| s.temp_failure(e.id, t));
         // The loop may be asleep with nothing due: it must learn the new retry time.
         self.wake.notify_one();
+        self.stats.tempfail.fetch_add(1, Ordering::Relaxed);
+        if let Some(TempFailure::Rescheduled(r)) = outcome
+            && let Some(w) = r.delay_warning
+        {
+            self.delay_warning(e, w.delay, w.timestamp).await;
+        }
         if let Some(TempFailure::Removed) = outcome {
             let spool = self.spool.clone();
             let id = e.id;
             let _ = tokio::task::spawn_blocking(move || spool.remove_envelope(id)).await;
         }
     }
+}
+
+/// Reports to senders (OpenSMTPD's `queue_bounce` and `bounce.c`) and the administrator's
+/// view of the queue (`smtpctl`).
+impl Runner {
+    /// Queue a report about `failed` to its sender, unless OpenSMTPD would not: the sender
+    /// is empty (`warn: queue: no return path!`), the envelope is itself a report
+    /// (`warn: queue: double bounce!`), or `NOTIFY=NEVER` was asked for.
+    ///
+    /// The report is a new message with the null sender, routed like mail submitted
+    /// locally (origin `local`, authenticated) through the rules and expansion, and
+    /// scheduled at once.
+    pub async fn bounce(
+        &self,
+        failed: &Envelope,
+        kind: BounceKind,
+        delay: u64,
+        status: StatusCode,
+        errorline: &str,
+    ) {
+        let target = BounceTarget {
+            kind,
+            delay,
+            ttl: crate::queue::BOUNCE_TTL,
+        };
+        // Refusals are decided by the queue's own rules; the copy itself is not stored.
+        if let Err(r) = failed.bounce(failed.id, target, now()) {
+            if let Some(line) = r.log_line() {
+                warn!("{line}");
+            }
+            return;
+        }
+        let line = crate::queue::bounce::ReportedRecipient {
+            dest: failed.dest.clone(),
+            errorline: failed_line(errorline),
+            status,
+        };
+        // Reports on one message and of one kind are grouped, as OpenSMTPD's bounce engine
+        // groups them: the first failure waits a moment for the others, then writes one
+        // report for all. Every caller returns once the report is durable (or given up), so
+        // the failed envelopes, and with them the message, are still queued meanwhile.
+        let key = (failed.id.msgid(), kind, delay);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = match self.reports.lock() {
+            Ok(mut pending) => match pending.get_mut(&key) {
+                Some(batch) => {
+                    batch.recipients.push(line);
+                    batch.waiters.push(tx);
+                    false
+                }
+                None => {
+                    pending.insert(
+                        key,
+                        PendingReport {
+                            recipients: vec![line],
+                            waiters: vec![tx],
+                        },
+                    );
+                    true
+                }
+            },
+            Err(_) => return,
+        };
+        if !first {
+            let _ = rx.await;
+            return;
+        }
+        tokio::time::sleep(REPORT_GATHERING).await;
+        let batch = self.reports.lock().ok().and_then(|mut p| p.remove(&key));
+        let Some(batch) = batch else {
+            return;
+        };
+        self.write_report(failed, kind, delay, &batch.recipients)
+            .await;
+        for w in batch.waiters {
+            let _ = w.send(());
+        }
+    }
+
+    /// Queue one report about `recipients` of `failed`'s message, routed to its sender.
+    async fn write_report(
+        &self,
+        failed: &Envelope,
+        kind: BounceKind,
+        delay: u64,
+        recipients: &[crate::queue::bounce::ReportedRecipient],
+    ) {
+        let t = now();
+        let hostname = self.graph.config.hostname.clone();
+        let sender = failed.sender.clone();
+        let graph = self.graph.clone();
+        // Rules and expansion may read .forward and alias include files.
+        let outcome = tokio::task::spawn_blocking({
+            let hostname = hostname.clone();
+            let sender = sender.clone();
+            move || {
+                let facts = crate::rules::route::Facts {
+                    tag: "",
+                    source: "local",
+                    rdns: Some(&hostname),
+                    helo: &hostname,
+                    authenticated: true,
+                    auth_user: None,
+                    sender: "@",
+                    expanded: false,
+                };
+                crate::expand::expand(&graph, &facts, &sender, &crate::expand::Sources::system())
+            }
+        })
+        .await;
+        let deliveries = match outcome {
+            Ok(crate::expand::ExpandOutcome::Accepted(d)) => d,
+            Ok(crate::expand::ExpandOutcome::Refused(r)) => {
+                warn!(
+                    "warn: bounce: cannot send a report to <{sender}>: {}",
+                    r.reply(&sender)
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let spool = self.spool.clone();
+        let msgid = failed.id.msgid();
+        let original = match tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            let mut f = spool.open_message(msgid).map_err(|e| e.to_string())?;
+            f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+            Ok::<_, String>(buf)
+        })
+        .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                warn!("warn: bounce: cannot read message {msgid}: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut writer = match self.spool.begin_message().await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("warn: bounce: cannot create message: {e}");
+                return;
+            }
+        };
+        let date = crate::smtp::received::time_to_text(t as i64, 0, "UTC");
+        let message_id = format!("<{:016x}@{hostname}>", random_u64());
+        let report = crate::queue::bounce::Report {
+            kind,
+            hostname: &hostname,
+            message_id: &message_id,
+            to: &sender,
+            date: &date,
+            boundary_id: random_u64(),
+            delay,
+            ttl: crate::queue::BOUNCE_TTL,
+            recipients,
+            original: &original,
+            headers_only: false,
+        };
+        let mut text = crate::queue::bounce::received_line(
+            &hostname,
+            &writer.msgid().to_string(),
+            &sender,
+            &date,
+        )
+        .into_bytes();
+        text.extend_from_slice(&crate::queue::bounce::report_message(&report));
+        if let Err(e) = writer.write(&text).await {
+            warn!("warn: bounce: cannot write message: {e}");
+            let _ = writer.abort();
+            return;
+        }
+        let mut envelopes = Vec::new();
+        for d in deliveries {
+            let Ok(evpid) = writer.new_evpid() else {
+                let _ = writer.abort();
+                return;
+            };
+            let mut e = Envelope::new(
+                evpid,
+                queue_target(&d.target),
+                "",
+                &d.rcpt.to_string(),
+                &d.dest.to_string(),
+                t,
+            );
+            e.dispatcher = d.action.clone();
+            e.smtpname = hostname.clone();
+            e.helo = hostname.clone();
+            e.hostname = hostname.clone();
+            e.client = crate::queue::ClientAddr::Local;
+            e.flags.bounce = true;
+            e.flags.internal = true;
+            envelopes.push(e);
+        }
+        let scheduled = envelopes.clone();
+        match writer.commit(envelopes).await {
+            Ok(m) => {
+                self.stats.bounces.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "debug: bounce: {} report on {} ({} recipient(s)) queued as {m} to <{sender}>",
+                    kind.as_str(),
+                    failed.id.msgid(),
+                    recipients.len()
+                );
+                self.submit(&scheduled);
+            }
+            Err(e) => warn!("warn: bounce: commit failed: {e}"),
+        }
+    }
+
+    /// A temporary failure crossed a `bounce warn-interval`: record it on the envelope
+    /// (`last-bounce`) and send a "delayed" notice.
+    async fn delay_warning(&self, e: &mut Envelope, delay: u64, timestamp: u64) {
+        e.last_bounce = timestamp;
+        let copy = e.clone();
+        let spool = self.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.update_envelope(&copy)).await;
+        let status = e.status.unwrap_or(StatusCode { class: 4, code: 0 });
+        let why = e.errorline.clone();
+        self.bounce(e, BounceKind::Delayed, delay, status, &why)
+            .await;
+    }
+
+    /// The spool the runner delivers from.
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// The scheduler's view of one envelope (`None`: not scheduled).
+    pub fn envelope_status(&self, evpid: Evpid) -> Option<EnvelopeStatus> {
+        self.scheduler.lock().ok().and_then(|s| s.status(evpid))
+    }
+
+    /// Whether an agent is paused (`smtpctl show status`).
+    pub fn is_paused(&self, kind: DeliveryKind) -> bool {
+        self.scheduler
+            .lock()
+            .map(|s| s.is_agent_paused(kind))
+            .unwrap_or(false)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
+    }
+
+    /// Envelopes the scheduler knows, of the selected message or envelope (all if `None`).
+    fn known(&self, id: Option<QueueId>) -> Vec<Evpid> {
+        let spool = self.spool.clone();
+        let all = match spool.envelopes() {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("warn: queue: {e}");
+                Vec::new()
+            }
+        };
+        all.into_iter()
+            .map(|e| e.id)
+            .filter(|evpid| id.is_none_or(|q| q.selects(*evpid)))
+            .collect()
+    }
+
+    /// `smtpctl schedule ID|MSGID|all`: make pending envelopes due now. Returns the count.
+    pub fn schedule_now(&self, id: Option<QueueId>) -> usize {
+        let t = now();
+        let n = match (id, self.scheduler.lock()) {
+            (Some(q), Ok(mut s)) => s.schedule(q, t),
+            (None, Ok(s)) => {
+                drop(s);
+                let ids = self.known(None);
+                let Ok(mut s) = self.scheduler.lock() else {
+                    return 0;
+                };
+                ids.into_iter()
+                    .map(|e| s.schedule(QueueId::Envelope(e), t))
+                    .sum()
+            }
+            (_, Err(_)) => 0,
+        };
+        self.wake.notify_one();
+        n
+    }
+
+    /// `smtpctl pause|resume envelope ID|MSGID|all`: suspend (or lift the suspension of)
+    /// envelopes. Returns how many changed.
+    pub fn suspend(&self, id: Option<QueueId>, suspend: bool) -> usize {
+        let targets: Vec<QueueId> = match id {
+            Some(q) => vec![q],
+            None => self
+                .known(None)
+                .into_iter()
+                .map(QueueId::Envelope)
+                .collect(),
+        };
+        let n = match self.scheduler.lock() {
+            Ok(mut s) => targets
+                .into_iter()
+                .map(|q| if suspend { s.suspend(q) } else { s.resume(q) })
+                .sum(),
+            Err(_) => 0,
+        };
+        self.wake.notify_one();
+        n
+    }
+
+    /// `smtpctl remove ID|MSGID|all`: forget envelopes without a report, logging
+    /// `Remove for ...`. Envelopes in flight go when their delivery reports back.
+    pub async fn remove(&self, id: Option<QueueId>) -> usize {
+        let targets: Vec<QueueId> = match id {
+            Some(q) => vec![q],
+            None => self
+                .known(None)
+                .into_iter()
+                .map(QueueId::Envelope)
+                .collect(),
+        };
+        let mut removed = Vec::new();
+        let mut count = 0;
+        if let Ok(mut s) = self.scheduler.lock() {
+            for q in targets {
+                let r = s.remove(q);
+                count += r.count();
+                removed.extend(r.removed);
+            }
+        }
+        for evpid in removed {
+            if let Some(e) = self.load(evpid).await {
+                let prefix = if e.kind() == DeliveryKind::Mta {
+                    "relay"
+                } else {
+                    "delivery"
+                };
+                info!(
+                    "{prefix}: Remove for {evpid}: from=<{}>, to=<{}>, rcpt=<{}>, delay={}, stat=Removed by administrator",
+                    e.sender,
+                    e.dest,
+                    if e.rcpt == e.dest { "-" } else { &e.rcpt },
+                    super::log::duration_to_text(now().saturating_sub(e.ctime) as i64)
+                );
+            }
+            let spool = self.spool.clone();
+            let _ = tokio::task::spawn_blocking(move || spool.remove_envelope(evpid)).await;
+            self.stats.removed.fetch_add(1, Ordering::Relaxed);
+        }
+        count
+    }
+
+    /// The number of envelopes scheduled.
+    pub fn scheduled(&self) -> usize {
+        self.scheduler.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+/// The queue target of an expanded delivery (as the SMTP side records it).
+fn queue_target(t: &crate::expand::Target) -> Target {
+    use crate::expand::{RunAs, SMTPD_USER, Target as X};
+    let run_as = |r: &RunAs| match r {
+        RunAs::User(u) => u.name.clone(),
+        RunAs::Smtpd => SMTPD_USER.to_string(),
+    };
+    match t {
+        X::Relay => Target::Mta(crate::queue::MtaTarget::default()),
+        X::Mailbox {
+            user, subaddress, ..
+        } => Target::Mda(crate::queue::MdaTarget {
+            user: user.name.clone(),
+            subaddress: subaddress.clone(),
+            ..Default::default()
+        }),
+        X::File { path, run_as: r } => Target::Mda(crate::queue::MdaTarget {
+            user: run_as(r),
+            path: path.clone(),
+            ..Default::default()
+        }),
+        X::Command { command, run_as: r } => Target::Mda(crate::queue::MdaTarget {
+            user: run_as(r),
+            exec: command.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The report line's error text: OpenSMTPD quotes an agent's message as it recorded it;
+/// an empty one still says something.
+fn failed_line(errorline: &str) -> String {
+    let line = crate::queue::envelope::one_line(errorline, crate::queue::envelope::MAX_ERRORLINE);
+    if line.is_empty() {
+        "Delivery failed".to_string()
+    } else {
+        line
+    }
+}
+
+/// 64 random bits (report boundary and Message-ID); the clock serves when the operating
+/// system's source fails, since these need only be unique, not secret.
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
 }

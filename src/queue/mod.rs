@@ -27,7 +27,9 @@
 //! * [`recovery`]: what `Spool::open` repairs after a crash;
 //! * [`spool`]: the handle and the operations on committed messages;
 //! * [`scheduler`]: retry timing, expiry, and the `smtpctl` queue commands.
+//! * [`bounce`]: the text of the reports (DSN) sent to senders on failure, expiry or delay.
 
+pub mod bounce;
 pub mod commit;
 pub mod envelope;
 pub mod envelope_file;

@@ -1,0 +1,317 @@
+//! The control protocol: one request line, one reply, then the daemon closes.
+//!
+//! ```text
+//! smtpctl → smtpd   show queue\n            (the canonical words, one space apart)
+//! smtpd → smtpctl   ok\n                    (or "failed\n")
+//!                   <output lines>          (what smtpctl prints, as is)
+//!                   <end of stream>
+//! ```
+//!
+//! Requests are parsed on both ends with the same code, so an `smtpctl` and a daemon of the
+//! same build always agree; the daemon never trusts the client's parse.
+
+use crate::queue::{Evpid, Msgid, QueueId};
+
+/// The longest request line the daemon reads.
+pub const MAX_REQUEST: usize = 1024;
+
+/// Which part of the daemon a `pause`/`resume` is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agent {
+    /// Local deliveries.
+    Mda,
+    /// Relayed deliveries.
+    Mta,
+    /// Accepting SMTP sessions.
+    Smtp,
+}
+
+impl Agent {
+    /// The command word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Agent::Mda => "mda",
+            Agent::Mta => "mta",
+            Agent::Smtp => "smtp",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Agent> {
+        match word {
+            "mda" => Some(Agent::Mda),
+            "mta" => Some(Agent::Mta),
+            "smtp" => Some(Agent::Smtp),
+            _ => None,
+        }
+    }
+}
+
+/// Envelopes a `schedule`/`remove` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// `all`.
+    All,
+    /// One message or one envelope.
+    Id(QueueId),
+}
+
+impl Selection {
+    /// `None` for `all`.
+    pub fn id(self) -> Option<QueueId> {
+        match self {
+            Selection::All => None,
+            Selection::Id(q) => Some(q),
+        }
+    }
+}
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `show queue`.
+    ShowQueue,
+    /// `show stats`.
+    ShowStats,
+    /// `show status`.
+    ShowStatus,
+    /// `show envelope EVPID`: the envelope file.
+    ShowEnvelope(Evpid),
+    /// `show message EVPID|MSGID`: the queued message.
+    ShowMessage(Msgid),
+    /// `schedule ID|MSGID|all`.
+    Schedule(Selection),
+    /// `remove ID|MSGID|all`.
+    Remove(Selection),
+    /// `pause mda|mta|smtp`.
+    Pause(Agent),
+    /// `pause envelope ID|MSGID|all` (true) / `resume envelope ...` (false).
+    Suspend(Selection, bool),
+    /// `resume mda|mta|smtp`.
+    Resume(Agent),
+    /// `log verbose` (true) / `log brief` (false).
+    LogVerbose(bool),
+    /// `trace CAT` (true) / `untrace CAT` (false), with the canonical category.
+    Trace(String, bool),
+}
+
+/// Why a request line is not a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn selection(word: &str) -> Result<Selection, BadRequest> {
+    if word == "all" {
+        return Ok(Selection::All);
+    }
+    word.parse::<QueueId>()
+        .map(Selection::Id)
+        .map_err(|e| BadRequest(e.to_string()))
+}
+
+impl Request {
+    /// Parse canonical words (as [`Request::line`] writes them).
+    pub fn parse(line: &str) -> Result<Request, BadRequest> {
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let bad = || BadRequest(format!("invalid request: {}", line.escape_debug()));
+        Ok(match words.as_slice() {
+            ["show", "queue"] => Request::ShowQueue,
+            ["show", "stats"] => Request::ShowStats,
+            ["show", "status"] => Request::ShowStatus,
+            ["show", "envelope", id] => match id.parse::<QueueId>() {
+                Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
+                _ => {
+                    return Err(BadRequest(format!(
+                        "invalid evpid \"{}\"",
+                        id.escape_debug()
+                    )));
+                }
+            },
+            ["show", "message", id] => match id.parse::<QueueId>() {
+                Ok(QueueId::Envelope(e)) => Request::ShowMessage(e.msgid()),
+                Ok(QueueId::Message(m)) => Request::ShowMessage(m),
+                Err(e) => return Err(BadRequest(e.to_string())),
+            },
+            ["schedule", id] => Request::Schedule(selection(id)?),
+            ["remove", id] => Request::Remove(selection(id)?),
+            ["pause", "envelope", id] => Request::Suspend(selection(id)?, true),
+            ["resume", "envelope", id] => Request::Suspend(selection(id)?, false),
+            ["pause", a] => Request::Pause(Agent::parse(a).ok_or_else(bad)?),
+            ["resume", a] => Request::Resume(Agent::parse(a).ok_or_else(bad)?),
+            ["log", "verbose"] => Request::LogVerbose(true),
+            ["log", "brief"] => Request::LogVerbose(false),
+            [verb @ ("trace" | "untrace"), cat] => {
+                let Some(c) = crate::log::trace_category(cat) else {
+                    return Err(BadRequest(format!("unknown trace flag \"{cat}\"")));
+                };
+                Request::Trace(c.to_string(), *verb == "trace")
+            }
+            _ => return Err(bad()),
+        })
+    }
+
+    /// The request line, without its LF.
+    pub fn line(&self) -> String {
+        let sel = |s: &Selection| match s {
+            Selection::All => "all".to_string(),
+            Selection::Id(q) => q.to_string(),
+        };
+        match self {
+            Request::ShowQueue => "show queue".into(),
+            Request::ShowStats => "show stats".into(),
+            Request::ShowStatus => "show status".into(),
+            Request::ShowEnvelope(e) => format!("show envelope {e}"),
+            Request::ShowMessage(m) => format!("show message {m}"),
+            Request::Schedule(s) => format!("schedule {}", sel(s)),
+            Request::Remove(s) => format!("remove {}", sel(s)),
+            Request::Pause(a) => format!("pause {}", a.as_str()),
+            Request::Suspend(s, true) => format!("pause envelope {}", sel(s)),
+            Request::Suspend(s, false) => format!("resume envelope {}", sel(s)),
+            Request::Resume(a) => format!("resume {}", a.as_str()),
+            Request::LogVerbose(true) => "log verbose".into(),
+            Request::LogVerbose(false) => "log brief".into(),
+            Request::Trace(c, true) => format!("trace {c}"),
+            Request::Trace(c, false) => format!("untrace {c}"),
+        }
+    }
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The command succeeded (`smtpctl` exits 0).
+    pub ok: bool,
+    /// What `smtpctl` prints, lines ending in LF.
+    pub text: String,
+}
+
+impl Reply {
+    /// Success with output.
+    pub fn ok(text: impl Into<String>) -> Reply {
+        Reply {
+            ok: true,
+            text: text.into(),
+        }
+    }
+
+    /// OpenSMTPD's `command succeeded`.
+    pub fn succeeded() -> Reply {
+        Reply::ok("command succeeded\n")
+    }
+
+    /// OpenSMTPD's `command failed` or `command failed: REASON`.
+    pub fn failed(reason: Option<&str>) -> Reply {
+        Reply {
+            ok: false,
+            text: match reason {
+                Some(r) => format!("command failed: {r}\n"),
+                None => "command failed\n".into(),
+            },
+        }
+    }
+
+    /// The bytes on the socket.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = if self.ok {
+            b"ok\n".to_vec()
+        } else {
+            b"failed\n".to_vec()
+        };
+        out.extend_from_slice(self.text.as_bytes());
+        out
+    }
+
+    /// Read back what [`Reply::encode`] wrote; `None` if the status line is missing.
+    pub fn decode(bytes: &[u8]) -> Option<Reply> {
+        let text = String::from_utf8_lossy(bytes);
+        let (status, rest) = text.split_once('\n')?;
+        let ok = match status {
+            "ok" => true,
+            "failed" => false,
+            _ => return None,
+        };
+        Some(Reply {
+            ok,
+            text: rest.to_string(),
+        })
+    }
+}
+
+/// `N envelope scheduled` / `N envelopes removed`: OpenSMTPD's plural is for more than one.
+pub fn envelopes_text(n: usize, verb: &str) -> String {
+    format!("{n} envelope{} {verb}\n", if n > 1 { "s" } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for line in [
+            "show queue",
+            "show stats",
+            "show status",
+            "show envelope 1a2b3c4d00000001",
+            "show message 1a2b3c4d",
+            "schedule all",
+            "schedule 1a2b3c4d",
+            "remove 1a2b3c4d00000001",
+            "pause mda",
+            "pause envelope all",
+            "resume envelope 1a2b3c4d",
+            "resume smtp",
+            "log verbose",
+            "log brief",
+            "trace expand",
+            "untrace mta",
+        ] {
+            let r = Request::parse(line).unwrap();
+            assert_eq!(r.line(), line);
+        }
+        assert_eq!(
+            Request::parse("trace transfer").unwrap(),
+            Request::Trace("mta".into(), true)
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        assert!(Request::parse("pause everything").is_err());
+        assert!(Request::parse("schedule xyz").is_err());
+        assert!(Request::parse("schedule 0").is_err());
+        assert_eq!(
+            Request::parse("trace nonsense").unwrap_err().0,
+            "unknown trace flag \"nonsense\""
+        );
+        assert!(Request::parse("").is_err());
+        assert!(Request::parse("show envelope 1a2b3c4d").is_err());
+        assert_eq!(
+            Request::parse("show message 1a2b3c4d00000001")
+                .unwrap()
+                .line(),
+            "show message 1a2b3c4d"
+        );
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let r = Reply::ok("a\nb\n");
+        assert_eq!(Reply::decode(&r.encode()), Some(r));
+        let f = Reply::failed(Some("mda is already paused"));
+        assert_eq!(f.text, "command failed: mda is already paused\n");
+        assert_eq!(Reply::decode(&f.encode()), Some(f));
+        assert_eq!(Reply::decode(b"garbage"), None);
+    }
+
+    #[test]
+    fn envelope_counts() {
+        assert_eq!(envelopes_text(0, "removed"), "0 envelope removed\n");
+        assert_eq!(envelopes_text(1, "scheduled"), "1 envelope scheduled\n");
+        assert_eq!(envelopes_text(3, "removed"), "3 envelopes removed\n");
+    }
+}

@@ -1,0 +1,261 @@
+//! The daemon's end of the control socket: accept `smtpctl` connections, run one request
+//! each, answer, close.
+//!
+//! Only root and the daemon's own user may steer the daemon (OpenSMTPD refuses non-root
+//! requests the same way); the socket itself is mode 0666 so that others get a clear
+//! refusal instead of a permission error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use super::gate::SmtpGate;
+use super::protocol::{Agent, Reply, Request, envelopes_text};
+use super::show;
+use crate::deliver::runner::Runner;
+use crate::queue::DeliveryKind;
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What the control socket steers.
+pub struct Control {
+    runner: Arc<Runner>,
+    started: u64,
+    sessions: AtomicU64,
+    /// Whether the SMTP listeners accept sessions.
+    smtp: Arc<SmtpGate>,
+}
+
+impl Control {
+    /// `smtp` is the switch the listeners are served behind ([`SmtpGate::serve`]).
+    pub fn new(runner: Arc<Runner>, smtp: Arc<SmtpGate>) -> Arc<Control> {
+        Arc::new(Control {
+            runner,
+            started: now(),
+            sessions: AtomicU64::new(0),
+            smtp,
+        })
+    }
+
+    /// Carry out one request.
+    pub async fn apply(&self, request: Request) -> Reply {
+        match request {
+            Request::ShowQueue => {
+                let spool = self.runner.spool().clone();
+                let envelopes = tokio::task::spawn_blocking(move || spool.envelopes()).await;
+                let mut list = match envelopes {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return Reply::failed(Some(&e.to_string())),
+                    Err(_) => return Reply::failed(None),
+                };
+                list.sort_by_key(|e| e.id);
+                let t = now();
+                let text: String = list
+                    .iter()
+                    .map(|e| {
+                        let status = self.runner.envelope_status(e.id);
+                        show::queue_line(e, status.as_ref(), t) + "\n"
+                    })
+                    .collect();
+                Reply::ok(text)
+            }
+            Request::ShowStats => {
+                let s = self.runner.stats();
+                let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+                let uptime = now().saturating_sub(self.started);
+                Reply::ok(show::stats_text(vec![
+                    (
+                        "control.session".into(),
+                        self.sessions.load(Ordering::Relaxed).to_string(),
+                    ),
+                    ("queue.bounce".into(), get(&s.bounces)),
+                    ("scheduler.delivery.ok".into(), get(&s.ok)),
+                    ("scheduler.delivery.permfail".into(), get(&s.permfail)),
+                    ("scheduler.delivery.tempfail".into(), get(&s.tempfail)),
+                    (
+                        "scheduler.envelope".into(),
+                        self.runner.scheduled().to_string(),
+                    ),
+                    ("scheduler.envelope.expired".into(), get(&s.expired)),
+                    ("scheduler.envelope.removed".into(), get(&s.removed)),
+                    ("uptime".into(), uptime.to_string()),
+                    (
+                        "uptime.human".into(),
+                        crate::deliver::log::duration_to_text(uptime as i64),
+                    ),
+                ]))
+            }
+            Request::ShowEnvelope(evpid) => {
+                let spool = self.runner.spool().clone();
+                match tokio::task::spawn_blocking(move || spool.load_envelope(evpid)).await {
+                    Ok(Ok(e)) => match e.to_file_text() {
+                        Ok(text) => Reply::ok(text),
+                        Err(err) => Reply::failed(Some(&err.to_string())),
+                    },
+                    Ok(Err(err)) => Reply::failed(Some(&err.to_string())),
+                    Err(_) => Reply::failed(None),
+                }
+            }
+            Request::ShowMessage(msgid) => {
+                let spool = self.runner.spool().clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut f = spool.open_message(msgid).map_err(|e| e.to_string())?;
+                    let mut buf = Vec::new();
+                    f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(buf)
+                })
+                .await;
+                match read {
+                    Ok(Ok(bytes)) => Reply::ok(String::from_utf8_lossy(&bytes).into_owned()),
+                    Ok(Err(err)) => Reply::failed(Some(&err)),
+                    Err(_) => Reply::failed(None),
+                }
+            }
+            Request::ShowStatus => Reply::ok(show::status_text(
+                self.runner.is_paused(DeliveryKind::Mda),
+                self.runner.is_paused(DeliveryKind::Mta),
+                self.smtp.is_paused(),
+            )),
+            Request::Schedule(sel) => Reply::ok(envelopes_text(
+                self.runner.schedule_now(sel.id()),
+                "scheduled",
+            )),
+            Request::Remove(sel) => Reply::ok(envelopes_text(
+                self.runner.remove(sel.id()).await,
+                "removed",
+            )),
+            Request::Suspend(sel, on) => Reply::ok(envelopes_text(
+                self.runner.suspend(sel.id(), on),
+                if on { "paused" } else { "resumed" },
+            )),
+            Request::Pause(agent) => self.pause(agent, true),
+            Request::Resume(agent) => self.pause(agent, false),
+            Request::LogVerbose(on) => {
+                crate::log::set_verbose(on);
+                Reply::succeeded()
+            }
+            Request::Trace(category, on) => {
+                crate::log::set_trace(&category, on);
+                Reply::succeeded()
+            }
+        }
+    }
+
+    fn pause(&self, agent: Agent, pause: bool) -> Reply {
+        let was = match agent {
+            Agent::Mda => self.runner.is_paused(DeliveryKind::Mda),
+            Agent::Mta => self.runner.is_paused(DeliveryKind::Mta),
+            Agent::Smtp => self.smtp.is_paused(),
+        };
+        let name = agent.as_str();
+        if was == pause {
+            let state = if pause { "paused" } else { "running" };
+            return Reply::failed(Some(&format!("{name} is already {state}")));
+        }
+        match agent {
+            Agent::Mda => self.runner.set_paused(DeliveryKind::Mda, pause),
+            Agent::Mta => self.runner.set_paused(DeliveryKind::Mta, pause),
+            Agent::Smtp => {
+                self.smtp.set_paused(pause);
+            }
+        }
+        info!("info: {name} {}", if pause { "paused" } else { "resumed" });
+        Reply::succeeded()
+    }
+
+    async fn session(self: Arc<Self>, stream: UnixStream) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let mut stream = stream;
+        let reply = self.read_and_apply(&mut stream).await;
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&reply.encode())).await;
+        let _ = stream.shutdown().await;
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn read_and_apply(&self, stream: &mut UnixStream) -> Reply {
+        let allowed = match stream.peer_cred() {
+            Ok(c) => c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
+            Err(_) => false,
+        };
+        if !allowed {
+            return Reply::failed(Some("need root privileges"));
+        }
+        let mut line = String::new();
+        let mut reader = BufReader::new(stream.take(super::protocol::MAX_REQUEST as u64));
+        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 && line.ends_with('\n') => {}
+            _ => return Reply::failed(Some("incomplete request")),
+        }
+        match Request::parse(line.trim_end()) {
+            Ok(r) => self.apply(r).await,
+            Err(e) => Reply::failed(Some(&e.0)),
+        }
+    }
+}
+
+/// Bind the control socket at `path`: refuse if a daemon already answers there, replace a
+/// stale socket file, make it reachable by everyone (mode 0666; requests are checked).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{}: control socket already in use", path.display()),
+        ));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serve `smtpctl` requests on `listener` until the daemon exits.
+pub async fn serve(control: Arc<Control>, listener: UnixListener, path: PathBuf) {
+    tracing::debug!("debug: control: listening on {}", path.display());
+    let mut failures = 0u32;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                failures = 0;
+                tokio::spawn(control.clone().session(stream));
+            }
+            Err(e) => {
+                warn!("warn: control: accept: {e}");
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
+            }
+        }
+    }
+}
+
+/// Bind and start serving; logs and returns false when the socket cannot be bound.
+pub fn start(control: Arc<Control>, path: PathBuf) -> bool {
+    match bind(&path) {
+        Ok(listener) => {
+            tokio::spawn(serve(control, listener, path));
+            true
+        }
+        Err(e) => {
+            warn!("warn: control: {}: {e}", path.display());
+            false
+        }
+    }
+}

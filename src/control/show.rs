@@ -1,0 +1,135 @@
+//! The texts of `smtpctl show ...`, as OpenSMTPD prints them.
+
+use crate::queue::{Envelope, EnvelopeState, EnvelopeStatus};
+
+/// One `show queue` line:
+/// `EVPID|FAMILY|TYPE|FLAGS|SENDER|RCPT|DEST|CTIME|EXPIRY|LASTTRY|RETRY|STATE|DELAY|ERROR`.
+///
+/// `status` is the scheduler's view (`None` when the daemon is not running: state
+/// `offline`, empty delay). EXPIRY is ctime plus the envelope's own ttl field, as in 6.8.
+pub fn queue_line(e: &Envelope, status: Option<&EnvelopeStatus>, now: u64) -> String {
+    let mut flags = Vec::new();
+    if e.flags.bounce {
+        flags.push("bounce");
+    }
+    if e.flags.authenticated {
+        flags.push("auth");
+    }
+    if e.flags.internal {
+        flags.push("internal");
+    }
+    if status.is_some_and(|s| s.suspended) {
+        flags.push("suspend");
+    }
+    let (state, delay) = match status.map(|s| s.state) {
+        Some(EnvelopeState::Pending { next_try }) => {
+            ("pending", next_try.saturating_sub(now).to_string())
+        }
+        Some(EnvelopeState::Inflight { since }) => {
+            ("inflight", now.saturating_sub(since).to_string())
+        }
+        None => ("offline", String::new()),
+    };
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        e.id,
+        e.client.family(),
+        e.kind().as_str(),
+        flags.join(","),
+        e.sender,
+        e.rcpt,
+        e.dest,
+        e.ctime,
+        e.ctime.saturating_add(e.ttl),
+        e.last_try,
+        e.retry,
+        state,
+        delay,
+        e.errorline
+    )
+}
+
+/// `show stats`: `key=value` lines in key order, as OpenSMTPD's stat backend lists them.
+pub fn stats_text(mut pairs: Vec<(String, String)>) -> String {
+    pairs.sort();
+    pairs.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+/// `show status`: `MDA running` / `MDA paused`, and so on.
+pub fn status_text(mda_paused: bool, mta_paused: bool, smtp_paused: bool) -> String {
+    let word = |p: bool| if p { "paused" } else { "running" };
+    format!(
+        "MDA {}\nMTA {}\nSMTP {}\n",
+        word(mda_paused),
+        word(mta_paused),
+        word(smtp_paused)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{DeliveryKind, Evpid, MtaTarget, Target};
+
+    fn evp() -> Envelope {
+        let mut e = Envelope::new(
+            Evpid::new(0xc70b02031d875f5a).unwrap(),
+            Target::Mta(MtaTarget::default()),
+            "sender@example.net",
+            "x@queue.test",
+            "x@queue.test",
+            1795333122,
+        );
+        e.client = crate::queue::ClientAddr::Ip("127.0.0.1".parse().unwrap());
+        e.retry = 1;
+        e.errorline = "Network error on destination MXs".into();
+        e
+    }
+
+    #[test]
+    fn pending_line_is_opensmtpd_format() {
+        let status = EnvelopeStatus {
+            kind: DeliveryKind::Mta,
+            state: EnvelopeState::Pending {
+                next_try: 1795333122 + 400,
+            },
+            suspended: false,
+            retry: 1,
+            expire: 0,
+        };
+        assert_eq!(
+            queue_line(&evp(), Some(&status), 1795333122 + 11),
+            "c70b02031d875f5a|inet4|mta||sender@example.net|x@queue.test|x@queue.test|1795333122|1795333122|0|1|pending|389|Network error on destination MXs"
+        );
+    }
+
+    #[test]
+    fn offline_and_flags() {
+        let mut e = evp();
+        e.flags.bounce = true;
+        e.flags.authenticated = true;
+        e.client = crate::queue::ClientAddr::Local;
+        let line = queue_line(&e, None, 0);
+        assert!(
+            line.starts_with("c70b02031d875f5a|local|mta|bounce,auth|"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("|1|offline||Network error on destination MXs"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn stats_are_sorted_and_status_words() {
+        let s = stats_text(vec![
+            ("uptime".into(), "3".into()),
+            ("scheduler.envelope".into(), "1".into()),
+        ]);
+        assert_eq!(s, "scheduler.envelope=1\nuptime=3\n");
+        assert_eq!(
+            status_text(true, false, false),
+            "MDA paused\nMTA running\nSMTP running\n"
+        );
+    }
+}

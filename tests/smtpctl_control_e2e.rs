@@ -1,0 +1,409 @@
+//! smtpctl against a running `smtpd -d` with a temporary spool: the control socket at
+//! `<spool>/smtpd.sock`, OpenSMTPD's reply texts, and the queue it shows and steers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon(Child, PathBuf);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
+fn start(dir: &Path, conf: &str, extra: &[&str]) -> (Daemon, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("smtpd.conf"),
+        conf.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let log = dir.join("smtpd.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-f"])
+        .arg(dir.join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon(child, log);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || !dir.join("spool/smtpd.sock").exists()
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
+}
+
+fn send(port: u16, from: &str, to: &str) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut read = || {
+        let mut all = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        all
+    };
+    read();
+    for (line, want) in [
+        ("EHLO client.example".to_string(), "250"),
+        (format!("MAIL FROM:<{from}>"), "250"),
+        (format!("RCPT TO:<{to}>"), "250"),
+        ("DATA".to_string(), "354"),
+        ("Subject: ctl\r\n\r\nhello\r\n.".to_string(), "250"),
+        ("QUIT".to_string(), "221"),
+    ] {
+        w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let reply = read();
+        assert!(reply.starts_with(want), "{line} -> {reply}");
+    }
+}
+
+fn smtpctl(spool: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(spool)
+        .args(args)
+        .output()
+        .unwrap();
+    println!(
+        "smtpctl {}: status {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = dir.path().join("vmail");
+    std::fs::create_dir(&vmail).unwrap();
+    if nix::unistd::Uid::effective().is_root() {
+        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).unwrap();
+        let mut p = dir.path().to_path_buf();
+        loop {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+            if !p.pop() || p.as_os_str().len() <= 4 {
+                break;
+            }
+        }
+    }
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         table users {{ alice = \"2000:2000:/var/empty\" }}\n\
+         action \"local_mail\" maildir \"{}/%{{rcpt}}\" userbase <users>\n\
+         match from any for domain \"mx.test\" action \"local_mail\"\n",
+        vmail.display()
+    );
+    (dir, vmail, conf)
+}
+
+fn delivered(vmail: &Path) -> usize {
+    std::fs::read_dir(vmail.join("alice@mx.test/new"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn queue_status_schedule_pause_resume() {
+    let (dir, vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    let (d, port) = start(dir.path(), &conf, &["-P", "mda"]);
+    send(port, "bob@remote.test", "alice@mx.test");
+
+    let q = smtpctl(&spool, &["show", "queue"]);
+    assert!(q.status.success());
+    let lines: Vec<String> = stdout(&q).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let f: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(f.len(), 14, "{f:?}");
+    assert_eq!(f[0].len(), 16);
+    assert_eq!(
+        &f[1..7],
+        &[
+            "inet4",
+            "mda",
+            "",
+            "bob@remote.test",
+            "alice@mx.test",
+            "alice@mx.test"
+        ]
+    );
+    assert_eq!((f[10], f[11]), ("0", "pending"), "{f:?}");
+
+    let env = smtpctl(&spool, &["show", "envelope", f[0]]);
+    assert!(env.status.success());
+    let env = stdout(&env);
+    assert!(env.starts_with("version: "), "{env}");
+    assert!(
+        env.contains("\ntype: mda\n") && env.contains("\nhelo: client.example\n"),
+        "{env}"
+    );
+    let msg = stdout(&smtpctl(&spool, &["show", "message", f[0]]));
+    assert!(msg.starts_with("Received: from client.example"), "{msg}");
+    assert!(
+        msg.contains("Subject: ctl\n") && msg.ends_with("\nhello\n"),
+        "{msg}"
+    );
+    let bad = smtpctl(&spool, &["show", "envelope", &f[0][..8]]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    // Abbreviations, as smtpctl allows them.
+    let s = smtpctl(&spool, &["sh", "statu"]);
+    assert_eq!(stdout(&s), "MDA paused\nMTA running\nSMTP running\n");
+    let amb = smtpctl(&spool, &["show", "stat"]);
+    assert_eq!(amb.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&amb.stderr).starts_with("possibilities are:\n"));
+
+    let r = smtpctl(&spool, &["schedule", "all"]);
+    assert_eq!(stdout(&r), "1 envelope scheduled\n");
+    let r = smtpctl(&spool, &["pause", "envelope", "all"]);
+    assert_eq!(stdout(&r), "1 envelope paused\n");
+    let q = stdout(&smtpctl(&spool, &["show", "queue"]));
+    assert!(q.contains("|mda|suspend|"), "{q}");
+    let r = smtpctl(&spool, &["resume", "envelope", &f[0][..8]]);
+    assert_eq!(stdout(&r), "1 envelope resumed\n");
+    assert_eq!(delivered(&vmail), 0, "mda is paused");
+
+    let r = smtpctl(&spool, &["resume", "mda"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    assert!(r.status.success());
+    wait_for("the delivery after resume", || delivered(&vmail) == 1);
+    assert!(d.log().contains("info: mda resumed"), "{}", d.log());
+    let r = smtpctl(&spool, &["resume", "mda"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(stdout(&r), "command failed: mda is already running\n");
+
+    let r = smtpctl(&spool, &["pause", "mta"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    assert!(d.log().contains("info: mta paused"));
+    let s = smtpctl(&spool, &["show", "status"]);
+    assert_eq!(stdout(&s), "MDA running\nMTA paused\nSMTP running\n");
+
+    wait_for("the queue to empty", || {
+        stdout(&smtpctl(&spool, &["show", "queue"])).is_empty()
+    });
+    let stats = stdout(&smtpctl(&spool, &["show", "stats"]));
+    assert!(stats.contains("scheduler.delivery.ok=1\n"), "{stats}");
+    assert!(stats.contains("scheduler.envelope=0\n"), "{stats}");
+    assert!(stats.contains("\nuptime="), "{stats}");
+}
+
+#[test]
+fn remove_log_and_trace() {
+    let (dir, vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    let (d, port) = start(dir.path(), &conf, &["-P", "mda"]);
+    send(port, "bob@remote.test", "alice@mx.test");
+    send(port, "carol@remote.test", "alice@mx.test");
+    let q = stdout(&smtpctl(&spool, &["show", "queue"]));
+    let ids: Vec<&str> = q.lines().map(|l| &l[..16]).collect();
+    assert_eq!(ids.len(), 2, "{q}");
+
+    // A message id (the first 8 digits) selects its envelopes.
+    let r = smtpctl(&spool, &["remove", &ids[0][..8]]);
+    assert_eq!(stdout(&r), "1 envelope removed\n");
+    wait_for("the Remove line", || {
+        d.log()
+            .contains(&format!("delivery: Remove for {}: from=<", ids[0]))
+    });
+    assert!(d.log().contains("stat=Removed by administrator"));
+    let r = smtpctl(&spool, &["remove", "all"]);
+    assert_eq!(stdout(&r), "1 envelope removed\n");
+    let r = smtpctl(&spool, &["remove", "all"]);
+    assert_eq!(stdout(&r), "0 envelope removed\n");
+    assert!(stdout(&smtpctl(&spool, &["show", "queue"])).is_empty());
+    smtpctl(&spool, &["resume", "mda"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(delivered(&vmail), 0, "removed mail is not delivered");
+
+    let r = smtpctl(&spool, &["log", "verbose"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    let r = smtpctl(&spool, &["trace", "expand"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    send(port, "dave@remote.test", "alice@mx.test");
+    wait_for("an expand trace line", || d.log().contains("expand:"));
+    let r = smtpctl(&spool, &["untrace", "expand"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    let r = smtpctl(&spool, &["log", "brief"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    let r = smtpctl(&spool, &["trace", "nonsense"]);
+    assert_eq!(r.status.code(), Some(1));
+    let r = smtpctl(&spool, &["schedule", "nothex"]);
+    assert_eq!(r.status.code(), Some(1));
+}
+
+#[test]
+fn without_a_daemon() {
+    let (dir, _vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    {
+        let (_d, port) = start(dir.path(), &conf, &["-P", "mda"]);
+        send(port, "bob@remote.test", "alice@mx.test");
+    }
+    // The daemon is gone: only show queue works, reading the spool.
+    let r = smtpctl(&spool, &["show", "status"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stderr),
+        "smtpctl: smtpd doesn't seem to be running\n"
+    );
+    let q = smtpctl(&spool, &["show", "queue"]);
+    assert!(q.status.success());
+    let text = stdout(&q);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("|bob@remote.test|alice@mx.test|alice@mx.test|"));
+    assert!(text.trim_end().ends_with("|0|offline||"), "{text}");
+    // Run as mailq (through a link), it is show queue.
+    let mailq = dir.path().join("mailq");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_smtpctl"), &mailq).unwrap();
+    let m = Command::new(&mailq)
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&m), text);
+    // -s names the socket directly.
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .args(["-s", "/nonexistent/smtpd.sock", "pause", "mda"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // encrypt still works without a daemon.
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .args(["encrypt", "secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with('$'));
+}
+
+/// Reads the first line the server sends, or `None` if nothing comes within `wait`.
+fn banner_within(s: &mut TcpStream, wait: Duration) -> Option<String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 512];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[test]
+fn pause_and_resume_smtp() {
+    let (dir, _vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    let (d, port) = start(dir.path(), &conf, &[]);
+    let r = smtpctl(&spool, &["pause", "smtp"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    assert!(d.log().contains("info: smtp paused"));
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["show", "status"])),
+        "MDA running\nMTA running\nSMTP paused\n"
+    );
+    let r = smtpctl(&spool, &["pause", "smtp"]);
+    assert_eq!(stdout(&r), "command failed: smtp is already paused\n");
+    // The socket stays bound: the connection waits in the backlog, unanswered.
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        banner_within(&mut waiting, Duration::from_millis(500)),
+        None
+    );
+    let r = smtpctl(&spool, &["resume", "smtp"]);
+    assert_eq!(stdout(&r), "command succeeded\n");
+    assert!(d.log().contains("info: smtp resumed"));
+    let banner = banner_within(&mut waiting, Duration::from_secs(10)).expect("a banner");
+    assert!(
+        banner.starts_with("220 mx.test ESMTP OpenSMTPD"),
+        "{banner}"
+    );
+}
+
+#[test]
+fn started_with_smtp_paused() {
+    let (dir, _vmail, conf) = setup();
+    let spool = dir.path().join("spool");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        conf.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "smtp", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(&spool)
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _d = Daemon(child, dir.path().join("unused.log"));
+    wait_for("the control socket", || spool.join("smtpd.sock").exists());
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["show", "status"])),
+        "MDA running\nMTA running\nSMTP paused\n"
+    );
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        banner_within(&mut waiting, Duration::from_millis(300)),
+        None
+    );
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["resume", "smtp"])),
+        "command succeeded\n"
+    );
+    assert!(banner_within(&mut waiting, Duration::from_secs(10)).is_some());
+}
