@@ -169,3 +169,27 @@ fn sendmail_without_a_daemon_is_a_temporary_failure() {
     assert_eq!(rc, 75, "{err}");
     assert!(err.starts_with("sendmail: cannot connect to "), "{err}");
 }
+
+#[test]
+fn socket_listener_options_tag_and_mask_src() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = vmail(dir.path());
+    let port = free_port();
+    // Only mail tagged by the socket listener is accepted for remote.test.
+    let conf = format!(
+        "table users {{ bob = \"2000:2000:/var/empty\" }}\n\
+         listen on socket tag viasock mask-src\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match tag viasock from socket for domain \"remote.test\" action \"mb\"\n",
+        vmail.display()
+    );
+    let d = start(dir.path(), &conf, port);
+    let (rc, err) = sendmail(&d.spool(), &["bob@remote.test"], "Subject: tagged\n\nx\n");
+    assert_eq!((rc, err.as_str()), (0, ""));
+    let text = delivered(&vmail.join("bob"));
+    println!("delivered:\n{text}");
+    // mask-src: the `from ...` part of Received is left out.
+    assert!(text.contains("\nReceived: \n\tby "), "{text}");
+    assert!(!text.contains("[local]"), "{text}");
+}

@@ -1,5 +1,5 @@
-//! The SMTP server: accept loops, the session cap, and the thin task that drives one
-//! [`Session`] over a TCP connection.
+//! The SMTP server: accept loops (TCP listeners and the local enqueue socket), the session
+//! cap, and the thin task that drives one [`Session`] over a connection.
 //!
 //! The driver is where the session's questions meet the rest of smtpd: filters and `match`
 //! rules (the rule graph), the queue (message files, envelopes, the durable commit before
