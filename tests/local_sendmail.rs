@@ -55,7 +55,7 @@ fn sendmail_submits_through_the_socket_into_a_maildir() {
          match from local for local action \"mb\"\n",
         vmail.display()
     );
-    let d = start(dir.path(), &conf, port);
+    let d = start_with_socket(dir.path(), &conf, port);
 
     let (rc, err) = sendmail(
         &d.spool(),
@@ -184,7 +184,7 @@ fn socket_listener_options_tag_and_mask_src() {
          match tag viasock from socket for domain \"remote.test\" action \"mb\"\n",
         vmail.display()
     );
-    let d = start(dir.path(), &conf, port);
+    let d = start_with_socket(dir.path(), &conf, port);
     let (rc, err) = sendmail(&d.spool(), &["bob@remote.test"], "Subject: tagged\n\nx\n");
     assert_eq!((rc, err.as_str()), (0, ""));
     let text = delivered(&vmail.join("bob"));

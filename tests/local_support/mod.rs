@@ -52,9 +52,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Start smtpd on `conf` (`PORT` replaced by `port`); waits for the TCP port and the
-/// enqueue socket.
+/// Start smtpd on `conf` (`PORT` replaced by `port`); waits for the TCP port.
 pub fn start(dir: &Path, conf: &str, port: u16) -> Daemon {
+    launch(dir, conf, port, false)
+}
+
+/// Start smtpd as [`start`] does, and also wait for the enqueue socket.
+pub fn start_with_socket(dir: &Path, conf: &str, port: u16) -> Daemon {
+    launch(dir, conf, port, true)
+}
+
+fn launch(dir: &Path, conf: &str, port: u16, socket_too: bool) -> Daemon {
     std::fs::write(
         dir.join("smtpd.conf"),
         conf.replace("PORT", &port.to_string()),
@@ -79,12 +87,16 @@ pub fn start(dir: &Path, conf: &str, port: u16) -> Daemon {
     let socket = smtpd::smtp::listen::socket_path(&dir.join("spool"));
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err()
-        || std::os::unix::net::UnixStream::connect(&socket).is_err()
+        || (socket_too && std::os::unix::net::UnixStream::connect(&socket).is_err())
     {
         if let Ok(Some(status)) = d.child.try_wait() {
             panic!("smtpd exited: {status}: {}", d.log());
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "smtpd did not start: {}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d
