@@ -113,63 +113,6 @@ pub fn parse_args(args: &[String]) -> Result<Submission, UsageError> {
     Ok(s)
 }
 
-/// The message split into its header lines (continuations joined to their field) and body.
-struct Parsed {
-    headers: Vec<String>,
-    body: Vec<String>,
-}
-
-fn split_message(raw: &[u8]) -> Parsed {
-    let text = String::from_utf8_lossy(raw);
-    let mut lines: Vec<&str> = text.split('\n').collect();
-    if lines.last() == Some(&"") {
-        lines.pop();
-    }
-    let lines: Vec<String> = lines
-        .into_iter()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
-        .collect();
-    let mut headers: Vec<String> = Vec::new();
-    let mut n = 0;
-    for line in &lines {
-        if line.is_empty() {
-            break;
-        }
-        let continuation = line.starts_with([' ', '\t']);
-        let is_field = !continuation
-            && line
-                .split_once(':')
-                .is_some_and(|(name, _)| !name.is_empty() && !name.contains([' ', '\t']));
-        match headers.last_mut() {
-            Some(last) if continuation => {
-                last.push('\n');
-                last.push_str(line);
-            }
-            _ if is_field => headers.push(line.clone()),
-            // Not a header: the body starts here.
-            _ => break,
-        }
-        n += 1;
-    }
-    // The empty separator line belongs to neither part.
-    let body_start = if lines.get(n).is_some_and(|l| l.is_empty()) {
-        n + 1
-    } else {
-        n
-    };
-    Parsed {
-        headers,
-        body: lines[body_start.min(lines.len())..].to_vec(),
-    }
-}
-
-fn field_name(header: &str) -> String {
-    header
-        .split_once(':')
-        .map(|(n, _)| n.trim().to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
 /// The addresses of an address-list header value (`a@b, "Name" <c@d>, (comment) e@f`).
 pub fn header_addresses(value: &str) -> Vec<String> {
     let mut parts = Vec::new();
@@ -265,9 +208,90 @@ fn qualify(addr: &str, host: &str) -> String {
     }
 }
 
-/// Build the envelope and message: recipients (command line, plus headers with `-t`), the
-/// added `From:` and `Date:` when missing, `Bcc:` removed with `-t`, CRLF line ends and
-/// dot-stuffing. `host` qualifies bare names, `date` is the text of an added `Date:`.
+/// Lines this long (with their newline) or longer make sendmail re-encode the body as
+/// quoted-printable, as OpenSMTPD's enqueue does (`LINESPLIT`).
+const LINESPLIT: usize = 990;
+
+/// The header fields enqueue recognises; a message without any of them is all body.
+const KEYWORDS: [&str; 12] = [
+    "from:",
+    "to:",
+    "cc:",
+    "bcc:",
+    "subject:",
+    "date:",
+    "message-id:",
+    "mime-version:",
+    "content-type:",
+    "content-disposition:",
+    "content-transfer-encoding:",
+    "user-agent:",
+];
+
+fn keyword(line: &[u8]) -> Option<&'static str> {
+    KEYWORDS
+        .iter()
+        .copied()
+        .find(|k| line.len() > k.len() && line[..k.len()].eq_ignore_ascii_case(k.as_bytes()))
+}
+
+fn starts_with_ci(line: &[u8], prefix: &str) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Quoted-printable (RFC 2045 §6.7) of one line, soft breaks before column 76, a dot at the
+/// start of a continuation doubled for DATA.
+fn qp_line(out: &mut Vec<u8>, line: &[u8]) {
+    let mut col = 0usize;
+    for (i, &b) in line.iter().enumerate() {
+        let last = i + 1 == line.len();
+        let literal = match b {
+            b' ' | b'\t' => !last,
+            33..=60 | 62..=126 => true,
+            _ => false,
+        };
+        let size = if literal { 1 } else { 3 };
+        if col + size + 1 > 76 {
+            out.extend_from_slice(b"=\r\n");
+            if b == b'.' {
+                out.push(b'.');
+            }
+            col = 0;
+        }
+        col += size;
+        if literal {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("={b:02X}").as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The full name of an added `From:`: the first GECOS field, `&` standing for the login
+/// name with a capital.
+fn gecos_name(gecos: &str, login: &str) -> String {
+    let field = gecos.split(',').next().unwrap_or("");
+    match field.split_once('&') {
+        Some((a, b)) => {
+            let mut cap = login.chars();
+            let login = match cap.next() {
+                Some(c) => c.to_uppercase().chain(cap).collect::<String>(),
+                None => String::new(),
+            };
+            format!("{a}{login}{b}")
+        }
+        None => field.to_string(),
+    }
+}
+
+/// Build the envelope and message as OpenSMTPD's enqueue does: the sender is `-f`, else the
+/// last address of `From:`, else the login name; recipients from the command line (split on
+/// commas), plus `To:`/`Cc:`/`Bcc:` with `-t` (`Bcc:` removed); `From:` and `Date:` added when
+/// missing; a message without any known header field becomes the body; mbox `From ` and
+/// `Return-Path:` lines dropped from the header; lines of 990 bytes or more turn the body into
+/// quoted-printable with MIME headers. CRLF line ends and dot-stuffing. `host` qualifies bare
+/// names, `date` is the text of an added `Date:`.
 pub fn prepare(
     sub: &Submission,
     who: &Submitter,
@@ -275,56 +299,143 @@ pub fn prepare(
     host: &str,
     date: &str,
 ) -> Result<Envelope, UsageError> {
-    let parsed = split_message(raw);
-    let sender = qualify(sub.sender.as_deref().unwrap_or(&who.login), host);
-    let mut recipients: Vec<String> = sub.recipients.iter().map(|r| qualify(r, host)).collect();
-    let mut headers = Vec::new();
-    let (mut has_from, mut has_date) = (false, false);
-    for h in &parsed.headers {
-        let name = field_name(h);
-        match name.as_str() {
-            "from" => has_from = true,
-            "date" => has_date = true,
-            _ => {}
+    let mut lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let lines: Vec<&[u8]> = lines
+        .into_iter()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect();
+
+    // First pass: which fields the header has, the address fields, long lines.
+    let (mut header_done, mut header_seen, mut need_linesplit) = (false, false, false);
+    let mut cur: Option<&'static str> = None;
+    let mut seen: Vec<&'static str> = Vec::new();
+    let mut from_values: Vec<String> = Vec::new();
+    let mut rcpt_values: Vec<String> = Vec::new();
+    let mut keep = vec![true; lines.len()];
+    for (i, line) in lines.iter().enumerate() {
+        if line.is_empty() {
+            header_done = true;
         }
-        if sub.recipients_from_headers && matches!(name.as_str(), "to" | "cc" | "bcc") {
-            let value = h.split_once(':').map(|(_, v)| v).unwrap_or("");
-            recipients.extend(header_addresses(value).iter().map(|r| qualify(r, host)));
-            if name == "bcc" {
-                continue;
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            cur = None;
+        }
+        if line.len() + 1 >= LINESPLIT {
+            need_linesplit = true;
+        }
+        if !header_done && cur.is_none() {
+            cur = keyword(line);
+            if let Some(k) = cur {
+                header_seen = true;
+                seen.push(k);
             }
         }
-        headers.push(h.clone());
-    }
-    if recipients.is_empty() {
-        return Err(UsageError("sendmail: no recipients".into(), EX_USAGE));
-    }
-    let mut out = Vec::new();
-    let mut line = |l: &str| {
-        if l.starts_with('.') {
-            out.push(b'.');
+        let text = String::from_utf8_lossy(line);
+        let value = if continuation {
+            text.to_string()
+        } else {
+            text.split_once(':')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
+        };
+        match cur {
+            Some("from:") => from_values.push(value),
+            Some("to:" | "cc:" | "bcc:") if sub.recipients_from_headers => rcpt_values.push(value),
+            _ => {}
         }
-        out.extend_from_slice(l.as_bytes());
+        if cur == Some("bcc:") {
+            keep[i] = false;
+        }
+    }
+    let saw = |k: &str| seen.contains(&k);
+    let noheader = !header_seen;
+
+    let fake_from = sub.sender.as_deref().map(|f| {
+        f.strip_prefix('<')
+            .and_then(|f| f.strip_suffix('>'))
+            .unwrap_or(f)
+    });
+    let sender = match fake_from {
+        Some(f) => qualify(f, host),
+        None => header_addresses(&from_values.join(","))
+            .last()
+            .map(|a| qualify(a, host))
+            .unwrap_or_else(|| qualify(&who.login, host)),
+    };
+    let mut recipients: Vec<String> = sub
+        .recipients
+        .iter()
+        .flat_map(|r| r.split(','))
+        .filter(|r| !r.is_empty())
+        .map(|r| qualify(r, host))
+        .collect();
+    recipients.extend(
+        header_addresses(&rcpt_values.join(","))
+            .iter()
+            .map(|r| qualify(r, host)),
+    );
+    if recipients.is_empty() {
+        return Err(UsageError("sendmail: no recipients".into(), EX_SOFTWARE));
+    }
+    let full_name = match (&sub.full_name, fake_from) {
+        (Some(n), _) => Some(n.clone()),
+        (None, None) => who.gecos.as_deref().map(|g| gecos_name(g, &who.login)),
+        (None, Some(_)) => None,
+    };
+
+    let mut out = Vec::new();
+    let put = |out: &mut Vec<u8>, l: &[u8]| {
+        out.extend_from_slice(l);
         out.extend_from_slice(b"\r\n");
     };
-    if !has_from {
-        let name = sub.full_name.as_deref().or(who.gecos.as_deref());
-        match name {
-            Some(n) => line(&format!("From: {n} <{sender}>")),
-            None => line(&format!("From: <{sender}>")),
+    if !saw("from:") {
+        let name = full_name.map(|n| format!("{n} ")).unwrap_or_default();
+        put(&mut out, format!("From: {name}<{sender}>").as_bytes());
+    }
+    if !saw("date:") {
+        put(&mut out, format!("Date: {date}").as_bytes());
+    }
+    let cte = saw("content-transfer-encoding:");
+    if need_linesplit {
+        if !saw("mime-version:") {
+            put(&mut out, b"MIME-Version: 1.0");
+        }
+        if !saw("content-type:") {
+            put(&mut out, b"Content-Type: text/plain; charset=unknown-8bit");
+        }
+        if !saw("content-disposition:") {
+            put(&mut out, b"Content-Disposition: inline");
+        }
+        if !cte {
+            put(&mut out, b"Content-Transfer-Encoding: quoted-printable");
         }
     }
-    if !has_date {
-        line(&format!("Date: {date}"));
+    let mut in_headers = true;
+    if noheader {
+        put(&mut out, b"");
+        in_headers = false;
     }
-    for h in &headers {
-        for l in h.split('\n') {
-            line(l);
+    for (line, keep) in lines.iter().zip(keep) {
+        if !keep
+            || (in_headers
+                && (starts_with_ci(line, "from ") || starts_with_ci(line, "return-path: ")))
+        {
+            continue;
         }
-    }
-    line("");
-    for l in &parsed.body {
-        line(l);
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        if cte || noheader || in_headers || !need_linesplit {
+            put(&mut out, line);
+            if line.is_empty() {
+                in_headers = false;
+            }
+        } else {
+            qp_line(&mut out, line);
+        }
     }
     Ok(Envelope {
         sender,
@@ -449,22 +560,27 @@ pub fn submit(
     let env =
         prepare(sub, who, raw, &host, date).map_err(|UsageError(m, _)| SubmitError::Refused(m))?;
     c.command("EHLO localhost", 2)?;
-    // As OpenSMTPD's enqueue: `MAIL FROM:<s> [RET=r ][ENVID=e ]`, `RCPT TO:<r> [NOTIFY=n ]`,
-    // always with a trailing space.
-    let mut mail = format!("MAIL FROM:<{}> ", env.sender);
-    if let Some(r) = &sub.ret {
-        mail.push_str(&format!("RET={r} "));
-    }
-    if let Some(v) = &sub.envid {
-        mail.push_str(&format!("ENVID={v} "));
-    }
-    c.command(&mail, 2)?;
+    // Exactly as OpenSMTPD's enqueue words them, trailing spaces included:
+    // `MAIL FROM:<s> [RET=r] [ENVID=e]` and `RCPT TO:<r> [NOTIFY=n]`.
+    let ret = sub
+        .ret
+        .as_ref()
+        .map(|r| format!("RET={r}"))
+        .unwrap_or_default();
+    let envid = sub
+        .envid
+        .as_ref()
+        .filter(|v| !v.is_empty())
+        .map(|v| format!("ENVID={v}"))
+        .unwrap_or_default();
+    c.command(&format!("MAIL FROM:<{}> {ret} {envid}", env.sender), 2)?;
     for r in &env.recipients {
-        let mut rcpt = format!("RCPT TO:<{r}> ");
-        if let Some(n) = &sub.notify {
-            rcpt.push_str(&format!("NOTIFY={n} "));
-        }
-        c.command(&rcpt, 2)?;
+        let notify = sub
+            .notify
+            .as_ref()
+            .map(|n| format!("NOTIFY={n}"))
+            .unwrap_or_default();
+        c.command(&format!("RCPT TO:<{r}> {notify}"), 2)?;
     }
     c.command("DATA", 3)?;
     let mut data = env.data.clone();
@@ -616,5 +732,89 @@ mod tests {
             prepare(&parse_args(&[]).unwrap(), &who(), b"\n", "h", "D").is_err(),
             "no recipients"
         );
+    }
+
+    #[test]
+    fn sender_from_the_from_header_unless_given() {
+        let raw = b"From: Boss <boss@corp.test>\nSubject: s\n\nx\n";
+        let e = prepare(
+            &parse_args(&args(&["a,b@x.test"])).unwrap(),
+            &who(),
+            raw,
+            "h",
+            "D",
+        )
+        .unwrap();
+        assert_eq!(e.sender, "boss@corp.test");
+        assert_eq!(
+            e.recipients,
+            vec!["a@h".to_string(), "b@x.test".to_string()]
+        );
+        let sub = parse_args(&args(&["-f", "<list@x.test>", "a"])).unwrap();
+        let e = prepare(&sub, &who(), b"Subject: s\n\nx\n", "h", "D").unwrap();
+        assert_eq!(e.sender, "list@x.test");
+        // With -f, no GECOS name.
+        assert!(
+            String::from_utf8(e.data)
+                .unwrap()
+                .starts_with("From: <list@x.test>\r\n")
+        );
+    }
+
+    #[test]
+    fn headerless_input_is_body_and_mbox_lines_are_dropped() {
+        let sub = parse_args(&args(&["a"])).unwrap();
+        let e = prepare(&sub, &who(), b"just text: here\nmore\n", "h", "D").unwrap();
+        assert_eq!(
+            String::from_utf8(e.data).unwrap(),
+            "From: Charlie Root <root@h>\r\nDate: D\r\n\r\njust text: here\r\nmore\r\n"
+        );
+        let e = prepare(
+            &sub,
+            &who(),
+            b"From root Sun Nov 29 2026\nReturn-Path: <x@y>\nSubject: s\n\nFrom here\n",
+            "h",
+            "D",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(e.data).unwrap(),
+            "From: Charlie Root <root@h>\r\nDate: D\r\nSubject: s\r\n\r\nFrom here\r\n"
+        );
+    }
+
+    #[test]
+    fn long_lines_become_quoted_printable() {
+        let sub = parse_args(&args(&["a"])).unwrap();
+        let long = format!("{}=\u{e9} .end \n", "x".repeat(1000));
+        let raw = format!("Subject: s\n\n{long}short\n");
+        let e = prepare(&sub, &who(), raw.as_bytes(), "h", "D").unwrap();
+        let text = String::from_utf8(e.data).unwrap();
+        assert!(
+            text.starts_with(
+                "From: Charlie Root <root@h>\r\nDate: D\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: text/plain; charset=unknown-8bit\r\n\
+                 Content-Disposition: inline\r\n\
+                 Content-Transfer-Encoding: quoted-printable\r\nSubject: s\r\n\r\n"
+            ),
+            "{text}"
+        );
+        let body: Vec<&str> = text
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .collect();
+        assert!(body.iter().all(|l| l.len() <= 76), "{body:?}");
+        assert_eq!(body[0], format!("{}=", "x".repeat(75)));
+        let tail = body.iter().rev().find(|l| l.contains("=3D")).unwrap();
+        assert!(tail.ends_with("x=3D=C3=A9 .end=20"), "{tail}");
+        assert!(body.contains(&"short"));
+    }
+
+    #[test]
+    fn gecos_ampersand_is_the_login_capitalised() {
+        assert_eq!(gecos_name("& Root,,,", "charlie"), "Charlie Root");
+        assert_eq!(gecos_name("Plain Name,room", "x"), "Plain Name");
     }
 }
