@@ -409,10 +409,15 @@ impl Conn {
     }
 
     /// `senders <table>`: an authenticated user may only use the sender addresses the table
-    /// lists for them (comma-separated mailaddr patterns); an unknown user may use none.
+    /// lists for them (comma-separated mailaddr patterns); an unknown user may use none. As
+    /// in OpenSMTPD, a local enqueue session counts as authenticated, with an empty name.
     fn senders_refusal(&self, sender: &Option<Mailaddr>) -> Option<Reply> {
         let (table, _) = self.listener().senders?;
-        let user = self.auth_user.as_deref()?;
+        let user = match (&self.auth_user, self.client.address) {
+            (Some(u), _) => u.as_str(),
+            (None, ClientAddress::Local) => "",
+            (None, ClientAddress::Ip(_)) => return None,
+        };
         let graph = &self.server.graph;
         let delim = graph.config.smtp.sub_addr_delim;
         let subject = sender
