@@ -26,20 +26,21 @@ fn senders_masquerade_and_received_auth() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let hash = smtpd::table::credentials::encrypt(b"secret").unwrap();
-    let port = free_port();
+    let (port, optional) = (free_port(), free_port());
     let conf = format!(
         "pki mx.test cert \"{}\" key \"{}\"\n\
          table creds {{ \"alice\" = \"{hash}\", \"carol\" = \"{hash}\" }}\n\
          table allowed {{ \"alice\" = \"alice@example.org, @alias.test\" }}\n\
          table users {{ bob = \"2000:2000:/var/empty\" }}\n\
          listen on 127.0.0.1 port PORT hostname mx.test tls pki mx.test auth <creds> senders <allowed> masquerade received-auth\n\
+         listen on 127.0.0.1 port {optional} hostname mx.test tls pki mx.test auth-optional <creds> senders <allowed>\n\
          action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
          match from any auth for domain \"example.org\" action \"mb\"\n",
         cert_path.display(),
         key_path.display(),
         vmail.display()
     );
-    let _d = start(dir.path(), &conf, port);
+    let d = start(dir.path(), &conf, port);
     let ca = cert_path.display();
     let script = format!(
         r#"
@@ -67,6 +68,13 @@ s.quit()
 
 s = session("carol")
 assert show(s.docmd("MAIL", "FROM:<carol@example.org>")) == (530, b"Sender rejected")
+s.quit()
+
+# auth-optional: a session that did not authenticate is not checked.
+s = smtplib.SMTP("127.0.0.1", {optional}, local_hostname="client.example", timeout=10)
+s.starttls(context=ctx)
+s.ehlo()
+assert show(s.docmd("MAIL", "FROM:<bob@example.org>"))[0] == 250
 s.quit()
 "#
     );
@@ -101,4 +109,11 @@ s.quit()
     let received: String = mail.split("\nFrom:").next().unwrap_or_default().to_string();
     assert!(received.contains("with ESMTPSA id "), "{mail}");
     assert!(received.contains(":NO) auth=yes user=alice\n"), "{mail}");
+    let log = d.wait_log("result=\"530 Sender rejected\"");
+    assert!(
+        log.contains(
+            "smtp failed-command command=\"MAIL FROM:<bob@example.org>\" result=\"530 Sender rejected\""
+        ),
+        "{log}"
+    );
 }
