@@ -193,3 +193,37 @@ fn socket_listener_options_tag_and_mask_src() {
     assert!(text.contains("\nReceived: \n\tby "), "{text}");
     assert!(!text.contains("[local]"), "{text}");
 }
+
+#[test]
+fn socket_listener_filters_apply_to_sendmail() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = vmail(dir.path());
+    let port = free_port();
+    let conf = format!(
+        "table users {{ bob = \"2000:2000:/var/empty\" }}\n\
+         filter \"nospam\" phase mail-from match mail-from regex \"^spam@\" reject \"550 no spam here\"\n\
+         listen on socket filter \"nospam\"\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from socket for domain \"remote.test\" action \"mb\"\n",
+        vmail.display()
+    );
+    let d = start_with_socket(dir.path(), &conf, port);
+    let (rc, err) = sendmail(
+        &d.spool(),
+        &["-f", "spam@x.test", "bob@remote.test"],
+        "Subject: s\n\nx\n",
+    );
+    println!("filtered: rc={rc} {}", err.trim_end());
+    assert_eq!(
+        (rc, err.as_str()),
+        (70, "sendmail: command failed: 550 no spam here\n")
+    );
+    let (rc, err) = sendmail(
+        &d.spool(),
+        &["-f", "ham@x.test", "bob@remote.test"],
+        "Subject: s\n\nx\n",
+    );
+    assert_eq!((rc, err.as_str()), (0, ""));
+    assert!(delivered(&vmail.join("bob")).contains("Return-Path: <ham@x.test>"));
+}
