@@ -227,3 +227,36 @@ fn socket_listener_filters_apply_to_sendmail() {
     assert_eq!((rc, err.as_str()), (0, ""));
     assert!(delivered(&vmail.join("bob")).contains("Return-Path: <ham@x.test>"));
 }
+
+#[test]
+fn sendmail_works_while_smtp_is_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        "listen on socket\naction \"out\" relay\nmatch from socket for any action \"out\"\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("smtpd.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "smtp", "-P", "mta", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let socket = smtpd::smtp::listen::socket_path(&dir.path().join("spool"));
+    let t = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err()
+        && t.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (rc, err) = sendmail(&dir.path().join("spool"), &["someone@far.test"], "x\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((rc, err.as_str()), (0, ""));
+}

@@ -267,7 +267,8 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             }
         }
         let own_socket = local.is_some();
-        if let Some((i, s)) = local.filter(|_| !args.paused.iter().any(|p| p == "smtp")) {
+        // Local submissions are taken even with `-P smtp`, as OpenSMTPD's enqueue sessions.
+        if let Some((i, s)) = local {
             match tokio::net::UnixListener::from_std(s) {
                 Ok(l) => {
                     tokio::spawn(smtpd::smtp::server::accept_local_loop(server.clone(), l, i));
