@@ -166,6 +166,18 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The local enqueue socket (`listen on socket`, written or implicit), for sendmail.
+    let socket_path = smtpd::smtp::listen::socket_path(std::path::Path::new(&args.spool));
+    let local = match smtpd::smtp::listen::socket_listener(&graph.config) {
+        Some(i) => match smtpd::smtp::listen::bind_socket(&socket_path) {
+            Ok(s) => Some((i, s)),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     if !args.debug && !args.foreground {
         // Before any thread exists: fork is only safe in a single-threaded process.
         if let Err(e) = nix::unistd::daemon(false, false) {
@@ -253,6 +265,16 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                     .serve(server.clone(), b.socket, b.listener),
             );
         }
+        let own_socket = local.is_some();
+        // Local submissions are taken even with `-P smtp`, as OpenSMTPD's enqueue sessions.
+        if let Some((i, s)) = local {
+            match tokio::net::UnixListener::from_std(s) {
+                Ok(l) => {
+                    tokio::spawn(smtpd::smtp::server::accept_local_loop(server.clone(), l, i));
+                }
+                Err(e) => tracing::warn!("warn: smtp: {}: {e}", socket_path.display()),
+            }
+        }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -266,6 +288,9 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {}
         }
         info!("Exiting");
+        if own_socket {
+            let _ = std::fs::remove_file(&socket_path);
+        }
     });
     ExitCode::SUCCESS
 }

@@ -3,8 +3,18 @@
 //! Each listener address gets its own socket with a large accept backlog: OpenSMTPD listens
 //! with a backlog of 5, so a burst of clients loses seconds to dropped SYNs; smtpd asks for
 //! 4096 (the kernel caps it at `net.core.somaxconn`).
+//!
+//! `listen on socket` (written or implicit) is the local enqueue socket: a unix stream
+//! socket, mode 0666 as OpenSMTPD's, through which `sendmail` submits mail with SMTP. It is
+//! not the control socket (`smtpd.sock`, smtpctl's requests): OpenSMTPD passes an enqueue
+//! connection through its control socket, smtpd gives it a socket of its own next to it,
+//! `/var/run/smtpd-enqueue.sock` for the system spool and `<spool>/smtpd-enqueue.sock` for
+//! any other spool, so that a test daemon and its `sendmail` find each other.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -77,6 +87,48 @@ pub fn bind_all(cfg: &Config) -> Result<Vec<Bound>, String> {
     Ok(out)
 }
 
+/// The system spool directory (`PATH_SPOOL`).
+pub const SYSTEM_SPOOL: &str = "/var/spool/smtpd";
+
+/// The system enqueue socket.
+pub const SYSTEM_SOCKET: &str = "/var/run/smtpd-enqueue.sock";
+
+/// The enqueue socket of the daemon that uses `spool`.
+pub fn socket_path(spool: &Path) -> PathBuf {
+    if spool == Path::new(SYSTEM_SPOOL) {
+        PathBuf::from(SYSTEM_SOCKET)
+    } else {
+        spool.join("smtpd-enqueue.sock")
+    }
+}
+
+/// The index of the socket listener (explicit or implicit), if the configuration has one.
+pub fn socket_listener(cfg: &Config) -> Option<usize> {
+    cfg.listeners.iter().position(|l| l.on == ListenOn::Socket)
+}
+
+/// Bind the enqueue socket at `path`, mode 0666. A socket file left by a daemon that is gone
+/// is replaced; one that still answers means another smtpd runs, which is an error.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, String> {
+    let fail = |e: std::io::Error| {
+        format!(
+            "smtpd: bind: {}: {}",
+            path.display(),
+            crate::config::diag::strerror(&e)
+        )
+    };
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!("smtpd: {}: socket already in use", path.display()));
+        }
+        std::fs::remove_file(path).map_err(fail)?;
+    }
+    let socket = UnixListener::bind(path).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(socket)
+}
+
 /// Raise the open-file limit to the hard limit, so that thousands of sessions fit; returns
 /// the new soft limit.
 pub fn raise_fd_limit() -> u64 {
@@ -105,5 +157,32 @@ mod tests {
         // A second bind of the same address while it listens fails.
         assert!(bind(addr).is_err());
         assert!(raise_fd_limit() >= 1024);
+    }
+
+    #[test]
+    fn socket_path_follows_the_spool() {
+        assert_eq!(
+            socket_path(Path::new(SYSTEM_SPOOL)),
+            PathBuf::from("/var/run/smtpd-enqueue.sock")
+        );
+        assert_eq!(
+            socket_path(Path::new("/tmp/q")),
+            PathBuf::from("/tmp/q/smtpd-enqueue.sock")
+        );
+    }
+
+    #[test]
+    fn enqueue_socket_is_world_writable_and_not_stolen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtpd.sock");
+        let first = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o666);
+        // A live socket is not replaced.
+        let err = bind_socket(&path).err().unwrap();
+        assert!(err.ends_with("socket already in use"), "{err}");
+        drop(first);
+        // A stale one is.
+        assert!(bind_socket(&path).is_ok());
     }
 }

@@ -27,6 +27,7 @@ pub mod address;
 pub mod auth;
 pub mod command;
 pub mod data;
+pub mod enqueue;
 pub mod ids;
 pub mod listen;
 pub mod message;

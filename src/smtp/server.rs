@@ -1,5 +1,5 @@
-//! The SMTP server: accept loops, the session cap, and the thin task that drives one
-//! [`Session`] over a TCP connection.
+//! The SMTP server: accept loops (TCP listeners and the local enqueue socket), the session
+//! cap, and the thin task that drives one [`Session`] over a connection.
 //!
 //! The driver is where the session's questions meet the rest of smtpd: filters and `match`
 //! rules (the rule graph), the queue (message files, envelopes, the durable commit before
@@ -100,6 +100,92 @@ pub async fn accept_loop(server: Arc<Server>, listener: TcpListener, index: usiz
     }
 }
 
+/// Serve the local enqueue socket (`listen on socket`) until the task is dropped.
+pub async fn accept_local_loop(
+    server: Arc<Server>,
+    listener: tokio::net::UnixListener,
+    index: usize,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("warn: smtp: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let server = server.clone();
+        match server.sessions.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    serve_local(server, stream, index).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let name = &server.graph.config.hostname;
+                    let line =
+                        format!("421 4.3.2 {name} Too many connections, try again later\r\n");
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        stream.write_all(line.as_bytes()),
+                    )
+                    .await;
+                    info!("smtp: refused connection from local (session limit reached)");
+                });
+            }
+        }
+    }
+}
+
+/// Drive one local enqueue session (sendmail): already authenticated with an empty user
+/// name, client `local` whose name is the server's own, with the socket listener's own
+/// `filter`, `tag`, `mask-src` and `received-auth`.
+pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, listener: usize) {
+    let sid = SessionId(rand_u64());
+    let l = server.graph.config.listeners[listener].clone();
+    let loopback = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let mut client = ClientInfo::unknown(ClientAddress::Local);
+    client.rdns = l
+        .hostname
+        .clone()
+        .unwrap_or_else(|| server.graph.config.hostname.clone());
+    client.fcrdns = Fcrdns::Pass;
+    info!(
+        "{sid} smtp connected address={} host={}",
+        client.address.text(),
+        client.rdns
+    );
+    let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
+    let mut params = session_params(&server, sid, &l, client.clone(), loopback);
+    params.local_enqueue = true;
+    params.local_listener = true;
+    let mut session = Session::new(params);
+    let mut conn = Conn {
+        server: server.clone(),
+        sid,
+        listener,
+        client,
+        client_ip: loopback,
+        writer: None,
+        envelopes: Vec::new(),
+        write_failed: false,
+        helo: String::new(),
+        auth_user: None,
+        mail_from: String::new(),
+        pending_rdns: None,
+    };
+    let mut stream: Stream = Box::new(stream);
+    let reason = drive(&mut conn, &mut session, &mut stream).await;
+    if let Some(w) = conn.writer.take() {
+        let _ = w.abort();
+    }
+    info!("{sid} smtp disconnected reason={reason}");
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
@@ -118,7 +204,7 @@ fn now() -> u64 {
 }
 
 /// The local time zone's offset (seconds east of UTC) and abbreviation at `t`.
-fn local_offset(t: i64) -> (i32, String) {
+pub(crate) fn local_offset(t: i64) -> (i32, String) {
     let tt: libc::time_t = t as libc::time_t;
     // SAFETY: `tm` is a plain C struct for which all-zero bytes are a valid value;
     // localtime_r only writes into the struct we pass and reads `tt`, both valid for the
@@ -306,6 +392,9 @@ impl Conn {
         self.envelopes.clear();
         self.write_failed = false;
         self.mail_from = addr_text(&sender);
+        if let Some(refusal) = self.senders_refusal(&sender) {
+            return SenderVerdict::Refuse(refusal);
+        }
         match self.server.spool.begin_message().await {
             Ok(w) => {
                 let msgid = MsgId(w.msgid().get());
@@ -317,6 +406,34 @@ impl Conn {
                 SenderVerdict::Disconnect(Reply::temporary_error())
             }
         }
+    }
+
+    /// `senders <table>`: an authenticated user may only use the sender addresses the table
+    /// lists for them (comma-separated mailaddr patterns); an unknown user may use none. As
+    /// in OpenSMTPD, a local enqueue session counts as authenticated, with an empty name.
+    fn senders_refusal(&self, sender: &Option<Mailaddr>) -> Option<Reply> {
+        let (table, _) = self.listener().senders?;
+        let user = match (&self.auth_user, self.client.address) {
+            (Some(u), _) => u.as_str(),
+            (None, ClientAddress::Local) => "",
+            (None, ClientAddress::Ip(_)) => return None,
+        };
+        let graph = &self.server.graph;
+        let delim = graph.config.smtp.sub_addr_delim;
+        let subject = sender
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let allowed = graph.table(table).lookup(user).is_some_and(|patterns| {
+            patterns
+                .split(|c: char| c == ',' || c.is_ascii_whitespace())
+                .filter(|p| !p.is_empty())
+                .any(|p| {
+                    crate::rules::matching::mailaddr_match(&subject, &p.to_ascii_lowercase(), delim)
+                })
+        });
+        (!allowed).then(Reply::sender_rejected)
     }
 
     fn recipient(

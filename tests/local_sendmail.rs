@@ -1,0 +1,262 @@
+//! The local enqueue socket and `sendmail` against the built daemon: a message piped into
+//! sendmail is logged as `address=local host=NAME`, is authenticated (`ESMTPA`), matches
+//! `from socket`, gets the `From:`, `Date:` and `Message-ID:` a bare message lacks, and lands
+//! in a maildir; `-t` takes recipients from the headers and drops `Bcc:`; a refused recipient
+//! is reported as OpenSMTPD's `command failed` with status 70; no daemon gives status 75.
+
+mod local_support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use local_support::*;
+
+fn sendmail(spool: &std::path::Path, args: &[&str], message: &str) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sendmail"))
+        .arg("--spool")
+        .arg(spool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn login() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+#[test]
+fn sendmail_submits_through_the_socket_into_a_maildir() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = vmail(dir.path());
+    let port = free_port();
+    // Mail for remote.test is accepted only from the socket.
+    let conf = format!(
+        "table users {{ bob = \"2000:2000:/var/empty\", carol = \"2000:2000:/var/empty\", dave = \"2000:2000:/var/empty\" }}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test\n\
+         action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from socket auth for domain \"remote.test\" action \"mb\"\n\
+         match from local for local action \"mb\"\n",
+        vmail.display()
+    );
+    let d = start_with_socket(dir.path(), &conf, port);
+
+    let (rc, err) = sendmail(
+        &d.spool(),
+        &["-oi", "bob@remote.test"],
+        "Subject: via sendmail\n\nfirst line\n.leading dot\n",
+    );
+    assert_eq!((rc, err.as_str()), (0, ""));
+    let text = delivered(&vmail.join("bob"));
+    let log = d.wait_log("smtp disconnected");
+    let host = log
+        .split("smtp connected address=local host=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no local connection in the log: {log}"))
+        .to_string();
+    println!("log: smtp connected address=local host={host}");
+    let me = login();
+    assert!(
+        text.contains(&format!(
+            "Received: from localhost ({host} [local])\n\tby {host} (OpenSMTPD) with ESMTPA id "
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\n\tfor <bob@remote.test>;\n"), "{text}");
+    assert!(
+        text.contains("\nFrom: ") && text.contains(&format!("<{me}@{host}>\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nDate: ") && text.contains("\nMessage-ID: <"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nSubject: via sendmail\n")
+            && text.ends_with("\n\nfirst line\n.leading dot\n"),
+        "{text}"
+    );
+    assert!(
+        log.contains("smtp envelope evpid=")
+            && log.contains(&format!("from=<{me}@{host}> to=<bob@remote.test>")),
+        "{log}"
+    );
+    println!("delivered:\n{text}");
+
+    // `from socket` is false over TCP: the same recipient is refused there.
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut r = std::io::BufReader::new(tcp.try_clone().unwrap());
+    let mut w = tcp;
+    let mut line = String::new();
+    let mut replies = Vec::new();
+    for cmd in [
+        "",
+        "EHLO c.test",
+        "MAIL FROM:<a@c.test>",
+        "RCPT TO:<bob@remote.test>",
+        "QUIT",
+    ] {
+        if !cmd.is_empty() {
+            writeln!(w, "{cmd}\r").unwrap();
+        }
+        loop {
+            line.clear();
+            std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        replies.push(line.trim_end().to_string());
+    }
+    assert_eq!(replies[3], "550 Invalid recipient: <bob@remote.test>");
+
+    // -t: recipients from To/Cc/Bcc, Bcc removed, -f and -F.
+    let (rc, err) = sendmail(
+        &d.spool(),
+        &["-t", "-f", "list@remote.test", "-F", "The List"],
+        "To: Carol <carol@remote.test>\nBcc: dave@remote.test\nSubject: t\n\nbody\n",
+    );
+    assert_eq!((rc, err.as_str()), (0, ""));
+    for user in ["carol", "dave"] {
+        let text = delivered(&vmail.join(user));
+        assert!(
+            text.contains("\nFrom: The List <list@remote.test>\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nTo: Carol <carol@remote.test>\n"), "{text}");
+        // Only Delivered-To names the Bcc recipient.
+        let expected = usize::from(user == "dave");
+        assert!(
+            !text.contains("Bcc") && text.matches("dave@").count() == expected,
+            "{text}"
+        );
+        assert!(text.contains("Return-Path: <list@remote.test>\n"), "{text}");
+    }
+
+    // A refused recipient: OpenSMTPD's message and status.
+    let (rc, err) = sendmail(&d.spool(), &["x@elsewhere.test"], "Subject: no\n\nx\n");
+    println!("refused: rc={rc} {}", err.trim_end());
+    assert_eq!(rc, 70);
+    assert_eq!(
+        err,
+        "sendmail: command failed: 550 Invalid recipient: <x@elsewhere.test>\n"
+    );
+}
+
+#[test]
+fn sendmail_without_a_daemon_is_a_temporary_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rc, err) = sendmail(dir.path(), &["bob"], "Subject: x\n\nx\n");
+    assert_eq!(rc, 75, "{err}");
+    assert!(err.starts_with("sendmail: cannot connect to "), "{err}");
+}
+
+#[test]
+fn socket_listener_options_tag_and_mask_src() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = vmail(dir.path());
+    let port = free_port();
+    // Only mail tagged by the socket listener is accepted for remote.test.
+    let conf = format!(
+        "table users {{ bob = \"2000:2000:/var/empty\" }}\n\
+         listen on socket tag viasock mask-src\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match tag viasock from socket for domain \"remote.test\" action \"mb\"\n",
+        vmail.display()
+    );
+    let d = start_with_socket(dir.path(), &conf, port);
+    let (rc, err) = sendmail(&d.spool(), &["bob@remote.test"], "Subject: tagged\n\nx\n");
+    assert_eq!((rc, err.as_str()), (0, ""));
+    let text = delivered(&vmail.join("bob"));
+    println!("delivered:\n{text}");
+    // mask-src: the `from ...` part of Received is left out.
+    assert!(text.contains("\nReceived: \n\tby "), "{text}");
+    assert!(!text.contains("[local]"), "{text}");
+}
+
+#[test]
+fn socket_listener_filters_apply_to_sendmail() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = vmail(dir.path());
+    let port = free_port();
+    let conf = format!(
+        "table users {{ bob = \"2000:2000:/var/empty\" }}\n\
+         filter \"nospam\" phase mail-from match mail-from regex \"^spam@\" reject \"550 no spam here\"\n\
+         listen on socket filter \"nospam\"\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from socket for domain \"remote.test\" action \"mb\"\n",
+        vmail.display()
+    );
+    let d = start_with_socket(dir.path(), &conf, port);
+    let (rc, err) = sendmail(
+        &d.spool(),
+        &["-f", "spam@x.test", "bob@remote.test"],
+        "Subject: s\n\nx\n",
+    );
+    println!("filtered: rc={rc} {}", err.trim_end());
+    assert_eq!(
+        (rc, err.as_str()),
+        (70, "sendmail: command failed: 550 no spam here\n")
+    );
+    let (rc, err) = sendmail(
+        &d.spool(),
+        &["-f", "ham@x.test", "bob@remote.test"],
+        "Subject: s\n\nx\n",
+    );
+    assert_eq!((rc, err.as_str()), (0, ""));
+    assert!(delivered(&vmail.join("bob")).contains("Return-Path: <ham@x.test>"));
+}
+
+#[test]
+fn sendmail_works_while_smtp_is_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        "listen on socket\naction \"out\" relay\nmatch from socket for any action \"out\"\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("smtpd.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "smtp", "-P", "mta", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let socket = smtpd::smtp::listen::socket_path(&dir.path().join("spool"));
+    let t = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err()
+        && t.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (rc, err) = sendmail(&dir.path().join("spool"), &["someone@far.test"], "x\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((rc, err.as_str()), (0, ""));
+}
