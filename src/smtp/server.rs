@@ -764,11 +764,18 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
     let ip = canonical(peer.ip());
     let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
     let deadline = tokio::time::Instant::now() + server.rdns_bound;
-    // A filtered listener needs the client's name before the banner (connect-phase filters
-    // test it), as OpenSMTPD always does. Otherwise the banner goes out at once and the
+    // A listener with connect-phase filters needs the client's name before the banner, as
+    // OpenSMTPD always does. Otherwise the banner goes out at once and the
     // lookup finishes meanwhile; it is awaited (within the same bound) before the first
     // command is processed, so logs, rules and the Received header still have it.
-    let (client, pending) = if l.filter.is_some() {
+    // Only connect-phase filters run before the banner; other filtered listeners defer the
+    // lookup like unfiltered ones.
+    let rdns_before_banner = server.graph.listener_chain(&l).is_some_and(|c| {
+        c.phases
+            .get(&cfg::Phase::Connect)
+            .is_some_and(|steps| !steps.is_empty())
+    });
+    let (client, pending) = if rdns_before_banner {
         let outcome = dns::fcrdns(server.resolver.as_ref(), ip, deadline).await;
         (client_info(ip, &outcome), None)
     } else {
