@@ -265,8 +265,9 @@ impl Slot {
 pub struct Scheduler {
     config: SchedulerConfig,
     slots: BTreeMap<Evpid, Slot>,
-    /// (next try, id) of indexed slots.
-    due: BTreeSet<(u64, Evpid)>,
+    /// (next try, id) of indexed slots, one set per agent (mda, mta, bounce), so that a
+    /// paused agent's backlog costs nothing to skip.
+    due: [BTreeSet<(u64, Evpid)>; 3],
     /// (expiry, id) of indexed slots.
     expiries: BTreeSet<(u64, Evpid)>,
     paused: BTreeSet<KindKey>,
@@ -334,13 +335,13 @@ impl Scheduler {
 
     fn index(&mut self, evpid: Evpid, slot: &Slot) {
         if slot.indexed() {
-            self.due.insert((slot.sched, evpid));
+            self.due[KindKey::from(slot.kind).0 as usize].insert((slot.sched, evpid));
             self.expiries.insert((slot.expire, evpid));
         }
     }
 
     fn unindex(&mut self, evpid: Evpid, slot: &Slot) {
-        self.due.remove(&(slot.sched, evpid));
+        self.due[KindKey::from(slot.kind).0 as usize].remove(&(slot.sched, evpid));
         self.expiries.remove(&(slot.expire, evpid));
     }
 
@@ -366,17 +367,22 @@ impl Scheduler {
                 self.expiries.remove(&(expire, evpid));
             }
         }
-        let mut ready = Vec::new();
-        for &(sched, evpid) in &self.due {
-            if sched > now || actions.len() + ready.len() >= max {
-                break;
+        // Earliest first across the agents that are not paused.
+        let mut ready: Vec<(u64, Evpid)> = Vec::new();
+        for (k, set) in self.due.iter().enumerate() {
+            if self.paused.contains(&KindKey(k as u8)) {
+                continue;
             }
-            if let Some(slot) = self.slots.get(&evpid)
-                && !self.paused.contains(&slot.kind.into())
-            {
-                ready.push(evpid);
+            for &(sched, evpid) in set {
+                if sched > now || ready.len() >= max {
+                    break;
+                }
+                ready.push((sched, evpid));
             }
         }
+        ready.sort_unstable();
+        ready.truncate(max.saturating_sub(actions.len()));
+        let ready: Vec<Evpid> = ready.into_iter().map(|(_, e)| e).collect();
         for evpid in ready {
             if let Some(mut slot) = self.slots.remove(&evpid) {
                 self.unindex(evpid, &slot);
@@ -399,12 +405,10 @@ impl Scheduler {
         let delivery = self
             .due
             .iter()
-            .find(|(_, evpid)| {
-                self.slots
-                    .get(evpid)
-                    .is_some_and(|s| !self.paused.contains(&s.kind.into()))
-            })
-            .map(|&(t, _)| t);
+            .enumerate()
+            .filter(|(k, _)| !self.paused.contains(&KindKey(*k as u8)))
+            .filter_map(|(_, set)| set.first().map(|&(t, _)| t))
+            .min();
         match (expiry, delivery) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
