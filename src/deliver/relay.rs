@@ -28,6 +28,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 const TLS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed for the whole DNS part of routing.
 const DNS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The session id of `mta delivery` lines decided before any session.
+pub const NO_SESSION: &str = "0000000000000000";
 /// Longest reply line accepted, and most lines in one reply.
 const MAX_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 100;
@@ -140,6 +142,8 @@ pub struct RelayOutcome {
     pub stat: String,
     /// The host the mail went to (or was meant to), for `relay=`.
     pub relay: String,
+    /// The id of the last session, or zeros when none was opened (DNS failures).
+    pub session: String,
 }
 
 impl RelayOutcome {
@@ -148,6 +152,7 @@ impl RelayOutcome {
             status,
             stat: stat.into(),
             relay: relay.to_string(),
+            session: NO_SESSION.to_string(),
         }
     }
 }
@@ -458,13 +463,18 @@ impl Relayer {
                     },
                     _ => None,
                 };
+                let sid = session_id();
                 let outcome = self
-                    .session(action, &helo, host, sa, *scheme, credentials, mail)
+                    .session(&sid, action, &helo, host, sa, *scheme, credentials, mail)
                     .await;
+                let with_sid = |mut o: RelayOutcome| {
+                    o.session = sid.clone();
+                    o
+                };
                 match outcome {
                     // Connection-level trouble: try the next address or MX.
                     Err((Status::TempFail, text)) if text.starts_with('!') => {
-                        last = RelayOutcome::new(
+                        last = with_sid(RelayOutcome::new(
                             Status::TempFail,
                             if mx {
                                 "Network error on destination MXs".to_string()
@@ -472,10 +482,12 @@ impl Relayer {
                                 text[1..].to_string()
                             },
                             host,
-                        );
+                        ));
                     }
-                    Err((status, text)) => return RelayOutcome::new(status, text, host),
-                    Ok(text) => return RelayOutcome::new(Status::Ok, text, host),
+                    Err((status, text)) => {
+                        return with_sid(RelayOutcome::new(status, text, host));
+                    }
+                    Ok(text) => return with_sid(RelayOutcome::new(Status::Ok, text, host)),
                 }
             }
         }
@@ -498,6 +510,7 @@ impl Relayer {
     #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
+        sid: &str,
         action: &RelayAction,
         helo: &str,
         host: &str,
@@ -506,7 +519,6 @@ impl Relayer {
         credentials: Option<RelayCredentials>,
         mail: &Outgoing<'_>,
     ) -> Result<String, Failure> {
-        let sid = session_id();
         info!(
             "{sid} mta connecting address={}://{addr} host={host}",
             scheme.text()
@@ -537,7 +549,7 @@ impl Relayer {
         }
         let result = self
             .dialogue(
-                &sid,
+                sid,
                 action,
                 helo,
                 host,

@@ -384,6 +384,7 @@ impl Runner {
                         status: Status::TempFail,
                         stat: format!("Cannot read message: {err}"),
                         relay: "-".into(),
+                        session: super::relay::NO_SESSION.into(),
                     },
                 }
             }
@@ -391,6 +392,7 @@ impl Runner {
                 status: Status::TempFail,
                 stat: format!("no such relay dispatcher: {}", e.dispatcher),
                 relay: "-".into(),
+                session: super::relay::NO_SESSION.into(),
             },
         };
         let result = match outcome.status {
@@ -399,8 +401,8 @@ impl Runner {
             Status::PermFail => "PermFail",
         };
         info!(
-            "{:016x} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"-\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
-            0,
+            "{} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"-\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
+            outcome.session,
             e.sender,
             e.dest,
             if e.rcpt == e.dest { "-" } else { &e.rcpt },

@@ -1,0 +1,294 @@
+//! End to end: `smtpd -d` accepts mail for a foreign domain from a local client
+//! (`match from local for any action "relay"`) and relays it to an SMTP sink on loopback,
+//! with STARTTLS and AUTH PLAIN from an `auth` table; a 5xx from the sink is a permanent
+//! failure that leaves the queue.
+
+mod relay_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relay_support::{Sink, tls_config};
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the log holds a line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let t = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no log line with {needle:?} in:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("smtpd.conf"),
+        conf.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-f"])
+        .arg(dir.join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let d = Daemon { child, log };
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "smtpd did not start:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
+}
+
+/// Sends one message over SMTP, returning the last reply.
+fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let read = |r: &mut BufReader<TcpStream>| {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            let done = l.len() < 4 || l.as_bytes()[3] != b'-';
+            last = l;
+            if done {
+                break;
+            }
+        }
+        last
+    };
+    read(&mut r);
+    let mut last = String::new();
+    for l in [
+        "EHLO client.test".to_string(),
+        format!("MAIL FROM:<{from}>"),
+        format!("RCPT TO:<{to}>"),
+        "DATA".to_string(),
+    ] {
+        w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+        last = read(&mut r);
+    }
+    assert!(last.starts_with("354"), "{last}");
+    w.write_all(body.as_bytes()).unwrap();
+    w.write_all(b".\r\n").unwrap();
+    let done = read(&mut r);
+    w.write_all(b"QUIT\r\n").unwrap();
+    read(&mut r);
+    done
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    for _ in 0..10_000 {
+        let Some(d) = stack.pop() else { break };
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn evpid_of(line: &str) -> String {
+    line.split("evpid=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_mail_is_relayed_with_starttls_and_auth_plain() {
+    let sink = Sink {
+        tls: Some(tls_config()),
+        auth: true,
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets"), "lbl joe:s3cret\n").unwrap();
+    let conf = format!(
+        "table secrets file:{}\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp+tls://lbl@127.0.0.1:{}\" auth <secrets> tls no-verify\n\
+         match from local for any action \"relay\"\n",
+        dir.path().join("secrets").display(),
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            // The client dot-stuffs: the message holds ".dot line".
+            "Subject: relayed\r\n\r\n..dot line\r\nbye\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    let log = daemon.log();
+    let sid = delivery.split(' ').next().unwrap_or("");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(sid) && l.contains(" mta connected")),
+        "the delivery line carries the session id {sid}"
+    );
+    assert!(delivery.contains("from=<alice@client.test> to=<bob@far.test> rcpt=<->"));
+    assert!(delivery.contains("source=\"-\" relay=\"127.0.0.1\""));
+    assert!(delivery.ends_with("result=\"Ok\" stat=\"250 2.0.0 queued as 42\""));
+    let connecting = format!(
+        " mta connecting address=smtp://127.0.0.1:{} host=127.0.0.1",
+        addr.port()
+    );
+    assert!(log.contains(&connecting), "{log}");
+    assert!(log.contains(" mta connected"));
+    assert!(log.contains(" mta tls ciphers=TLSv1."));
+    daemon.wait_for("mta disconnected reason=quit messages=1");
+
+    let cmds = sink.commands();
+    assert!(cmds.contains(&"TLS".to_string()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"AUTH PLAIN AGpvZQBzM2NyZXQ=".to_string()),
+        "{cmds:?}"
+    );
+    assert!(cmds.contains(&"MAIL FROM:<alice@client.test>".to_string()));
+    assert!(cmds.contains(&"RCPT TO:<bob@far.test>".to_string()));
+    let data = String::from_utf8(sink.data.lock().unwrap()[0].clone()).unwrap();
+    assert!(data.contains("Subject: relayed\r\n"), "{data}");
+    assert!(
+        data.ends_with("\r\n\r\n..dot line\r\nbye\r\n.\r\n"),
+        "{data:?}"
+    );
+    assert!(
+        !data.replace("\r\n", "").contains('\n'),
+        "bare LF in {data:?}"
+    );
+
+    // The envelope left the queue.
+    let evpid = evpid_of(&delivery);
+    let t = Instant::now();
+    while files_under(&dir.path().join("spool"))
+        .iter()
+        .any(|p| p.to_string_lossy().contains(&evpid))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "envelope {evpid} still queued"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_refusal_is_logged_and_the_envelope_removed() {
+    let sink = Sink {
+        rcpt_replies: vec!["550 5.1.1 unknown user".into()],
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "ghost@far.test",
+            "Subject: x\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    assert!(delivery.ends_with("result=\"PermFail\" stat=\"550 5.1.1 unknown user\""));
+    assert!(sink.data.lock().unwrap().is_empty());
+    let evpid = evpid_of(&delivery);
+    let t = Instant::now();
+    while files_under(&dir.path().join("spool"))
+        .iter()
+        .any(|p| p.to_string_lossy().contains(&evpid))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "envelope {evpid} still queued"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
