@@ -543,7 +543,7 @@ impl Relayer {
         let mut secure = false;
         if scheme == RelayScheme::Smtps {
             conn = self
-                .handshake(&sid, action, helo, host, conn, verify)
+                .handshake(sid, action, helo, host, conn, verify)
                 .await?;
             secure = true;
         }
