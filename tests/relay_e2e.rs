@@ -1,7 +1,8 @@
 //! End to end: `smtpd -d` accepts mail for a foreign domain from a local client
 //! (`match from local for any action "relay"`) and relays it to an SMTP sink on loopback,
 //! with STARTTLS and AUTH PLAIN from an `auth` table; a 5xx from the sink is a permanent
-//! failure that leaves the queue.
+//! failure that leaves the queue; MX routing through a DNS server on loopback
+//! (hickory-server in-process) to a sink on port 25 of 127.0.0.23.
 
 mod relay_support;
 
@@ -11,6 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use hickory_server::Server;
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::proto::rr::LowerName;
+use hickory_server::proto::serialize::txt::Parser;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
 use relay_support::{Sink, tls_config};
 
@@ -49,6 +57,10 @@ impl Daemon {
 }
 
 fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
+    start_with_dns(dir, conf, Path::new("/nonexistent"))
+}
+
+fn start_with_dns(dir: &Path, conf: &str, resolv_conf: &Path) -> (Daemon, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -65,7 +77,7 @@ fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
         .arg("--spool")
         .arg(dir.join("spool"))
         .arg("--resolv-conf")
-        .arg("/nonexistent")
+        .arg(resolv_conf)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -291,4 +303,94 @@ async fn permanent_refusal_is_logged_and_the_envelope_removed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+const MX_ZONE: &str = "
+$ORIGIN far.test.
+$TTL 60
+@    IN SOA ns.far.test. hostmaster.far.test. 1 3600 600 86400 60
+@    IN NS  ns.far.test.
+ns   IN A   127.0.0.1
+@    IN MX  20 mx2.far.test.
+@    IN MX  10 mx1.far.test.
+mx1  IN A   127.0.0.24
+mx2  IN A   127.0.0.23
+";
+
+/// hickory-server on a free loopback port (UDP and TCP), authoritative for `far.test.`.
+async fn loopback_dns() -> (Server<Catalog>, std::net::SocketAddr) {
+    let mut catalog = Catalog::new();
+    let (origin, records) = Parser::new(MX_ZONE, None, None).parse().unwrap();
+    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+        origin.clone(),
+        records,
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    )
+    .unwrap();
+    catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
+    for _ in 0..50 {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            let mut server = Server::new(catalog);
+            server.register_socket(udp);
+            server.register_listener(tcp, Duration::from_secs(5), 4096);
+            return (server, addr);
+        }
+    }
+    panic!("no free loopback port for DNS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_follows_the_mx_records_to_port_25() {
+    let sink = match Sink::default().start("127.0.0.23:25").await {
+        Ok((s, _)) => s,
+        Err(e) => {
+            println!("skipped: cannot bind 127.0.0.23:25: {e}");
+            return;
+        }
+    };
+    let (_dns, dns_addr) = loopback_dns().await;
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!("nameserver {dns_addr}\noptions timeout:2 attempts:2\n"),
+    )
+    .unwrap();
+    let conf = "listen on 127.0.0.1 port PORT\n\
+                action \"out\" relay helo out.example\n\
+                match from local for any action \"out\"\n";
+    let (daemon, port) = start_with_dns(dir.path(), conf, &resolv);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "carol@far.test",
+            "Subject: mx\r\n\r\nvia mx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    assert!(delivery.contains("relay=\"mx2.far.test\""), "{delivery}");
+    assert!(delivery.ends_with("result=\"Ok\" stat=\"250 2.0.0 queued as 42\""));
+    let log = daemon.log();
+    // mx1 (preference 10) refuses; mx2 (20) is the sink.
+    assert!(
+        log.contains(" mta connecting address=smtp://127.0.0.24:25 host=mx1.far.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains(" mta connecting address=smtp://127.0.0.23:25 host=mx2.far.test"),
+        "{log}"
+    );
+    let cmds = sink.commands();
+    assert_eq!(cmds.first().map(String::as_str), Some("EHLO out.example"));
+    assert!(cmds.contains(&"RCPT TO:<carol@far.test>".to_string()));
+    let data = String::from_utf8(sink.data.lock().unwrap()[0].clone()).unwrap();
+    assert!(data.ends_with("\r\n\r\nvia mx\r\n.\r\n"), "{data:?}");
 }
