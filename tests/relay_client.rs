@@ -400,3 +400,30 @@ async fn starttls_then_auth_plain_with_the_auth_table_entry() {
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert!(sink2.commands().contains(&"TLS".to_string()));
 }
+
+#[tokio::test]
+async fn tls_with_verification_refuses_an_unknown_certificate() {
+    let sink = Sink {
+        tls: Some(tls_config()),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    // `tls` without `no-verify`: the self-signed certificate does not pass.
+    let action = RelayAction {
+        tls: Some(false),
+        ..RelayAction::default()
+    };
+    let out = send(
+        &relayer(""),
+        &action,
+        Some(&url),
+        &no_auth,
+        "b@far.test",
+        b"m\n",
+    )
+    .await;
+    assert_eq!(out.status, Status::TempFail, "{out:?}");
+    println!("stat={}", out.stat);
+    assert!(!sink.commands().iter().any(|c| c.starts_with("MAIL")));
+}

@@ -464,9 +464,37 @@ impl Relayer {
                     _ => None,
                 };
                 let sid = session_id();
-                let outcome = self
-                    .session(&sid, action, &helo, host, sa, *scheme, credentials, mail)
+                let mut outcome = self
+                    .session(
+                        &sid,
+                        action,
+                        &helo,
+                        host,
+                        sa,
+                        *scheme,
+                        credentials.clone(),
+                        mail,
+                    )
                     .await;
+                if *scheme == RelayScheme::Smtp
+                    && matches!(&outcome, Err((_, t)) if t.starts_with("!TLS"))
+                {
+                    info!(
+                        "smtp-out: Error on session {sid}: opportunistic TLS failed, downgrading to plain"
+                    );
+                    outcome = self
+                        .session(
+                            &sid,
+                            action,
+                            &helo,
+                            host,
+                            sa,
+                            RelayScheme::SmtpNoTls,
+                            credentials,
+                            mail,
+                        )
+                        .await;
+                }
                 let with_sid = |mut o: RelayOutcome| {
                     o.session = sid.clone();
                     o
@@ -535,7 +563,10 @@ impl Relayer {
             }
         };
         info!("{sid} mta connected");
-        let verify = action.tls == Some(false);
+        // Certificates are checked when TLS is required (`tls`, `smtp+tls://`, `smtps://`)
+        // unless `no-verify`; opportunistic STARTTLS takes any certificate.
+        let verify =
+            action.tls != Some(true) && matches!(scheme, RelayScheme::SmtpTls | RelayScheme::Smtps);
         let mut conn = Conn {
             io: Box::new(tcp),
             buf: Vec::new(),
