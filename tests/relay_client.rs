@@ -42,7 +42,7 @@ async fn send(
         recipient: to,
         content,
     };
-    tokio::time::timeout(LIMIT, r.deliver(action, url, auth, &mail))
+    tokio::time::timeout(LIMIT, r.deliver(action, url, auth, &mail, None))
         .await
         .expect("relay attempt bounded")
 }

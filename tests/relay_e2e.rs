@@ -394,3 +394,34 @@ async fn mail_follows_the_mx_records_to_port_25() {
     let data = String::from_utf8(sink.data.lock().unwrap()[0].clone()).unwrap();
     assert!(data.ends_with("\r\n\r\nvia mx\r\n.\r\n"), "{data:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_address_and_its_helo_name() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\" src \"127.0.0.5\" helo-src {{ \"127.0.0.5\" = \"five.example\" }}\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: s\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    assert!(delivery.contains("source=\"127.0.0.5\""), "{delivery}");
+    assert!(delivery.contains("result=\"Ok\""), "{delivery}");
+    let peers = sink.peers.lock().unwrap().clone();
+    assert_eq!(peers[0].ip().to_string(), "127.0.0.5");
+    assert_eq!(sink.commands()[0], "EHLO five.example");
+}

@@ -16,7 +16,9 @@ use tracing::{info, warn};
 
 use super::result::Status;
 use crate::config::model::RelayAction;
-use crate::dns::{AddressFamily, Answer, MxRoute, Resolver, mail_exchangers, within};
+use crate::dns::{
+    AddressFamily, Answer, MailExchanger, MxRoute, Resolver, mail_exchangers, within,
+};
 use crate::table::credentials::RelayCredentials;
 use crate::tls::{ClientTls, TlsStore};
 
@@ -357,13 +359,15 @@ impl Relayer {
 
     /// One delivery attempt of `mail` through the relay action `action`. `url` is the
     /// smarthost chosen from `host`/`domain` (as written), or `None` for MX routing.
-    /// `auth` looks up an `auth` table entry by label.
+    /// `auth` looks up an `auth` table entry by label; `source` is the local address to
+    /// connect from (`src`).
     pub async fn deliver(
         &self,
         action: &RelayAction,
         url: Option<&str>,
         auth: &(dyn Fn(&str) -> Option<String> + Sync),
         mail: &Outgoing<'_>,
+        source: Option<IpAddr>,
     ) -> RelayOutcome {
         let helo = action
             .helo
@@ -416,6 +420,22 @@ impl Relayer {
                     let deadline = Instant::now() + DNS_TIMEOUT;
                     match mail_exchangers(self.resolver.as_ref(), domain, deadline).await {
                         MxRoute::Exchangers(list) => {
+                            let list = match &action.backup {
+                                Some(name) => {
+                                    let me = name.as_deref().unwrap_or(&self.server_name);
+                                    match backup_exchangers(list, me) {
+                                        Some(l) => l,
+                                        None => {
+                                            return RelayOutcome::new(
+                                                Status::TempFail,
+                                                "No MX found for domain",
+                                                domain,
+                                            );
+                                        }
+                                    }
+                                }
+                                None => list,
+                            };
                             for e in list {
                                 hops.push((e.host, self.mx_port, RelayScheme::Smtp, None));
                             }
@@ -470,7 +490,7 @@ impl Relayer {
                         action,
                         &helo,
                         host,
-                        sa,
+                        (source, sa),
                         *scheme,
                         credentials.clone(),
                         mail,
@@ -488,7 +508,7 @@ impl Relayer {
                             action,
                             &helo,
                             host,
-                            sa,
+                            (source, sa),
                             RelayScheme::SmtpNoTls,
                             credentials,
                             mail,
@@ -542,7 +562,7 @@ impl Relayer {
         action: &RelayAction,
         helo: &str,
         host: &str,
-        addr: SocketAddr,
+        (source, addr): (Option<IpAddr>, SocketAddr),
         scheme: RelayScheme,
         credentials: Option<RelayCredentials>,
         mail: &Outgoing<'_>,
@@ -551,7 +571,7 @@ impl Relayer {
             "{sid} mta connecting address={}://{addr} host={host}",
             scheme.text()
         );
-        let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let tcp = match timeout(CONNECT_TIMEOUT, connect_from(source, addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 info!("{sid} mta error reason=IO Error: {e}");
@@ -763,6 +783,40 @@ impl Relayer {
     }
 }
 
+/// Opens a TCP connection to `addr`, from `source` when given.
+async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(src) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    if src.is_ipv4() != addr.is_ipv4() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "source and destination address families differ",
+        ));
+    }
+    let socket = if src.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(src, 0))?;
+    socket.connect(addr).await
+}
+
+/// `backup [mx NAME]`: only the exchangers preferred over NAME. `None` when NAME is the
+/// most preferred (nothing better to hand the mail to); all of them when NAME is absent.
+pub fn backup_exchangers(list: Vec<MailExchanger>, me: &str) -> Option<Vec<MailExchanger>> {
+    let Some(mine) = list
+        .iter()
+        .find(|e| e.host.eq_ignore_ascii_case(me))
+        .map(|e| e.preference)
+    else {
+        return Some(list);
+    };
+    let better: Vec<MailExchanger> = list.into_iter().filter(|e| e.preference < mine).collect();
+    (!better.is_empty()).then_some(better)
+}
+
 /// The envelope sender after `mail-from`: an empty user or domain part keeps the original
 /// part; the null sender is never rewritten.
 pub fn mail_from(over: Option<&str>, sender: &str) -> String {
@@ -809,6 +863,22 @@ mod tests {
             b"a\r\n..b\r\n...c\r\nd\r\n.\r\n".to_vec()
         );
         assert_eq!(data_payload(b""), b".\r\n".to_vec());
+    }
+
+    #[test]
+    fn backup_keeps_only_better_exchangers() {
+        let mx = |p, h: &str| MailExchanger {
+            preference: p,
+            host: h.into(),
+            implicit: false,
+        };
+        let list = vec![mx(10, "a.test"), mx(20, "me.test"), mx(30, "c.test")];
+        assert_eq!(
+            backup_exchangers(list.clone(), "ME.test"),
+            Some(vec![mx(10, "a.test")])
+        );
+        assert_eq!(backup_exchangers(list.clone(), "a.test"), None);
+        assert_eq!(backup_exchangers(list.clone(), "x.test"), Some(list));
     }
 
     #[test]

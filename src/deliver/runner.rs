@@ -345,6 +345,7 @@ impl Runner {
     async fn relay(&self, mut e: Envelope) {
         let evpid = e.id;
         let cfg = &self.graph.config;
+        let mut used_source = None;
         let outcome = match cfg.action_named(&e.dispatcher).map(|a| &a.method) {
             Some(ActionMethod::Relay(action)) => {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
@@ -371,13 +372,31 @@ impl Runner {
                                 .and_then(|t| self.graph.table(t).lookup(label))
                                 .map(str::to_string)
                         };
+                        // `src`: a source address taken in turn; `helo-src`: the name
+                        // announced from it.
+                        let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
+                            let table = self.graph.table(t);
+                            let n = table.entries.len().max(1);
+                            table
+                                .entries
+                                .keys()
+                                .nth((evpid.get() as usize) % n)
+                                .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
+                        });
+                        let mut action = action.clone();
+                        if let (Some(src), Some(t)) = (source, action.helo_src)
+                            && let Some(name) = self.graph.table(t).lookup(&src.to_string())
+                        {
+                            action.helo = Some(name.to_string());
+                        }
+                        used_source = source;
                         let mail = Outgoing {
                             sender: &e.sender,
                             recipient: &e.dest,
                             content: &content,
                         };
                         self.relayer
-                            .deliver(action, url.as_deref(), &auth, &mail)
+                            .deliver(&action, url.as_deref(), &auth, &mail, source)
                             .await
                     }
                     Err(err) => RelayOutcome {
@@ -401,11 +420,12 @@ impl Runner {
             Status::PermFail => "PermFail",
         };
         info!(
-            "{} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"-\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
+            "{} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"{}\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
             outcome.session,
             e.sender,
             e.dest,
             if e.rcpt == e.dest { "-" } else { &e.rcpt },
+            used_source.map_or_else(|| "-".to_string(), |a| a.to_string()),
             outcome.relay,
             super::log::duration_to_text(now().saturating_sub(e.ctime) as i64),
             outcome.stat

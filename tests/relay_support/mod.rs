@@ -21,6 +21,8 @@ pub struct Sink {
     pub log: Arc<Mutex<Vec<String>>>,
     /// Every DATA payload, raw bytes up to and including the final dot line.
     pub data: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The client address of every connection.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Sink {
@@ -30,9 +32,10 @@ impl Sink {
         let me = self.clone();
         tokio::spawn(async move {
             for index in 0..20 {
-                let Ok((socket, _)) = listener.accept().await else {
+                let Ok((socket, peer)) = listener.accept().await else {
                     return;
                 };
+                me.peers.lock().unwrap().push(peer);
                 let me = me.clone();
                 tokio::spawn(async move {
                     if let Some(plain) = me.dialogue(socket, index, false).await
