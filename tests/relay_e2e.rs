@@ -425,3 +425,53 @@ async fn source_address_and_its_helo_name() {
     assert_eq!(peers[0].ip().to_string(), "127.0.0.5");
     assert_eq!(sink.commands()[0], "EHLO five.example");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_refusal_keeps_the_envelope_with_its_error() {
+    let sink = Sink {
+        rcpt_replies: vec!["451 4.3.0 try later".into()],
+        ..Sink::default()
+    };
+    let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: t\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    assert!(delivery.ends_with("result=\"TempFail\" stat=\"451 4.3.0 try later\""));
+    // The envelope stays queued, its error line recorded for the retry.
+    let evpid = evpid_of(&delivery);
+    let t = Instant::now();
+    loop {
+        let files = files_under(&dir.path().join("spool"));
+        let envelope = files
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(&evpid))
+            .unwrap_or_else(|| panic!("envelope {evpid} left the queue: {files:?}"));
+        let text = std::fs::read_to_string(envelope).unwrap_or_default();
+        if text.contains("451 4.3.0 try later") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no error line in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
