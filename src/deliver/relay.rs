@@ -376,7 +376,6 @@ impl Relayer {
         let domain = mail.recipient.rsplit_once('@').map_or("", |(_, d)| d);
         // The list of (host name for logs and TLS, addresses, port, scheme, label).
         let mut hops: Vec<(String, u16, RelayScheme, Option<String>)> = Vec::new();
-        let mut mx = false;
         match url {
             Some(text) => {
                 let Some(mut u) = parse_relay_url(text) else {
@@ -406,7 +405,6 @@ impl Relayer {
                 hops.push((u.host, u.port, u.scheme, u.label));
             }
             None => {
-                mx = true;
                 if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
                     let lit = lit
                         .get(..5)
@@ -522,13 +520,10 @@ impl Relayer {
                 match outcome {
                     // Connection-level trouble: try the next address or MX.
                     Err((Status::TempFail, text)) if text.starts_with('!') => {
+                        // 6.8 reports every failed route this way, smarthosts too.
                         last = with_sid(RelayOutcome::new(
                             Status::TempFail,
-                            if mx {
-                                "Network error on destination MXs".to_string()
-                            } else {
-                                text[1..].to_string()
-                            },
+                            "Network error on destination MXs",
                             host,
                         ));
                     }
@@ -618,6 +613,9 @@ impl Relayer {
                 info!("{sid} mta disconnected reason=quit messages=1");
             }
             Err((_, why)) => {
+                if let Some(reason) = why.strip_prefix('!') {
+                    info!("{sid} mta error reason={reason}");
+                }
                 let _ = timeout(Duration::from_secs(5), conn.command("QUIT")).await;
                 info!(
                     "{sid} mta disconnected reason={} messages=0",
