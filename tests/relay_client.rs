@@ -429,3 +429,34 @@ async fn tls_with_verification_refuses_an_unknown_certificate() {
     );
     assert!(!sink.commands().iter().any(|c| c.starts_with("MAIL")));
 }
+
+#[tokio::test]
+async fn address_literal_domains_go_straight_to_the_address() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    // No DNS at all: the literal needs none.
+    let r = relayer("").with_mx_port(addr.port());
+    let out = send(
+        &r,
+        &RelayAction::default(),
+        None,
+        &no_auth,
+        "x@[127.0.0.1]",
+        b"m\n",
+    )
+    .await;
+    assert_eq!(out.status, Status::Ok, "{out:?}");
+    assert!(
+        sink.commands()
+            .contains(&"RCPT TO:<x@[127.0.0.1]>".to_string())
+    );
+    let out = send(
+        &r,
+        &RelayAction::default(),
+        None,
+        &no_auth,
+        "x@[not.an.ip]",
+        b"m\n",
+    )
+    .await;
+    assert_eq!(out.status, Status::PermFail);
+}
