@@ -449,6 +449,15 @@ async fn address_literal_domains_go_straight_to_the_address() {
         sink.commands()
             .contains(&"RCPT TO:<x@[127.0.0.1]>".to_string())
     );
+    // `tls` makes STARTTLS mandatory on MX routes: this sink offers none.
+    let tls = RelayAction {
+        tls: Some(true),
+        ..RelayAction::default()
+    };
+    let before = sink.data.lock().unwrap().len();
+    let out = send(&r, &tls, None, &no_auth, "x@[127.0.0.1]", b"m\n").await;
+    assert_eq!(out.status, Status::TempFail, "{out:?}");
+    assert_eq!(sink.data.lock().unwrap().len(), before);
     let out = send(
         &r,
         &RelayAction::default(),

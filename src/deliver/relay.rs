@@ -374,7 +374,13 @@ impl Relayer {
             .clone()
             .unwrap_or_else(|| self.server_name.clone());
         let domain = mail.recipient.rsplit_once('@').map_or("", |(_, d)| d);
-        // The list of (host name for logs and TLS, addresses, port, scheme, label).
+        // `tls` makes STARTTLS mandatory on MX routes too.
+        let mx_scheme = if action.tls.is_some() {
+            RelayScheme::SmtpTls
+        } else {
+            RelayScheme::Smtp
+        };
+        // The hosts to try: (name for logs and TLS, port, scheme, auth label).
         let mut hops: Vec<(String, u16, RelayScheme, Option<String>)> = Vec::new();
         match url {
             Some(text) => {
@@ -413,7 +419,7 @@ impl Relayer {
                     if lit.parse::<IpAddr>().is_err() {
                         return RelayOutcome::new(Status::PermFail, "Invalid domain name", domain);
                     }
-                    hops.push((lit.to_string(), self.mx_port, RelayScheme::Smtp, None));
+                    hops.push((lit.to_string(), self.mx_port, mx_scheme, None));
                 } else {
                     let deadline = Instant::now() + DNS_TIMEOUT;
                     match mail_exchangers(self.resolver.as_ref(), domain, deadline).await {
@@ -435,7 +441,7 @@ impl Relayer {
                                 None => list,
                             };
                             for e in list {
-                                hops.push((e.host, self.mx_port, RelayScheme::Smtp, None));
+                                hops.push((e.host, self.mx_port, mx_scheme, None));
                             }
                         }
                         failed => {
