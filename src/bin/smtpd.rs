@@ -222,8 +222,12 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         if let Some(notice) = smtpd::deliver::privsep::unprivileged_notice() {
             info!("{notice}");
         }
-        let runner =
-            smtpd::deliver::runner::Runner::new(graph.clone(), spool.clone(), &recovery.envelopes);
+        let runner = smtpd::deliver::runner::Runner::new(
+            graph.clone(),
+            spool.clone(),
+            &recovery.envelopes,
+            resolver.clone(),
+        );
         for p in &args.paused {
             match p.as_str() {
                 "mda" => runner.set_paused(smtpd::queue::DeliveryKind::Mda, true),

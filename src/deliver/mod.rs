@@ -42,6 +42,7 @@ pub mod mbox;
 pub mod mda;
 pub mod message;
 pub mod privsep;
+pub mod relay;
 pub mod request;
 pub mod result;
 pub mod run;

@@ -3,8 +3,8 @@
 //! bookkeeping on a temporary failure).
 //!
 //! New envelopes arrive through [`Runner::submit`] right after their message is committed;
-//! at start-up the envelopes the queue recovered are scheduled. Relay envelopes wait in the
-//! queue until outbound delivery is available.
+//! at start-up the envelopes the queue recovered are scheduled. Relay envelopes go to the
+//! SMTP client of [`super::relay`].
 //!
 //! A permanent failure, an expiry or a due delay warning queues a report for the sender
 //! ([`Runner::bounce`]): a new message from `<>`, routed through the rules like local mail.
@@ -20,11 +20,13 @@ use tracing::{info, warn};
 
 use super::DeliveryAgent;
 use super::log::{MdaLogEntry, mda_delivery_line};
+use super::relay::{Outgoing, RelayOutcome, Relayer};
 use super::request::{
     Account, DeliveryRequest, EnvelopeInfo, LmtpRecipient, MessageSource, Method,
 };
 use super::result::Status;
 use crate::config::model::{ActionMethod, LocalMethod};
+use crate::dns::Resolver;
 use crate::expand::userbase::{SystemPasswd, TableUserbase, Userbase};
 use crate::queue::scheduler::{
     Action, EnvelopeStatus, ScheduleEntry, Scheduler, SchedulerConfig, TempFailure,
@@ -53,6 +55,7 @@ pub struct Runner {
     scheduler: Mutex<Scheduler>,
     wake: Notify,
     inflight: Arc<Semaphore>,
+    relayer: Relayer,
     /// Counters for `smtpctl show stats`.
     stats: DeliveryStats,
     /// Reports being gathered: (message, kind, delay) → recipients so far.
@@ -86,8 +89,18 @@ pub struct DeliveryStats {
 }
 
 impl Runner {
-    pub fn new(graph: Arc<RuleGraph>, spool: Arc<Spool>, recovered: &[Envelope]) -> Arc<Runner> {
+    pub fn new(
+        graph: Arc<RuleGraph>,
+        spool: Arc<Spool>,
+        recovered: &[Envelope],
+        resolver: Arc<dyn Resolver>,
+    ) -> Arc<Runner> {
         let cfg = &graph.config;
+        let tls = crate::tls::TlsStore::load(cfg).unwrap_or_else(|e| {
+            warn!("warn: relay: {e}");
+            crate::tls::TlsStore::default()
+        });
+        let relayer = Relayer::new(resolver, tls, &cfg.hostname);
         let config = SchedulerConfig {
             default_ttl: cfg.queue.ttl.seconds,
             warn_intervals: if cfg.bounce_warn_interval.is_empty() {
@@ -108,6 +121,7 @@ impl Runner {
             scheduler: Mutex::new(scheduler),
             wake: Notify::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            relayer,
             stats: DeliveryStats::default(),
             reports: Mutex::new(HashMap::new()),
         })
@@ -339,6 +353,10 @@ impl Runner {
             }
             return;
         };
+        if kind == DeliveryKind::Mta && matches!(e.target, Target::Mta(_)) {
+            self.relay(e).await;
+            return;
+        }
         if kind != DeliveryKind::Mda {
             // Relayed mail and bounces wait in the queue for outbound delivery.
             self.temporary(&mut e, "Outbound delivery is not available yet")
@@ -390,6 +408,125 @@ impl Runner {
                 }
             }
             Status::TempFail => self.temporary(&mut e, &result.error).await,
+        }
+    }
+
+    /// One relay attempt for `e`: route, SMTP session, `mta delivery` line, queue update.
+    async fn relay(&self, mut e: Envelope) {
+        let evpid = e.id;
+        let cfg = &self.graph.config;
+        let mut used_source = None;
+        let outcome = match cfg.action_named(&e.dispatcher).map(|a| &a.method) {
+            Some(ActionMethod::Relay(action)) => {
+                let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
+                // `host` wins; then the `domain` mapping; else the MX of the domain.
+                let url: Option<String> = match (action.host, action.domain) {
+                    (Some(t), _) => {
+                        let table = self.graph.table(t);
+                        let n = table.entries.len().max(1);
+                        table
+                            .entries
+                            .keys()
+                            .nth((evpid.get() as usize) % n)
+                            .cloned()
+                    }
+                    (None, Some(t)) => self.graph.table(t).lookup(domain).map(str::to_string),
+                    (None, None) => None,
+                };
+                let path = self.spool.layout().message_file(evpid.msgid());
+                match tokio::fs::read(&path).await {
+                    Ok(content) => {
+                        let auth = |label: &str| {
+                            action
+                                .auth
+                                .and_then(|t| self.graph.table(t).lookup(label))
+                                .map(str::to_string)
+                        };
+                        // `src`: a source address taken in turn; `helo-src`: the name
+                        // announced from it.
+                        let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
+                            let table = self.graph.table(t);
+                            let n = table.entries.len().max(1);
+                            table
+                                .entries
+                                .keys()
+                                .nth((evpid.get() as usize) % n)
+                                .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
+                        });
+                        let mut action = action.clone();
+                        if let (Some(src), Some(t)) = (source, action.helo_src)
+                            && let Some(name) = self.graph.table(t).lookup(&src.to_string())
+                        {
+                            action.helo = Some(name.to_string());
+                        }
+                        used_source = source;
+                        let mail = Outgoing {
+                            sender: &e.sender,
+                            recipient: &e.dest,
+                            content: &content,
+                        };
+                        self.relayer
+                            .deliver(&action, url.as_deref(), &auth, &mail, source)
+                            .await
+                    }
+                    Err(err) => RelayOutcome {
+                        status: Status::TempFail,
+                        stat: format!("Cannot read message: {err}"),
+                        relay: "-".into(),
+                        session: super::relay::NO_SESSION.into(),
+                    },
+                }
+            }
+            _ => RelayOutcome {
+                status: Status::TempFail,
+                stat: format!("no such relay dispatcher: {}", e.dispatcher),
+                relay: "-".into(),
+                session: super::relay::NO_SESSION.into(),
+            },
+        };
+        let result = match outcome.status {
+            Status::Ok => "Ok",
+            Status::TempFail => "TempFail",
+            Status::PermFail => "PermFail",
+        };
+        info!(
+            "{} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"{}\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
+            outcome.session,
+            e.sender,
+            e.dest,
+            if e.rcpt == e.dest { "-" } else { &e.rcpt },
+            used_source.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            outcome.relay,
+            super::log::duration_to_text(now().saturating_sub(e.ctime) as i64),
+            outcome.stat
+        );
+        match outcome.status {
+            Status::Ok | Status::PermFail => {
+                if outcome.status == Status::PermFail {
+                    self.stats.permfail.fetch_add(1, Ordering::Relaxed);
+                    // The sender gets a report; it is queued before the envelope goes.
+                    self.bounce(
+                        &e,
+                        BounceKind::Failed,
+                        0,
+                        StatusCode { class: 5, code: 0 },
+                        &outcome.stat,
+                    )
+                    .await;
+                } else {
+                    self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                let spool = self.spool.clone();
+                if let Ok(Err(err)) =
+                    tokio::task::spawn_blocking(move || spool.remove_envelope(evpid)).await
+                {
+                    warn!("warn: queue: remove {evpid}: {err}");
+                }
+                if let Ok(mut s) = self.scheduler.lock() {
+                    s.delivered(evpid);
+                }
+            }
+            Status::TempFail => self.temporary(&mut e, &outcome.stat).await,
         }
     }
 

@@ -1,0 +1,895 @@
+//! Outbound delivery for `relay` actions: where the mail goes (smarthost URL, `domain`
+//! mapping, or the recipient domain's MX) and the SMTP client session that hands it over.
+//!
+//! The outcome of one attempt is a [`RelayOutcome`] the delivery loop maps onto the queue:
+//! delivered, retried later, or failed for good. Every network step is bounded in time, and
+//! nothing the next hop sends can make this code panic.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tracing::{info, warn};
+
+use super::result::Status;
+use crate::config::model::RelayAction;
+use crate::dns::{
+    AddressFamily, Answer, MailExchanger, MxRoute, Resolver, mail_exchangers, within,
+};
+use crate::table::credentials::RelayCredentials;
+use crate::tls::{ClientTls, TlsStore};
+
+/// Time allowed to open a TCP connection to one address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for one reply (OpenSMTPD's mta uses 300 s per command).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time allowed for a TLS handshake.
+const TLS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for the whole DNS part of routing.
+const DNS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The session id of `mta delivery` lines decided before any session.
+pub const NO_SESSION: &str = "0000000000000000";
+/// Longest reply line accepted, and most lines in one reply.
+const MAX_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 100;
+
+/// How a smarthost is spoken to (the scheme of a relay URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayScheme {
+    /// `smtp://`: STARTTLS when offered.
+    Smtp,
+    /// `smtp+tls://`: STARTTLS required.
+    SmtpTls,
+    /// `smtp+notls://`: never TLS.
+    SmtpNoTls,
+    /// `smtps://`: TLS from the first byte.
+    Smtps,
+    /// `lmtp://`: LHLO instead of EHLO.
+    Lmtp,
+}
+
+impl RelayScheme {
+    fn text(self) -> &'static str {
+        match self {
+            RelayScheme::Smtp | RelayScheme::SmtpTls => "smtp",
+            RelayScheme::SmtpNoTls => "smtp+notls",
+            RelayScheme::Smtps => "smtps",
+            RelayScheme::Lmtp => "lmtp",
+        }
+    }
+}
+
+/// A parsed smarthost: `[scheme://][label@]host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayUrl {
+    pub scheme: RelayScheme,
+    /// Selects the `auth` table entry.
+    pub label: Option<String>,
+    /// A host name, or an address (brackets removed).
+    pub host: String,
+    pub port: u16,
+}
+
+/// Reads a relay URL as `to.c:text_to_relayhost` does; `None` when it cannot be used.
+pub fn parse_relay_url(text: &str) -> Option<RelayUrl> {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((s, r)) => {
+            let scheme = match s.to_ascii_lowercase().as_str() {
+                "smtp" => RelayScheme::Smtp,
+                "smtp+tls" => RelayScheme::SmtpTls,
+                "smtp+notls" => RelayScheme::SmtpNoTls,
+                "smtps" => RelayScheme::Smtps,
+                "lmtp" => RelayScheme::Lmtp,
+                _ => return None,
+            };
+            (scheme, r)
+        }
+        None => (RelayScheme::Smtp, text),
+    };
+    let (label, hostport) = match rest.rsplit_once('@') {
+        Some((l, h)) if !l.is_empty() => (Some(l.to_string()), h),
+        Some(_) => return None,
+        None => (None, rest),
+    };
+    if label.is_some() && !matches!(scheme, RelayScheme::SmtpTls | RelayScheme::Smtps) {
+        return None;
+    }
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let (addr, after) = inner.split_once(']')?;
+        let addr = addr
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("ipv6:"))
+            .map_or(addr, |_| &addr[5..]);
+        addr.parse::<IpAddr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+        };
+        (addr.to_string(), port)
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.parse::<u16>().ok()?)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if !valid || port == Some(0) {
+        return None;
+    }
+    let port = match (port, scheme) {
+        (Some(p), _) => p,
+        (None, RelayScheme::Lmtp) => return None,
+        (None, RelayScheme::Smtps) => 465,
+        (None, _) => 25,
+    };
+    Some(RelayUrl {
+        scheme,
+        label,
+        host,
+        port,
+    })
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOutcome {
+    pub status: Status,
+    /// The `stat=` text: the next hop's reply, or our reason.
+    pub stat: String,
+    /// The host the mail went to (or was meant to), for `relay=`.
+    pub relay: String,
+    /// The id of the last session, or zeros when none was opened (DNS failures).
+    pub session: String,
+}
+
+impl RelayOutcome {
+    fn new(status: Status, stat: impl Into<String>, relay: &str) -> Self {
+        RelayOutcome {
+            status,
+            stat: stat.into(),
+            relay: relay.to_string(),
+            session: NO_SESSION.to_string(),
+        }
+    }
+}
+
+/// One message to hand over: envelope sender, recipients, and the queued content.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// Reverse path without brackets; empty for `<>`.
+    pub sender: &'a str,
+    /// The recipient (the envelope's `dest`).
+    pub recipient: &'a str,
+    /// The message as queued (LF or CRLF line ends).
+    pub content: &'a [u8],
+}
+
+/// Everything a relay attempt needs besides the message.
+#[derive(Clone)]
+pub struct Relayer {
+    resolver: Arc<dyn Resolver>,
+    tls: TlsStore,
+    /// The server name: default HELO name.
+    server_name: String,
+    /// Port used for MX hosts (25; tests may move it).
+    mx_port: u16,
+}
+
+/// An open stream, plain or encrypted.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A reply from the next hop.
+#[derive(Debug)]
+struct Reply {
+    code: u16,
+    lines: Vec<String>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        self.lines.join(" ")
+    }
+    fn status(&self) -> Status {
+        match self.code {
+            200..=399 => Status::Ok,
+            500..=599 => Status::PermFail,
+            _ => Status::TempFail,
+        }
+    }
+}
+
+/// One SMTP client connection.
+struct Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn read_line(&mut self) -> Result<String, String> {
+        for _ in 0..MAX_LINE {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err("Line too long".into());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match timeout(REPLY_TIMEOUT, self.io.read(&mut chunk)).await {
+                Err(_) => return Err("Timeout".into()),
+                Ok(Err(e)) => return Err(format!("IO Error: {e}")),
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                return Err("Connection closed unexpectedly".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Err("Line too long".into())
+    }
+
+    async fn reply(&mut self) -> Result<Reply, String> {
+        let mut lines = Vec::new();
+        for _ in 0..MAX_REPLY_LINES {
+            let line = self.read_line().await?;
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (200..600).contains(c))
+                .ok_or_else(|| format!("Bad response: {line}"))?;
+            let sep = line.as_bytes().get(3).copied();
+            lines.push(line.clone());
+            match sep {
+                None | Some(b' ') => return Ok(Reply { code, lines }),
+                Some(b'-') => continue,
+                _ => return Err(format!("Bad response: {line}")),
+            }
+        }
+        Err("Reply too long".into())
+    }
+
+    async fn send(&mut self, data: &[u8]) -> Result<(), String> {
+        match timeout(REPLY_TIMEOUT, async {
+            self.io.write_all(data).await?;
+            self.io.flush().await
+        })
+        .await
+        {
+            Err(_) => Err("Timeout".into()),
+            Ok(Err(e)) => Err(format!("IO Error: {e}")),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn command(&mut self, line: &str) -> Result<Reply, String> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.reply().await
+    }
+}
+
+/// The message body for DATA: CRLF line ends, leading dots doubled, ends with `.`.
+pub fn data_payload(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 8);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn session_id() -> String {
+    format!("{:016x}", getrandom::u64().unwrap_or(0))
+}
+
+/// The capabilities of an EHLO reply that matter here.
+#[derive(Default)]
+struct Capabilities {
+    starttls: bool,
+    auth_plain: bool,
+    auth_login: bool,
+}
+
+fn capabilities(reply: &Reply) -> Capabilities {
+    let mut caps = Capabilities::default();
+    for line in reply.lines.iter().skip(1) {
+        let kw = line.get(4..).unwrap_or("").to_ascii_uppercase();
+        let mut words = kw.split_whitespace();
+        match words.next() {
+            Some("STARTTLS") => caps.starttls = true,
+            Some("AUTH") => {
+                for w in words {
+                    caps.auth_plain |= w == "PLAIN";
+                    caps.auth_login |= w == "LOGIN";
+                }
+            }
+            _ => {}
+        }
+    }
+    caps
+}
+
+/// A session failure: the status it maps to and its text.
+type Failure = (Status, String);
+
+fn temp(text: impl Into<String>) -> Failure {
+    (Status::TempFail, text.into())
+}
+
+impl Relayer {
+    /// A relayer asking `resolver` for MX and addresses, with `tls` for handshakes and
+    /// `server_name` as the default HELO name.
+    pub fn new(resolver: Arc<dyn Resolver>, tls: TlsStore, server_name: &str) -> Relayer {
+        Relayer {
+            resolver,
+            tls,
+            server_name: server_name.to_string(),
+            mx_port: 25,
+        }
+    }
+
+    /// Deliver to MX hosts on `port` instead of 25 (tests on loopback).
+    pub fn with_mx_port(mut self, port: u16) -> Relayer {
+        self.mx_port = port;
+        self
+    }
+
+    /// One delivery attempt of `mail` through the relay action `action`. `url` is the
+    /// smarthost chosen from `host`/`domain` (as written), or `None` for MX routing.
+    /// `auth` looks up an `auth` table entry by label; `source` is the local address to
+    /// connect from (`src`).
+    pub async fn deliver(
+        &self,
+        action: &RelayAction,
+        url: Option<&str>,
+        auth: &(dyn Fn(&str) -> Option<String> + Sync),
+        mail: &Outgoing<'_>,
+        source: Option<IpAddr>,
+    ) -> RelayOutcome {
+        let helo = action
+            .helo
+            .clone()
+            .unwrap_or_else(|| self.server_name.clone());
+        let domain = mail.recipient.rsplit_once('@').map_or("", |(_, d)| d);
+        // `tls` makes STARTTLS mandatory on MX routes too.
+        let mx_scheme = if action.tls.is_some() {
+            RelayScheme::SmtpTls
+        } else {
+            RelayScheme::Smtp
+        };
+        // The hosts to try: (name for logs and TLS, port, scheme, auth label).
+        let mut hops: Vec<(String, u16, RelayScheme, Option<String>)> = Vec::new();
+        match url {
+            Some(text) => {
+                let Some(mut u) = parse_relay_url(text) else {
+                    warn!("warn: Failed to parse smarthost {text}");
+                    return RelayOutcome::new(Status::TempFail, "Cannot parse smarthost", text);
+                };
+                if action.tls.is_some() {
+                    match u.scheme {
+                        RelayScheme::Smtp => u.scheme = RelayScheme::SmtpTls,
+                        RelayScheme::SmtpNoTls => {
+                            return RelayOutcome::new(
+                                Status::TempFail,
+                                "TLS required for relaying",
+                                &u.host,
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                if u.label.is_some() && action.auth.is_none() {
+                    return RelayOutcome::new(
+                        Status::TempFail,
+                        "No auth table for relaying",
+                        &u.host,
+                    );
+                }
+                hops.push((u.host, u.port, u.scheme, u.label));
+            }
+            None => {
+                if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+                    let lit = lit
+                        .get(..5)
+                        .filter(|p| p.eq_ignore_ascii_case("ipv6:"))
+                        .map_or(lit, |_| &lit[5..]);
+                    if lit.parse::<IpAddr>().is_err() {
+                        return RelayOutcome::new(Status::PermFail, "Invalid domain name", domain);
+                    }
+                    hops.push((lit.to_string(), self.mx_port, mx_scheme, None));
+                } else {
+                    let deadline = Instant::now() + DNS_TIMEOUT;
+                    match mail_exchangers(self.resolver.as_ref(), domain, deadline).await {
+                        MxRoute::Exchangers(list) => {
+                            let list = match &action.backup {
+                                Some(name) => {
+                                    let me = name.as_deref().unwrap_or(&self.server_name);
+                                    match backup_exchangers(list, me) {
+                                        Some(l) => l,
+                                        None => {
+                                            return RelayOutcome::new(
+                                                Status::TempFail,
+                                                "No MX found for domain",
+                                                domain,
+                                            );
+                                        }
+                                    }
+                                }
+                                None => list,
+                            };
+                            for e in list {
+                                hops.push((e.host, self.mx_port, mx_scheme, None));
+                            }
+                        }
+                        failed => {
+                            let f = failed
+                                .failure()
+                                .map_or((false, "Temporary failure in MX lookup"), |f| {
+                                    (f.permanent, f.reason)
+                                });
+                            info!(
+                                "smtp-out: Failed to resolve MX for [relay:{domain},smtp]: {}",
+                                f.1
+                            );
+                            let status = if f.0 {
+                                Status::PermFail
+                            } else {
+                                Status::TempFail
+                            };
+                            return RelayOutcome::new(status, f.1, domain);
+                        }
+                    }
+                }
+            }
+        }
+        let mut last = RelayOutcome::new(
+            Status::TempFail,
+            "Network error on destination MXs",
+            hops.first().map_or(domain, |h| h.0.as_str()),
+        );
+        for (host, port, scheme, label) in hops.iter().take(16) {
+            let addrs = self.addresses(host).await;
+            for addr in addrs.into_iter().take(8) {
+                let sa = SocketAddr::new(addr, *port);
+                let credentials = match (label, action.auth) {
+                    (Some(l), Some(_)) => match auth(l).map(|v| RelayCredentials::parse(l, &v)) {
+                        Some(Ok(c)) => Some(c),
+                        _ => {
+                            return RelayOutcome::new(
+                                Status::TempFail,
+                                "No credentials for relaying",
+                                host,
+                            );
+                        }
+                    },
+                    _ => None,
+                };
+                let sid = session_id();
+                let mut outcome = self
+                    .session(
+                        &sid,
+                        action,
+                        &helo,
+                        host,
+                        (source, sa),
+                        *scheme,
+                        credentials.clone(),
+                        mail,
+                    )
+                    .await;
+                if *scheme == RelayScheme::Smtp
+                    && matches!(&outcome, Err((_, t)) if t.starts_with("!TLS"))
+                {
+                    info!(
+                        "smtp-out: Error on session {sid}: opportunistic TLS failed, downgrading to plain"
+                    );
+                    outcome = self
+                        .session(
+                            &sid,
+                            action,
+                            &helo,
+                            host,
+                            (source, sa),
+                            RelayScheme::SmtpNoTls,
+                            credentials,
+                            mail,
+                        )
+                        .await;
+                }
+                let with_sid = |mut o: RelayOutcome| {
+                    o.session = sid.clone();
+                    o
+                };
+                match outcome {
+                    // Connection-level trouble: try the next address or MX.
+                    Err((Status::TempFail, text)) if text.starts_with('!') => {
+                        // 6.8 reports every failed route this way, smarthosts too.
+                        last = with_sid(RelayOutcome::new(
+                            Status::TempFail,
+                            "Network error on destination MXs",
+                            host,
+                        ));
+                    }
+                    Err((status, text)) => {
+                        return with_sid(RelayOutcome::new(status, text, host));
+                    }
+                    Ok(text) => return with_sid(RelayOutcome::new(Status::Ok, text, host)),
+                }
+            }
+        }
+        last
+    }
+
+    async fn addresses(&self, host: &str) -> Vec<IpAddr> {
+        if let Ok(a) = host.parse::<IpAddr>() {
+            return vec![a];
+        }
+        let deadline = Instant::now() + DNS_TIMEOUT;
+        match within(deadline, self.resolver.a_aaaa(host, AddressFamily::Any)).await {
+            Answer::Records(r) => r,
+            _ => Vec::new(),
+        }
+    }
+
+    /// One SMTP session to `addr`. `Err` texts starting with `!` are connection-level
+    /// failures after which another address may be tried.
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &self,
+        sid: &str,
+        action: &RelayAction,
+        helo: &str,
+        host: &str,
+        (source, addr): (Option<IpAddr>, SocketAddr),
+        scheme: RelayScheme,
+        credentials: Option<RelayCredentials>,
+        mail: &Outgoing<'_>,
+    ) -> Result<String, Failure> {
+        info!(
+            "{sid} mta connecting address={}://{addr} host={host}",
+            scheme.text()
+        );
+        let tcp = match timeout(CONNECT_TIMEOUT, connect_from(source, addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                info!("{sid} mta error reason=IO Error: {e}");
+                return Err(temp(format!("!IO Error: {e}")));
+            }
+            Err(_) => {
+                info!("{sid} mta error reason=Connection timeout");
+                return Err(temp("!Connection timeout"));
+            }
+        };
+        info!("{sid} mta connected");
+        // Certificates are checked when TLS is required (`tls`, `smtp+tls://`, `smtps://`)
+        // unless `no-verify`; opportunistic STARTTLS takes any certificate.
+        let verify =
+            action.tls != Some(true) && matches!(scheme, RelayScheme::SmtpTls | RelayScheme::Smtps);
+        let mut conn = Conn {
+            io: Box::new(tcp),
+            buf: Vec::new(),
+        };
+        let mut secure = false;
+        if scheme == RelayScheme::Smtps {
+            conn = self
+                .handshake(sid, action, helo, host, conn, verify)
+                .await?;
+            secure = true;
+        }
+        let result = self
+            .dialogue(
+                sid,
+                action,
+                helo,
+                host,
+                &mut conn,
+                scheme,
+                verify,
+                secure,
+                credentials,
+                mail,
+            )
+            .await;
+        match &result {
+            Ok(_) => {
+                let _ = timeout(Duration::from_secs(10), conn.command("QUIT")).await;
+                info!("{sid} mta disconnected reason=quit messages=1");
+            }
+            Err((_, why)) => {
+                if let Some(reason) = why.strip_prefix('!') {
+                    info!("{sid} mta error reason={reason}");
+                }
+                let _ = timeout(Duration::from_secs(5), conn.command("QUIT")).await;
+                info!(
+                    "{sid} mta disconnected reason={} messages=0",
+                    if why.starts_with('!') {
+                        "error"
+                    } else {
+                        "quit"
+                    }
+                );
+            }
+        }
+        result
+    }
+
+    async fn handshake(
+        &self,
+        sid: &str,
+        action: &RelayAction,
+        helo: &str,
+        host: &str,
+        conn: Conn,
+        verify: bool,
+    ) -> Result<Conn, Failure> {
+        let tls = ClientTls::for_relay(&self.tls, action, helo, verify)
+            .map_err(|e| temp(format!("!TLS setup: {e}")))?;
+        let up = match timeout(TLS_TIMEOUT, tls.connect(host, conn.io)).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => return Err(temp(format!("!TLS handshake: {e}"))),
+            Err(_) => return Err(temp("!TLS handshake timeout")),
+        };
+        info!("{sid} mta tls ciphers={}", up.facts.ciphers());
+        if let Some(why) = up.refusal() {
+            info!("{sid} mta server-cert-check result=\"failure\"");
+            return Err(temp(format!("!{why}")));
+        }
+        Ok(Conn {
+            io: Box::new(up.stream),
+            buf: Vec::new(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dialogue(
+        &self,
+        sid: &str,
+        action: &RelayAction,
+        helo: &str,
+        host: &str,
+        conn: &mut Conn,
+        scheme: RelayScheme,
+        verify: bool,
+        mut secure: bool,
+        credentials: Option<RelayCredentials>,
+        mail: &Outgoing<'_>,
+    ) -> Result<String, Failure> {
+        let net = |e: String| temp(format!("!{e}"));
+        let greeting = conn.reply().await.map_err(net)?;
+        if greeting.code != 220 {
+            return Err((greeting.status(), greeting.text()));
+        }
+        let hello = if scheme == RelayScheme::Lmtp {
+            "LHLO"
+        } else {
+            "EHLO"
+        };
+        let mut ehlo = conn
+            .command(&format!("{hello} {helo}"))
+            .await
+            .map_err(net)?;
+        if ehlo.code != 250 {
+            ehlo = conn.command(&format!("HELO {helo}")).await.map_err(net)?;
+            if ehlo.code != 250 {
+                return Err((ehlo.status(), ehlo.text()));
+            }
+        }
+        let mut caps = capabilities(&ehlo);
+        let want_tls = !secure && scheme != RelayScheme::SmtpNoTls;
+        let must_tls = matches!(scheme, RelayScheme::SmtpTls);
+        if want_tls && caps.starttls {
+            let r = conn.command("STARTTLS").await.map_err(net)?;
+            if r.code != 220 {
+                if must_tls {
+                    return Err(temp(format!("!STARTTLS refused: {}", r.text())));
+                }
+            } else {
+                let plain = std::mem::replace(
+                    conn,
+                    Conn {
+                        io: Box::new(tokio::io::empty()),
+                        buf: Vec::new(),
+                    },
+                );
+                *conn = self
+                    .handshake(sid, action, helo, host, plain, verify)
+                    .await?;
+                secure = true;
+                let again = conn
+                    .command(&format!("{hello} {helo}"))
+                    .await
+                    .map_err(net)?;
+                if again.code != 250 {
+                    return Err((again.status(), again.text()));
+                }
+                caps = capabilities(&again);
+            }
+        } else if must_tls {
+            return Err(temp("!TLS required but not supported by remote host"));
+        }
+        if let Some(c) = credentials {
+            if !secure {
+                return Err(temp("Refuse to AUTH over unsecure channel"));
+            }
+            if caps.auth_plain {
+                let r = conn
+                    .command(&format!("AUTH PLAIN {}", c.plain_response()))
+                    .await
+                    .map_err(net)?;
+                if r.code != 235 {
+                    return Err((r.status(), r.text()));
+                }
+            } else if caps.auth_login {
+                let r = conn.command("AUTH LOGIN").await.map_err(net)?;
+                if r.code != 334 {
+                    return Err((r.status(), r.text()));
+                }
+                let r = conn.command(&c.login_username()).await.map_err(net)?;
+                if r.code != 334 {
+                    return Err((r.status(), r.text()));
+                }
+                let r = conn.command(&c.login_password()).await.map_err(net)?;
+                if r.code != 235 {
+                    return Err((r.status(), r.text()));
+                }
+            } else {
+                return Err(temp("AUTH not advertised"));
+            }
+        }
+        let sender = mail_from(action.mail_from.as_deref(), mail.sender);
+        let r = conn
+            .command(&format!("MAIL FROM:<{sender}>"))
+            .await
+            .map_err(net)?;
+        if r.code != 250 {
+            return Err((r.status(), r.text()));
+        }
+        let r = conn
+            .command(&format!("RCPT TO:<{}>", mail.recipient))
+            .await
+            .map_err(net)?;
+        if !(250..=252).contains(&r.code) {
+            return Err((r.status(), r.text()));
+        }
+        let r = conn.command("DATA").await.map_err(net)?;
+        if r.code != 354 {
+            return Err((r.status(), r.text()));
+        }
+        conn.send(&data_payload(mail.content)).await.map_err(net)?;
+        let r = conn.reply().await.map_err(net)?;
+        if r.code != 250 {
+            return Err((r.status(), r.text()));
+        }
+        Ok(r.text())
+    }
+}
+
+/// Opens a TCP connection to `addr`, from `source` when given.
+async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(src) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    if src.is_ipv4() != addr.is_ipv4() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "source and destination address families differ",
+        ));
+    }
+    let socket = if src.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(src, 0))?;
+    socket.connect(addr).await
+}
+
+/// `backup [mx NAME]`: only the exchangers preferred over NAME. `None` when NAME is the
+/// most preferred (nothing better to hand the mail to); all of them when NAME is absent.
+pub fn backup_exchangers(list: Vec<MailExchanger>, me: &str) -> Option<Vec<MailExchanger>> {
+    let Some(mine) = list
+        .iter()
+        .find(|e| e.host.eq_ignore_ascii_case(me))
+        .map(|e| e.preference)
+    else {
+        return Some(list);
+    };
+    let better: Vec<MailExchanger> = list.into_iter().filter(|e| e.preference < mine).collect();
+    (!better.is_empty()).then_some(better)
+}
+
+/// The envelope sender after `mail-from`: an empty user or domain part keeps the original
+/// part; the null sender is never rewritten.
+pub fn mail_from(over: Option<&str>, sender: &str) -> String {
+    let Some(over) = over else {
+        return sender.to_string();
+    };
+    if sender.is_empty() {
+        return String::new();
+    }
+    let over = over.trim_start_matches('<').trim_end_matches('>');
+    let (ou, od) = over.rsplit_once('@').unwrap_or((over, ""));
+    let (su, sd) = sender.rsplit_once('@').unwrap_or((sender, ""));
+    let user = if ou.is_empty() { su } else { ou };
+    let domain = if od.is_empty() { sd } else { od };
+    if domain.is_empty() {
+        user.to_string()
+    } else {
+        format!("{user}@{domain}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_relay_url("smtp+tls://lbl@mail.example:587").unwrap();
+        assert_eq!(u.scheme, RelayScheme::SmtpTls);
+        assert_eq!(u.label.as_deref(), Some("lbl"));
+        assert_eq!((u.host.as_str(), u.port), ("mail.example", 587));
+        assert_eq!(parse_relay_url("smtps://[::1]").unwrap().port, 465);
+        assert_eq!(parse_relay_url("127.0.0.1").unwrap().port, 25);
+        assert!(parse_relay_url("lmtp://host").is_none());
+        assert!(parse_relay_url("smtp://lbl@host").is_none());
+        assert!(parse_relay_url("gopher://host").is_none());
+        assert!(parse_relay_url("smtp://host:x").is_none());
+    }
+
+    #[test]
+    fn dot_stuffing_and_crlf() {
+        assert_eq!(
+            data_payload(b"a\n.b\n..c\r\nd"),
+            b"a\r\n..b\r\n...c\r\nd\r\n.\r\n".to_vec()
+        );
+        assert_eq!(data_payload(b""), b".\r\n".to_vec());
+    }
+
+    #[test]
+    fn backup_keeps_only_better_exchangers() {
+        let mx = |p, h: &str| MailExchanger {
+            preference: p,
+            host: h.into(),
+            implicit: false,
+        };
+        let list = vec![mx(10, "a.test"), mx(20, "me.test"), mx(30, "c.test")];
+        assert_eq!(
+            backup_exchangers(list.clone(), "ME.test"),
+            Some(vec![mx(10, "a.test")])
+        );
+        assert_eq!(backup_exchangers(list.clone(), "a.test"), None);
+        assert_eq!(backup_exchangers(list.clone(), "x.test"), Some(list));
+    }
+
+    #[test]
+    fn mail_from_override() {
+        assert_eq!(mail_from(Some("@b.test"), "x@a.test"), "x@b.test");
+        assert_eq!(mail_from(Some("y@"), "x@a.test"), "y@a.test");
+        assert_eq!(mail_from(Some("y@b.test"), ""), "");
+        assert_eq!(mail_from(None, "x@a.test"), "x@a.test");
+    }
+}

@@ -1,0 +1,145 @@
+//! A small SMTP sink for relay tests: it records the commands and DATA it receives and
+//! answers RCPT as planned per connection; optional STARTTLS (rustls) and AUTH.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// What the sink does and what it saw.
+#[derive(Clone, Default)]
+pub struct Sink {
+    /// Reply to RCPT per connection (index); missing = `250 2.1.5 Ok`.
+    pub rcpt_replies: Vec<String>,
+    /// Offer STARTTLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH PLAIN LOGIN once secured.
+    pub auth: bool,
+    /// Every command line received, `TLS` when a handshake finished.
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// Every DATA payload, raw bytes up to and including the final dot line.
+    pub data: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The client address of every connection.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Sink {
+    pub async fn start(self, addr: &str) -> std::io::Result<(Sink, SocketAddr)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            for index in 0..20 {
+                let Ok((socket, peer)) = listener.accept().await else {
+                    return;
+                };
+                me.peers.lock().unwrap().push(peer);
+                let me = me.clone();
+                tokio::spawn(async move {
+                    if let Some(plain) = me.dialogue(socket, index, false).await
+                        && let Some(cfg) = me.tls.clone()
+                    {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                        if let Ok(secure) = acceptor.accept(plain).await {
+                            me.log.lock().unwrap().push("TLS".into());
+                            me.dialogue(secure, index, true).await;
+                        }
+                    }
+                });
+            }
+        });
+        Ok((self, local))
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// One SMTP conversation; returns the stream when the client asked for STARTTLS.
+    async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        index: usize,
+        secured: bool,
+    ) -> Option<S> {
+        let mut r = BufReader::new(stream);
+        if !secured {
+            r.get_mut()
+                .write_all(b"220 sink.test ESMTP\r\n")
+                .await
+                .ok()?;
+        }
+        for _ in 0..50 {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end().to_string();
+            self.log.lock().unwrap().push(line.clone());
+            let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            let reply = match verb.as_str() {
+                "EHLO" => {
+                    let mut r = String::from("250-sink.test\r\n");
+                    if self.tls.is_some() && !secured {
+                        r.push_str("250-STARTTLS\r\n");
+                    }
+                    if self.auth && secured {
+                        r.push_str("250-AUTH PLAIN LOGIN\r\n");
+                    }
+                    r.push_str("250 8BITMIME\r\n");
+                    r
+                }
+                "STARTTLS" => {
+                    r.get_mut().write_all(b"220 go ahead\r\n").await.ok()?;
+                    return Some(r.into_inner());
+                }
+                "AUTH" => "235 2.7.0 Authentication succeeded\r\n".into(),
+                "MAIL" => "250 2.0.0 Ok\r\n".into(),
+                "RCPT" => match self.rcpt_replies.get(index) {
+                    Some(x) => format!("{x}\r\n"),
+                    None => "250 2.1.5 Ok\r\n".into(),
+                },
+                "DATA" => {
+                    r.get_mut().write_all(b"354 go\r\n").await.ok()?;
+                    let mut body = Vec::new();
+                    for _ in 0..10_000 {
+                        let mut l = Vec::new();
+                        if r.read_until(b'\n', &mut l).await.ok()? == 0 {
+                            return None;
+                        }
+                        body.extend_from_slice(&l);
+                        if l == b".\r\n" {
+                            break;
+                        }
+                    }
+                    self.data.lock().unwrap().push(body);
+                    "250 2.0.0 queued as 42\r\n".into()
+                }
+                "QUIT" => {
+                    let _ = r.get_mut().write_all(b"221 bye\r\n").await;
+                    return None;
+                }
+                _ => "500 what\r\n".into(),
+            };
+            r.get_mut().write_all(reply.as_bytes()).await.ok()?;
+        }
+        None
+    }
+}
+
+/// A self-signed certificate for `sink.test`, as a server configuration.
+pub fn tls_config() -> Arc<rustls::ServerConfig> {
+    let ck = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+        ck.signing_key.serialize_der(),
+    ));
+    let cfg = rustls::ServerConfig::builder_with_provider(smtpd::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    Arc::new(cfg)
+}
