@@ -156,6 +156,14 @@ expect(235, lambda: s.docmd("c2VjcmV0"))
 expect(503, lambda: s.docmd("AUTH", "PLAIN AGFsaWNlAHNlY3JldA=="))
 s.quit()
 
+# The other PLAIN form, with an authorization identity: authzid NUL user NUL password.
+import base64
+s = smtplib.SMTP("127.0.0.1", {p1}, local_hostname="client.example", timeout=10)
+s.starttls(context=ctx)
+s.ehlo()
+expect(235, lambda: s.docmd("AUTH", "PLAIN " + base64.b64encode(b"alice\0alice\0secret").decode()))
+s.quit()
+
 # `auth` (required) on the SMTPS listener: no mail before AUTH.
 s = smtplib.SMTP_SSL("127.0.0.1", {p2}, local_hostname="client.example", timeout=10, context=ctx)
 s.ehlo()
