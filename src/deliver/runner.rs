@@ -381,38 +381,17 @@ impl Runner {
             delay_secs: now().saturating_sub(e.ctime) as i64,
         };
         info!("{}", mda_delivery_line(&entry, &result));
-        match result.status {
-            Status::Ok | Status::PermFail => {
-                if result.status == Status::PermFail {
-                    self.stats.permfail.fetch_add(1, Ordering::Relaxed);
-                    // The report needs the message: it is queued before the envelope goes.
-                    self.bounce(
-                        &e,
-                        BounceKind::Failed,
-                        0,
-                        StatusCode { class: 5, code: 30 },
-                        &result.error,
-                    )
-                    .await;
-                } else {
-                    self.stats.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                let spool = self.spool.clone();
-                if let Ok(Err(err)) =
-                    tokio::task::spawn_blocking(move || spool.remove_envelope(evpid)).await
-                {
-                    warn!("warn: queue: remove {evpid}: {err}");
-                }
-                if let Ok(mut s) = self.scheduler.lock() {
-                    s.delivered(evpid);
-                }
-            }
-            Status::TempFail => self.temporary(&mut e, &result.error).await,
-        }
+        self.settle(
+            e,
+            result.status,
+            StatusCode { class: 5, code: 30 },
+            &result.error,
+        )
+        .await;
     }
 
     /// One relay attempt for `e`: route, SMTP session, `mta delivery` line, queue update.
-    async fn relay(&self, mut e: Envelope) {
+    async fn relay(&self, e: Envelope) {
         let evpid = e.id;
         let cfg = &self.graph.config;
         let mut used_source = None;
@@ -500,19 +479,26 @@ impl Runner {
             super::log::duration_to_text(now().saturating_sub(e.ctime) as i64),
             outcome.stat
         );
-        match outcome.status {
+        self.settle(
+            e,
+            outcome.status,
+            StatusCode { class: 5, code: 0 },
+            &outcome.stat,
+        )
+        .await;
+    }
+
+    /// Record the outcome of one delivery attempt, local or relayed: delivered or failed
+    /// for good (a report to the sender first), the envelope leaves the queue; a temporary
+    /// failure is rescheduled.
+    async fn settle(&self, mut e: Envelope, status: Status, code: StatusCode, why: &str) {
+        let evpid = e.id;
+        match status {
             Status::Ok | Status::PermFail => {
-                if outcome.status == Status::PermFail {
+                if status == Status::PermFail {
                     self.stats.permfail.fetch_add(1, Ordering::Relaxed);
-                    // The sender gets a report; it is queued before the envelope goes.
-                    self.bounce(
-                        &e,
-                        BounceKind::Failed,
-                        0,
-                        StatusCode { class: 5, code: 0 },
-                        &outcome.stat,
-                    )
-                    .await;
+                    // The report needs the message: it is queued before the envelope goes.
+                    self.bounce(&e, BounceKind::Failed, 0, code, why).await;
                 } else {
                     self.stats.ok.fetch_add(1, Ordering::Relaxed);
                 }
@@ -526,7 +512,7 @@ impl Runner {
                     s.delivered(evpid);
                 }
             }
-            Status::TempFail => self.temporary(&mut e, &outcome.stat).await,
+            Status::TempFail => self.temporary(&mut e, why).await,
         }
     }
 
