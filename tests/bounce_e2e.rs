@@ -87,7 +87,14 @@ fn send_to(port: u16, from: &str, to: &[&str], body: &str) {
         (format!("MAIL FROM:<{from}>"), "250"),
     ];
     for t in to {
-        dialogue.push((format!("RCPT TO:<{t}>"), "250"));
+        // A recipient may carry ESMTP parameters after a space: `rcpt NOTIFY=NEVER`.
+        let (addr, params) = t.split_once(' ').unwrap_or((t, ""));
+        let params = if params.is_empty() {
+            String::new()
+        } else {
+            format!(" {params}")
+        };
+        dialogue.push((format!("RCPT TO:<{addr}>{params}"), "250"));
     }
     dialogue.extend([
         ("DATA".to_string(), "354"),
@@ -354,4 +361,39 @@ fn a_report_no_rule_accepts_is_logged_and_dropped() {
             })
             .unwrap_or(true)
     });
+}
+
+/// NOTIFY=NEVER on the RCPT: the permanent failure is not reported; NOTIFY=FAILURE is.
+#[test]
+fn notify_parameters_decide_the_report() {
+    let (dir, vmail) = setup();
+    let (d, port) = start(dir.path(), &conf(&vmail));
+    send(
+        port,
+        "alice@mx.test",
+        "broken@mx.test NOTIFY=NEVER",
+        "Subject: never\r\n\r\nbody",
+    );
+    wait_for("the permanent failure", || {
+        d.log().contains("result=PermFail")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        maildir_files(&vmail.join("alice@mx.test")).is_empty(),
+        "no report for NOTIFY=NEVER"
+    );
+    send(
+        port,
+        "alice@mx.test",
+        "cracked@mx.test NOTIFY=FAILURE,DELAY",
+        "Subject: failure\r\n\r\nbody",
+    );
+    wait_for("the report", || {
+        !maildir_files(&vmail.join("alice@mx.test")).is_empty()
+    });
+    let report = std::fs::read_to_string(&maildir_files(&vmail.join("alice@mx.test"))[0]).unwrap();
+    assert!(
+        report.contains("cracked@mx.test") && !report.contains("broken@mx.test"),
+        "{report}"
+    );
 }

@@ -384,6 +384,19 @@ impl Envelope {
         if self.dsn.notify.has(DsnNotify::NEVER) {
             return Err(BounceRefusal::NotifyNever);
         }
+        // With an explicit NOTIFY list only the reports it names are sent (RFC 3461 §4.1);
+        // without one, failures are reported (and delays, as OpenSMTPD does).
+        let notify = self.dsn.notify;
+        if notify.0 != 0 {
+            let wanted = match report.kind {
+                BounceKind::Failed => notify.has(DsnNotify::FAILURE),
+                BounceKind::Delayed => notify.has(DsnNotify::DELAY),
+                BounceKind::Delivered => notify.has(DsnNotify::SUCCESS),
+            };
+            if !wanted {
+                return Err(BounceRefusal::NotifyNever);
+            }
+        }
         if self.kind() == DeliveryKind::Bounce {
             return Err(BounceRefusal::DoubleBounce);
         }
@@ -433,6 +446,38 @@ mod tests {
             "x@queue.test",
             1795333122,
         )
+    }
+
+    #[test]
+    fn notify_list_selects_the_reports() {
+        let target = |kind| BounceTarget {
+            kind,
+            delay: 0,
+            ttl: 0,
+        };
+        let mut e = evp();
+        let id = Evpid::from_parts(e.id.msgid(), 0x2222).unwrap();
+        assert!(
+            e.bounce(id, target(BounceKind::Failed), 1).is_ok(),
+            "no NOTIFY: failures reported"
+        );
+        e.dsn.notify = DsnNotify(DsnNotify::DELAY);
+        assert_eq!(
+            e.bounce(id, target(BounceKind::Failed), 1),
+            Err(BounceRefusal::NotifyNever)
+        );
+        assert!(e.bounce(id, target(BounceKind::Delayed), 1).is_ok());
+        e.dsn.notify = DsnNotify(DsnNotify::SUCCESS | DsnNotify::FAILURE);
+        assert!(e.bounce(id, target(BounceKind::Failed), 1).is_ok());
+        assert_eq!(
+            e.bounce(id, target(BounceKind::Delayed), 1),
+            Err(BounceRefusal::NotifyNever)
+        );
+        e.dsn.notify = DsnNotify(DsnNotify::NEVER);
+        assert_eq!(
+            e.bounce(id, target(BounceKind::Failed), 1),
+            Err(BounceRefusal::NotifyNever)
+        );
     }
 
     #[test]

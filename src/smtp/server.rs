@@ -439,8 +439,10 @@ impl Conn {
     fn recipient(
         &mut self,
         rcpt: &Mailaddr,
+        params: &super::command::RcptParams,
         envelope: &super::action::Envelope,
     ) -> RecipientVerdict {
+        let dsn = dsn_of(params, &envelope.mail_params);
         let graph = self.server.graph.clone();
         let source = self.client.address.text();
         let listener = self.listener().clone();
@@ -537,6 +539,7 @@ impl Conn {
             };
             e.auth_user = envelope.auth_user.clone().unwrap_or_default();
             e.flags.authenticated = envelope.auth_user.is_some();
+            e.dsn = dsn.clone();
             self.envelopes.push(e);
             last = Some(evpid);
         }
@@ -634,6 +637,37 @@ impl Conn {
                 CommitVerdict::Refuse(Reply::temporary_failure())
             }
         }
+    }
+}
+
+/// The DSN parameters of a recipient (NOTIFY, ORCPT) and its transaction (RET, ENVID), as
+/// the envelope keeps them for reports.
+fn dsn_of(rcpt: &super::command::RcptParams, mail: &super::command::MailParams) -> queue::Dsn {
+    let mut notify = 0;
+    if let Some(n) = &rcpt.notify {
+        for (on, bit) in [
+            (n.success, queue::DsnNotify::SUCCESS),
+            (n.failure, queue::DsnNotify::FAILURE),
+            (n.delay, queue::DsnNotify::DELAY),
+            (n.never, queue::DsnNotify::NEVER),
+        ] {
+            if on {
+                notify |= bit;
+            }
+        }
+    }
+    queue::Dsn {
+        notify: queue::DsnNotify(notify),
+        ret: mail.ret.map(|r| match r {
+            super::command::DsnRet::Headers => queue::DsnRet::Headers,
+            super::command::DsnRet::Full => queue::DsnRet::Full,
+        }),
+        envid: mail.envid.clone().unwrap_or_default(),
+        orcpt: rcpt
+            .orcpt
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -903,9 +937,11 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                         Question::Sender { sender, .. } => {
                             Answer::Sender(conn.sender(sender).await)
                         }
-                        Question::Recipient { rcpt, envelope, .. } => {
-                            Answer::Recipient(conn.recipient(&rcpt, &envelope))
-                        }
+                        Question::Recipient {
+                            rcpt,
+                            params,
+                            envelope,
+                        } => Answer::Recipient(conn.recipient(&rcpt, &params, &envelope)),
                         Question::OpenMessage(_) => {
                             let t = now() as i64;
                             let (off, zone) = local_offset(t);
