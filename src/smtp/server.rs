@@ -80,21 +80,7 @@ pub async fn accept_loop(server: Arc<Server>, listener: TcpListener, index: usiz
                 });
             }
             Err(_) => {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let name = &server.graph.config.hostname;
-                    let line =
-                        format!("421 4.3.2 {name} Too many connections, try again later\r\n");
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        stream.write_all(line.as_bytes()),
-                    )
-                    .await;
-                    info!(
-                        "smtp: refused connection from {} (session limit reached)",
-                        peer.ip()
-                    );
-                });
+                tokio::spawn(refuse_over_capacity(server, stream, peer.ip().to_string()));
             }
         }
     }
@@ -124,18 +110,7 @@ pub async fn accept_local_loop(
                 });
             }
             Err(_) => {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let name = &server.graph.config.hostname;
-                    let line =
-                        format!("421 4.3.2 {name} Too many connections, try again later\r\n");
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        stream.write_all(line.as_bytes()),
-                    )
-                    .await;
-                    info!("smtp: refused connection from local (session limit reached)");
-                });
+                tokio::spawn(refuse_over_capacity(server, stream, "local".to_string()));
             }
         }
     }
@@ -184,6 +159,18 @@ pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, li
         let _ = w.abort();
     }
     info!("{sid} smtp disconnected reason={reason}");
+}
+
+/// A client beyond the session cap gets a 421 instead of silence, then the connection closes.
+async fn refuse_over_capacity<S: tokio::io::AsyncWrite + Unpin>(
+    server: Arc<Server>,
+    mut stream: S,
+    from: String,
+) {
+    let name = &server.graph.config.hostname;
+    let line = format!("421 4.3.2 {name} Too many connections, try again later\r\n");
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
+    info!("smtp: refused connection from {from} (session limit reached)");
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
