@@ -397,3 +397,34 @@ fn notify_parameters_decide_the_report() {
         "{report}"
     );
 }
+
+/// NOTIFY=SUCCESS: a delivery report reaches the sender once the message is delivered
+/// (here the sender writes to herself: the message and the report land side by side).
+#[test]
+fn notify_success_sends_a_delivery_report() {
+    let (dir, vmail) = setup();
+    let (_d, port) = start(dir.path(), &conf(&vmail));
+    send(
+        port,
+        "alice@mx.test",
+        "alice@mx.test NOTIFY=SUCCESS",
+        "Subject: hello\r\n\r\nbody",
+    );
+    wait_for("the message and the report", || {
+        maildir_files(&vmail.join("alice@mx.test")).len() >= 2
+    });
+    let texts: Vec<String> = maildir_files(&vmail.join("alice@mx.test"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("successfully delivered") && t.contains("alice@mx.test")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("Subject: hello")),
+        "{texts:?}"
+    );
+}

@@ -501,6 +501,17 @@ impl Runner {
                     self.bounce(&e, BounceKind::Failed, 0, code, why).await;
                 } else {
                     self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                    // NOTIFY=SUCCESS: a delivery report goes to the sender.
+                    if e.dsn.notify.has(crate::queue::DsnNotify::SUCCESS) && !e.sender.is_empty() {
+                        self.bounce(
+                            &e,
+                            BounceKind::Delivered,
+                            0,
+                            StatusCode { class: 2, code: 0 },
+                            "delivered",
+                        )
+                        .await;
+                    }
                 }
                 let spool = self.spool.clone();
                 if let Ok(Err(err)) =
