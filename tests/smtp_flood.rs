@@ -1,0 +1,131 @@
+//! Flood: hundreds of hostile clients at once — garbage bytes, endless lines, abandoned DATA,
+//! connect-and-close — while an ordinary client sends mail. The ordinary client must be
+//! served, and the server must still answer afterwards. Bounded in count and time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn reply(r: &mut BufReader<TcpStream>) -> String {
+    let mut out = String::new();
+    for _ in 0..50 {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        out.push_str(&l);
+        if l.len() < 4 || l.as_bytes()[3] != b'-' {
+            break;
+        }
+    }
+    out
+}
+
+fn good_client(port: u16) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut last = reply(&mut r);
+    for line in [
+        "EHLO good.example",
+        "MAIL FROM:<a@good.example>",
+        "RCPT TO:<foo@bsdsx.fr>",
+        "DATA",
+        "Subject: ok\r\n\r\nfine\r\n.",
+        "QUIT",
+    ] {
+        w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        last = reply(&mut r);
+        if line.starts_with("Subject") {
+            return last;
+        }
+    }
+    last
+}
+
+#[test]
+fn hostile_clients_do_not_starve_an_ordinary_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        format!(
+            "listen on 127.0.0.1 port {port}\ntable users {{ foo = \"2000:2000:/var/empty\" }}\n\
+             action \"l\" maildir userbase <users>\nmatch from any for domain \"bsdsx.fr\" action \"l\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "mda", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut hostile = Vec::new();
+    for k in 0..200usize {
+        hostile.push(std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return };
+            let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+            let mut seed = (k as u64 + 1) * 0x9e37_79b9_7f4a_7c15;
+            let mut junk = vec![0u8; 4096];
+            for _ in 0..20 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let sent = match k % 4 {
+                    // Random bytes, including CR, LF and NUL.
+                    0 => {
+                        for b in junk.iter_mut() {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            *b = seed as u8;
+                        }
+                        s.write_all(&junk)
+                    }
+                    // A line that never ends.
+                    1 => s.write_all(&[b'A'; 4096]),
+                    // A transaction that starts DATA and then only sends body lines.
+                    2 => s.write_all(b"EHLO x\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<foo@bsdsx.fr>\r\nDATA\r\nline line line line\r\n"),
+                    // Connect and leave at once.
+                    _ => break,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    // The ordinary client is served while the flood goes on.
+    let r = good_client(port);
+    assert!(
+        r.starts_with("250 2.0.0 ") && r.contains("Message accepted"),
+        "{r}"
+    );
+    for h in hostile {
+        let _ = h.join();
+    }
+    // And the server still answers afterwards.
+    let r = good_client(port);
+    assert!(r.starts_with("250 2.0.0 "), "{r}");
+    assert!(child.try_wait().unwrap().is_none(), "the server died");
+    let _ = child.kill();
+    let _ = child.wait();
+}
