@@ -37,7 +37,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -53,12 +53,6 @@ use super::run::run_job;
 
 /// The environment variable that carries the job to the helper.
 pub const JOB_ENV: &str = "SMTPD_DELIVERY_JOB";
-
-/// The descriptor on which the helper reports its outcome.
-const RESULT_FD: i32 = 3;
-
-/// `close_range(2)` flag: mark close-on-exec instead of closing.
-const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// Longest outcome report read back.
 const MAX_REPORT: u64 = 64 * 1024;
@@ -304,19 +298,13 @@ impl DeliveryAgent {
                 &format!("{what}: {}", strerror(&e)),
             )
         };
-        let (report_read, mut report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| oserr("pipe", e.into()))?;
-        if report_write.as_raw_fd() <= 2 {
-            // A daemon with a closed standard descriptor: move the pipe out
-            // of the way of the child's stdin/stdout/stderr.
-            let arg = nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(RESULT_FD);
-            let fd = nix::fcntl::fcntl(report_write.as_raw_fd(), arg)
-                .map_err(|e| oserr("dup", e.into()))?;
-            // SAFETY: `fd` was just returned by fcntl(F_DUPFD_CLOEXEC), is
-            // open, and is owned by nothing else.
-            report_write = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        }
 
+        // No pre_exec hook and no uid/gid here: std can then start the helper with
+        // posix_spawn (vfork-like) instead of fork, which does not copy this large
+        // multi-threaded process's page tables. The helper drops to the job's identity
+        // itself, first thing (`helper_main`), and takes its report channel from stdout.
         let mut command = Command::new(&self.helper.program);
         command
             .args(&self.helper.args)
@@ -324,43 +312,12 @@ impl DeliveryAgent {
             .env(JOB_ENV, job.encode())
             .current_dir("/")
             .stdin(Stdio::from(message))
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(report_write))
             .stderr(Stdio::piped());
-        if job.identity.uid != nix::unistd::geteuid().as_raw()
-            || job.identity.gid != nix::unistd::getegid().as_raw()
-        {
-            command.uid(job.identity.uid).gid(job.identity.gid);
-        }
-        let write_fd = report_write.as_raw_fd();
-        // SAFETY: the closure runs in the child between fork and exec and
-        // calls only dup2(2), fcntl(2) and close_range(2), which are
-        // async-signal-safe system calls; it allocates nothing and reads
-        // only a copied integer. `write_fd` stays open in the parent until
-        // spawn() has returned, so it is valid in the child.
-        unsafe {
-            command.pre_exec(move || {
-                if write_fd == RESULT_FD {
-                    if libc::fcntl(RESULT_FD, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(write_fd, RESULT_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // closefrom(4), done as "close on exec" so that std's own
-                // exec-error pipe keeps working until the exec. Without
-                // close_range (Linux < 5.11) every other descriptor is
-                // close-on-exec anyway: Rust opens them all that way.
-                libc::syscall(
-                    libc::SYS_close_range,
-                    (RESULT_FD + 1) as libc::c_uint,
-                    libc::c_uint::MAX,
-                    CLOSE_RANGE_CLOEXEC,
-                );
-                Ok(())
-            });
-        }
         let mut child = command.spawn().map_err(|e| oserr("fork", e))?;
-        drop(report_write);
+        // The Command kept its copy of the write end; it goes with it now, so that the read
+        // below ends when the helper exits.
+        drop(command);
 
         let stderr = child.stderr.take();
         let stderr_reader = std::thread::spawn(move || {
@@ -419,19 +376,22 @@ pub fn helper_main_if_requested() -> Option<i32> {
 }
 
 fn helper_main(job_text: OsString) -> i32 {
-    // The report channel must exist, and must not leak into the programs
-    // the job runs.
-    // SAFETY: fcntl(2) on a descriptor number has no memory effects; an
-    // invalid number only yields EBADF.
-    if unsafe { libc::fcntl(RESULT_FD, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+    // The report channel arrives as standard output. Keep it on a new close-on-exec
+    // descriptor and put /dev/null in its place, so that no program the job runs can
+    // write into it.
+    let Ok(channel_fd) = nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) else {
         return 70;
-    }
-    // SAFETY: fd 3 was put in place by the agent's pre_exec hook (the job
-    // variable shows we were started that way) and was open when this
-    // program started, so no descriptor opened since can have number 3;
+    };
+    // SAFETY: `channel_fd` was just returned by fcntl(F_DUPFD_CLOEXEC), is open, and
     // nothing else in this process owns it.
-    let mut channel = unsafe { File::from_raw_fd(RESULT_FD) };
-
+    let mut channel = unsafe { File::from_raw_fd(channel_fd) };
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2(2) on two open descriptors has no memory effects; fd 1 is replaced
+        // atomically and `null` stays owned by its File.
+        if unsafe { libc::dup2(null.as_raw_fd(), 1) } == -1 {
+            return 70;
+        }
+    }
     let outcome = match job_text
         .into_string()
         .map_err(|_| "not text".to_string())
@@ -439,6 +399,12 @@ fn helper_main(job_text: OsString) -> i32 {
     {
         Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: bad delivery job: {e}")),
         Ok(job) => {
+            if let Err(e) = become_identity(job.identity.uid, job.identity.gid) {
+                let o =
+                    Outcome::failure(EX_TEMPFAIL, format!("smtpd: cannot change identity: {e}"));
+                let _ = channel.write_all(encode_outcome(&o).as_bytes());
+                return 0;
+            }
             let uid = nix::unistd::geteuid();
             if uid.is_root() && job.method != Method::Mbox {
                 Outcome::failure(1, "smtpd: delivery helper may not run as root")
@@ -460,6 +426,24 @@ fn helper_main(job_text: OsString) -> i32 {
     };
     let _ = channel.write_all(encode_outcome(&outcome).as_bytes());
     0
+}
+
+/// Become `uid`:`gid` (with no supplementary groups) when started with another identity, as
+/// the privileged agent starts every helper; a no-op when the identity is already right.
+fn become_identity(uid: u32, gid: u32) -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid, getegid, geteuid, setgroups, setresgid, setresuid};
+    if geteuid().as_raw() == uid && getegid().as_raw() == gid {
+        return Ok(());
+    }
+    if geteuid().is_root() {
+        setgroups(&[])?;
+    }
+    setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))?;
+    setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))?;
+    if geteuid().as_raw() != uid || getegid().as_raw() != gid {
+        return Err(nix::Error::EPERM);
+    }
+    Ok(())
 }
 
 /// The outcome as `key=value` lines (the helper's report).
@@ -492,7 +476,14 @@ fn decode_outcome(text: &str) -> Option<Outcome> {
     let mut last_line = None;
     let mut premature = None;
     let mut complete = false;
+    // The report starts at its `exit=` line: whatever a wrapper printed on the channel
+    // before it (a test harness's banner) is not part of it, nor anything after `end=`.
+    let mut started = false;
     for line in text.lines() {
+        if !started && !line.starts_with("exit=") {
+            continue;
+        }
+        started = true;
         let (key, value) = line.split_once('=')?;
         let value = unescape(value).ok()?;
         match key {
@@ -509,7 +500,10 @@ fn decode_outcome(text: &str) -> Option<Outcome> {
             }
             "line" => last_line = Some(unhex(&value)?),
             "premature" => premature = Some(value == "1"),
-            "end" => complete = true,
+            "end" => {
+                complete = true;
+                break;
+            }
             _ => return None,
         }
     }
