@@ -37,8 +37,8 @@
 
 use std::fmt;
 
-use super::{ChainStep, PhaseChains, RuleGraph};
-use crate::config::model::{BuiltinFilter, Condition, Decision, FilterKind, Phase, TableMatch};
+use super::{ChainStep, PhaseChains, RuleGraph, Service};
+use crate::config::model::{BuiltinFilter, Condition, Decision, FilterKind, Phase};
 use crate::dns::{FcrdnsOutcome, UNKNOWN_HOST, name::looks_like_address};
 
 /// What a filtered session knows when a filter runs: OpenSMTPD's `struct filter_session`.
@@ -200,15 +200,6 @@ impl FilterRun {
     }
 }
 
-/// Which lookup service a condition uses.
-#[derive(Clone, Copy)]
-enum Service {
-    Domain,
-    Netaddr,
-    String,
-    Mailaddr,
-}
-
 /// OpenSMTPD's phase index, whose bit is the `hooks=` mask of the init trace.
 fn phase_index(phase: Phase) -> u32 {
     match phase {
@@ -224,20 +215,6 @@ fn phase_index(phase: Phase) -> u32 {
 }
 
 impl RuleGraph {
-    fn filter_lookup(&self, tm: &TableMatch, subject: &str, service: Service) -> bool {
-        let table = self.table(tm.table);
-        if tm.regex {
-            return table.match_regex(subject);
-        }
-        match service {
-            Service::Domain => table.match_domain(subject),
-            Service::Netaddr => table.match_netaddr(subject),
-            // K_STRING and K_CREDENTIALS: the key is in the list or mapping.
-            Service::String => table.contains(subject),
-            Service::Mailaddr => table.match_mailaddr(subject, self.config.smtp.sub_addr_delim),
-        }
-    }
-
     /// The filter's condition, negation applied, at `phase` with parameter `query`.
     fn filter_holds(
         &self,
@@ -252,24 +229,24 @@ impl RuleGraph {
                     // Not evaluated outside rcpt-to: false whatever the negation.
                     return false;
                 }
-                self.filter_lookup(t, query, Service::Mailaddr)
+                self.table_match(t, query, Service::Mailaddr)
             }
             Condition::Fcrdns => f.fcrdns,
             Condition::Rdns(None) => f.rdns.is_some_and(|name| !looks_like_address(name)),
             Condition::Rdns(Some(t)) => {
-                self.filter_lookup(t, f.rdns.unwrap_or(UNKNOWN_HOST), Service::Domain)
+                self.table_match(t, f.rdns.unwrap_or(UNKNOWN_HOST), Service::Domain)
             }
-            Condition::Src(t) => self.filter_lookup(t, f.source, Service::Netaddr),
+            Condition::Src(t) => self.table_match(t, f.source, Service::Netaddr),
             Condition::Helo(t) => f
                 .helo
-                .is_some_and(|h| self.filter_lookup(t, h, Service::Domain)),
+                .is_some_and(|h| self.table_match(t, h, Service::Domain)),
             Condition::Auth(None) => f.auth_user.is_some(),
             Condition::Auth(Some(t)) => f
                 .auth_user
-                .is_some_and(|u| self.filter_lookup(t, u, Service::String)),
+                .is_some_and(|u| self.table_match(t, u, Service::String)),
             Condition::MailFrom(t) => f
                 .mail_from
-                .is_some_and(|m| self.filter_lookup(t, m, Service::Mailaddr)),
+                .is_some_and(|m| self.table_match(t, m, Service::Mailaddr)),
         };
         truth != rule.negate
     }

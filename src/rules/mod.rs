@@ -50,7 +50,36 @@ impl PartialEq for RuleGraph {
     }
 }
 
+/// The lookup service a criterion or filter condition asks of a table (OpenSMTPD's `K_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Service {
+    Netaddr,
+    Domain,
+    Mailaddr,
+    /// `K_STRING`: the subject is a key of the list or mapping.
+    String,
+    /// `auth <t>` in a rule: a user name with `@` is matched as an address, else as a string.
+    Auth,
+}
+
 impl RuleGraph {
+    /// Does `subject` match the table as `service` does (or as a regex table)?
+    pub(crate) fn table_match(&self, tm: &TableMatch, subject: &str, service: Service) -> bool {
+        let t = self.table(tm.table);
+        if tm.regex {
+            return t.match_regex(subject);
+        }
+        let delim = self.config.smtp.sub_addr_delim;
+        match service {
+            Service::Netaddr => t.match_netaddr(subject),
+            Service::Domain => t.match_domain(subject),
+            Service::Mailaddr => t.match_mailaddr(subject, delim),
+            Service::String => t.contains(subject),
+            Service::Auth if subject.contains('@') => t.match_mailaddr(subject, delim),
+            Service::Auth => t.contains(subject),
+        }
+    }
+
     /// Compile a checked configuration.
     pub fn compile(config: Config) -> Arc<RuleGraph> {
         let tables: Vec<CompiledTable> = config.tables.iter().map(CompiledTable::compile).collect();

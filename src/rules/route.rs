@@ -6,7 +6,7 @@
 //! evaluated (`tls`, which OpenSMTPD never records in the envelope) makes the whole lookup a
 //! temporary failure.
 
-use super::RuleGraph;
+use super::{RuleGraph, Service};
 use crate::config::model::*;
 
 /// What the rules can see of a recipient's session and transaction.
@@ -51,27 +51,6 @@ fn split(addr: &str) -> (&str, &str) {
 }
 
 impl RuleGraph {
-    fn table_match(&self, tm: &TableMatch, subject: &str, service: Service) -> bool {
-        let t = self.table(tm.table);
-        if tm.regex {
-            return t.match_regex(subject);
-        }
-        let delim = self.config.smtp.sub_addr_delim;
-        match service {
-            Service::Netaddr => t.match_netaddr(subject),
-            Service::Domain => t.match_domain(subject),
-            Service::Mailaddr => t.match_mailaddr(subject, delim),
-            Service::String => t.contains(subject),
-            Service::Auth => {
-                if subject.contains('@') {
-                    t.match_mailaddr(subject, delim)
-                } else {
-                    t.contains(subject)
-                }
-            }
-        }
-    }
-
     fn builtin(&self, name: &str) -> Option<TableMatch> {
         self.config.table_named(name).map(|table| TableMatch {
             regex: false,
@@ -276,15 +255,6 @@ impl RuleGraph {
         }
         s
     }
-}
-
-#[derive(Clone, Copy)]
-enum Service {
-    Netaddr,
-    Domain,
-    Mailaddr,
-    String,
-    Auth,
 }
 
 #[cfg(test)]
