@@ -139,20 +139,7 @@ pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, li
     params.local_enqueue = true;
     params.local_listener = true;
     let mut session = Session::new(params);
-    let mut conn = Conn {
-        server: server.clone(),
-        sid,
-        listener,
-        client,
-        client_ip: loopback,
-        writer: None,
-        envelopes: Vec::new(),
-        write_failed: false,
-        helo: String::new(),
-        auth_user: None,
-        mail_from: String::new(),
-        pending_rdns: None,
-    };
+    let mut conn = Conn::new(server.clone(), sid, listener, client, loopback, None);
     let mut stream: Stream = Box::new(stream);
     let reason = drive(&mut conn, &mut session, &mut stream).await;
     if let Some(w) = conn.writer.take() {
@@ -259,6 +246,31 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection before its first command: no message, no recipients, no identity.
+    fn new(
+        server: Arc<Server>,
+        sid: SessionId,
+        listener: usize,
+        client: ClientInfo,
+        client_ip: IpAddr,
+        pending_rdns: Option<PendingRdns>,
+    ) -> Conn {
+        Conn {
+            server,
+            sid,
+            listener,
+            client,
+            client_ip,
+            writer: None,
+            envelopes: Vec::new(),
+            write_failed: false,
+            helo: String::new(),
+            auth_user: None,
+            mail_from: String::new(),
+            pending_rdns,
+        }
+    }
+
     fn listener(&self) -> &cfg::Listener {
         &self.server.graph.config.listeners[self.listener]
     }
@@ -820,20 +832,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
     if !early.is_empty() {
         session.input(&early);
     }
-    let mut conn = Conn {
-        server: server.clone(),
-        sid,
-        listener,
-        client,
-        client_ip: ip,
-        writer: None,
-        envelopes: Vec::new(),
-        write_failed: false,
-        helo: String::new(),
-        auth_user: None,
-        mail_from: String::new(),
-        pending_rdns: pending,
-    };
+    let mut conn = Conn::new(server.clone(), sid, listener, client, ip, pending);
     let mut stream: Stream = Box::new(stream);
     let reason = drive(&mut conn, &mut session, &mut stream).await;
     // A client gone before its first command: the connection is still logged.
