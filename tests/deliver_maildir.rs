@@ -445,3 +445,65 @@ fn missing_helper_is_a_temporary_failure() {
         "Error (temporary failure: \"smtpd: delivery helper failed: exit status 0\")"
     );
 }
+
+#[test]
+fn one_worker_serves_a_mailbox_and_a_lost_worker_is_replaced() {
+    if skip_unless_root("delivery workers (only root uses them)") {
+        return;
+    }
+    let agent = agent();
+    let home = recipient_dir();
+    let deliver = |agent: &smtpd::deliver::DeliveryAgent| {
+        let msg = queued(MESSAGE);
+        let req = request(
+            Method::Maildir {
+                path: None,
+                junk: false,
+            },
+            recipient("vmail", home.path()),
+            envelope("a@b.test", "foo@x.test", "foo@x.test"),
+            &msg,
+        );
+        let result = agent.deliver_blocking(req);
+        assert_eq!(result.status, Status::Ok, "{result:?}");
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        deliver(&agent);
+        seen.push(agent.worker_pids());
+    }
+    // One process delivered all three, and it is the recipient's.
+    assert_eq!(seen[0].len(), 1, "{seen:?}");
+    assert!(seen.iter().all(|p| p == &seen[0]), "{seen:?}");
+    let pid = seen[0][0];
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(TEST_UID.to_string().as_str())
+    );
+    let new = home.path().join("Maildir/new");
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 3);
+    for entry in fs::read_dir(&new).unwrap() {
+        assert_eq!(owner(&entry.unwrap().path()), (TEST_UID, TEST_UID));
+    }
+
+    // A worker killed while idle is replaced, and the job is not lost.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..200 {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.contains(") Z") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    deliver(&agent);
+    let now = agent.worker_pids();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], pid);
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 4);
+}

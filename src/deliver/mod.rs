@@ -31,6 +31,7 @@
 //! * [`message`]: the loop check, `Return-Path:`/`Delivered-To:`, line reading;
 //! * [`maildir`], [`mbox`], [`mda`], [`lmtp`]: the methods;
 //! * [`run`]: one job in the current process; [`privsep`]: the identity change;
+//! * [`worker`]: long-lived maildir helpers, one per recipient identity;
 //! * [`result`]: exit statuses to `Ok`/`TempFail`/`PermFail` and their texts;
 //! * [`log`]: the `mda delivery` log line and `duration_to_text`.
 
@@ -48,6 +49,7 @@ pub mod result;
 pub mod run;
 pub mod runner;
 pub mod shell;
+pub mod worker;
 
 pub use format::{FormatError, FormatVars, MailAddr};
 pub use log::{duration_to_text, mda_delivery_line};

@@ -40,6 +40,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::mbox::{self, DotLock, MAIL_LOCAL};
@@ -50,6 +51,7 @@ use super::result::{
     strerror,
 };
 use super::run::run_job;
+use super::worker::{WORKER_ENV, WorkerPool, uses_worker, worker_main};
 
 /// The environment variable that carries the job to the helper.
 pub const JOB_ENV: &str = "SMTPD_DELIVERY_JOB";
@@ -104,6 +106,7 @@ impl HelperProgram {
 #[derive(Clone, Debug)]
 pub struct DeliveryAgent {
     helper: HelperProgram,
+    workers: Arc<WorkerPool>,
     mbox_spool: PathBuf,
     subaddress_delimiter: char,
     timeout: Duration,
@@ -143,6 +146,7 @@ impl DeliveryAgent {
     pub fn new() -> DeliveryAgent {
         DeliveryAgent {
             helper: HelperProgram::current_exe(),
+            workers: Arc::new(WorkerPool::new(HelperProgram::current_exe())),
             mbox_spool: PathBuf::from(mbox::DEFAULT_SPOOL),
             subaddress_delimiter: '+',
             timeout: DEFAULT_TIMEOUT,
@@ -151,8 +155,14 @@ impl DeliveryAgent {
 
     /// Uses another helper program.
     pub fn with_helper(mut self, helper: HelperProgram) -> DeliveryAgent {
+        self.workers = Arc::new(WorkerPool::new(helper.clone()));
         self.helper = helper;
         self
+    }
+
+    /// The process ids of the idle delivery workers (see [`super::worker`]).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.idle_pids()
     }
 
     /// Uses another mail spool for `mbox`.
@@ -266,9 +276,18 @@ impl DeliveryAgent {
             } else {
                 None
             };
-            match self.run_helper(&job, message) {
-                Ok(outcome) => outcome,
-                Err(result) => return result,
+            if uses_worker(&job) {
+                match self.workers.run(&job, &message, self.timeout) {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        return DeliveryResult::refused(Status::TempFail, EX_OSERR, &e);
+                    }
+                }
+            } else {
+                match self.run_helper(&job, message) {
+                    Ok(outcome) => outcome,
+                    Err(result) => return result,
+                }
             }
         } else {
             run_job(&job, message)
@@ -371,6 +390,9 @@ impl DeliveryAgent {
 /// If this process was started as a delivery helper, runs the job and
 /// returns the exit status for `main` to exit with; otherwise `None`.
 pub fn helper_main_if_requested() -> Option<i32> {
+    if let Some(spec) = std::env::var_os(WORKER_ENV) {
+        return Some(worker_main(&spec.to_string_lossy()));
+    }
     let job = std::env::var_os(JOB_ENV)?;
     Some(helper_main(job))
 }
@@ -430,7 +452,7 @@ fn helper_main(job_text: OsString) -> i32 {
 
 /// Become `uid`:`gid` (with no supplementary groups) when started with another identity, as
 /// the privileged agent starts every helper; a no-op when the identity is already right.
-fn become_identity(uid: u32, gid: u32) -> nix::Result<()> {
+pub(crate) fn become_identity(uid: u32, gid: u32) -> nix::Result<()> {
     use nix::unistd::{Gid, Uid, getegid, geteuid, setgroups, setresgid, setresuid};
     if geteuid().as_raw() == uid && getegid().as_raw() == gid {
         return Ok(());
@@ -447,7 +469,7 @@ fn become_identity(uid: u32, gid: u32) -> nix::Result<()> {
 }
 
 /// The outcome as `key=value` lines (the helper's report).
-fn encode_outcome(outcome: &Outcome) -> String {
+pub(crate) fn encode_outcome(outcome: &Outcome) -> String {
     let exit = match &outcome.exit {
         Exit::Code(c) => format!("code:{c}"),
         Exit::Signal(s) => format!("signal:{s}"),
@@ -471,7 +493,7 @@ fn encode_outcome(outcome: &Outcome) -> String {
     out
 }
 
-fn decode_outcome(text: &str) -> Option<Outcome> {
+pub(crate) fn decode_outcome(text: &str) -> Option<Outcome> {
     let mut exit = None;
     let mut last_line = None;
     let mut premature = None;
