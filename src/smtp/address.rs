@@ -238,6 +238,38 @@ fn host_name_ok(s: &str) -> bool {
     })
 }
 
+/// Entry point for a fuzzer: arbitrary text through every reader of addresses and
+/// address-like values — SMTP paths, table and alias addresses, alias/`.forward` values
+/// and their files, relay URLs. Must never panic, for any input.
+pub fn fuzz_address(data: &[u8]) {
+    use crate::expand::node::{self, FORWARD_SYNTAX, INCLUDE_SYNTAX};
+    let text = String::from_utf8_lossy(data);
+    if let Some(addr) = Mailaddr::from_text(&text) {
+        let lower = addr.lowercased();
+        let _ = addr.domain_is(&lower.domain);
+        let _ = path_text(Some(&lower));
+    }
+    let _ = valid_localpart(&text);
+    let _ = valid_domainpart(&text);
+    for null_allowed in [true, false] {
+        if let Ok(path) = parse_path(&text, null_allowed, "fuzz.example") {
+            let _ = path_text(path.addr.as_ref());
+        }
+    }
+    for line in text.lines() {
+        for n in node::parse_line(line).nodes {
+            let _ = (n.type_name(), n.value_text());
+        }
+    }
+    for syntax in [FORWARD_SYNTAX, INCLUDE_SYNTAX] {
+        for line in node::logical_lines(data, syntax) {
+            let _ = node::parse_line(&String::from_utf8_lossy(&line));
+        }
+    }
+    let _ = node::Mailaddr::parse(&text);
+    let _ = crate::deliver::relay::parse_relay_url(&text);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
