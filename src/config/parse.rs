@@ -282,6 +282,9 @@ impl<'s> Parser<'s> {
     }
 
     fn statement(&mut self, toks: Vec<Token>, terminator: &Token) -> Result<(), Fatal> {
+        if let Some((kind, entries)) = plain_inline_table(&toks) {
+            return self.inline_table_statement(toks, terminator, kind, entries);
+        }
         let rendered = render(&toks);
         match Grammar::parse(Rule::statement, &rendered.text) {
             Err(e) => {
@@ -367,7 +370,114 @@ impl<'s> Parser<'s> {
     }
 }
 
+/// The tokens of `table NAME { ... }` when the braces hold nothing but a well-formed list of
+/// strings or of `key = value` / `key => value` pairs, as the grammar's `table_values` reads
+/// them: its kind and its entries (keys lower-cased). Anything else — numbers, keywords, a
+/// stray separator, a mixed list — gets `None` and goes through the grammar, which gives the
+/// same result for the statements accepted here and the syntax errors for the others. A
+/// table of 100,000 entries is one statement; reading it here costs a pass over its tokens.
+fn plain_inline_table(toks: &[Token]) -> Option<(TableKind, Vec<(String, String)>)> {
+    let [first, name, open, body @ .., close] = toks else {
+        return None;
+    };
+    if first.kind != TokenKind::Keyword("table")
+        || !matches!(name.kind, TokenKind::Str(_))
+        || open.kind != TokenKind::Punct('{')
+        || close.kind != TokenKind::Punct('}')
+    {
+        return None;
+    }
+    let string = |t: Option<&Token>| match t.map(|t| &t.kind) {
+        Some(TokenKind::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let mapping = matches!(
+        body.get(1).map(|t| &t.kind),
+        Some(TokenKind::Arrow | TokenKind::Punct('='))
+    );
+    let mut entries = Vec::new();
+    let mut i = 0;
+    loop {
+        let key = string(body.get(i))?;
+        i += 1;
+        if mapping {
+            if !matches!(
+                body.get(i).map(|t| &t.kind),
+                Some(TokenKind::Arrow | TokenKind::Punct('='))
+            ) {
+                return None;
+            }
+            let value = string(body.get(i + 1))?;
+            i += 2;
+            entries.push((key.to_ascii_lowercase(), value));
+        } else {
+            entries.push((key.to_ascii_lowercase(), String::new()));
+        }
+        if i == body.len() {
+            break;
+        }
+        // A separator: one comma, one or more newlines, or nothing.
+        match &body[i].kind {
+            TokenKind::Punct(',') => i += 1,
+            TokenKind::Newline => {
+                while body.get(i).is_some_and(|t| t.kind == TokenKind::Newline) {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        if i == body.len() {
+            // A separator before `}` is a syntax error: the grammar reports it.
+            return None;
+        }
+    }
+    let kind = if mapping {
+        TableKind::Mapping
+    } else {
+        TableKind::List
+    };
+    Some((kind, entries))
+}
+
 impl Parser<'_> {
+    /// A `table NAME { ... }` statement that [`plain_inline_table`] read: the same effect
+    /// as the grammar's `table` with `table_values`.
+    fn inline_table_statement(
+        &mut self,
+        toks: Vec<Token>,
+        terminator: &Token,
+        kind: TableKind,
+        entries: Vec<(String, String)>,
+    ) -> Result<(), Fatal> {
+        self.flush_lex(terminator.seq);
+        let TokenKind::Str(name) = toks[1].kind.clone() else {
+            return Ok(());
+        };
+        self.tokens = toks;
+        self.end_line = terminator.line;
+        self.end_file = terminator.file.clone();
+        let span = self.span();
+        self.tokens.clear();
+        if self.cfg.table_named(&name).is_some() {
+            return match self.fatal::<()>(format!("table_create: table \"{name}\" already defined"))
+            {
+                Err(Stop::Fatal) => Err(Fatal),
+                _ => Ok(()),
+            };
+        }
+        let entries = Arc::new(crate::table::build_entries(entries));
+        let id = self.add_table(Table {
+            name,
+            backend: TableBackend::Inline,
+            kind,
+            entries,
+            anonymous: false,
+            span,
+        });
+        self.cfg.items.push(Item::Table(id.0));
+        Ok(())
+    }
+
     /// Checks OpenSMTPD makes as soon as a statement's name is read, before the rest of the
     /// statement: they win over a syntax error later on the line.
     fn mid_statement_checks(&mut self, toks: &[Token], idx: usize) -> Option<Apply> {
@@ -2443,6 +2553,77 @@ impl LimitKind {
 
 #[cfg(test)]
 mod tests {
+
+    /// The grammar's reading of a `table NAME { ... }` statement, as the slow path does it.
+    fn grammar_inline_table(
+        toks: &[Token],
+    ) -> Option<(TableKind, std::collections::BTreeMap<String, String>)> {
+        let rendered = render(toks);
+        let mut pairs = Grammar::parse(Rule::statement, &rendered.text).ok()?;
+        let stmt = pairs
+            .next()?
+            .into_inner()
+            .filter(not_punct)
+            .find(|p| p.as_rule() != Rule::EOI)?;
+        let body = stmt.into_inner().filter(not_punct).nth(2)?;
+        (body.as_rule() == Rule::table_values).then(|| inline_entries(body))
+    }
+
+    #[test]
+    fn plain_inline_tables_read_as_the_grammar_reads_them() {
+        let tok = |kind: TokenKind| Token {
+            kind,
+            line: 1,
+            file: Arc::from("t.conf"),
+            seq: 0,
+        };
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut fast, mut agreed) = (0, 0);
+        for _ in 0..20_000 {
+            let mut toks = vec![
+                tok(TokenKind::Keyword("table")),
+                tok(TokenKind::Str("t".into())),
+                tok(TokenKind::Punct('{')),
+            ];
+            for _ in 0..next() % 9 {
+                toks.push(tok(match next() % 10 {
+                    0..=3 => TokenKind::Str(
+                        ["a", "B", "c d", "\\\"", "x,y"][(next() % 5) as usize].into(),
+                    ),
+                    4 => TokenKind::Punct(','),
+                    5 => TokenKind::Newline,
+                    6 => TokenKind::Arrow,
+                    7 => TokenKind::Punct('='),
+                    8 => TokenKind::Number(7),
+                    _ => TokenKind::Keyword("table"),
+                }));
+            }
+            toks.push(tok(TokenKind::Punct('}')));
+            let grammar = grammar_inline_table(&toks);
+            match plain_inline_table(&toks) {
+                Some((kind, entries)) => {
+                    fast += 1;
+                    let built = crate::table::build_entries(entries);
+                    assert_eq!(grammar, Some((kind, built)), "{:?}", render(&toks).text);
+                }
+                None => {
+                    if grammar.is_none() {
+                        agreed += 1;
+                    }
+                }
+            }
+        }
+        // Both kinds of input were seen: statements read fast and statements left to the
+        // grammar (which refused them).
+        assert!(fast > 1000 && agreed > 1000, "{fast} {agreed}");
+    }
+
     use super::*;
 
     #[test]
