@@ -507,3 +507,44 @@ fn one_worker_serves_a_mailbox_and_a_lost_worker_is_replaced() {
     assert_ne!(now[0], pid);
     assert_eq!(fs::read_dir(&new).unwrap().count(), 4);
 }
+
+#[test]
+fn concurrent_deliveries_to_one_mailbox_share_workers_and_directory_fsyncs() {
+    if skip_unless_root("delivery workers (only root uses them)") {
+        return;
+    }
+    let agent = agent();
+    let home = recipient_dir();
+    let results: Vec<Status> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let agent = agent.clone();
+                let home = home.path().to_path_buf();
+                scope.spawn(move || {
+                    let msg = queued(MESSAGE);
+                    let req = request(
+                        Method::Maildir {
+                            path: None,
+                            junk: false,
+                        },
+                        recipient("vmail", &home),
+                        envelope("a@b.test", &format!("foo+{i}@x.test"), "foo@x.test"),
+                        &msg,
+                    );
+                    agent.deliver_blocking(req).status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(results.iter().all(|s| *s == Status::Ok), "{results:?}");
+    let new = home.path().join("Maildir/new");
+    assert_eq!(fs::read_dir(&new).unwrap().count(), 40);
+    let (jobs, batches) = agent.worker_counts();
+    assert_eq!(jobs, 40);
+    // At most four workers at a time for one identity: the rest waited and went in
+    // batches, each batch with one fsync of `new/`.
+    assert!(batches < jobs, "{batches} batches for {jobs} jobs");
+    assert!(agent.worker_pids().len() <= 4, "{:?}", agent.worker_pids());
+    println!("40 concurrent deliveries: {batches} batches");
+}

@@ -64,6 +64,37 @@ pub fn deliver(
     input: impl BufRead,
     hostname: &str,
 ) -> Result<Delivered, Failure> {
+    let delivered = deliver_unsynced(target, input, hostname)?;
+    sync_new_dir(delivered.new_dir())?;
+    Ok(delivered)
+}
+
+/// fsyncs a `new/` directory after files were renamed into it: the end of a delivery.
+/// Several deliveries into one maildir may share it (see [`deliver_unsynced`]).
+pub fn sync_new_dir(new_dir: &Path) -> Result<(), Failure> {
+    sync_dir(new_dir).map_err(|e| {
+        Failure::temp(format!(
+            "{PROGRAM}: {}: {}",
+            new_dir.display(),
+            strerror(&e)
+        ))
+    })
+}
+
+impl Delivered {
+    /// The `new/` directory the file is in.
+    pub fn new_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// [`deliver`] up to the rename into `new/`: the file is written and fsynced, its name is
+/// not durable yet. The caller must [`sync_new_dir`] before the delivery counts.
+pub fn deliver_unsynced(
+    target: &Maildir,
+    input: impl BufRead,
+    hostname: &str,
+) -> Result<Delivered, Failure> {
     let root = &target.root;
     check_path(root)?;
     make_maildir(root)?;
@@ -108,13 +139,6 @@ pub fn deliver(
         let _ = fs::remove_file(&tmp_path);
         return Err(Failure::temp(format!("{PROGRAM}: {}", strerror(&e))));
     }
-    sync_dir(&new_dir).map_err(|e| {
-        Failure::temp(format!(
-            "{PROGRAM}: {}: {}",
-            new_dir.display(),
-            strerror(&e)
-        ))
-    })?;
     Ok(Delivered {
         path: final_path,
         junk: is_junk,

@@ -165,6 +165,11 @@ impl DeliveryAgent {
         self.workers.idle_pids()
     }
 
+    /// Maildir jobs and batches handed to delivery workers so far.
+    pub fn worker_counts(&self) -> (u64, u64) {
+        self.workers.counts()
+    }
+
     /// Uses another mail spool for `mbox`.
     pub fn with_mbox_spool(mut self, spool: impl Into<PathBuf>) -> DeliveryAgent {
         self.mbox_spool = spool.into();

@@ -27,6 +27,21 @@ pub const EXPANSION_FAILED: &str = "smtpd: mda command line could not be expande
 
 /// Runs `job` with `message` (the queued message, from its start).
 pub fn run_job(job: &Job, message: impl Read) -> Outcome {
+    run_job_with(job, message, None)
+}
+
+/// [`run_job`], except that a maildir delivery stops before the fsync of its `new/`
+/// directory and records that directory in `unsynced`: the caller fsyncs each directory
+/// once for a whole batch, and only then may it report these outcomes as successes.
+pub fn run_job_deferring_sync(
+    job: &Job,
+    message: impl Read,
+    unsynced: &mut Vec<PathBuf>,
+) -> Outcome {
+    run_job_with(job, message, Some(unsynced))
+}
+
+fn run_job_with(job: &Job, message: impl Read, unsynced: Option<&mut Vec<PathBuf>>) -> Outcome {
     let headers = delivery_headers(&job.envelope.sender, &job.envelope.rcpt).into_bytes();
     let input = BufReader::with_capacity(64 * 1024, headers.as_slice().chain(message));
     let now = SystemTime::now()
@@ -54,7 +69,15 @@ pub fn run_job(job: &Job, message: impl Read) -> Outcome {
                 extension: (!job.envelope.subaddress.is_empty())
                     .then(|| job.envelope.subaddress.clone()),
             };
-            maildir::deliver(&target, input, &hostname()).map(|_| ())
+            match unsynced {
+                Some(dirs) => maildir::deliver_unsynced(&target, input, &hostname()).map(|d| {
+                    let dir = d.new_dir().to_path_buf();
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                }),
+                None => maildir::deliver(&target, input, &hostname()).map(|_| ()),
+            }
         }
         Method::Mbox => deliver_mbox(job, input, now),
         Method::File { path } => match expand(path, &vars) {

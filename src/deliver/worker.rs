@@ -1,48 +1,62 @@
-//! Long-lived delivery workers: one helper process per recipient identity that
-//! delivers maildir jobs one after the other.
+//! Long-lived delivery workers: helper processes, per recipient identity, that deliver
+//! maildir jobs in batches.
 //!
 //! A one-shot helper ([`super::privsep`]) costs a process start per message: an
 //! `exec` of the smtpd binary, its dynamic linking and page faults — about a
 //! millisecond of CPU, more than the delivery itself. A mailbox that receives a
-//! steady flow of mail gets a worker instead: the same helper program, started with
+//! steady flow of mail gets workers instead: the same helper program, started with
 //! [`WORKER_ENV`] naming its uid and gid, drops to that identity once, then serves
 //! jobs over a Unix socket until the privileged side closes it.
+//!
+//! Deliveries to one identity that arrive while its workers are busy wait in a queue;
+//! a worker that becomes free takes all of them (up to [`BATCH`]) at once. It writes and
+//! fsyncs each message file and renames it into `new/`, then fsyncs each distinct `new/`
+//! directory **once for the batch**, and only then reports: every success it reports is
+//! as durable as a lone delivery's, and a busy mailbox pays one directory fsync per batch
+//! instead of one per message (group commit, as the queue does for its own directories).
+//! At most [`WORKERS_PER_IDENTITY`] workers serve one identity at a time.
 //!
 //! Protocol on the socket (the worker's standard input at start):
 //!
 //! ```text
-//! agent  → worker   u32 length, job text (Job::encode); the message file as SCM_RIGHTS
-//! worker → agent    "A" (job taken: from here on the job may have had effects)
-//! worker → agent    u32 length, outcome text (the one-shot helper's report)
+//! agent  → worker   per job: u32 length, u8 "more jobs follow", job text (Job::encode),
+//!                   with the message file as SCM_RIGHTS
+//! worker → agent    per job, when it takes it: "A" (from here on it may have had effects)
+//! worker → agent    after the batch's directory fsyncs, per job: u32 length, outcome text
 //! ```
 //!
 //! The acknowledgement makes a retry safe: a reused worker that died while idle closes
-//! the socket before `A`, and only then is the job given to a fresh worker. A worker
-//! that dies after `A` is reported exactly as a one-shot helper's death (signal, time
-//! limit), and never retried. Each job runs under `alarm()` with the delivery time
-//! limit, as a one-shot helper does; the privileged side also bounds its wait.
+//! the socket before `A`, and only then is the job given to another worker. A job whose
+//! worker dies after `A` is reported as a one-shot helper's death would be (signal, time
+//! limit), and never retried here. Each job, and the batch's directory fsyncs, run under
+//! `alarm()` with the delivery time limit, as a one-shot helper does; the privileged side
+//! also bounds each of its reads.
 //!
 //! Only maildir deliveries use workers: they run no program of the recipient's, need
 //! no per-job session or environment, and are the common case. Idle workers are
 //! closed after [`IDLE_LIMIT`] by a reaper thread, and all of them go when the daemon
 //! exits (their sockets close).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
 
+use super::maildir;
 use super::privsep::{HelperProgram, become_identity, decode_outcome, encode_outcome};
 use super::request::{Job, Method};
+use super::result::Failure;
 use super::result::{EX_TEMPFAIL, Exit, Outcome, strerror};
-use super::run::run_job;
+use super::run::run_job_deferring_sync;
 
 /// The environment variable that starts a worker: `UID:GID`.
 pub const WORKER_ENV: &str = "SMTPD_DELIVERY_WORKER";
@@ -50,11 +64,19 @@ pub const WORKER_ENV: &str = "SMTPD_DELIVERY_WORKER";
 /// A worker idle this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 
+/// Most jobs handed to a worker at once.
+pub const BATCH: usize = 32;
+
+/// Most workers serving one identity at the same time.
+pub const WORKERS_PER_IDENTITY: usize = 4;
+
 /// Longest job or report frame.
 const MAX_FRAME: usize = 1 << 20;
 
 /// Extra time the privileged side waits beyond the job's own alarm.
 const WAIT_GRACE: Duration = Duration::from_secs(15);
+
+type Key = (u32, u32);
 
 /// One running worker.
 struct Worker {
@@ -62,34 +84,73 @@ struct Worker {
     socket: UnixStream,
 }
 
-/// Why an exchange with a worker failed.
-enum Lost {
-    /// Before the worker took the job: nothing happened, another worker may take it.
-    BeforeTaken,
-    /// After: the job may have had effects; the worker's fate is the outcome.
-    AfterTaken,
+/// Where a waiting delivery gets its result.
+#[derive(Default)]
+struct Slot {
+    result: Mutex<Option<Result<Outcome, String>>>,
+    ready: Condvar,
 }
 
-/// Idle workers by identity (uid, gid), each with the moment it became idle.
-type IdleMap = Mutex<HashMap<(u32, u32), Vec<(Worker, Instant)>>>;
+impl Slot {
+    fn fill(&self, result: Result<Outcome, String>) {
+        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(result);
+        }
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> Result<Outcome, String> {
+        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = r.take() {
+                return result;
+            }
+            r = self.ready.wait(r).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A job waiting for a worker. Dropped without a result (a path nobody foresaw), it fills
+/// its slot with a temporary failure, so that no delivery waits forever.
+struct Pending {
+    text: String,
+    message: File,
+    slot: Arc<Slot>,
+    retried: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.slot.fill(Err("delivery worker lost the job".into()));
+    }
+}
+
+/// The state of one identity: jobs waiting, workers at work, idle workers.
+#[derive(Default)]
+struct Lane {
+    pending: VecDeque<Pending>,
+    drivers: usize,
+    idle: Vec<(Worker, Instant)>,
+}
+
+type Lanes = Mutex<HashMap<Key, Lane>>;
 
 /// The workers of one privileged side, by identity.
 pub struct WorkerPool {
     helper: HelperProgram,
-    inner: Arc<IdleMap>,
+    lanes: Arc<Lanes>,
     reaper: std::sync::Once,
+    /// Jobs and batches handed to workers so far.
+    jobs: AtomicU64,
+    batches: AtomicU64,
 }
 
 impl std::fmt::Debug for WorkerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self
-            .inner
-            .lock()
-            .map(|m| m.values().map(Vec::len).sum::<usize>())
-            .unwrap_or(0);
         f.debug_struct("WorkerPool")
             .field("helper", &self.helper)
-            .field("idle", &idle)
+            .field("idle", &self.idle_pids().len())
             .finish()
     }
 }
@@ -99,77 +160,138 @@ pub fn uses_worker(job: &Job) -> bool {
     matches!(job.method, Method::Maildir { .. }) && job.wrapper.is_none()
 }
 
+fn lock(lanes: &Lanes) -> std::sync::MutexGuard<'_, HashMap<Key, Lane>> {
+    // The map holds no invariant a panic elsewhere could break halfway.
+    lanes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl WorkerPool {
     /// A pool starting `helper` as its workers.
     pub fn new(helper: HelperProgram) -> WorkerPool {
         WorkerPool {
             helper,
-            inner: Arc::new(Mutex::new(HashMap::new())),
+            lanes: Arc::new(Mutex::new(HashMap::new())),
             reaper: std::sync::Once::new(),
+            jobs: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         }
-    }
-
-    /// Idle workers right now (for tests and `smtpctl show stats`).
-    pub fn idle_workers(&self) -> usize {
-        self.inner
-            .lock()
-            .map(|m| m.values().map(Vec::len).sum())
-            .unwrap_or(0)
     }
 
     /// The process ids of the idle workers.
     pub fn idle_pids(&self) -> Vec<u32> {
-        self.inner
-            .lock()
-            .map(|m| m.values().flatten().map(|(w, _)| w.child.id()).collect())
-            .unwrap_or_default()
+        lock(&self.lanes)
+            .values()
+            .flat_map(|l| l.idle.iter().map(|(w, _)| w.child.id()))
+            .collect()
     }
 
-    /// Runs `job` on a worker of its identity; `Err` carries a text for a temporary
-    /// failure when no worker could be started.
+    /// Jobs and batches handed to workers so far: how much the batching saved.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.jobs.load(Ordering::Relaxed),
+            self.batches.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs `job` on a worker of its identity (blocks until it is done); `Err` carries a
+    /// text for a temporary failure when no worker could be started.
     pub fn run(&self, job: &Job, message: &File, timeout: Duration) -> Result<Outcome, String> {
         let key = (job.identity.uid, job.identity.gid);
-        let text = job.encode();
-        // A reused worker may have died while idle: then (and only then, the job not
-        // taken) the job goes to a fresh one. Bounded: at most every idle worker, then one
-        // fresh worker.
+        let message = message
+            .try_clone()
+            .map_err(|e| format!("dup: {}", strerror(&e)))?;
+        let slot = Arc::new(Slot::default());
+        let drive = {
+            let mut lanes = lock(&self.lanes);
+            let lane = lanes.entry(key).or_default();
+            lane.pending.push_back(Pending {
+                text: job.encode(),
+                message,
+                slot: slot.clone(),
+                retried: false,
+            });
+            let drive = lane.drivers < WORKERS_PER_IDENTITY;
+            if drive {
+                lane.drivers += 1;
+            }
+            drive
+        };
+        // Jobs are pushed and drivers counted under one lock, and a driver stops only when
+        // it sees the queue empty under that lock: every queued job is taken by a driver.
+        if drive {
+            self.drive(key, timeout);
+        }
+        slot.wait()
+    }
+
+    /// Hands the identity's waiting jobs to a worker, batch after batch, until none wait.
+    fn drive(&self, key: Key, timeout: Duration) {
+        // Bounded by the jobs queued: each pass takes at least one, and a job goes back
+        // to the queue at most once.
         loop {
-            let (mut worker, reused) = match self.take_idle(key) {
-                Some(w) => (w, true),
-                None => (self.spawn(key)?, false),
+            let (batch, idle) = {
+                let mut lanes = lock(&self.lanes);
+                let lane = lanes.entry(key).or_default();
+                if lane.pending.is_empty() {
+                    lane.drivers -= 1;
+                    return;
+                }
+                let n = lane.pending.len().min(BATCH);
+                let batch: Vec<Pending> = lane.pending.drain(..n).collect();
+                (batch, lane.idle.pop().map(|(w, _)| w))
             };
-            match exchange(&mut worker.socket, &text, message, timeout) {
-                Ok(outcome) => {
+            let (mut worker, reused) = match idle {
+                Some(w) => (w, true),
+                None => match self.spawn(key) {
+                    Ok(w) => (w, false),
+                    Err(e) => {
+                        for p in batch {
+                            p.slot.fill(Err(e.clone()));
+                        }
+                        continue;
+                    }
+                },
+            };
+            self.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            match exchange(&mut worker.socket, &batch, timeout) {
+                Ok(outcomes) => {
+                    for (p, o) in batch.iter().zip(outcomes) {
+                        p.slot.fill(Ok(o));
+                    }
                     self.put_back(key, worker);
-                    return Ok(outcome);
                 }
-                Err(Lost::BeforeTaken) if reused => {
-                    finish(worker);
-                    continue;
+                Err(taken) => {
+                    let death = finish(worker);
+                    let mut again = Vec::new();
+                    for (i, mut p) in batch.into_iter().enumerate() {
+                        if i < taken || !reused || p.retried {
+                            p.slot.fill(Ok(death.clone()));
+                        } else {
+                            p.retried = true;
+                            again.push(p);
+                        }
+                    }
+                    let mut lanes = lock(&self.lanes);
+                    let lane = lanes.entry(key).or_default();
+                    for p in again.into_iter().rev() {
+                        lane.pending.push_front(p);
+                    }
                 }
-                Err(_) => return Ok(finish(worker)),
             }
         }
     }
 
-    fn take_idle(&self, key: (u32, u32)) -> Option<Worker> {
-        let mut map = self.inner.lock().ok()?;
-        let list = map.get_mut(&key)?;
-        let (worker, _) = list.pop()?;
-        Some(worker)
-    }
-
-    fn put_back(&self, key: (u32, u32), worker: Worker) {
+    fn put_back(&self, key: Key, worker: Worker) {
         self.start_reaper();
-        match self.inner.lock() {
-            Ok(mut map) => map.entry(key).or_default().push((worker, Instant::now())),
-            Err(_) => {
-                finish(worker);
-            }
-        }
+        lock(&self.lanes)
+            .entry(key)
+            .or_default()
+            .idle
+            .push((worker, Instant::now()));
     }
 
-    fn spawn(&self, (uid, gid): (u32, u32)) -> Result<Worker, String> {
+    fn spawn(&self, (uid, gid): Key) -> Result<Worker, String> {
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| format!("socketpair: {}", strerror(&e)))?;
         let mut command = Command::new(&self.helper.program);
@@ -191,7 +313,7 @@ impl WorkerPool {
     }
 
     fn start_reaper(&self) {
-        let weak: Weak<IdleMap> = Arc::downgrade(&self.inner);
+        let weak: Weak<Lanes> = Arc::downgrade(&self.lanes);
         self.reaper.call_once(move || {
             let _ = std::thread::Builder::new()
                 .name("delivery-workers".into())
@@ -202,10 +324,11 @@ impl WorkerPool {
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        let all: Vec<Worker> = match self.inner.lock() {
-            Ok(mut map) => map.drain().flat_map(|(_, v)| v).map(|(w, _)| w).collect(),
-            Err(_) => Vec::new(),
-        };
+        let all: Vec<Worker> = lock(&self.lanes)
+            .drain()
+            .flat_map(|(_, lane)| lane.idle)
+            .map(|(w, _)| w)
+            .collect();
         for worker in all {
             finish(worker);
         }
@@ -213,25 +336,26 @@ impl Drop for WorkerPool {
 }
 
 /// Closes workers idle longer than [`IDLE_LIMIT`], until the pool is gone.
-fn reap_idle(pool: Weak<IdleMap>) {
+fn reap_idle(pool: Weak<Lanes>) {
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let Some(inner) = pool.upgrade() else { return };
+        let Some(lanes) = pool.upgrade() else { return };
         let mut expired = Vec::new();
-        if let Ok(mut map) = inner.lock() {
-            for list in map.values_mut() {
+        {
+            let mut map = lock(&lanes);
+            for lane in map.values_mut() {
                 let mut i = 0;
-                while i < list.len() {
-                    if list[i].1.elapsed() >= IDLE_LIMIT {
-                        expired.push(list.swap_remove(i).0);
+                while i < lane.idle.len() {
+                    if lane.idle[i].1.elapsed() >= IDLE_LIMIT {
+                        expired.push(lane.idle.swap_remove(i).0);
                     } else {
                         i += 1;
                     }
                 }
             }
-            map.retain(|_, v| !v.is_empty());
+            map.retain(|_, l| !(l.idle.is_empty() && l.pending.is_empty() && l.drivers == 0));
         }
-        drop(inner);
+        drop(lanes);
         for worker in expired {
             finish(worker);
         }
@@ -264,37 +388,55 @@ fn finish(worker: Worker) -> Outcome {
     }
 }
 
-/// Sends one job and reads its outcome.
+/// Sends a batch and reads its outcomes, in order; `Err(n)`: the worker was lost after
+/// taking the first `n` jobs.
 fn exchange(
     socket: &mut UnixStream,
-    text: &str,
-    message: &File,
+    batch: &[Pending],
     timeout: Duration,
-) -> Result<Outcome, Lost> {
-    let mut frame = Vec::with_capacity(4 + text.len());
-    frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    frame.extend_from_slice(text.as_bytes());
-    let fds = [message.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let sent = sendmsg::<UnixAddr>(
-        socket.as_raw_fd(),
-        &[IoSlice::new(&frame)],
-        &cmsg,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|_| Lost::BeforeTaken)?;
-    if sent < frame.len() && socket.write_all(&frame[sent..]).is_err() {
-        return Err(Lost::BeforeTaken);
+) -> Result<Vec<Outcome>, usize> {
+    let mut sent = 0;
+    for (i, p) in batch.iter().enumerate() {
+        let more = u8::from(i + 1 < batch.len());
+        let mut frame = Vec::with_capacity(5 + p.text.len());
+        frame.extend_from_slice(&(p.text.len() as u32).to_be_bytes());
+        frame.push(more);
+        frame.extend_from_slice(p.text.as_bytes());
+        let fds = [p.message.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let Ok(n) = sendmsg::<UnixAddr>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(&frame)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) else {
+            break;
+        };
+        if n < frame.len() && socket.write_all(&frame[n..]).is_err() {
+            break;
+        }
+        sent += 1;
     }
+    // Jobs run one after the other, each under its alarm: no single read waits longer.
     let _ = socket.set_read_timeout(Some(timeout + WAIT_GRACE));
-    let mut ack = [0u8; 1];
-    match socket.read_exact(&mut ack) {
-        Ok(()) if ack[0] == b'A' => {}
-        _ => return Err(Lost::BeforeTaken),
+    let mut taken = 0;
+    while taken < sent {
+        let mut ack = [0u8; 1];
+        match socket.read_exact(&mut ack) {
+            Ok(()) if ack[0] == b'A' => taken += 1,
+            _ => return Err(taken),
+        }
     }
-    let report = read_frame(socket).map_err(|_| Lost::AfterTaken)?;
-    decode_outcome(&String::from_utf8_lossy(&report)).ok_or(Lost::AfterTaken)
+    if sent < batch.len() {
+        return Err(taken);
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for _ in 0..batch.len() {
+        let report = read_frame(socket).map_err(|_| taken)?;
+        outcomes.push(decode_outcome(&String::from_utf8_lossy(&report)).ok_or(taken)?);
+    }
+    Ok(outcomes)
 }
 
 fn read_frame(socket: &mut impl Read) -> std::io::Result<Vec<u8>> {
@@ -309,17 +451,21 @@ fn read_frame(socket: &mut impl Read) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-fn write_frame(socket: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(body);
-    socket.write_all(&frame)
+fn write_frame(out: &mut Vec<u8>, body: &[u8]) {
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
 }
 
-/// Receives a job's length and the message descriptor; `Ok(None)` at the end of the
-/// socket.
-fn receive_job(socket: &mut UnixStream) -> std::io::Result<Option<(Vec<u8>, Option<File>)>> {
-    let mut head = [0u8; 4];
+/// A job as the worker receives it.
+struct Received {
+    text: Vec<u8>,
+    message: Option<File>,
+    more: bool,
+}
+
+/// Receives one job and its message descriptor; `Ok(None)` at the end of the socket.
+fn receive_job(socket: &mut UnixStream) -> std::io::Result<Option<Received>> {
+    let mut head = [0u8; 5];
     let mut space = nix::cmsg_space!([RawFd; 2]);
     let (got, fds) = {
         let mut iov = [IoSliceMut::new(&mut head)];
@@ -353,13 +499,17 @@ fn receive_job(socket: &mut UnixStream) -> std::io::Result<Option<(Vec<u8>, Opti
     if got < head.len() {
         socket.read_exact(&mut head[got..])?;
     }
-    let len = u32::from_be_bytes(head) as usize;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::other("job too long"));
     }
-    let mut body = vec![0u8; len];
-    socket.read_exact(&mut body)?;
-    Ok(Some((body, files.into_iter().next())))
+    let mut text = vec![0u8; len];
+    socket.read_exact(&mut text)?;
+    Ok(Some(Received {
+        text,
+        message: files.into_iter().next(),
+        more: head[4] != 0,
+    }))
 }
 
 /// The worker process: `spec` is `UID:GID`; the socket is standard input. Returns the
@@ -395,42 +545,85 @@ pub(crate) fn worker_main(spec: &str) -> i32 {
     // Bounded by the privileged side: it closes the socket when the daemon ends or the
     // worker has been idle too long.
     loop {
-        let (text, message) = match receive_job(&mut socket) {
-            Ok(Some(job)) => job,
-            Ok(None) | Err(_) => return 0,
-        };
-        if socket.write_all(b"A").is_err() {
-            return 0;
+        let mut batch: Vec<(Outcome, Option<PathBuf>)> = Vec::new();
+        let mut alarm_secs = 1;
+        loop {
+            let job = match receive_job(&mut socket) {
+                Ok(Some(job)) => job,
+                Ok(None) | Err(_) => return 0,
+            };
+            if socket.write_all(b"A").is_err() {
+                return 0;
+            }
+            let done = match (&refusal, job.message) {
+                (Some(why), _) => (Outcome::failure(EX_TEMPFAIL, why.clone()), None),
+                (None, None) => (
+                    Outcome::failure(EX_TEMPFAIL, "smtpd: no message with the job"),
+                    None,
+                ),
+                (None, Some(message)) => run_one(&job.text, message, identity, &mut alarm_secs),
+            };
+            batch.push(done);
+            if !job.more {
+                break;
+            }
+            if batch.len() > 4 * BATCH {
+                return 70;
+            }
         }
-        let outcome = match (&refusal, message) {
-            (Some(why), _) => Outcome::failure(EX_TEMPFAIL, why.clone()),
-            (None, None) => Outcome::failure(EX_TEMPFAIL, "smtpd: no message with the job"),
-            (None, Some(message)) => run_one(&text, message, identity),
-        };
-        if write_frame(&mut socket, encode_outcome(&outcome).as_bytes()).is_err() {
+        // One fsync per distinct `new/` directory, then the reports.
+        let mut synced: Vec<(PathBuf, Option<Failure>)> = Vec::new();
+        for dir in batch.iter().filter_map(|(_, d)| d.as_ref()) {
+            if synced.iter().all(|(d, _)| d != dir) {
+                nix::unistd::alarm::set(alarm_secs);
+                let result = maildir::sync_new_dir(dir).err();
+                nix::unistd::alarm::cancel();
+                synced.push((dir.clone(), result));
+            }
+        }
+        let mut out = Vec::new();
+        for (outcome, dir) in batch {
+            let failed = dir.and_then(|d| synced.iter().find(|(s, _)| *s == d)?.1.clone());
+            let outcome = failed.map_or(outcome, Outcome::from);
+            write_frame(&mut out, encode_outcome(&outcome).as_bytes());
+        }
+        if socket.write_all(&out).is_err() {
             return 0;
         }
     }
 }
 
-fn run_one(text: &[u8], message: File, identity: Option<(u32, u32)>) -> Outcome {
+/// One job in the worker: its outcome, and the `new/` directory still to fsync when the
+/// delivery got that far.
+fn run_one(
+    text: &[u8],
+    message: File,
+    identity: Option<Key>,
+    alarm_secs: &mut u32,
+) -> (Outcome, Option<PathBuf>) {
     let job = match std::str::from_utf8(text)
         .map_err(|_| "not text".to_string())
         .and_then(Job::decode)
     {
         Ok(job) => job,
-        Err(e) => return Outcome::failure(EX_TEMPFAIL, format!("smtpd: bad delivery job: {e}")),
+        Err(e) => {
+            let o = Outcome::failure(EX_TEMPFAIL, format!("smtpd: bad delivery job: {e}"));
+            return (o, None);
+        }
     };
     if Some((job.identity.uid, job.identity.gid)) != identity || !uses_worker(&job) {
-        return Outcome::failure(EX_TEMPFAIL, "smtpd: job not for this delivery worker");
+        let o = Outcome::failure(EX_TEMPFAIL, "smtpd: job not for this delivery worker");
+        return (o, None);
     }
     if std::env::set_current_dir(&job.identity.home).is_err() {
         let _ = std::env::set_current_dir("/");
     }
-    nix::unistd::alarm::set(u32::try_from(job.timeout_secs.max(1)).unwrap_or(u32::MAX));
-    let outcome = run_job(&job, message);
+    *alarm_secs = u32::try_from(job.timeout_secs.max(1)).unwrap_or(u32::MAX);
+    let mut unsynced = Vec::new();
+    nix::unistd::alarm::set(*alarm_secs);
+    let outcome = run_job_deferring_sync(&job, message, &mut unsynced);
     nix::unistd::alarm::cancel();
-    outcome
+    (outcome, unsynced.pop())
 }
 
 #[cfg(test)]
@@ -440,7 +633,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_are_bounded() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, b"exit=code:0\n").unwrap();
+        write_frame(&mut buf, b"exit=code:0\n");
         assert_eq!(read_frame(&mut buf.as_slice()).unwrap(), b"exit=code:0\n");
         let mut long = Vec::new();
         long.extend_from_slice(&((MAX_FRAME + 1) as u32).to_be_bytes());
@@ -449,35 +642,62 @@ mod tests {
     }
 
     #[test]
-    fn job_and_descriptor_cross_a_socket() {
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        let mut file = tempfile_with(b"hello");
-        let text = "method=maildir\n";
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        frame.extend_from_slice(text.as_bytes());
-        let fds = [file.as_raw_fd()];
-        sendmsg::<UnixAddr>(
-            a.as_raw_fd(),
-            &[IoSlice::new(&frame)],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
-        let (body, got) = receive_job(&mut b).unwrap().unwrap();
-        assert_eq!(body, text.as_bytes());
+    fn jobs_and_descriptors_cross_a_socket() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let file = tempfile_with(b"hello");
+        for (text, more) in [("method=maildir\n", 1u8), ("second\n", 0u8)] {
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            frame.push(more);
+            frame.extend_from_slice(text.as_bytes());
+            let fds = [file.as_raw_fd()];
+            sendmsg::<UnixAddr>(
+                a.as_raw_fd(),
+                &[IoSlice::new(&frame)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        }
+        let first = receive_job(&mut b).unwrap().unwrap();
+        assert_eq!(first.text, b"method=maildir\n");
+        assert!(first.more);
         let mut content = String::new();
-        got.unwrap().read_to_string(&mut content).unwrap();
+        first.message.unwrap().read_to_string(&mut content).unwrap();
         assert_eq!(content, "hello");
-        let _ = file.flush();
-        drop(a.flush());
+        let second = receive_job(&mut b).unwrap().unwrap();
+        assert_eq!(second.text, b"second\n");
+        assert!(!second.more);
+        assert!(second.message.is_some());
         drop(a);
         assert!(receive_job(&mut b).unwrap().is_none());
     }
 
+    #[test]
+    fn a_dropped_job_still_answers_its_waiter() {
+        let slot = Arc::new(Slot::default());
+        let p = Pending {
+            text: String::new(),
+            message: tempfile_with(b""),
+            slot: slot.clone(),
+            retried: false,
+        };
+        drop(p);
+        assert_eq!(slot.wait(), Err("delivery worker lost the job".to_string()));
+        // A filled slot keeps its first result.
+        let slot = Slot::default();
+        slot.fill(Ok(Outcome::success()));
+        slot.fill(Err("late".into()));
+        assert_eq!(slot.wait(), Ok(Outcome::success()));
+    }
+
     fn tempfile_with(content: &[u8]) -> File {
-        let dir = std::env::temp_dir().join(format!("smtpd-worker-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "smtpd-worker-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("msg");
         std::fs::write(&path, content).unwrap();
