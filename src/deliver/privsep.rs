@@ -121,14 +121,15 @@ pub fn deliver(request: DeliveryRequest) -> DeliveryResult {
     DeliveryAgent::new().deliver_blocking(request)
 }
 
-/// Does smtpd run as root (and so deliver as each recipient)?
+/// Does this process run as root? (An unprivileged daemon with a privileged broker still
+/// delivers as each recipient: see [`crate::privsep`].)
 pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 /// The line to log once at start-up when deliveries cannot change identity.
 pub fn unprivileged_notice() -> Option<String> {
-    if running_as_root() {
+    if running_as_root() || crate::privsep::broker::client().is_some() {
         return None;
     }
     let me = Account::current();
@@ -242,7 +243,7 @@ impl DeliveryAgent {
             return DeliveryResult::plain(Status::TempFail, "Error reading body");
         }
 
-        let mut job = Job {
+        let job = Job {
             method: request.method.clone(),
             wrapper: request.wrapper.clone(),
             userinfo: request.userinfo.clone(),
@@ -254,26 +255,43 @@ impl DeliveryAgent {
             timeout_secs: self.timeout.as_secs().max(1),
         };
 
-        let outcome = if running_as_root() {
-            let _lock = if job.method == Method::Mbox {
-                match self.prepare_mbox(&job) {
-                    Ok(lock) => {
-                        job.mbox_dotlocked = true;
-                        Some(lock)
-                    }
-                    Err(outcome) => return DeliveryResult::from_outcome(&outcome),
+        if let Some(broker) = crate::privsep::broker::client() {
+            // The network side is unprivileged: the privileged broker runs the job.
+            broker.deliver(&job, message)
+        } else if running_as_root() {
+            self.run_privileged(job, message)
+        } else {
+            DeliveryResult::from_outcome(&run_job(&job, message))
+        }
+    }
+
+    /// Runs `job` from a privileged process: the identity checks again, the mailbox of an
+    /// `mbox` job created and dot-locked, then the helper started as the job's identity.
+    /// The privileged broker calls this for the unprivileged side; settings the privileged
+    /// side owns (mail spool, time limit) are this agent's, whatever the job says.
+    pub fn run_privileged(&self, mut job: Job, message: File) -> DeliveryResult {
+        if job.identity.uid == 0 && job.method != Method::Mbox {
+            let cause = format!("not allowed to deliver to: {}", job.userinfo.name);
+            return DeliveryResult::refused(Status::PermFail, EX_NOPERM, &cause);
+        }
+        job.mbox_spool = self.mbox_spool.display().to_string();
+        job.mbox_dotlocked = false;
+        job.timeout_secs = self.timeout.as_secs().max(1);
+        let _lock = if job.method == Method::Mbox {
+            match self.prepare_mbox(&job) {
+                Ok(lock) => {
+                    job.mbox_dotlocked = true;
+                    Some(lock)
                 }
-            } else {
-                None
-            };
-            match self.run_helper(&job, message) {
-                Ok(outcome) => outcome,
-                Err(result) => return result,
+                Err(outcome) => return DeliveryResult::from_outcome(&outcome),
             }
         } else {
-            run_job(&job, message)
+            None
         };
-        DeliveryResult::from_outcome(&outcome)
+        match self.run_helper(&job, message) {
+            Ok(outcome) => DeliveryResult::from_outcome(&outcome),
+            Err(result) => result,
+        }
     }
 
     /// `mda_mbox_init` and mail.local's privileged dot-lock.
