@@ -29,9 +29,13 @@
 //! Identity rules (`smtpd.c:forkmda`): the action's `user NAME` or else the
 //! userbase record; uid 0 is refused (`not allowed to deliver to: USER`)
 //! except for `mbox`, whose mailbox is created and dot-locked by the
-//! privileged side before the drop. When smtpd itself is not root there is
-//! no identity to change: the job runs in the calling process as the
-//! current user, and [`unprivileged_notice`] gives the line to log once.
+//! privileged side before the drop. The privileged side is this process when
+//! it is root; in a daemon started as root, whose network side runs
+//! unprivileged, it is the broker ([`crate::privsep::broker`]), which gets the
+//! job and the message descriptor and calls [`DeliveryAgent::run_privileged`].
+//! When smtpd was not started as root there is no identity to change: the job
+//! runs in the calling process as the current user, and
+//! [`unprivileged_notice`] gives the line to log once.
 
 use std::ffi::OsString;
 use std::fs::File;
