@@ -164,6 +164,9 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         tracing::warn!("warn: relay: {e}");
         smtpd::tls::TlsStore::default()
     });
+    // The spool as an absolute path: going to the background changes to `/`.
+    let spool_path =
+        std::path::absolute(&args.spool).unwrap_or_else(|_| std::path::PathBuf::from(&args.spool));
     // Started as root: the network side will run as an unprivileged user, who owns the
     // spool; a privileged broker stays behind for what needs root.
     let unprivileged = if nix::unistd::geteuid().is_root() {
@@ -178,13 +181,13 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         None
     };
     if let Some(user) = &unprivileged
-        && let Err(e) = smtpd::privsep::prepare_spool(std::path::Path::new(&args.spool), user)
+        && let Err(e) = smtpd::privsep::prepare_spool(&spool_path, user)
     {
         eprintln!("smtpd: spool {e}");
         return ExitCode::from(1);
     }
     // The local enqueue socket (`listen on socket`, written or implicit), for sendmail.
-    let socket_path = smtpd::smtp::listen::socket_path(std::path::Path::new(&args.spool));
+    let socket_path = smtpd::smtp::listen::socket_path(&spool_path);
     let local = match smtpd::smtp::listen::socket_listener(&graph.config) {
         Some(i) => match smtpd::smtp::listen::bind_socket(&socket_path) {
             Ok(s) => Some((i, s)),
@@ -196,7 +199,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         None => None,
     };
     // The control socket for smtpctl: <spool>/smtpd.sock with --spool, else the system's.
-    let spool_dir = std::path::Path::new(&args.spool);
+    let spool_dir = spool_path.as_path();
     let custom = args.spool != smtpd::queue::DEFAULT_SPOOL;
     let control_path = smtpd::control::socket_path(custom.then_some(spool_dir));
     let control_socket = match smtpd::control::server::bind(&control_path) {
@@ -273,7 +276,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             broker_pid
         );
     }
-    let (spool, recovery) = match smtpd::queue::Spool::open(&args.spool) {
+    let (spool, recovery) = match smtpd::queue::Spool::open(&spool_path) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("smtpd: spool {}: {e}", args.spool);
