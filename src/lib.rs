@@ -11,6 +11,7 @@ pub mod deliver;
 pub mod dns;
 pub mod expand;
 pub mod log;
+pub mod privsep;
 pub mod queue;
 pub mod rules;
 pub mod smtp;

@@ -3,7 +3,8 @@
 //! Commands may be abbreviated to an unambiguous prefix, as OpenSMTPD's smtpctl allows
 //! (`sh q` is `show queue`). `encrypt` runs here; every other command is a request on the
 //! daemon's control socket (see `smtpd::control::protocol`). `show queue` reads the spool
-//! directly when the daemon is not running. Run as `mailq`, it is `smtpctl show queue`.
+//! directly when the daemon is not running. Run as `mailq`, it is `smtpctl show queue`; run as
+//! `makemap` or `newaliases`, it builds `db:` tables (`smtpd::table::makemap`).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -181,10 +182,25 @@ fn resolve(args: &[String]) -> Result<Vec<String>, ExitCode> {
     }
 }
 
+fn exit_status(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     // `mailq` (a link to smtpctl) is `smtpctl show queue`.
     let invoked = std::env::args_os().next().unwrap_or_default();
+    // `makemap` and `newaliases` (links to smtpctl) build db: tables.
+    let name = std::path::Path::new(&invoked)
+        .file_name()
+        .unwrap_or_default();
+    let program = invoked.to_string_lossy();
+    if name == "makemap" {
+        return exit_status(smtpd::table::makemap::makemap_main(&program, &args));
+    }
+    if name == "newaliases" {
+        return exit_status(smtpd::table::makemap::newaliases_main(&program, &args));
+    }
     if std::path::Path::new(&invoked)
         .file_name()
         .is_some_and(|n| n == "mailq")

@@ -159,15 +159,35 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         }
     }
     let fds = smtpd::smtp::listen::raise_fd_limit();
-    let (spool, recovery) = match smtpd::queue::Spool::open(&args.spool) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("smtpd: spool {}: {e}", args.spool);
-            return ExitCode::from(1);
+    // The relay client's certificates and keys, read while still privileged.
+    let relay_tls = smtpd::tls::TlsStore::load(&graph.config).unwrap_or_else(|e| {
+        tracing::warn!("warn: relay: {e}");
+        smtpd::tls::TlsStore::default()
+    });
+    // The spool as an absolute path: going to the background changes to `/`.
+    let spool_path =
+        std::path::absolute(&args.spool).unwrap_or_else(|_| std::path::PathBuf::from(&args.spool));
+    // Started as root: the network side will run as an unprivileged user, who owns the
+    // spool; a privileged broker stays behind for what needs root.
+    let unprivileged = if nix::unistd::geteuid().is_root() {
+        match smtpd::privsep::unprivileged_user() {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                return ExitCode::from(1);
+            }
         }
+    } else {
+        None
     };
+    if let Some(user) = &unprivileged
+        && let Err(e) = smtpd::privsep::prepare_spool(&spool_path, user)
+    {
+        eprintln!("smtpd: spool {e}");
+        return ExitCode::from(1);
+    }
     // The local enqueue socket (`listen on socket`, written or implicit), for sendmail.
-    let socket_path = smtpd::smtp::listen::socket_path(std::path::Path::new(&args.spool));
+    let socket_path = smtpd::smtp::listen::socket_path(&spool_path);
     let local = match smtpd::smtp::listen::socket_listener(&graph.config) {
         Some(i) => match smtpd::smtp::listen::bind_socket(&socket_path) {
             Ok(s) => Some((i, s)),
@@ -178,6 +198,25 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         },
         None => None,
     };
+    // The control socket for smtpctl: <spool>/smtpd.sock with --spool, else the system's.
+    let spool_dir = spool_path.as_path();
+    let custom = args.spool != smtpd::queue::DEFAULT_SPOOL;
+    let control_path = smtpd::control::socket_path(custom.then_some(spool_dir));
+    let control_socket = match smtpd::control::server::bind(&control_path) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("warn: control: {}: {e}", control_path.display());
+            None
+        }
+    };
+    if let Some(user) = &unprivileged {
+        // The sockets inside the spool belong to its owner like everything else there.
+        for path in [&socket_path, &control_path] {
+            if path.starts_with(spool_dir) && std::fs::symlink_metadata(path).is_ok() {
+                let _ = std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid));
+            }
+        }
+    }
     if !args.debug && !args.foreground {
         // Before any thread exists: fork is only safe in a single-threaded process.
         if let Err(e) = nix::unistd::daemon(false, false) {
@@ -185,6 +224,66 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if let Some(user) = &unprivileged {
+        use std::os::fd::AsRawFd;
+        let mut close: Vec<std::os::fd::RawFd> =
+            bound.iter().map(|b| b.socket.as_raw_fd()).collect();
+        close.extend(local.as_ref().map(|(_, s)| s.as_raw_fd()));
+        close.extend(control_socket.as_ref().map(|s| s.as_raw_fd()));
+        let agent = smtpd::deliver::DeliveryAgent::new()
+            .with_subaddress_delimiter(graph.config.smtp.sub_addr_delim);
+        let started = match smtpd::privsep::start_broker(agent, &close) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let broker_pid = started.pid;
+        smtpd::privsep::broker::install(started.client);
+        if let Some(client) = smtpd::privsep::broker::client() {
+            // The broker never writes on the channel: end of file there means it is gone,
+            // and the daemon cannot deliver, read .forward files or check passwords.
+            let watcher = std::thread::Builder::new()
+                .name("smtpd-broker-watch".into())
+                .spawn(move || {
+                    smtpd::privsep::broker::watch(client.channel());
+                    tracing::error!("smtpd: the privileged broker exited: exiting");
+                    let _ = nix::sys::wait::waitpid(broker_pid, None);
+                    std::process::exit(1);
+                });
+            if let Err(e) = watcher {
+                eprintln!("smtpd: thread: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        if let Err(e) = smtpd::privsep::drop_privileges(user) {
+            eprintln!("smtpd: {e}");
+            return ExitCode::from(1);
+        }
+        if user.fallback {
+            tracing::warn!(
+                "warn: smtpd: none of the users {} exists: the network side runs as {}",
+                smtpd::privsep::UNPRIVILEGED_USERS.join(", "),
+                user.name
+            );
+        }
+        tracing::info!(
+            "info: smtpd: network side runs as {} (uid {}, gid {}), privileged broker pid {}",
+            user.name,
+            user.uid,
+            user.gid,
+            broker_pid
+        );
+    }
+    let (spool, recovery) = match smtpd::queue::Spool::open(&spool_path) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("smtpd: spool {}: {e}", args.spool);
+            eprintln!("smtpd: spool {}: {e}", args.spool);
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -227,6 +326,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             spool.clone(),
             &recovery.envelopes,
             resolver.clone(),
+            relay_tls,
         );
         for p in &args.paused {
             match p.as_str() {
@@ -237,16 +337,16 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             info!("info: {p} paused");
         }
         tokio::spawn(runner.clone().run());
-        // The control socket for smtpctl: <spool>/smtpd.sock with --spool, else the system's.
-        let spool_dir = std::path::Path::new(&args.spool);
-        let custom = args.spool != smtpd::queue::DEFAULT_SPOOL;
         // `-P smtp` and `smtpctl pause smtp`: the listeners stay bound but do not accept.
         let smtp_gate =
             smtpd::control::gate::SmtpGate::new(args.paused.iter().any(|p| p == "smtp"));
-        smtpd::control::server::start(
-            smtpd::control::server::Control::new(runner.clone(), smtp_gate.clone()),
-            smtpd::control::socket_path(custom.then_some(spool_dir)),
-        );
+        if let Some(listener) = control_socket {
+            smtpd::control::server::start_bound(
+                smtpd::control::server::Control::new(runner.clone(), smtp_gate.clone()),
+                listener,
+                control_path,
+            );
+        }
         let server = Arc::new(smtpd::smtp::server::Server {
             delivery: Some(runner),
             tls,

@@ -209,7 +209,7 @@ impl Control {
 
 /// Bind the control socket at `path`: refuse if a daemon already answers there, replace a
 /// stale socket file, make it reachable by everyone (mode 0666; requests are checked).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
@@ -221,9 +221,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
@@ -246,13 +247,29 @@ pub async fn serve(control: Arc<Control>, listener: UnixListener, path: PathBuf)
     }
 }
 
-/// Bind and start serving; logs and returns false when the socket cannot be bound.
-pub fn start(control: Arc<Control>, path: PathBuf) -> bool {
-    match bind(&path) {
+/// Serve on a socket bound beforehand with [`bind`] (before privileges were dropped);
+/// logs and returns false when it cannot be used.
+pub fn start_bound(
+    control: Arc<Control>,
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+) -> bool {
+    match UnixListener::from_std(listener) {
         Ok(listener) => {
             tokio::spawn(serve(control, listener, path));
             true
         }
+        Err(e) => {
+            warn!("warn: control: {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// Bind and start serving; logs and returns false when the socket cannot be bound.
+pub fn start(control: Arc<Control>, path: PathBuf) -> bool {
+    match bind(&path) {
+        Ok(listener) => start_bound(control, listener, path),
         Err(e) => {
             warn!("warn: control: {}: {e}", path.display());
             false

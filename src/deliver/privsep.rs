@@ -29,9 +29,13 @@
 //! Identity rules (`smtpd.c:forkmda`): the action's `user NAME` or else the
 //! userbase record; uid 0 is refused (`not allowed to deliver to: USER`)
 //! except for `mbox`, whose mailbox is created and dot-locked by the
-//! privileged side before the drop. When smtpd itself is not root there is
-//! no identity to change: the job runs in the calling process as the
-//! current user, and [`unprivileged_notice`] gives the line to log once.
+//! privileged side before the drop. The privileged side is this process when
+//! it is root; in a daemon started as root, whose network side runs
+//! unprivileged, it is the broker ([`crate::privsep::broker`]), which gets the
+//! job and the message descriptor and calls [`DeliveryAgent::run_privileged`].
+//! When smtpd was not started as root there is no identity to change: the job
+//! runs in the calling process as the current user, and
+//! [`unprivileged_notice`] gives the line to log once.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -124,14 +128,15 @@ pub fn deliver(request: DeliveryRequest) -> DeliveryResult {
     DeliveryAgent::new().deliver_blocking(request)
 }
 
-/// Does smtpd run as root (and so deliver as each recipient)?
+/// Does this process run as root? (An unprivileged daemon with a privileged broker still
+/// delivers as each recipient: see [`crate::privsep`].)
 pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 /// The line to log once at start-up when deliveries cannot change identity.
 pub fn unprivileged_notice() -> Option<String> {
-    if running_as_root() {
+    if running_as_root() || crate::privsep::broker::client().is_some() {
         return None;
     }
     let me = Account::current();
@@ -257,7 +262,7 @@ impl DeliveryAgent {
             return DeliveryResult::plain(Status::TempFail, "Error reading body");
         }
 
-        let mut job = Job {
+        let job = Job {
             method: request.method.clone(),
             wrapper: request.wrapper.clone(),
             userinfo: request.userinfo.clone(),
@@ -269,35 +274,49 @@ impl DeliveryAgent {
             timeout_secs: self.timeout.as_secs().max(1),
         };
 
-        let outcome = if running_as_root() {
-            let _lock = if job.method == Method::Mbox {
-                match self.prepare_mbox(&job) {
-                    Ok(lock) => {
-                        job.mbox_dotlocked = true;
-                        Some(lock)
-                    }
-                    Err(outcome) => return DeliveryResult::from_outcome(&outcome),
+        if let Some(broker) = crate::privsep::broker::client() {
+            // The network side is unprivileged: the privileged broker runs the job.
+            broker.deliver(&job, message)
+        } else if running_as_root() {
+            self.run_privileged(job, message)
+        } else {
+            DeliveryResult::from_outcome(&run_job(&job, message))
+        }
+    }
+
+    /// Runs `job` from a privileged process: the identity checks again, the mailbox of an
+    /// `mbox` job created and dot-locked, then the helper started as the job's identity.
+    /// The privileged broker calls this for the unprivileged side; settings the privileged
+    /// side owns (mail spool, time limit) are this agent's, whatever the job says.
+    pub fn run_privileged(&self, mut job: Job, message: File) -> DeliveryResult {
+        if job.identity.uid == 0 && job.method != Method::Mbox {
+            let cause = format!("not allowed to deliver to: {}", job.userinfo.name);
+            return DeliveryResult::refused(Status::PermFail, EX_NOPERM, &cause);
+        }
+        job.mbox_spool = self.mbox_spool.display().to_string();
+        job.mbox_dotlocked = false;
+        job.timeout_secs = self.timeout.as_secs().max(1);
+        let _lock = if job.method == Method::Mbox {
+            match self.prepare_mbox(&job) {
+                Ok(lock) => {
+                    job.mbox_dotlocked = true;
+                    Some(lock)
                 }
-            } else {
-                None
-            };
-            if uses_worker(&job) {
-                match self.workers.run(&job, &message, self.timeout) {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        return DeliveryResult::refused(Status::TempFail, EX_OSERR, &e);
-                    }
-                }
-            } else {
-                match self.run_helper(&job, message) {
-                    Ok(outcome) => outcome,
-                    Err(result) => return result,
-                }
+                Err(outcome) => return DeliveryResult::from_outcome(&outcome),
             }
         } else {
-            run_job(&job, message)
+            None
         };
-        DeliveryResult::from_outcome(&outcome)
+        if uses_worker(&job) {
+            return match self.workers.run(&job, &message, self.timeout) {
+                Ok(outcome) => DeliveryResult::from_outcome(&outcome),
+                Err(e) => DeliveryResult::refused(Status::TempFail, EX_OSERR, &e),
+            };
+        }
+        match self.run_helper(&job, message) {
+            Ok(outcome) => DeliveryResult::from_outcome(&outcome),
+            Err(result) => result,
+        }
     }
 
     /// `mda_mbox_init` and mail.local's privileged dot-lock.

@@ -94,12 +94,9 @@ impl Runner {
         spool: Arc<Spool>,
         recovered: &[Envelope],
         resolver: Arc<dyn Resolver>,
+        tls: crate::tls::TlsStore,
     ) -> Arc<Runner> {
         let cfg = &graph.config;
-        let tls = crate::tls::TlsStore::load(cfg).unwrap_or_else(|e| {
-            warn!("warn: relay: {e}");
-            crate::tls::TlsStore::default()
-        });
         let relayer = Relayer::new(resolver, tls, &cfg.hostname);
         let config = SchedulerConfig {
             default_ttl: cfg.queue.ttl.seconds,

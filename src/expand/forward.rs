@@ -52,11 +52,17 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
-/// Real `.forward` files: `<home>/.forward`, opened without following symbolic links.
+/// Real `.forward` files: `<home>/.forward`, opened without following symbolic links (by the
+/// privileged broker when the daemon runs with one).
 pub struct HomeForwards;
 
 impl ForwardFiles for HomeForwards {
     fn open(&self, user: &UserInfo) -> ForwardOpen {
+        // An unprivileged daemon asks its privileged broker, which opens the file as root
+        // with the same checks (this very function, in the broker).
+        if let Some(broker) = crate::privsep::broker::client() {
+            return broker.open_forward(user);
+        }
         let home = user.home.as_str();
         let path = format!("{home}/.forward");
         let meta = match fs::metadata(home) {

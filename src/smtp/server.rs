@@ -570,7 +570,7 @@ impl Conn {
 
     /// Check AUTH credentials against the listener's table, or the system's accounts.
     async fn authenticate(&mut self, c: super::auth::Credentials) -> AuthVerdict {
-        use crate::table::credentials::{AuthCheck, LookupError, authenticate};
+        use crate::table::credentials::{AuthCheck, authenticate};
         let table = match self.listener().auth {
             Some(cfg::AuthMode::Required(t) | cfg::AuthMode::Optional(t)) => t,
             None => None,
@@ -581,15 +581,12 @@ impl Conn {
             Some(id) => authenticate(&c.user, &c.password, |key| {
                 Ok(graph.table(id).lookup(key).map(String::from))
             }),
-            None => authenticate(&c.user, &c.password, |key| {
-                // System accounts: the hash in the shadow file (readable by root).
-                let shadow = std::fs::read_to_string("/etc/shadow")
-                    .map_err(|e| LookupError(e.to_string()))?;
-                Ok(shadow.lines().find_map(|l| {
-                    let mut f = l.split(':');
-                    (f.next() == Some(key)).then(|| f.next().unwrap_or("").to_string())
-                }))
-            }),
+            // System accounts: the hash in the shadow file, which only root reads; an
+            // unprivileged daemon has its privileged broker check it.
+            None => match crate::privsep::broker::client() {
+                Some(broker) => broker.check_password(&c.user, &c.password),
+                None => crate::privsep::broker::shadow_check(&c.user, &c.password),
+            },
         })
         .await
         .unwrap_or_else(|_| AuthCheck::TempFail("authentication task failed".into()));

@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod db;
 pub mod file;
+pub mod makemap;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,790 @@
+//! The privileged broker: the root process that stays behind when the network side drops its
+//! privileges, and the narrow request protocol between the two.
+//!
+//! The broker is forked before the daemon starts any thread (see [`super::start`]) and
+//! serves three requests, OpenSMTPD's parent-process duties:
+//!
+//! * `deliver`: run a delivery job as its user ([`DeliveryAgent::run_privileged`]); the
+//!   message travels as an open descriptor, the answer is the delivery result;
+//! * `forward`: open a user's `~/.forward` with OpenSMTPD's checks ([`HomeForwards`]); the
+//!   answer is the content (at most [`MAX_FORWARD_SIZE`] bytes) or why there is none;
+//! * `auth`: check a system account's password against the shadow file; the answer is the
+//!   check's result.
+//!
+//! Transport: the two processes share one `SOCK_SEQPACKET` socket pair, the *channel*. A
+//! request is one packet on the channel carrying, as `SCM_RIGHTS`, a fresh reply socket
+//! (and the message descriptor for `deliver`); the broker answers with one packet on that
+//! reply socket and closes it. Requests are served concurrently, one thread each (at most
+//! [`MAX_ACTIVE`]). The broker writes nothing on the channel itself: when the network side
+//! goes away the channel reads end-of-file and the broker exits; when the broker goes away
+//! the network side sees the same end-of-file ([`watch`]) and exits.
+//!
+//! Everything a request says is checked before use: packets that are truncated or carry
+//! the wrong descriptors are dropped, malformed fields are refused, a delivery never runs
+//! as uid 0 except `mbox` (whose user must be a system account, as mail.local requires),
+//! the privileged side's own settings (mail spool, time limit) override the job's, and the
+//! message must be a regular file.
+
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, setsockopt, socketpair, sockopt,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+use crate::deliver::request::{Job, escape_into, unescape};
+use crate::deliver::result::{DeliveryResult, EX_NOPERM, EX_TEMPFAIL, Status};
+use crate::deliver::{DeliveryAgent, Method};
+use crate::expand::forward::{ForwardFiles, ForwardOpen, HomeForwards, MAX_FORWARD_SIZE};
+use crate::expand::userbase::UserInfo;
+use crate::table::credentials::{AuthCheck, HashError, LookupError, Scheme, authenticate};
+
+/// Longest request packet.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Longest answer packet.
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// Requests served at once; more are answered "busy" (a temporary failure).
+pub const MAX_ACTIVE: usize = 256;
+
+/// How long a `forward` or `auth` answer may take.
+const SHORT_WAIT: Duration = Duration::from_secs(60);
+
+/// How much longer than the delivery's own time limit a `deliver` answer may take.
+const DELIVERY_GRACE: Duration = Duration::from_secs(60);
+
+/// Checks a system account's password: user name and password as the client sent them.
+pub type PasswordCheck = dyn Fn(&[u8], &[u8]) -> AuthCheck + Send + Sync;
+
+/// The privileged side: what each request is served with.
+pub struct Broker {
+    /// Runs delivery jobs (its mail spool and time limit are the ones used).
+    pub agent: DeliveryAgent,
+    /// Opens `.forward` files.
+    pub forwards: Box<dyn ForwardFiles + Send + Sync>,
+    /// Checks system passwords.
+    pub passwords: Box<PasswordCheck>,
+}
+
+/// The system's password check: the hash in `/etc/shadow`.
+pub fn shadow_check(user: &[u8], password: &[u8]) -> AuthCheck {
+    authenticate(user, password, |key| {
+        let shadow =
+            std::fs::read_to_string("/etc/shadow").map_err(|e| LookupError(e.to_string()))?;
+        Ok(shadow.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(key)).then(|| f.next().unwrap_or("").to_string())
+        }))
+    })
+}
+
+impl Broker {
+    /// The real machine: `agent` for deliveries, `<home>/.forward`, `/etc/shadow`.
+    pub fn system(agent: DeliveryAgent) -> Broker {
+        Broker {
+            agent,
+            forwards: Box::new(HomeForwards),
+            passwords: Box::new(shadow_check),
+        }
+    }
+
+    /// Serve requests on `channel` until the other side closes it.
+    pub fn serve(self, channel: OwnedFd) {
+        let broker = Arc::new(self);
+        let active = Arc::new(AtomicUsize::new(0));
+        loop {
+            let packet = match receive(&channel, MAX_REQUEST) {
+                Ok(Some(p)) => p,
+                // End of file, or the channel broke: the network side is gone.
+                Ok(None) | Err(_) => return,
+            };
+            let Packet {
+                payload,
+                mut fds,
+                truncated,
+            } = packet;
+            if truncated || fds.is_empty() || fds.len() > 2 {
+                // Not a request this protocol sends; its descriptors are closed here.
+                continue;
+            }
+            let reply = fds.remove(0);
+            let message = fds.pop().map(File::from);
+            if active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+                active.fetch_sub(1, Ordering::SeqCst);
+                let _ = send(&reply, b"error\nbusy", &[]);
+                continue;
+            }
+            let b = broker.clone();
+            let a = active.clone();
+            let spawned = std::thread::Builder::new()
+                .name("smtpd-broker".into())
+                .spawn(move || {
+                    let answer = b.answer(&payload, message);
+                    let _ = send(&reply, &answer, &[]);
+                    a.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The answer to one request.
+    pub fn answer(&self, payload: &[u8], message: Option<File>) -> Vec<u8> {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return b"error\nrequest is not text".to_vec();
+        };
+        let (verb, body) = text.split_once('\n').unwrap_or((text, ""));
+        match verb {
+            "deliver" => match message {
+                Some(m) => encode_result(&self.deliver(body, m)).into_bytes(),
+                None => b"error\ndeliver without a message".to_vec(),
+            },
+            "forward" if message.is_none() => match decode_user(body) {
+                Ok(user) => encode_forward(&self.forwards.open(&user)),
+                Err(e) => format!("error\n{e}").into_bytes(),
+            },
+            "auth" if message.is_none() => match decode_credentials(body) {
+                Ok((user, password)) => {
+                    encode_auth(&(self.passwords)(&user, &password)).into_bytes()
+                }
+                Err(e) => format!("error\n{e}").into_bytes(),
+            },
+            _ => b"error\nunknown request".to_vec(),
+        }
+    }
+
+    fn deliver(&self, body: &str, message: File) -> DeliveryResult {
+        let job = match Job::decode(body) {
+            Ok(j) => j,
+            Err(e) => {
+                return DeliveryResult::refused(
+                    Status::TempFail,
+                    EX_TEMPFAIL,
+                    &format!("smtpd: bad delivery job: {e}"),
+                );
+            }
+        };
+        let regular = message.metadata().map(|m| m.file_type());
+        if !matches!(&regular, Ok(t) if t.is_file() && !t.is_fifo()) {
+            return DeliveryResult::plain(Status::TempFail, "Cannot get message fd");
+        }
+        if let Err(e) = valid_name(&job.userinfo.name).and(valid_name(&job.identity.name)) {
+            return DeliveryResult::refused(Status::PermFail, EX_NOPERM, &e);
+        }
+        if job.method == Method::Mbox {
+            // mail.local delivers to system accounts only.
+            match nix::unistd::User::from_name(&job.userinfo.name) {
+                Ok(Some(u)) if u.uid.as_raw() == job.userinfo.uid => {}
+                _ => {
+                    let cause = format!("{}: unknown user", job.userinfo.name);
+                    return DeliveryResult::refused(Status::PermFail, EX_NOPERM, &cause);
+                }
+            }
+        }
+        self.agent.run_privileged(job, message)
+    }
+}
+
+/// A user name a request may carry.
+fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || name.starts_with(['.', '-'])
+        || name.contains(['/', '\0'])
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!("invalid user name {name:?}"));
+    }
+    Ok(())
+}
+
+/// The client's end of the channel, used from blocking code.
+#[derive(Debug)]
+pub struct BrokerClient {
+    channel: OwnedFd,
+}
+
+static CLIENT: OnceLock<BrokerClient> = OnceLock::new();
+
+/// Make `client` the process's broker: from now on deliveries, `.forward` files and system
+/// passwords go through it. Only the first call has an effect.
+pub fn install(client: BrokerClient) -> bool {
+    CLIENT.set(client).is_ok()
+}
+
+/// The process's broker, if it runs with one.
+pub fn client() -> Option<&'static BrokerClient> {
+    CLIENT.get()
+}
+
+impl BrokerClient {
+    /// A client on its end of the channel.
+    pub fn new(channel: OwnedFd) -> BrokerClient {
+        BrokerClient { channel }
+    }
+
+    /// The channel (for [`watch`]).
+    pub fn channel(&self) -> &OwnedFd {
+        &self.channel
+    }
+
+    fn request(
+        &self,
+        payload: &[u8],
+        message: Option<&File>,
+        wait: Duration,
+    ) -> Result<Vec<u8>, String> {
+        if payload.len() > MAX_REQUEST {
+            return Err("request too large".into());
+        }
+        let (mine, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("socketpair: {}", e.desc()))?;
+        let secs = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
+        setsockopt(&mine, sockopt::ReceiveTimeout, &TimeVal::seconds(secs))
+            .map_err(|e| format!("setsockopt: {}", e.desc()))?;
+        let mut fds = vec![theirs.as_raw_fd()];
+        if let Some(m) = message {
+            fds.push(m.as_raw_fd());
+        }
+        send(&self.channel, payload, &fds)
+            .map_err(|e| format!("privileged broker: {}", e.desc()))?;
+        drop(theirs);
+        match receive(&mine, MAX_ANSWER) {
+            Ok(Some(p)) if !p.truncated => Ok(p.payload),
+            Ok(_) => Err("privileged broker did not answer".into()),
+            Err(Errno::EAGAIN) => Err("privileged broker did not answer in time".into()),
+            Err(e) => Err(format!("privileged broker: {}", e.desc())),
+        }
+    }
+
+    /// Run `job` with the message on `message`.
+    pub fn deliver(&self, job: &Job, message: File) -> DeliveryResult {
+        let mut payload = String::from("deliver\n");
+        payload.push_str(&job.encode());
+        let wait = Duration::from_secs(job.timeout_secs.saturating_add(10)) + DELIVERY_GRACE;
+        let tempfail = |e: &str| DeliveryResult::refused(Status::TempFail, EX_TEMPFAIL, e);
+        match self.request(payload.as_bytes(), Some(&message), wait) {
+            Ok(answer) => decode_result(&answer).unwrap_or_else(|e| tempfail(&e)),
+            Err(e) => tempfail(&e),
+        }
+    }
+
+    /// Open `user`'s `.forward`.
+    pub fn open_forward(&self, user: &UserInfo) -> ForwardOpen {
+        let mut payload = String::from("forward\n");
+        encode_user(user, &mut payload);
+        match self.request(payload.as_bytes(), None, SHORT_WAIT) {
+            Ok(answer) => decode_forward(&answer).unwrap_or_else(|e| {
+                tracing::warn!("warn: smtpd: forward: {e}");
+                ForwardOpen::TemporaryFailure
+            }),
+            Err(e) => {
+                tracing::warn!("warn: smtpd: forward: {e}");
+                ForwardOpen::TemporaryFailure
+            }
+        }
+    }
+
+    /// Check a system account's password.
+    pub fn check_password(&self, user: &[u8], password: &[u8]) -> AuthCheck {
+        let payload = format!("auth\nuser={}\npassword={}\n", hex(user), hex(password));
+        match self.request(payload.as_bytes(), None, SHORT_WAIT) {
+            Ok(answer) => decode_auth(&answer).unwrap_or_else(AuthCheck::TempFail),
+            Err(e) => AuthCheck::TempFail(e),
+        }
+    }
+}
+
+/// Wait (blocking) until the other end of `channel` is gone. The broker never writes on
+/// the channel, so anything but a timeout or an interruption means it has exited.
+pub fn watch(channel: &OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// One packet as received.
+struct Packet {
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// The payload or its descriptors did not fit.
+    truncated: bool,
+}
+
+/// Send one packet with `fds` attached.
+fn send(socket: &impl AsFd, payload: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    let iov = [IoSlice::new(payload)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            socket.as_fd().as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => return r.map(|_| ()),
+        }
+    }
+}
+
+/// Receive one packet of at most `max` bytes and two descriptors; `None` at end of file.
+fn receive(socket: &impl AsFd, max: usize) -> nix::Result<Option<Packet>> {
+    let mut buf = vec![0u8; max];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            socket.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(m) => m,
+        };
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(list) = c {
+                    for fd in list {
+                        // SAFETY: the kernel installed `fd` in this process while receiving
+                        // the SCM_RIGHTS message; nothing else knows the number, so the
+                        // OwnedFd is its only owner and closes it exactly once.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+        }
+        let bytes = msg.bytes;
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        if bytes == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        buf.truncate(bytes);
+        return Ok(Some(Packet {
+            payload: buf,
+            fds,
+            truncated,
+        }));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `key=value` lines (values escaped) into pairs; `None` on a malformed line.
+fn fields(text: &str) -> Option<Vec<(&str, String)>> {
+    text.lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k, unescape(v).ok()?))
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(&str, String)], key: &str) -> Result<&'a str, String> {
+    fields
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| format!("field {key} missing"))
+}
+
+fn encode_user(user: &UserInfo, out: &mut String) {
+    for (k, v) in [
+        ("name", user.name.clone()),
+        ("uid", user.uid.to_string()),
+        ("gid", user.gid.to_string()),
+        ("home", user.home.clone()),
+    ] {
+        out.push_str(k);
+        out.push('=');
+        escape_into(&v, out);
+        out.push('\n');
+    }
+}
+
+fn decode_user(body: &str) -> Result<UserInfo, String> {
+    let f = fields(body).ok_or("malformed request")?;
+    let name = field(&f, "name")?.to_string();
+    valid_name(&name)?;
+    let number =
+        |k: &str| -> Result<u32, String> { field(&f, k)?.parse().map_err(|_| format!("bad {k}")) };
+    let home = field(&f, "home")?.to_string();
+    if !home.starts_with('/') || home.contains('\0') || home.chars().any(char::is_control) {
+        return Err("bad home directory".into());
+    }
+    Ok(UserInfo {
+        name,
+        uid: number("uid")?,
+        gid: number("gid")?,
+        home,
+    })
+}
+
+fn decode_credentials(body: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let f = fields(body).ok_or("malformed request")?;
+    let user = unhex(field(&f, "user")?).ok_or("bad user")?;
+    let password = unhex(field(&f, "password")?).ok_or("bad password")?;
+    if user.contains(&0) || user.contains(&b'\n') || user.contains(&b'\r') {
+        return Err("bad user".into());
+    }
+    Ok((user, password))
+}
+
+fn encode_result(r: &DeliveryResult) -> String {
+    let status = match r.status {
+        Status::Ok => "ok",
+        Status::TempFail => "tempfail",
+        Status::PermFail => "permfail",
+    };
+    let mut out = format!("result\nstatus={status}\nstat=");
+    escape_into(&r.stat, &mut out);
+    out.push_str("\nerror=");
+    escape_into(&r.error, &mut out);
+    out.push('\n');
+    out
+}
+
+fn error_of(answer: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(answer).ok()?;
+    let rest = text.strip_prefix("error\n")?;
+    Some(format!("privileged broker refused the request: {rest}"))
+}
+
+fn decode_result(answer: &[u8]) -> Result<DeliveryResult, String> {
+    if let Some(e) = error_of(answer) {
+        return Err(e);
+    }
+    let text = std::str::from_utf8(answer).map_err(|_| "malformed answer")?;
+    let body = text.strip_prefix("result\n").ok_or("malformed answer")?;
+    let f = fields(body).ok_or("malformed answer")?;
+    let status = match field(&f, "status")? {
+        "ok" => Status::Ok,
+        "tempfail" => Status::TempFail,
+        "permfail" => Status::PermFail,
+        _ => return Err("malformed answer".into()),
+    };
+    Ok(DeliveryResult {
+        status,
+        stat: field(&f, "stat")?.to_string(),
+        error: field(&f, "error")?.to_string(),
+    })
+}
+
+fn encode_forward(open: &ForwardOpen) -> Vec<u8> {
+    match open {
+        ForwardOpen::Missing => b"missing".to_vec(),
+        ForwardOpen::TemporaryFailure => b"tempfail".to_vec(),
+        ForwardOpen::PermanentFailure => b"permfail".to_vec(),
+        ForwardOpen::Found(content) => {
+            let mut out = b"found\n".to_vec();
+            out.extend_from_slice(&content[..content.len().min(MAX_FORWARD_SIZE)]);
+            out
+        }
+    }
+}
+
+fn decode_forward(answer: &[u8]) -> Result<ForwardOpen, String> {
+    if let Some(e) = error_of(answer) {
+        return Err(e);
+    }
+    match answer {
+        b"missing" => Ok(ForwardOpen::Missing),
+        b"tempfail" => Ok(ForwardOpen::TemporaryFailure),
+        b"permfail" => Ok(ForwardOpen::PermanentFailure),
+        _ => match answer.strip_prefix(b"found\n") {
+            Some(content) if content.len() <= MAX_FORWARD_SIZE => {
+                Ok(ForwardOpen::Found(content.to_vec()))
+            }
+            _ => Err("malformed answer".into()),
+        },
+    }
+}
+
+fn scheme_name(s: &Scheme) -> &'static str {
+    match s {
+        Scheme::Bcrypt => "bcrypt",
+        Scheme::Sha256Crypt => "sha256",
+        Scheme::Sha512Crypt => "sha512",
+        Scheme::Yescrypt => "yescrypt",
+    }
+}
+
+fn encode_auth(check: &AuthCheck) -> String {
+    match check {
+        AuthCheck::Ok => "ok".into(),
+        AuthCheck::PermFail => "permfail".into(),
+        AuthCheck::TempFail(e) => format!("tempfail\n{e}"),
+        AuthCheck::Unusable(HashError::Plaintext) => "unusable\nplaintext".into(),
+        AuthCheck::Unusable(HashError::TooCostly) => "unusable\ntoo-costly".into(),
+        AuthCheck::Unusable(HashError::Unsupported(id)) => format!("unusable\nunsupported {id}"),
+        AuthCheck::Unusable(HashError::Malformed(s)) => {
+            format!("unusable\nmalformed {}", scheme_name(s))
+        }
+    }
+}
+
+fn decode_auth(answer: &[u8]) -> Result<AuthCheck, String> {
+    if let Some(e) = error_of(answer) {
+        return Err(e);
+    }
+    let text = std::str::from_utf8(answer).map_err(|_| "malformed answer")?;
+    let (kind, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let unusable = |e| Ok(AuthCheck::Unusable(e));
+    match kind {
+        "ok" => Ok(AuthCheck::Ok),
+        "permfail" => Ok(AuthCheck::PermFail),
+        "tempfail" => Ok(AuthCheck::TempFail(rest.to_string())),
+        "unusable" => match rest.split_once(' ') {
+            None if rest == "plaintext" => unusable(HashError::Plaintext),
+            None if rest == "too-costly" => unusable(HashError::TooCostly),
+            Some(("unsupported", id)) => unusable(HashError::Unsupported(id.to_string())),
+            Some(("malformed", s)) => {
+                let scheme = [
+                    Scheme::Bcrypt,
+                    Scheme::Sha256Crypt,
+                    Scheme::Sha512Crypt,
+                    Scheme::Yescrypt,
+                ]
+                .into_iter()
+                .find(|x| scheme_name(x) == s)
+                .ok_or("malformed answer")?;
+                unusable(HashError::Malformed(scheme))
+            }
+            _ => Err("malformed answer".into()),
+        },
+        _ => Err("malformed answer".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expand::forward::FakeForwards;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    fn fake_broker() -> Broker {
+        Broker {
+            agent: DeliveryAgent::new(),
+            forwards: Box::new(
+                FakeForwards::new()
+                    .with_file("foo", "bar@example.org\n")
+                    .with_outcome("bad", ForwardOpen::PermanentFailure),
+            ),
+            passwords: Box::new(|user, password| match (user, password) {
+                (b"alice", b"secret") => AuthCheck::Ok,
+                (b"alice", _) => AuthCheck::PermFail,
+                (b"plain", _) => AuthCheck::Unusable(HashError::Plaintext),
+                (b"bcrypt", _) => AuthCheck::Unusable(HashError::Malformed(Scheme::Bcrypt)),
+                _ => AuthCheck::TempFail("no shadow".into()),
+            }),
+        }
+    }
+
+    fn user(name: &str) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            uid: 2000,
+            gid: 2000,
+            home: "/home/x".into(),
+        }
+    }
+
+    #[test]
+    fn requests_and_answers_over_a_real_socket_pair() {
+        let (client_end, broker_end) = pair();
+        let server = std::thread::spawn(move || fake_broker().serve(broker_end));
+        let client = BrokerClient::new(client_end);
+        assert_eq!(client.check_password(b"alice", b"secret"), AuthCheck::Ok);
+        assert_eq!(
+            client.check_password(b"alice", b"wrong"),
+            AuthCheck::PermFail
+        );
+        assert_eq!(
+            client.check_password(b"plain", b"x"),
+            AuthCheck::Unusable(HashError::Plaintext)
+        );
+        assert_eq!(
+            client.check_password(b"bcrypt", b"x"),
+            AuthCheck::Unusable(HashError::Malformed(Scheme::Bcrypt))
+        );
+        assert_eq!(
+            client.check_password(b"bob", b"\xff\x00"),
+            AuthCheck::TempFail("no shadow".into())
+        );
+        assert_eq!(
+            client.open_forward(&user("foo")),
+            ForwardOpen::Found(b"bar@example.org\n".to_vec())
+        );
+        assert_eq!(
+            client.open_forward(&user("nobody-here")),
+            ForwardOpen::Missing
+        );
+        assert_eq!(
+            client.open_forward(&user("bad")),
+            ForwardOpen::PermanentFailure
+        );
+        // A malformed user is refused by the broker: a temporary failure for the client.
+        assert_eq!(
+            client.open_forward(&user("../etc")),
+            ForwardOpen::TemporaryFailure
+        );
+        let mut relative = user("foo");
+        relative.home = "home/foo".into();
+        assert_eq!(
+            client.open_forward(&relative),
+            ForwardOpen::TemporaryFailure
+        );
+        // The broker ends when the client's end closes.
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn malformed_requests_are_answered_with_errors() {
+        let b = fake_broker();
+        assert!(b.answer(b"\xff\xfe", None).starts_with(b"error\n"));
+        assert!(b.answer(b"launch\n", None).starts_with(b"error\n"));
+        assert!(
+            b.answer(b"deliver\nmethod=maildir\n", None)
+                .starts_with(b"error\n")
+        );
+        assert!(
+            b.answer(b"auth\nuser=zz\npassword=\n", None)
+                .starts_with(b"error\n")
+        );
+        assert!(
+            b.answer(b"auth\nuser=610a\npassword=\n", None)
+                .starts_with(b"error\n")
+        );
+        assert!(b.answer(b"forward\nname=x\n", None).starts_with(b"error\n"));
+        let f = tempfile::tempfile().unwrap();
+        let answer = b.answer(b"deliver\nnot a job", Some(f));
+        let r = decode_result(&answer).unwrap();
+        assert_eq!(r.status, Status::TempFail);
+        assert!(r.error.contains("bad delivery job"), "{r:?}");
+    }
+
+    #[test]
+    fn root_jobs_are_refused_except_mbox() {
+        use crate::deliver::request::{Account, EnvelopeInfo};
+        let root = Account {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            home: "/root".into(),
+        };
+        let job = Job {
+            method: Method::Maildir {
+                path: None,
+                junk: false,
+            },
+            wrapper: None,
+            userinfo: root.clone(),
+            identity: root,
+            envelope: EnvelopeInfo {
+                evpid: 1,
+                sender: "a@b".into(),
+                rcpt: "root@b".into(),
+                dest: "root@b".into(),
+                subaddress: String::new(),
+            },
+            mbox_spool: "/var/mail".into(),
+            mbox_dotlocked: false,
+            subaddress_delimiter: '+',
+            timeout_secs: 300,
+        };
+        let f = tempfile::tempfile().unwrap();
+        let payload = format!("deliver\n{}", job.encode());
+        let r = decode_result(&fake_broker().answer(payload.as_bytes(), Some(f))).unwrap();
+        assert_eq!(r.status, Status::PermFail);
+        assert_eq!(r.error, "not allowed to deliver to: root");
+        // A message that is not a regular file is refused too.
+        let (a, _b) = pair();
+        let payload = format!("deliver\n{}", job.encode());
+        let r =
+            decode_result(&fake_broker().answer(payload.as_bytes(), Some(File::from(a)))).unwrap();
+        assert_eq!(r.error, "Cannot get message fd");
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        for r in [
+            DeliveryResult::delivered(),
+            DeliveryResult::refused(Status::PermFail, 77, "x\ny=z\\"),
+            DeliveryResult::plain(Status::TempFail, "Loop detected"),
+        ] {
+            assert_eq!(decode_result(encode_result(&r).as_bytes()).unwrap(), r);
+        }
+        for f in [
+            ForwardOpen::Missing,
+            ForwardOpen::TemporaryFailure,
+            ForwardOpen::PermanentFailure,
+            ForwardOpen::Found(b"a\nb\xff".to_vec()),
+            ForwardOpen::Found(Vec::new()),
+        ] {
+            assert_eq!(decode_forward(&encode_forward(&f)).unwrap(), f);
+        }
+        for s in [
+            Scheme::Bcrypt,
+            Scheme::Sha256Crypt,
+            Scheme::Sha512Crypt,
+            Scheme::Yescrypt,
+        ] {
+            let c = AuthCheck::Unusable(HashError::Malformed(s));
+            assert_eq!(decode_auth(encode_auth(&c).as_bytes()).unwrap(), c);
+        }
+        let c = AuthCheck::Unusable(HashError::Unsupported("1".into()));
+        assert_eq!(decode_auth(encode_auth(&c).as_bytes()).unwrap(), c);
+        assert!(decode_auth(b"maybe").is_err());
+        assert!(decode_forward(b"found").is_err());
+        assert!(decode_result(b"error\nbusy").is_err());
+    }
+}

@@ -1,0 +1,398 @@
+//! Privilege separation of the built daemon, started as root: the process that accepts SMTP
+//! connections runs as the unprivileged user and owns the spool, the privileged broker stays
+//! root and reads `.forward` files, runs deliveries as their users and checks system
+//! passwords; either process ends when the other one does.
+//!
+//! Every test needs root and is skipped (with a notice) otherwise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("not root: privilege separation tests skipped");
+    false
+}
+
+/// The user the daemon should run its network side as.
+fn expected_user() -> nix::unistd::User {
+    for name in ["_smtpd", "opensmtpd", "nobody"] {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            return u;
+        }
+    }
+    panic!("no unprivileged user on this machine");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path, conf: &str, extra: &[&str]) -> (Daemon, u16) {
+    let port = free_port();
+    std::fs::write(
+        dir.join("smtpd.conf"),
+        conf.replace("PORT", &port.to_string())
+            .replace("DIR", dir.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_smtpd"))
+            .arg("-d")
+            .args(extra)
+            .arg("-f")
+            .arg(dir.join("smtpd.conf"))
+            .arg("--spool")
+            .arg(dir.join("spool"))
+            .arg("--resolv-conf")
+            .arg("/nonexistent")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = d.0.try_wait() {
+            panic!("smtpd exited: {status}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, port)
+}
+
+fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let read = |r: &mut BufReader<TcpStream>| {
+        let mut all = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        all
+    };
+    let mut replies = vec![read(&mut r)];
+    let mut in_data = false;
+    for l in lines {
+        w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+        if *l == "DATA" {
+            in_data = true;
+            replies.push(read(&mut r));
+        } else if in_data {
+            if *l == "." {
+                in_data = false;
+                replies.push(read(&mut r));
+            }
+        } else {
+            replies.push(read(&mut r));
+        }
+    }
+    replies
+}
+
+/// `Uid:` and `Gid:` of a process: (real, effective, saved, fs) each.
+fn ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+/// The children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
+            continue;
+        };
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        if ppid == Some(pid) && !zombie {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The processes holding the listening TCP socket of `port` (from /proc/net/tcp).
+fn listeners_of(port: u16) -> Vec<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    let inode = table
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9).unwrap().to_string())
+        })
+        .expect("listening socket in /proc/net/tcp");
+    let target = format!("socket:[{inode}]");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    for _ in 0..100_000 {
+        let Some(d) = stack.pop() else { break };
+        out.push(d.clone());
+        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(15), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const MESSAGE: [&str; 4] = ["Subject: privsep", "", "hello", "."];
+
+#[test]
+fn network_side_is_unprivileged_and_owns_the_spool() {
+    if !is_root() {
+        return;
+    }
+    let user = expected_user();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A spool left by a daemon that ran everything as root is taken over at start-up.
+    let stale = dir.path().join("spool/offline");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("leftover"), "x").unwrap();
+    let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
+                action \"local\" maildir\n\
+                match from any for any action \"local\"\n";
+    let (d, port) = start(dir.path(), conf, &["-P", "mda"]);
+    let daemon = d.0.id();
+
+    // The process accepting connections is the daemon, and it runs as the user.
+    assert_eq!(listeners_of(port), vec![daemon]);
+    let (uids, gids) = ids(daemon);
+    assert!(uids.iter().all(|u| *u == user.uid.as_raw()), "{uids:?}");
+    assert!(gids.iter().all(|g| *g == user.gid.as_raw()), "{gids:?}");
+    // Its one child is the broker, which stays root.
+    let kids = children(daemon);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let (uids, _) = ids(kids[0]);
+    assert!(uids.iter().all(|u| *u == 0), "{uids:?}");
+
+    // A message waits in the queue (-P mda): every spool file is the user's.
+    let mut lines = vec![
+        "EHLO client.test",
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<root@mx.test>",
+        "DATA",
+    ];
+    lines.extend(MESSAGE);
+    lines.push("QUIT");
+    let replies = dialogue(port, &lines);
+    assert!(replies[5].starts_with("250 "), "{replies:?}");
+    let spool = dir.path().join("spool");
+    let all = files_under(&spool);
+    assert!(
+        all.iter()
+            .any(|p| p.starts_with(spool.join("queue")) && p.is_file()),
+        "{all:?}"
+    );
+    for p in &all {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (user.uid.as_raw(), user.gid.as_raw()),
+            "{}",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn forward_read_by_the_broker_and_maildir_written_as_the_userbase_uid() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // fuser's home is private (0700): only root can read its .forward, which sends
+    // fuser's mail to vuser, whose maildir is written as uid 2000.
+    let fhome = dir.path().join("fhome");
+    let vhome = dir.path().join("vhome");
+    std::fs::create_dir(&fhome).unwrap();
+    std::fs::create_dir(&vhome).unwrap();
+    std::fs::write(fhome.join(".forward"), "vuser\n").unwrap();
+    std::fs::set_permissions(&fhome, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (p, id) in [
+        (&fhome, 2001),
+        (&fhome.join(".forward"), 2001),
+        (&vhome, 2000),
+    ] {
+        nix::unistd::chown(p.as_path(), Some(id.into()), Some(id.into())).unwrap();
+    }
+    let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
+                table users { fuser = \"2001:2001:DIR/fhome\", vuser = \"2000:2000:DIR/vhome\" }\n\
+                action \"local\" maildir userbase <users>\n\
+                match from any for domain \"mx.test\" action \"local\"\n";
+    let (_d, port) = start(dir.path(), conf, &[]);
+    let mut lines = vec![
+        "EHLO client.test",
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<fuser@mx.test>",
+        "DATA",
+    ];
+    lines.extend(MESSAGE);
+    lines.push("QUIT");
+    let replies = dialogue(port, &lines);
+    assert!(replies[3].starts_with("250 "), "{replies:?}");
+    assert!(replies[5].starts_with("250 "), "{replies:?}");
+    let new = vhome.join("Maildir/new");
+    wait_for("delivery into vuser's maildir", || {
+        std::fs::read_dir(&new).is_ok_and(|mut d| d.next().is_some())
+    });
+    let file = std::fs::read_dir(&new)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!((m.uid(), m.gid()), (2000, 2000));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("Delivered-To: fuser@mx.test"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    assert!(!fhome.join("Maildir").exists());
+}
+
+#[test]
+fn system_accounts_are_checked_by_the_broker() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = "listen on 127.0.0.1 port PORT auth hostname mx.test auth-plaintext\n\
+                action \"local\" maildir\n\
+                match from any for domain \"mx.test\" action \"local\"\n";
+    let (_d, port) = start(dir.path(), conf, &["-P", "mda"]);
+    // The unprivileged side cannot read the shadow file (it would answer 421 4.3.0): the
+    // broker can, and an account that does not exist is a plain 535.
+    let plain = |user: &str, password: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+    };
+    let a = format!(
+        "AUTH PLAIN {}",
+        plain("no-such-account-here", "some password")
+    );
+    let replies = dialogue(port, &["EHLO client.test", &a, "QUIT"]);
+    assert!(replies[2].starts_with("535 "), "{replies:?}");
+}
+
+#[test]
+fn the_daemon_exits_when_the_broker_dies_and_the_other_way_round() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
+                action \"local\" maildir\n\
+                match from any for any action \"local\"\n";
+    // The broker killed: the daemon logs it and exits with a failure.
+    let (mut d, _) = start(dir.path(), conf, &[]);
+    let kids = children(d.0.id());
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(kids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut status = None;
+    wait_for("the daemon to exit", || {
+        status = d.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+
+    // The daemon killed: the broker, now alone, exits too.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut d, _) = start(dir.path(), conf, &[]);
+    let kids = children(d.0.id());
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let broker = kids[0];
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    wait_for("the broker to exit", || {
+        std::fs::read_to_string(format!("/proc/{broker}/status")).map_or(true, |s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    });
+}
