@@ -14,5 +14,6 @@ pub mod log;
 pub mod queue;
 pub mod rules;
 pub mod smtp;
+pub mod srs;
 pub mod table;
 pub mod tls;

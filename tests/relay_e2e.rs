@@ -111,6 +111,11 @@ fn start_with_dns(dir: &Path, conf: &str, resolv_conf: &Path) -> (Daemon, u16) {
 
 /// Sends one message over SMTP, returning the last reply.
 fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
+    submit_rcpts(port, from, &[to], body)
+}
+
+/// Sends one message to several recipients (with optional RCPT parameters after a space).
+fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -132,12 +137,19 @@ fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
     };
     read(&mut r);
     let mut last = String::new();
-    for l in [
-        "EHLO client.test".to_string(),
-        format!("MAIL FROM:<{from}>"),
-        format!("RCPT TO:<{to}>"),
-        "DATA".to_string(),
-    ] {
+    let mail = match from.split_once(' ') {
+        Some((addr, params)) => format!("MAIL FROM:<{addr}> {params}"),
+        None => format!("MAIL FROM:<{from}>"),
+    };
+    let mut lines = vec!["EHLO client.test".to_string(), mail];
+    for to in rcpts {
+        match to.split_once(' ') {
+            Some((addr, params)) => lines.push(format!("RCPT TO:<{addr}> {params}")),
+            None => lines.push(format!("RCPT TO:<{to}>")),
+        }
+    }
+    lines.push("DATA".to_string());
+    for l in lines {
         w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
         last = read(&mut r);
     }
@@ -474,4 +486,190 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits (bounded) until the log holds `n` lines containing `needle`; returns them.
+fn wait_for_n(daemon: &Daemon, needle: &str, n: usize, secs: u64) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let log = daemon.log();
+        let found: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{} of {n} lines with {needle:?} in:\n{log}",
+            found.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_share_one_session_and_one_transaction_per_message() {
+    let sink = Sink {
+        refuse_rcpt: Some("ghost".into()),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit session-keepalive 3\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..5 {
+            let reply = submit(
+                port,
+                "alice@client.test",
+                &format!("bob{i}@far.test"),
+                &format!("Subject: message {i}\r\n\r\nbody {i}\r\n"),
+            );
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+        // One message, three recipients of the same domain, one of them refused.
+        let reply = submit_rcpts(
+            port,
+            "alice@client.test",
+            &["carol@far.test", "ghost@far.test", "dave@far.test"],
+            "Subject: message 5\r\n\r\nbody 5\r\n",
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+    })
+    .await
+    .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 8, 20);
+    for l in &lines {
+        println!("{l}");
+    }
+    let ok = lines.iter().filter(|l| l.contains("result=\"Ok\"")).count();
+    assert_eq!(ok, 7, "{lines:#?}");
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("result=\"PermFail\""))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].contains("to=<ghost@far.test>"), "{}", refused[0]);
+    assert!(refused[0].ends_with("stat=\"550 5.1.1 no such user\""));
+    // Every delivery line names the one session.
+    let sid = lines[0].split(' ').next().unwrap().to_string();
+    assert!(lines.iter().all(|l| l.starts_with(&sid)), "{lines:#?}");
+    // The refusal's report to alice is relayed too, on the same session.
+    let report = wait_for_n(&daemon, "mta delivery", 9, 20).remove(8);
+    assert!(report.starts_with(&sid), "{report}");
+    assert!(
+        report.contains("from=<> to=<alice@client.test>"),
+        "{report}"
+    );
+    daemon.wait_for(&format!("{sid} mta disconnected reason=quit messages=7"));
+
+    assert_eq!(sink.connections(), 1, "{:?}", sink.commands());
+    let data = sink.data.lock().unwrap().clone();
+    assert_eq!(data.len(), 7);
+    let (reports, messages): (Vec<String>, Vec<String>) = data
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .partition(|d| d.contains("message/delivery-status"));
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].contains("ghost@far.test"), "{}", reports[0]);
+    for i in 0..6 {
+        let n = messages
+            .iter()
+            .filter(|d| d.contains(&format!("body {i}\r\n")))
+            .count();
+        assert_eq!(n, 1, "message {i} arrived {n} times");
+    }
+    let cmds = sink.commands();
+    println!("{cmds:#?}");
+    assert_eq!(cmds.iter().filter(|c| c.starts_with("EHLO")).count(), 1);
+    assert_eq!(
+        cmds.iter().filter(|c| c.starts_with("MAIL FROM")).count(),
+        7
+    );
+    assert_eq!(cmds.iter().filter(|c| c.starts_with("RCPT TO")).count(), 9);
+    assert!(!cmds.iter().any(|c| c == "RSET"), "{cmds:?}");
+    // The three recipients of message 5 went in one transaction.
+    let first = cmds
+        .iter()
+        .position(|c| ["carol", "ghost", "dave"].iter().any(|u| c.contains(u)))
+        .unwrap();
+    let mut three: Vec<&str> = cmds[first..first + 3].iter().map(String::as_str).collect();
+    three.sort();
+    assert_eq!(
+        three,
+        [
+            "RCPT TO:<carol@far.test>",
+            "RCPT TO:<dave@far.test>",
+            "RCPT TO:<ghost@far.test>"
+        ]
+    );
+    assert_eq!(cmds[first - 1], "MAIL FROM:<alice@client.test>");
+    assert_eq!(cmds[first + 3], "DATA");
+    assert_eq!(cmds.last().map(String::as_str), Some("QUIT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
+    let sink = Sink {
+        data_delay: Some(Duration::from_millis(300)),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..8 {
+            let reply = submit(
+                port,
+                "alice@client.test",
+                &format!("bob{i}@far.test"),
+                &format!("Subject: message {i}\r\n\r\nbody {i}\r\n"),
+            );
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+    })
+    .await
+    .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 8, 30);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    wait_for_n(&daemon, "mta disconnected", 4, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let sessions: Vec<String> = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("mta disconnected"))
+        .map(str::to_string)
+        .collect();
+    println!("{sessions:#?}");
+    // At most two messages per session: eight messages need at least four sessions.
+    assert!(
+        sessions
+            .iter()
+            .all(|l| l.ends_with("messages=1") || l.ends_with("messages=2")),
+        "{sessions:#?}"
+    );
+    assert!(sink.connections() >= 4, "{}", sink.connections());
+    assert_eq!(sink.data.lock().unwrap().len(), 8);
+    let most = sink.open_max.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 2, "{most} sessions at once");
+    assert_eq!(most, 2, "the route used its two sessions");
 }
