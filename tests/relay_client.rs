@@ -469,3 +469,102 @@ async fn address_literal_domains_go_straight_to_the_address() {
     .await;
     assert_eq!(out.status, Status::PermFail);
 }
+
+#[tokio::test]
+async fn one_session_carries_several_transactions_with_per_recipient_results() {
+    use smtpd::deliver::relay::{ConnectLimits, Recipient, Transaction};
+    let sink = Sink {
+        refuse_rcpt: Some("ghost".into()),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    let r = relayer("");
+    let action = RelayAction::default();
+    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let mut s = tokio::time::timeout(
+        LIMIT,
+        r.connect(&action, &hops, &no_auth, None, ConnectLimits::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|o| panic!("{o:?}"));
+    let tx = |rcpts: Vec<&'static str>| Transaction {
+        sender: "alice@origin.test",
+        ret: None,
+        envid: "",
+        rcpts: rcpts
+            .into_iter()
+            .map(|dest| Recipient {
+                dest,
+                ..Recipient::default()
+            })
+            .collect(),
+        content: b"x\n",
+    };
+    let ok = (Status::Ok, "250 2.0.0 queued as 42".to_string());
+    let refused = (Status::PermFail, "550 5.1.1 no such user".to_string());
+    let out = s
+        .transaction(&tx(vec!["a@far.test", "ghost@far.test"]))
+        .await;
+    assert_eq!(out, vec![ok.clone(), refused.clone()]);
+    // Every recipient refused: no DATA, RSET before the next transaction.
+    let out = s.transaction(&tx(vec!["ghost@far.test"])).await;
+    assert_eq!(out, vec![refused]);
+    let out = s.transaction(&tx(vec!["b@far.test"])).await;
+    assert_eq!(out, vec![ok]);
+    assert_eq!(s.sent(), 2);
+    assert!(s.usable());
+    s.close().await;
+    assert_eq!(
+        sink.commands(),
+        vec![
+            "EHLO relay.test",
+            "MAIL FROM:<alice@origin.test>",
+            "RCPT TO:<a@far.test>",
+            "RCPT TO:<ghost@far.test>",
+            "DATA",
+            "MAIL FROM:<alice@origin.test>",
+            "RCPT TO:<ghost@far.test>",
+            "RSET",
+            "MAIL FROM:<alice@origin.test>",
+            "RCPT TO:<b@far.test>",
+            "DATA",
+            "QUIT"
+        ]
+    );
+    assert_eq!(sink.connections(), 1);
+    assert_eq!(sink.data.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn address_family_restriction_skips_other_addresses() {
+    use smtpd::deliver::relay::{ConnectLimits, Family};
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    let r = relayer("");
+    let action = RelayAction::default();
+    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let only6 = ConnectLimits {
+        family: Family::Inet6,
+        ..ConnectLimits::default()
+    };
+    let refused = tokio::time::timeout(LIMIT, r.connect(&action, &hops, &no_auth, None, only6))
+        .await
+        .unwrap();
+    let Err(out) = refused else {
+        panic!("an IPv4 smarthost was used under inet6")
+    };
+    assert_eq!(out.status, Status::TempFail);
+    assert_eq!(sink.connections(), 0);
+    let only4 = ConnectLimits {
+        family: Family::Inet4,
+        ..ConnectLimits::default()
+    };
+    let s = tokio::time::timeout(LIMIT, r.connect(&action, &hops, &no_auth, None, only4))
+        .await
+        .unwrap()
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    s.close().await;
+    assert_eq!(sink.connections(), 1);
+}

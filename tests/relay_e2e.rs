@@ -673,3 +673,199 @@ async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
     assert!(most <= 2, "{most} sessions at once");
     assert_eq!(most, 2, "the route used its two sessions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_mail_gets_an_srs_sender_and_its_bounce_goes_home() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "srs key \"s3cr3t\"\n\
+         table aliases {{ \"bob\" = \"carol@far.test\" }}\n\
+         mta limit session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"local\" mbox alias <aliases>\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\" srs\n\
+         match from local for domain \"local.test\" action \"local\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@origin.test",
+            "bob@local.test",
+            "Subject: forwarded\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    assert!(
+        delivery.contains("to=<carol@far.test> rcpt=<bob@local.test>"),
+        "{delivery}"
+    );
+    assert!(delivery.contains("result=\"Ok\""), "{delivery}");
+    // The sender as the next hop saw it: SRS0=HHHH=TT=origin.test=alice@local.test, with
+    // the hash and stamp computed independently here (SHA-1 of key and address).
+    let cmds = sink.commands();
+    let mail = cmds
+        .iter()
+        .find(|c| c.starts_with("MAIL FROM:"))
+        .unwrap()
+        .clone();
+    println!("{mail}");
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86400;
+    let stamp = (day % 1024) as usize;
+    let b32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let tail = format!(
+        "{}{}=origin.test=alice@local.test",
+        b32[(stamp >> 5) & 31] as char,
+        b32[stamp & 31] as char
+    );
+    let hash = python_srs_hash("s3cr3t", &tail);
+    let srs = format!("SRS0={hash}={tail}");
+    assert_eq!(mail, format!("MAIL FROM:<{srs}>"));
+
+    // A bounce to that address is decoded back to alice and relayed to her.
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(port, "", &srs, "Subject: bounce\r\n\r\nundeliverable\r\n")
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+    println!("{}", lines[1]);
+    assert!(
+        lines[1].contains("from=<> to=<alice@origin.test> rcpt=<SRS0="),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains("result=\"Ok\""), "{}", lines[1]);
+    let cmds = sink.commands();
+    assert!(cmds.contains(&"MAIL FROM:<>".to_string()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"RCPT TO:<alice@origin.test>".to_string()),
+        "{cmds:?}"
+    );
+
+    // A forged address is not decoded: logged, and refused like any unknown recipient.
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_reply_to_rcpt(port, "", "SRS0=AAAA=AA=origin.test=mallory@local.test")
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("550"), "{reply}");
+    daemon.wait_for("SRS failed to decode: SRS0=AAAA=AA=origin.test=mallory@local.test");
+}
+
+/// The 4-character SRS hash as computed by Python's hashlib (SHA-1 of key and text,
+/// base64).
+fn python_srs_hash(key: &str, text: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys,hashlib,base64;print(base64.b64encode(hashlib.sha1(\
+             (sys.argv[1]+sys.argv[2]).encode()).digest()).decode()[:4])",
+        )
+        .arg(key)
+        .arg(text)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Opens a transaction up to RCPT and returns the RCPT reply.
+fn submit_reply_to_rcpt(port: u16, from: &str, to: &str) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let read = |r: &mut BufReader<TcpStream>| {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            let done = l.len() < 4 || l.as_bytes()[3] != b'-';
+            last = l;
+            if done {
+                break;
+            }
+        }
+        last
+    };
+    read(&mut r);
+    let mut last = String::new();
+    for l in [
+        "EHLO client.test".to_string(),
+        format!("MAIL FROM:<{from}>"),
+        format!("RCPT TO:<{to}>"),
+    ] {
+        w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+        last = read(&mut r);
+    }
+    w.write_all(b"QUIT\r\n").unwrap();
+    read(&mut r);
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
+    for offers in [true, false] {
+        let sink = Sink {
+            dsn: offers,
+            ..Sink::default()
+        };
+        let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "mta limit session-keepalive 1\n\
+             listen on 127.0.0.1 port PORT\n\
+             action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+             match from local for any action \"relay\"\n",
+            addr.port()
+        );
+        let (daemon, port) = start(dir.path(), &conf);
+        let reply = tokio::task::spawn_blocking(move || {
+            submit_rcpts(
+                port,
+                "alice@client.test RET=HDRS ENVID=env42",
+                &[
+                    "bob@far.test NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@far.test",
+                    "carol@far.test",
+                ],
+                "Subject: dsn\r\n\r\nhi\r\n",
+            )
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+        let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+        assert!(
+            lines.iter().all(|l| l.contains("result=\"Ok\"")),
+            "{lines:#?}"
+        );
+        let cmds = sink.commands();
+        println!("{cmds:#?}");
+        if offers {
+            assert!(cmds.contains(&"MAIL FROM:<alice@client.test> RET=HDRS ENVID=env42".into()));
+            assert!(cmds.contains(
+                &"RCPT TO:<bob@far.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@far.test".into()
+            ));
+            assert!(cmds.contains(&"RCPT TO:<carol@far.test>".into()));
+        } else {
+            assert!(cmds.contains(&"MAIL FROM:<alice@client.test>".into()));
+            assert!(cmds.contains(&"RCPT TO:<bob@far.test>".into()));
+            assert!(cmds.contains(&"RCPT TO:<carol@far.test>".into()));
+        }
+    }
+}

@@ -54,37 +54,41 @@ impl Default for MtaLimits {
 }
 
 impl MtaLimits {
-    /// The limits for `domain`: the `mta limit` lines without `for domain` in order, then
-    /// those for `domain`.
+    /// The limits for `domain`. As OpenSMTPD reads them, the first `mta limit for domain`
+    /// line of a domain starts from a copy of the general limits declared so far; later
+    /// general lines no longer change that domain.
     pub fn for_domain(cfg: &Config, domain: &str) -> MtaLimits {
-        let mut l = MtaLimits::default();
-        let lines = cfg.mta_limits.iter().filter(|m| m.domain.is_none()).chain(
-            cfg.mta_limits.iter().filter(|m| {
-                m.domain
-                    .as_deref()
-                    .is_some_and(|d| d.eq_ignore_ascii_case(domain))
-            }),
-        );
-        for m in lines {
-            match (m.inet4, m.inet6) {
-                (true, false) => l.family = Family::Inet4,
-                (false, true) => l.family = Family::Inet6,
-                (true, true) => l.family = Family::Any,
-                (false, false) => {}
-            }
-            for (key, value) in &m.limits {
-                let n = (*value).max(0) as u64;
-                match key.as_str() {
-                    "max-conn-per-host" => l.max_conn_per_host = n.max(1) as usize,
-                    "max-conn-per-route" => l.max_conn_per_route = n.max(1) as usize,
-                    "session-mail-max" => l.session_mail_max = n.max(1) as usize,
-                    "session-keepalive" => l.session_keepalive = Duration::from_secs(n),
-                    "conn-delay-relay" => l.conn_delay_relay = Duration::from_secs(n),
-                    _ => {}
-                }
+        let mut general = MtaLimits::default();
+        let mut own: Option<MtaLimits> = None;
+        for m in &cfg.mta_limits {
+            let target = match m.domain.as_deref() {
+                None => &mut general,
+                Some(d) if d.eq_ignore_ascii_case(domain) => own.get_or_insert(general),
+                Some(_) => continue,
+            };
+            target.apply(m);
+        }
+        own.unwrap_or(general)
+    }
+
+    fn apply(&mut self, m: &crate::config::model::MtaLimit) {
+        match (m.inet4, m.inet6) {
+            (true, false) => self.family = Family::Inet4,
+            (false, true) => self.family = Family::Inet6,
+            (true, true) => self.family = Family::Any,
+            (false, false) => {}
+        }
+        for (key, value) in &m.limits {
+            let n = (*value).max(0) as u64;
+            match key.as_str() {
+                "max-conn-per-host" => self.max_conn_per_host = n.max(1) as usize,
+                "max-conn-per-route" => self.max_conn_per_route = n.max(1) as usize,
+                "session-mail-max" => self.session_mail_max = n.max(1) as usize,
+                "session-keepalive" => self.session_keepalive = Duration::from_secs(n),
+                "conn-delay-relay" => self.conn_delay_relay = Duration::from_secs(n),
+                _ => {}
             }
         }
-        l
     }
 }
 
@@ -429,5 +433,100 @@ impl Pool {
                 s.close().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, parse::Options, system::RealSystem};
+
+    fn config(text: &str) -> Config {
+        let opts = Options {
+            defines: vec![],
+            hostname: Some("mx.test".into()),
+        };
+        let c = config::check_text("t.conf", text.as_bytes(), &opts, &RealSystem);
+        c.config
+            .unwrap_or_else(|| panic!("{}", c.diagnostics.render(false, &|_| None)))
+    }
+
+    #[test]
+    fn per_domain_limits_start_from_the_general_ones_declared_before() {
+        let cfg = config(
+            "mta limit session-mail-max 7 max-conn-per-route 3\n\
+             mta limit for domain far.test inet6 session-keepalive 2 max-conn-per-host 1\n\
+             mta limit inet4 session-mail-max 9\n\
+             action \"r\" relay\n\
+             match for any action \"r\"\n",
+        );
+        let d = MtaLimits::for_domain(&cfg, "elsewhere.test");
+        assert_eq!(
+            d,
+            MtaLimits {
+                session_mail_max: 9,
+                max_conn_per_route: 3,
+                family: Family::Inet4,
+                ..MtaLimits::default()
+            }
+        );
+        let f = MtaLimits::for_domain(&cfg, "FAR.test");
+        assert_eq!(
+            f,
+            MtaLimits {
+                session_mail_max: 7,
+                max_conn_per_route: 3,
+                max_conn_per_host: 1,
+                session_keepalive: Duration::from_secs(2),
+                family: Family::Inet6,
+                ..MtaLimits::default()
+            }
+        );
+        assert_eq!(
+            MtaLimits::default(),
+            MtaLimits {
+                max_conn_per_host: 10,
+                max_conn_per_route: 5,
+                session_mail_max: 100,
+                session_keepalive: Duration::from_secs(10),
+                conn_delay_relay: Duration::from_secs(2),
+                family: Family::Any,
+            }
+        );
+    }
+
+    #[test]
+    fn srs_applies_to_forwarded_mail_only() {
+        let spec = RouteSpec {
+            action: RelayAction::default(),
+            source: None,
+            limits: MtaLimits::default(),
+            auth: Box::new(|_| None),
+            srs: Some(SrsKeys {
+                key: "k".into(),
+                backup: None,
+                ttl_days: 4,
+            }),
+            message_file: Box::new(|_| std::path::PathBuf::new()),
+        };
+        let id = crate::queue::Evpid::new(0x1234_5678_9abc_def0).unwrap();
+        let target = crate::queue::Target::Mta(Default::default());
+        let direct = Envelope::new(
+            id,
+            target.clone(),
+            "a@o.test",
+            "b@far.test",
+            "b@far.test",
+            0,
+        );
+        assert_eq!(envelope_sender(&spec, &direct), "a@o.test");
+        let fwd = Envelope::new(id, target.clone(), "a@o.test", "b@me.test", "c@far.test", 0);
+        let s = envelope_sender(&spec, &fwd);
+        assert!(
+            s.starts_with("SRS0=") && s.ends_with("=o.test=a@me.test"),
+            "{s}"
+        );
+        let null = Envelope::new(id, target, "", "b@me.test", "c@far.test", 0);
+        assert_eq!(envelope_sender(&spec, &null), "");
     }
 }
