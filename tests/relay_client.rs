@@ -568,3 +568,53 @@ async fn address_family_restriction_skips_other_addresses() {
     s.close().await;
     assert_eq!(sink.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_route_that_never_answered_is_disabled_then_enabled() {
+    // A port nothing listens on (yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("smtp://127.0.0.1:{port}");
+    let r = relayer("").with_route_penalty_base(Duration::from_secs(1));
+    let action = RelayAction::default();
+    let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
+    assert_eq!(out.status, Status::TempFail);
+    assert_eq!(out.stat, "Network error on destination MXs");
+    assert_eq!(
+        r.routes_text(),
+        vec!["1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout=1s"]
+    );
+    // While disabled, the route is not tried even though a server now listens.
+    let (sink, _) = Sink::default()
+        .start(&format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
+    assert_eq!(out.stat, "Network error on destination MXs");
+    assert_eq!(out.session, smtpd::deliver::relay::NO_SESSION);
+    assert_eq!(sink.connections(), 0);
+    // Enabled again after the penalty.
+    let t = std::time::Instant::now();
+    while r.routes_text()[0].contains(" ND-- ") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            r.routes_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        r.routes_text(),
+        vec!["1. [] <-> 127.0.0.1 N--- nconn=0 nerror=0 penalty=0 timeout=-"]
+    );
+    let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
+    assert_eq!(out.status, Status::Ok, "{out:?}");
+    assert_eq!(sink.connections(), 1);
+    assert_eq!(
+        r.routes_text(),
+        vec!["1. [] <-> 127.0.0.1 ---- nconn=0 nerror=0 penalty=0 timeout=-"]
+    );
+}

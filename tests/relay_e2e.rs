@@ -869,3 +869,56 @@ async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{closed}\"\n\
+         match from local for any action \"relay\"\n"
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: x\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    assert!(
+        delivery.ends_with("result=\"TempFail\" stat=\"Network error on destination MXs\""),
+        "{delivery}"
+    );
+    let line = daemon.wait_for("smtp-out: Disabling route");
+    assert_eq!(line, "smtp-out: Disabling route [] <-> 127.0.0.1 for 15s");
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(&spool)
+        .args(["show", "routes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(
+        text.starts_with("1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout="),
+        "{text}"
+    );
+}

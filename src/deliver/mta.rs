@@ -175,6 +175,11 @@ impl Pool {
         })
     }
 
+    /// The SMTP client the sessions use.
+    pub fn relayer(&self) -> &Relayer {
+        &self.relayer
+    }
+
     /// Queue `job` on the route `key`; its outcome arrives on the job's channel.
     pub fn enqueue(self: &Arc<Self>, key: RouteKey, spec: Arc<RouteSpec>, job: Job) {
         self.enqueue_all(vec![(key, spec, job)]);

@@ -179,6 +179,64 @@ pub struct Relayer {
     server_name: String,
     /// Port used for MX hosts (25; tests may move it).
     mx_port: u16,
+    /// Source-to-address routes and their penalties.
+    routes: SharedRoutes,
+    /// The first penalty of a route (OpenSMTPD's 15 s; tests may shorten it).
+    penalty_base: Duration,
+}
+
+/// A route: from a source address (`None`: any) to a remote address.
+type RouteKey = (Option<IpAddr>, IpAddr);
+type SharedRoutes = Arc<std::sync::Mutex<RouteTable>>;
+
+/// Longest a route stays disabled.
+const ROUTE_PENALTY_MAX: Duration = Duration::from_secs(3600);
+
+/// What is known of one route, from a source address (`None`: any) to a remote address.
+#[derive(Debug)]
+struct RouteInfo {
+    id: u64,
+    /// The remote address's PTR name, once looked up.
+    ptr: Option<String>,
+    /// No session has reached the greeting since the route was created or enabled.
+    fresh: bool,
+    penalty: u32,
+    disabled_until: Option<Instant>,
+    nconn: usize,
+    nerror: u32,
+}
+
+#[derive(Debug, Default)]
+struct RouteTable {
+    next_id: u64,
+    routes: std::collections::BTreeMap<RouteKey, RouteInfo>,
+}
+
+impl RouteTable {
+    fn get(&mut self, key: RouteKey) -> &mut RouteInfo {
+        let next = &mut self.next_id;
+        self.routes.entry(key).or_insert_with(|| {
+            *next += 1;
+            RouteInfo {
+                id: *next,
+                ptr: None,
+                fresh: true,
+                penalty: 0,
+                disabled_until: None,
+                nconn: 0,
+                nerror: 0,
+            }
+        })
+    }
+}
+
+/// `[src] <-> address (ptr)` as OpenSMTPD's `mta_route_to_text` writes a route.
+fn route_text((source, addr): RouteKey, ptr: Option<&str>) -> String {
+    let src = source.map_or_else(|| "[]".to_string(), |s| s.to_string());
+    match ptr {
+        Some(p) => format!("{src} <-> {addr} ({p})"),
+        None => format!("{src} <-> {addr}"),
+    }
 }
 
 /// An open stream, plain or encrypted.
@@ -448,6 +506,19 @@ pub struct Session {
     /// The local address of the connection (`source=` of `mta delivery`).
     local: Option<SocketAddr>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The route the session counts in (`nconn` of `show routes`).
+    route: Option<(SharedRoutes, RouteKey)>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some((table, key)) = self.route.take()
+            && let Ok(mut t) = table.lock()
+        {
+            let r = t.get(key);
+            r.nconn = r.nconn.saturating_sub(1);
+        }
+    }
 }
 
 impl Session {
@@ -636,7 +707,132 @@ impl Relayer {
             tls,
             server_name: server_name.to_string(),
             mx_port: 25,
+            routes: Arc::default(),
+            penalty_base: Duration::from_secs(15),
         }
+    }
+
+    /// Disable failing routes for `base` × penalty² instead of 15 s × penalty² (tests).
+    pub fn with_route_penalty_base(mut self, base: Duration) -> Relayer {
+        self.penalty_base = base;
+        self
+    }
+
+    /// The routes as `smtpctl show routes` lists them:
+    /// `1. [] <-> 127.0.0.1 (localhost) ND-- nconn=0 nerror=0 penalty=1 timeout=4s`.
+    pub fn routes_text(&self) -> Vec<String> {
+        let Ok(table) = self.routes.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut lines: Vec<(u64, String)> = table
+            .routes
+            .iter()
+            .map(|(key, r)| {
+                let pending = r.disabled_until.filter(|t| *t > now);
+                let timeout = pending.map_or_else(
+                    || "-".to_string(),
+                    |t| {
+                        super::log::duration_to_text(
+                            t.saturating_duration_since(now).as_secs_f64().ceil() as i64,
+                        )
+                    },
+                );
+                (
+                    r.id,
+                    format!(
+                        "{}. {} {}{}-- nconn={} nerror={} penalty={} timeout={timeout}",
+                        r.id,
+                        route_text(*key, r.ptr.as_deref()),
+                        if r.fresh { 'N' } else { '-' },
+                        if pending.is_some() { 'D' } else { '-' },
+                        r.nconn,
+                        r.nerror,
+                        r.penalty,
+                    ),
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// Whether the route is disabled now.
+    fn route_disabled(&self, key: RouteKey) -> bool {
+        let now = Instant::now();
+        self.routes
+            .lock()
+            .map(|mut t| t.get(key).disabled_until.is_some_and(|u| u > now))
+            .unwrap_or(false)
+    }
+
+    /// A session on the route reached the greeting.
+    fn route_ok(&self, key: RouteKey) {
+        if let Ok(mut t) = self.routes.lock() {
+            let r = t.get(key);
+            r.fresh = false;
+            r.nerror = 0;
+        }
+    }
+
+    /// A connection on the route failed before the greeting: a route that never worked
+    /// is disabled for base × penalty² (at most an hour), then enabled again with one
+    /// penalty point less, as OpenSMTPD's `mta_route_disable`/`mta_route_enable` do.
+    async fn route_failed(&self, key: RouteKey) {
+        let known = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|mut t| t.get(key).ptr.clone());
+        let ptr = match known {
+            Some(p) => Some(p),
+            None => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                match within(deadline, self.resolver.ptr(key.1)).await {
+                    Answer::Records(names) => names
+                        .into_iter()
+                        .next()
+                        .map(|n| n.trim_end_matches('.').to_string()),
+                    _ => None,
+                }
+            }
+        };
+        let (delay, text) = {
+            let Ok(mut t) = self.routes.lock() else {
+                return;
+            };
+            let r = t.get(key);
+            if ptr.is_some() {
+                r.ptr = ptr;
+            }
+            r.nerror += 1;
+            if !r.fresh {
+                return;
+            }
+            r.penalty += 1;
+            let delay = (self.penalty_base * r.penalty * r.penalty).min(ROUTE_PENALTY_MAX);
+            r.disabled_until = Some(Instant::now() + delay);
+            (delay, route_text(key, r.ptr.as_deref()))
+        };
+        info!(
+            "smtp-out: Disabling route {text} for {}",
+            super::log::duration_to_text(delay.as_secs() as i64)
+        );
+        let routes = self.routes.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let Ok(mut t) = routes.lock() else {
+                return;
+            };
+            let r = t.get(key);
+            if r.disabled_until.is_some_and(|u| u <= Instant::now()) {
+                r.disabled_until = None;
+                r.fresh = true;
+                r.nerror = 0;
+                r.penalty = r.penalty.saturating_sub(1);
+                info!("smtp-out: Enabling route {text}");
+            }
+        });
     }
 
     /// Deliver to MX hosts on `port` instead of 25 (tests on loopback).
@@ -845,6 +1041,10 @@ impl Relayer {
                 .take(8)
             {
                 let sa = SocketAddr::new(addr, *port);
+                let route = (source, addr);
+                if self.route_disabled(route) {
+                    continue;
+                }
                 let credentials = match (label, action.auth) {
                     (Some(l), Some(_)) => match auth(l).map(|v| RelayCredentials::parse(l, &v)) {
                         Some(Ok(c)) => Some(c),
@@ -863,6 +1063,7 @@ impl Relayer {
                     None => None,
                 };
                 let sid = session_id();
+                let mut greeted = false;
                 let mut opened = self
                     .open(
                         &sid,
@@ -872,6 +1073,7 @@ impl Relayer {
                         (source, sa),
                         *scheme,
                         credentials.clone(),
+                        &mut greeted,
                     )
                     .await;
                 if *scheme == RelayScheme::Smtp
@@ -889,8 +1091,14 @@ impl Relayer {
                             (source, sa),
                             RelayScheme::SmtpNoTls,
                             credentials,
+                            &mut greeted,
                         )
                         .await;
+                }
+                if greeted {
+                    self.route_ok(route);
+                } else if opened.is_err() {
+                    self.route_failed(route).await;
                 }
                 let with_sid = |mut o: RelayOutcome| {
                     o.session = sid.clone();
@@ -898,7 +1106,11 @@ impl Relayer {
                 };
                 match opened {
                     Ok((conn, caps, local)) => {
+                        if let Ok(mut t) = self.routes.lock() {
+                            t.get(route).nconn += 1;
+                        }
                         return Ok(Session {
+                            route: Some((self.routes.clone(), route)),
                             sid: sid.clone(),
                             host: host.clone(),
                             conn,
@@ -952,6 +1164,7 @@ impl Relayer {
         (source, addr): (Option<IpAddr>, SocketAddr),
         scheme: RelayScheme,
         credentials: Option<RelayCredentials>,
+        greeted: &mut bool,
     ) -> Result<(Conn, Capabilities, Option<SocketAddr>), Failure> {
         info!(
             "{sid} mta connecting address={}://{addr} host={host}",
@@ -1003,6 +1216,7 @@ impl Relayer {
                 verify,
                 secure,
                 credentials,
+                greeted,
             )
             .await;
         match result {
@@ -1065,9 +1279,11 @@ impl Relayer {
         verify: bool,
         mut secure: bool,
         credentials: Option<RelayCredentials>,
+        greeted: &mut bool,
     ) -> Result<Capabilities, Failure> {
         let net = |e: String| temp(format!("!{e}"));
         let greeting = conn.reply().await.map_err(net)?;
+        *greeted = true;
         if greeting.code != 220 {
             return Err((greeting.status(), greeting.text()));
         }

@@ -904,6 +904,11 @@ impl Runner {
             .unwrap_or(false)
     }
 
+    /// The outbound routes, as `smtpctl show routes` lists them.
+    pub fn routes_text(&self) -> Vec<String> {
+        self.mta.relayer().routes_text()
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> &DeliveryStats {
         &self.stats
