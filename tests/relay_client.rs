@@ -618,3 +618,51 @@ async fn a_route_that_never_answered_is_disabled_then_enabled() {
         vec!["1. [] <-> 127.0.0.1 ---- nconn=0 nerror=0 penalty=0 timeout=-"]
     );
 }
+
+#[tokio::test]
+async fn a_session_that_breaks_fails_its_transaction_temporarily() {
+    use smtpd::deliver::relay::{ConnectLimits, Recipient, Transaction};
+    let sink = Sink {
+        hang_up_after: Some(1),
+        ..Sink::default()
+    };
+    let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    let r = relayer("");
+    let action = RelayAction::default();
+    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let mut s = tokio::time::timeout(
+        LIMIT,
+        r.connect(&action, &hops, &no_auth, None, ConnectLimits::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|o| panic!("{o:?}"));
+    let tx = Transaction {
+        sender: "alice@origin.test",
+        ret: None,
+        envid: "",
+        rcpts: vec![
+            Recipient {
+                dest: "a@far.test",
+                ..Recipient::default()
+            },
+            Recipient {
+                dest: "b@far.test",
+                ..Recipient::default()
+            },
+        ],
+        content: b"x\n",
+    };
+    let first = s.transaction(&tx).await;
+    assert!(first.iter().all(|(st, _)| *st == Status::Ok), "{first:?}");
+    let second = s.transaction(&tx).await;
+    let closed = (
+        Status::TempFail,
+        "Connection closed unexpectedly".to_string(),
+    );
+    assert_eq!(second, vec![closed.clone(), closed]);
+    assert!(!s.usable());
+    assert_eq!(s.sent(), 1);
+    s.close().await;
+}

@@ -732,6 +732,8 @@ async fn forwarded_mail_gets_an_srs_sender_and_its_bounce_goes_home() {
     let hash = python_srs_hash("s3cr3t", &tail);
     let srs = format!("SRS0={hash}={tail}");
     assert_eq!(mail, format!("MAIL FROM:<{srs}>"));
+    // The delivery line names the sender as announced, as OpenSMTPD's does.
+    assert!(delivery.contains(&format!("from=<{srs}> ")), "{delivery}");
 
     // A bounce to that address is decoded back to alice and relayed to her.
     let reply = tokio::task::spawn_blocking(move || {
@@ -921,4 +923,51 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         text.starts_with("1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout="),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
+    let sink = Sink {
+        hang_up_after: Some(1),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..2 {
+            let reply = submit(
+                port,
+                "alice@client.test",
+                &format!("bob{i}@far.test"),
+                &format!("Subject: {i}\r\n\r\nbody {i}\r\n"),
+            );
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+    })
+    .await
+    .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    let first = lines[0].split(' ').next().unwrap();
+    let error = daemon.wait_for("smtp-out: Error on session");
+    assert_eq!(
+        error,
+        format!(
+            "smtp-out: Error on session {first} after 1 message sent: Connection closed unexpectedly"
+        )
+    );
+    daemon.wait_for(&format!("{first} mta disconnected reason=error messages=1"));
+    assert_eq!(sink.connections(), 2);
+    assert_eq!(sink.data.lock().unwrap().len(), 2);
 }

@@ -153,7 +153,7 @@ fn now_secs() -> u64 {
 }
 
 /// The sender announced for `e`: `mail-from`, then SRS for forwarded mail.
-fn envelope_sender(spec: &RouteSpec, e: &Envelope) -> String {
+pub fn envelope_sender(spec: &RouteSpec, e: &Envelope) -> String {
     let sender = mail_from(spec.action.mail_from.as_deref(), &e.sender);
     match &spec.srs {
         Some(keys) if sender.contains('@') && e.rcpt != e.dest => match e.rcpt.rsplit_once('@') {
@@ -297,7 +297,6 @@ impl Pool {
         let mut session: Option<Session> = None;
         let mut transactions = 0usize;
         let mut idle_since: Option<Instant> = None;
-        let hops_domain = key.domain.clone();
         loop {
             enum Next {
                 Batch(Vec<(Job, String)>),
@@ -359,22 +358,7 @@ impl Pool {
             // A session for the batch.
             if session.is_none() {
                 transactions = 0;
-                let opened = match self
-                    .relayer
-                    .route(&spec.action, key.url.as_deref(), &hops_domain)
-                    .await
-                {
-                    Ok(hops) => {
-                        let limits = ConnectLimits {
-                            family: spec.limits.family,
-                            per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
-                        };
-                        self.relayer
-                            .connect(&spec.action, &hops, spec.auth.as_ref(), spec.source, limits)
-                            .await
-                    }
-                    Err(o) => Err(o),
-                };
+                let opened = self.open_session(&key, &spec).await;
                 match opened {
                     Ok(s) => session = Some(s),
                     Err(outcome) => {
@@ -396,9 +380,6 @@ impl Pool {
                     }
                 }
             }
-            let Some(s) = session.as_mut() else {
-                continue;
-            };
             let msgid = batch[0].0.envelope.id.msgid();
             let content = tokio::fs::read((spec.message_file)(msgid)).await;
             let results = match &content {
@@ -418,26 +399,68 @@ impl Pool {
                         content,
                     };
                     transactions += 1;
-                    s.transaction(&tx).await
+                    let Some(s) = session.as_mut() else {
+                        continue;
+                    };
+                    let mut results = s.transaction(&tx).await;
+                    // A reused connection the next hop closed meanwhile: once more on a
+                    // new one.
+                    if s.lost_before_mail()
+                        && s.sent() > 0
+                        && let Some(old) = session.take()
+                    {
+                        old.close().await;
+                        if let Ok(mut fresh) = self.open_session(&key, &spec).await {
+                            transactions = 1;
+                            results = fresh.transaction(&tx).await;
+                            session = Some(fresh);
+                        }
+                    }
+                    results
                 }
                 Err(err) => {
                     vec![(Status::TempFail, format!("Cannot read message: {err}")); batch.len()]
                 }
             };
+            let (relay, sid) = session.as_ref().map_or_else(
+                || ("-".to_string(), super::relay::NO_SESSION.to_string()),
+                |s| (s.host().to_string(), s.id().to_string()),
+            );
             for ((job, _), (status, stat)) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(RelayOutcome {
                     status,
                     stat,
-                    relay: s.host().to_string(),
-                    session: s.id().to_string(),
+                    relay: relay.clone(),
+                    session: sid.clone(),
                 });
             }
-            if (!s.usable() || transactions >= spec.limits.session_mail_max)
+            if session
+                .as_ref()
+                .is_some_and(|s| !s.usable() || transactions >= spec.limits.session_mail_max)
                 && let Some(s) = session.take()
             {
                 s.close().await;
             }
         }
+    }
+
+    /// Opens a session on the route: its hops, then the first that answers.
+    async fn open_session(
+        &self,
+        key: &RouteKey,
+        spec: &RouteSpec,
+    ) -> Result<Session, RelayOutcome> {
+        let hops = self
+            .relayer
+            .route(&spec.action, key.url.as_deref(), &key.domain)
+            .await?;
+        let limits = ConnectLimits {
+            family: spec.limits.family,
+            per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
+        };
+        self.relayer
+            .connect(&spec.action, &hops, spec.auth.as_ref(), spec.source, limits)
+            .await
     }
 }
 

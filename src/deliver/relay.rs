@@ -503,6 +503,8 @@ pub struct Session {
     sent: usize,
     /// Set when the connection broke: the reason.
     broken: Option<String>,
+    /// The connection broke on the MAIL command of a transaction.
+    lost_at_mail: bool,
     /// The local address of the connection (`source=` of `mta delivery`).
     local: Option<SocketAddr>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -537,6 +539,11 @@ impl Session {
     /// Whether the connection can carry another transaction.
     pub fn usable(&self) -> bool {
         self.broken.is_none()
+    }
+    /// Whether the connection was found broken when a transaction began (nothing of
+    /// it reached the next hop, so it may be tried again on a new connection).
+    pub fn lost_before_mail(&self) -> bool {
+        self.lost_at_mail
     }
     /// The local address the connection was made from.
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -596,6 +603,7 @@ impl Session {
         let r = match self.conn.command(&mail).await {
             Ok(r) => r,
             Err(e) => {
+                self.lost_at_mail = true;
                 let why = self.broke(e);
                 return finish(results, &why);
             }
@@ -1118,6 +1126,7 @@ impl Relayer {
                             lmtp: *scheme == RelayScheme::Lmtp,
                             sent: 0,
                             broken: None,
+                            lost_at_mail: false,
                             local,
                             _slot: slot,
                         });

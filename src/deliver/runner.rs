@@ -438,6 +438,8 @@ impl Runner {
             match self.route_of(&e) {
                 Ok((key, spec, source)) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
+                    // OpenSMTPD logs the sender as announced (`mail-from`, SRS).
+                    let announced = super::mta::envelope_sender(&spec, &e);
                     jobs.push((
                         key,
                         spec,
@@ -446,28 +448,26 @@ impl Runner {
                             reply: tx,
                         },
                     ));
-                    waiting.push((e, source, Some(rx)));
+                    waiting.push((e, source, announced, rx));
                 }
                 Err(outcome) => {
-                    self.relayed(e, None, outcome).await;
+                    let sender = e.sender.clone();
+                    self.relayed(e, None, &sender, outcome).await;
                 }
             }
         }
         self.mta.enqueue_all(jobs);
         let mut finishing = tokio::task::JoinSet::new();
-        for (e, source, rx) in waiting {
+        for (e, source, announced, rx) in waiting {
             let me = self.clone();
             finishing.spawn(async move {
-                let outcome = match rx {
-                    Some(rx) => rx.await.unwrap_or_else(|_| RelayOutcome {
-                        status: Status::TempFail,
-                        stat: "Internal error".into(),
-                        relay: "-".into(),
-                        session: super::relay::NO_SESSION.into(),
-                    }),
-                    None => return,
-                };
-                me.relayed(e, source, outcome).await;
+                let outcome = rx.await.unwrap_or_else(|_| RelayOutcome {
+                    status: Status::TempFail,
+                    stat: "Internal error".into(),
+                    relay: "-".into(),
+                    session: super::relay::NO_SESSION.into(),
+                });
+                me.relayed(e, source, &announced, outcome).await;
             });
         }
         while finishing.join_next().await.is_some() {}
@@ -563,11 +563,13 @@ impl Runner {
         }
     }
 
-    /// Log the `mta delivery` line of a relay attempt and record its outcome.
+    /// Log the `mta delivery` line of a relay attempt (with the sender as announced to
+    /// the next hop) and record its outcome.
     async fn relayed(
         &self,
         e: Envelope,
         used_source: Option<std::net::IpAddr>,
+        announced: &str,
         outcome: RelayOutcome,
     ) {
         let evpid = e.id;
@@ -579,7 +581,7 @@ impl Runner {
         info!(
             "{} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"{}\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
             outcome.session,
-            e.sender,
+            announced,
             e.dest,
             if e.rcpt == e.dest { "-" } else { &e.rcpt },
             used_source.map_or_else(|| "-".to_string(), |a| a.to_string()),

@@ -29,6 +29,8 @@ pub struct Sink {
     pub refuse_rcpt: Option<String>,
     /// Wait this long before answering the end of DATA.
     pub data_delay: Option<std::time::Duration>,
+    /// Hang up instead of answering the MAIL that follows this many messages.
+    pub hang_up_after: Option<usize>,
     /// Connections open now, and the most open at once.
     pub open_now: Arc<std::sync::atomic::AtomicUsize>,
     pub open_max: Arc<std::sync::atomic::AtomicUsize>,
@@ -89,6 +91,7 @@ impl Sink {
                 .await
                 .ok()?;
         }
+        let mut received = 0usize;
         for _ in 0..5000 {
             let mut line = String::new();
             if r.read_line(&mut line).await.ok()? == 0 {
@@ -117,6 +120,7 @@ impl Sink {
                     return Some(r.into_inner());
                 }
                 "AUTH" => "235 2.7.0 Authentication succeeded\r\n".into(),
+                "MAIL" if self.hang_up_after.is_some_and(|n| received >= n) => return None,
                 "MAIL" => "250 2.0.0 Ok\r\n".into(),
                 "RSET" => "250 2.0.0 Reset\r\n".into(),
                 "RCPT"
@@ -145,6 +149,7 @@ impl Sink {
                         }
                     }
                     self.data.lock().unwrap().push(body);
+                    received += 1;
                     if let Some(d) = self.data_delay {
                         tokio::time::sleep(d).await;
                     }
