@@ -15,5 +15,6 @@ pub mod privsep;
 pub mod queue;
 pub mod rules;
 pub mod smtp;
+pub mod srs;
 pub mod table;
 pub mod tls;

@@ -469,3 +469,200 @@ async fn address_literal_domains_go_straight_to_the_address() {
     .await;
     assert_eq!(out.status, Status::PermFail);
 }
+
+#[tokio::test]
+async fn one_session_carries_several_transactions_with_per_recipient_results() {
+    use smtpd::deliver::relay::{ConnectLimits, Recipient, Transaction};
+    let sink = Sink {
+        refuse_rcpt: Some("ghost".into()),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    let r = relayer("");
+    let action = RelayAction::default();
+    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let mut s = tokio::time::timeout(
+        LIMIT,
+        r.connect(&action, &hops, &no_auth, None, ConnectLimits::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|o| panic!("{o:?}"));
+    let tx = |rcpts: Vec<&'static str>| Transaction {
+        sender: "alice@origin.test",
+        ret: None,
+        envid: "",
+        rcpts: rcpts
+            .into_iter()
+            .map(|dest| Recipient {
+                dest,
+                ..Recipient::default()
+            })
+            .collect(),
+        content: b"x\n",
+    };
+    let ok = (Status::Ok, "250 2.0.0 queued as 42".to_string());
+    let refused = (Status::PermFail, "550 5.1.1 no such user".to_string());
+    let out = s
+        .transaction(&tx(vec!["a@far.test", "ghost@far.test"]))
+        .await;
+    assert_eq!(out, vec![ok.clone(), refused.clone()]);
+    // Every recipient refused: no DATA, RSET before the next transaction.
+    let out = s.transaction(&tx(vec!["ghost@far.test"])).await;
+    assert_eq!(out, vec![refused]);
+    let out = s.transaction(&tx(vec!["b@far.test"])).await;
+    assert_eq!(out, vec![ok]);
+    assert_eq!(s.sent(), 2);
+    assert!(s.usable());
+    s.close().await;
+    assert_eq!(
+        sink.commands(),
+        vec![
+            "EHLO relay.test",
+            "MAIL FROM:<alice@origin.test>",
+            "RCPT TO:<a@far.test>",
+            "RCPT TO:<ghost@far.test>",
+            "DATA",
+            "MAIL FROM:<alice@origin.test>",
+            "RCPT TO:<ghost@far.test>",
+            "RSET",
+            "MAIL FROM:<alice@origin.test>",
+            "RCPT TO:<b@far.test>",
+            "DATA",
+            "QUIT"
+        ]
+    );
+    assert_eq!(sink.connections(), 1);
+    assert_eq!(sink.data.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn address_family_restriction_skips_other_addresses() {
+    use smtpd::deliver::relay::{ConnectLimits, Family};
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    let r = relayer("");
+    let action = RelayAction::default();
+    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let only6 = ConnectLimits {
+        family: Family::Inet6,
+        ..ConnectLimits::default()
+    };
+    let refused = tokio::time::timeout(LIMIT, r.connect(&action, &hops, &no_auth, None, only6))
+        .await
+        .unwrap();
+    let Err(out) = refused else {
+        panic!("an IPv4 smarthost was used under inet6")
+    };
+    assert_eq!(out.status, Status::TempFail);
+    assert_eq!(sink.connections(), 0);
+    let only4 = ConnectLimits {
+        family: Family::Inet4,
+        ..ConnectLimits::default()
+    };
+    let s = tokio::time::timeout(LIMIT, r.connect(&action, &hops, &no_auth, None, only4))
+        .await
+        .unwrap()
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    s.close().await;
+    assert_eq!(sink.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_route_that_never_answered_is_disabled_then_enabled() {
+    // A port nothing listens on (yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("smtp://127.0.0.1:{port}");
+    let r = relayer("").with_route_penalty_base(Duration::from_secs(1));
+    let action = RelayAction::default();
+    let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
+    assert_eq!(out.status, Status::TempFail);
+    assert_eq!(out.stat, "Network error on destination MXs");
+    assert_eq!(
+        r.routes_text(),
+        vec!["1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout=1s"]
+    );
+    // While disabled, the route is not tried even though a server now listens.
+    let (sink, _) = Sink::default()
+        .start(&format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
+    assert_eq!(out.stat, "Network error on destination MXs");
+    assert_eq!(out.session, smtpd::deliver::relay::NO_SESSION);
+    assert_eq!(sink.connections(), 0);
+    // Enabled again after the penalty.
+    let t = std::time::Instant::now();
+    while r.routes_text()[0].contains(" ND-- ") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            r.routes_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        r.routes_text(),
+        vec!["1. [] <-> 127.0.0.1 N--- nconn=0 nerror=0 penalty=0 timeout=-"]
+    );
+    let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
+    assert_eq!(out.status, Status::Ok, "{out:?}");
+    assert_eq!(sink.connections(), 1);
+    assert_eq!(
+        r.routes_text(),
+        vec!["1. [] <-> 127.0.0.1 ---- nconn=0 nerror=0 penalty=0 timeout=-"]
+    );
+}
+
+#[tokio::test]
+async fn a_session_that_breaks_fails_its_transaction_temporarily() {
+    use smtpd::deliver::relay::{ConnectLimits, Recipient, Transaction};
+    let sink = Sink {
+        hang_up_after: Some(1),
+        ..Sink::default()
+    };
+    let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let url = format!("smtp://127.0.0.1:{}", addr.port());
+    let r = relayer("");
+    let action = RelayAction::default();
+    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let mut s = tokio::time::timeout(
+        LIMIT,
+        r.connect(&action, &hops, &no_auth, None, ConnectLimits::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|o| panic!("{o:?}"));
+    let tx = Transaction {
+        sender: "alice@origin.test",
+        ret: None,
+        envid: "",
+        rcpts: vec![
+            Recipient {
+                dest: "a@far.test",
+                ..Recipient::default()
+            },
+            Recipient {
+                dest: "b@far.test",
+                ..Recipient::default()
+            },
+        ],
+        content: b"x\n",
+    };
+    let first = s.transaction(&tx).await;
+    assert!(first.iter().all(|(st, _)| *st == Status::Ok), "{first:?}");
+    let second = s.transaction(&tx).await;
+    let closed = (
+        Status::TempFail,
+        "Connection closed unexpectedly".to_string(),
+    );
+    assert_eq!(second, vec![closed.clone(), closed]);
+    assert!(!s.usable());
+    assert_eq!(s.sent(), 1);
+    s.close().await;
+}

@@ -111,6 +111,11 @@ fn start_with_dns(dir: &Path, conf: &str, resolv_conf: &Path) -> (Daemon, u16) {
 
 /// Sends one message over SMTP, returning the last reply.
 fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
+    submit_rcpts(port, from, &[to], body)
+}
+
+/// Sends one message to several recipients (with optional RCPT parameters after a space).
+fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -132,12 +137,19 @@ fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
     };
     read(&mut r);
     let mut last = String::new();
-    for l in [
-        "EHLO client.test".to_string(),
-        format!("MAIL FROM:<{from}>"),
-        format!("RCPT TO:<{to}>"),
-        "DATA".to_string(),
-    ] {
+    let mail = match from.split_once(' ') {
+        Some((addr, params)) => format!("MAIL FROM:<{addr}> {params}"),
+        None => format!("MAIL FROM:<{from}>"),
+    };
+    let mut lines = vec!["EHLO client.test".to_string(), mail];
+    for to in rcpts {
+        match to.split_once(' ') {
+            Some((addr, params)) => lines.push(format!("RCPT TO:<{addr}> {params}")),
+            None => lines.push(format!("RCPT TO:<{to}>")),
+        }
+    }
+    lines.push("DATA".to_string());
+    for l in lines {
         w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
         last = read(&mut r);
     }
@@ -474,4 +486,488 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits (bounded) until the log holds `n` lines containing `needle`; returns them.
+fn wait_for_n(daemon: &Daemon, needle: &str, n: usize, secs: u64) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let log = daemon.log();
+        let found: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{} of {n} lines with {needle:?} in:\n{log}",
+            found.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_share_one_session_and_one_transaction_per_message() {
+    let sink = Sink {
+        refuse_rcpt: Some("ghost".into()),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit session-keepalive 3\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..5 {
+            let reply = submit(
+                port,
+                "alice@client.test",
+                &format!("bob{i}@far.test"),
+                &format!("Subject: message {i}\r\n\r\nbody {i}\r\n"),
+            );
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+        // One message, three recipients of the same domain, one of them refused.
+        let reply = submit_rcpts(
+            port,
+            "alice@client.test",
+            &["carol@far.test", "ghost@far.test", "dave@far.test"],
+            "Subject: message 5\r\n\r\nbody 5\r\n",
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+    })
+    .await
+    .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 8, 20);
+    for l in &lines {
+        println!("{l}");
+    }
+    let ok = lines.iter().filter(|l| l.contains("result=\"Ok\"")).count();
+    assert_eq!(ok, 7, "{lines:#?}");
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("result=\"PermFail\""))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].contains("to=<ghost@far.test>"), "{}", refused[0]);
+    assert!(refused[0].ends_with("stat=\"550 5.1.1 no such user\""));
+    // Every delivery line names the one session.
+    let sid = lines[0].split(' ').next().unwrap().to_string();
+    assert!(lines.iter().all(|l| l.starts_with(&sid)), "{lines:#?}");
+    // The refusal's report to alice is relayed too, on the same session.
+    let report = wait_for_n(&daemon, "mta delivery", 9, 20).remove(8);
+    assert!(report.starts_with(&sid), "{report}");
+    assert!(
+        report.contains("from=<> to=<alice@client.test>"),
+        "{report}"
+    );
+    daemon.wait_for(&format!("{sid} mta disconnected reason=quit messages=7"));
+
+    assert_eq!(sink.connections(), 1, "{:?}", sink.commands());
+    let data = sink.data.lock().unwrap().clone();
+    assert_eq!(data.len(), 7);
+    let (reports, messages): (Vec<String>, Vec<String>) = data
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .partition(|d| d.contains("message/delivery-status"));
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].contains("ghost@far.test"), "{}", reports[0]);
+    for i in 0..6 {
+        let n = messages
+            .iter()
+            .filter(|d| d.contains(&format!("body {i}\r\n")))
+            .count();
+        assert_eq!(n, 1, "message {i} arrived {n} times");
+    }
+    let cmds = sink.commands();
+    println!("{cmds:#?}");
+    assert_eq!(cmds.iter().filter(|c| c.starts_with("EHLO")).count(), 1);
+    assert_eq!(
+        cmds.iter().filter(|c| c.starts_with("MAIL FROM")).count(),
+        7
+    );
+    assert_eq!(cmds.iter().filter(|c| c.starts_with("RCPT TO")).count(), 9);
+    assert!(!cmds.iter().any(|c| c == "RSET"), "{cmds:?}");
+    // The three recipients of message 5 went in one transaction.
+    let first = cmds
+        .iter()
+        .position(|c| ["carol", "ghost", "dave"].iter().any(|u| c.contains(u)))
+        .unwrap();
+    let mut three: Vec<&str> = cmds[first..first + 3].iter().map(String::as_str).collect();
+    three.sort();
+    assert_eq!(
+        three,
+        [
+            "RCPT TO:<carol@far.test>",
+            "RCPT TO:<dave@far.test>",
+            "RCPT TO:<ghost@far.test>"
+        ]
+    );
+    assert_eq!(cmds[first - 1], "MAIL FROM:<alice@client.test>");
+    assert_eq!(cmds[first + 3], "DATA");
+    assert_eq!(cmds.last().map(String::as_str), Some("QUIT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
+    let sink = Sink {
+        data_delay: Some(Duration::from_millis(300)),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..8 {
+            let reply = submit(
+                port,
+                "alice@client.test",
+                &format!("bob{i}@far.test"),
+                &format!("Subject: message {i}\r\n\r\nbody {i}\r\n"),
+            );
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+    })
+    .await
+    .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 8, 30);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    wait_for_n(&daemon, "mta disconnected", 4, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let sessions: Vec<String> = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("mta disconnected"))
+        .map(str::to_string)
+        .collect();
+    println!("{sessions:#?}");
+    // At most two messages per session: eight messages need at least four sessions.
+    assert!(
+        sessions
+            .iter()
+            .all(|l| l.ends_with("messages=1") || l.ends_with("messages=2")),
+        "{sessions:#?}"
+    );
+    assert!(sink.connections() >= 4, "{}", sink.connections());
+    assert_eq!(sink.data.lock().unwrap().len(), 8);
+    let most = sink.open_max.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 2, "{most} sessions at once");
+    assert_eq!(most, 2, "the route used its two sessions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_mail_gets_an_srs_sender_and_its_bounce_goes_home() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "srs key \"s3cr3t\"\n\
+         table aliases {{ \"bob\" = \"carol@far.test\" }}\n\
+         mta limit session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"local\" mbox alias <aliases>\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\" srs\n\
+         match from local for domain \"local.test\" action \"local\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@origin.test",
+            "bob@local.test",
+            "Subject: forwarded\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    println!("{delivery}");
+    assert!(
+        delivery.contains("to=<carol@far.test> rcpt=<bob@local.test>"),
+        "{delivery}"
+    );
+    assert!(delivery.contains("result=\"Ok\""), "{delivery}");
+    // The sender as the next hop saw it: SRS0=HHHH=TT=origin.test=alice@local.test, with
+    // the hash and stamp computed independently here (SHA-1 of key and address).
+    let cmds = sink.commands();
+    let mail = cmds
+        .iter()
+        .find(|c| c.starts_with("MAIL FROM:"))
+        .unwrap()
+        .clone();
+    println!("{mail}");
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86400;
+    let stamp = (day % 1024) as usize;
+    let b32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let tail = format!(
+        "{}{}=origin.test=alice@local.test",
+        b32[(stamp >> 5) & 31] as char,
+        b32[stamp & 31] as char
+    );
+    let hash = python_srs_hash("s3cr3t", &tail);
+    let srs = format!("SRS0={hash}={tail}");
+    assert_eq!(mail, format!("MAIL FROM:<{srs}>"));
+    // The delivery line names the sender as announced, as OpenSMTPD's does.
+    assert!(delivery.contains(&format!("from=<{srs}> ")), "{delivery}");
+
+    // A bounce to that address is decoded back to alice and relayed to her.
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(port, "", &srs, "Subject: bounce\r\n\r\nundeliverable\r\n")
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+    println!("{}", lines[1]);
+    assert!(
+        lines[1].contains("from=<> to=<alice@origin.test> rcpt=<SRS0="),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains("result=\"Ok\""), "{}", lines[1]);
+    let cmds = sink.commands();
+    assert!(cmds.contains(&"MAIL FROM:<>".to_string()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"RCPT TO:<alice@origin.test>".to_string()),
+        "{cmds:?}"
+    );
+
+    // A forged address is not decoded: logged, and refused like any unknown recipient.
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_reply_to_rcpt(port, "", "SRS0=AAAA=AA=origin.test=mallory@local.test")
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("550"), "{reply}");
+    daemon.wait_for("SRS failed to decode: SRS0=AAAA=AA=origin.test=mallory@local.test");
+}
+
+/// The 4-character SRS hash as computed by Python's hashlib (SHA-1 of key and text,
+/// base64).
+fn python_srs_hash(key: &str, text: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys,hashlib,base64;print(base64.b64encode(hashlib.sha1(\
+             (sys.argv[1]+sys.argv[2]).encode()).digest()).decode()[:4])",
+        )
+        .arg(key)
+        .arg(text)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Opens a transaction up to RCPT and returns the RCPT reply.
+fn submit_reply_to_rcpt(port: u16, from: &str, to: &str) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let read = |r: &mut BufReader<TcpStream>| {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            let done = l.len() < 4 || l.as_bytes()[3] != b'-';
+            last = l;
+            if done {
+                break;
+            }
+        }
+        last
+    };
+    read(&mut r);
+    let mut last = String::new();
+    for l in [
+        "EHLO client.test".to_string(),
+        format!("MAIL FROM:<{from}>"),
+        format!("RCPT TO:<{to}>"),
+    ] {
+        w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+        last = read(&mut r);
+    }
+    w.write_all(b"QUIT\r\n").unwrap();
+    read(&mut r);
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
+    for offers in [true, false] {
+        let sink = Sink {
+            dsn: offers,
+            ..Sink::default()
+        };
+        let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "mta limit session-keepalive 1\n\
+             listen on 127.0.0.1 port PORT\n\
+             action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+             match from local for any action \"relay\"\n",
+            addr.port()
+        );
+        let (daemon, port) = start(dir.path(), &conf);
+        let reply = tokio::task::spawn_blocking(move || {
+            submit_rcpts(
+                port,
+                "alice@client.test RET=HDRS ENVID=env42",
+                &[
+                    "bob@far.test NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@far.test",
+                    "carol@far.test",
+                ],
+                "Subject: dsn\r\n\r\nhi\r\n",
+            )
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+        let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+        assert!(
+            lines.iter().all(|l| l.contains("result=\"Ok\"")),
+            "{lines:#?}"
+        );
+        let cmds = sink.commands();
+        println!("{cmds:#?}");
+        if offers {
+            assert!(cmds.contains(&"MAIL FROM:<alice@client.test> RET=HDRS ENVID=env42".into()));
+            assert!(cmds.contains(
+                &"RCPT TO:<bob@far.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@far.test".into()
+            ));
+            assert!(cmds.contains(&"RCPT TO:<carol@far.test>".into()));
+        } else {
+            assert!(cmds.contains(&"MAIL FROM:<alice@client.test>".into()));
+            assert!(cmds.contains(&"RCPT TO:<bob@far.test>".into()));
+            assert!(cmds.contains(&"RCPT TO:<carol@far.test>".into()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{closed}\"\n\
+         match from local for any action \"relay\"\n"
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: x\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    assert!(
+        delivery.ends_with("result=\"TempFail\" stat=\"Network error on destination MXs\""),
+        "{delivery}"
+    );
+    let line = daemon.wait_for("smtp-out: Disabling route");
+    assert_eq!(line, "smtp-out: Disabling route [] <-> 127.0.0.1 for 15s");
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(&spool)
+        .args(["show", "routes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(
+        text.starts_with("1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout="),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
+    let sink = Sink {
+        hang_up_after: Some(1),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || {
+        for i in 0..2 {
+            let reply = submit(
+                port,
+                "alice@client.test",
+                &format!("bob{i}@far.test"),
+                &format!("Subject: {i}\r\n\r\nbody {i}\r\n"),
+            );
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+    })
+    .await
+    .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    let first = lines[0].split(' ').next().unwrap();
+    let error = daemon.wait_for("smtp-out: Error on session");
+    assert_eq!(
+        error,
+        format!(
+            "smtp-out: Error on session {first} after 1 message sent: Connection closed unexpectedly"
+        )
+    );
+    daemon.wait_for(&format!("{first} mta disconnected reason=error messages=1"));
+    assert_eq!(sink.connections(), 2);
+    assert_eq!(sink.data.lock().unwrap().len(), 2);
 }

@@ -104,6 +104,10 @@ const COMMANDS: &[Word] = &[
                 next: Next::End,
             },
             Word {
+                name: "routes",
+                next: Next::End,
+            },
+            Word {
                 name: "stats",
                 next: Next::End,
             },

@@ -74,6 +74,8 @@ pub enum Request {
     ShowStats,
     /// `show status`.
     ShowStatus,
+    /// `show routes`: the outbound routes and their penalties.
+    ShowRoutes,
     /// `show envelope EVPID`: the envelope file.
     ShowEnvelope(Evpid),
     /// `show message EVPID|MSGID`: the queued message.
@@ -122,6 +124,7 @@ impl Request {
             ["show", "queue"] => Request::ShowQueue,
             ["show", "stats"] => Request::ShowStats,
             ["show", "status"] => Request::ShowStatus,
+            ["show", "routes"] => Request::ShowRoutes,
             ["show", "envelope", id] => match id.parse::<QueueId>() {
                 Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
                 _ => {
@@ -164,6 +167,7 @@ impl Request {
             Request::ShowQueue => "show queue".into(),
             Request::ShowStats => "show stats".into(),
             Request::ShowStatus => "show status".into(),
+            Request::ShowRoutes => "show routes".into(),
             Request::ShowEnvelope(e) => format!("show envelope {e}"),
             Request::ShowMessage(m) => format!("show message {m}"),
             Request::Schedule(s) => format!("schedule {}", sel(s)),
@@ -256,6 +260,7 @@ mod tests {
             "show queue",
             "show stats",
             "show status",
+            "show routes",
             "show envelope 1a2b3c4d00000001",
             "show message 1a2b3c4d",
             "schedule all",

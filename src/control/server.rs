@@ -125,6 +125,13 @@ impl Control {
                     Err(_) => Reply::failed(None),
                 }
             }
+            Request::ShowRoutes => Reply::ok(
+                self.runner
+                    .routes_text()
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect::<String>(),
+            ),
             Request::ShowStatus => Reply::ok(show::status_text(
                 self.runner.is_paused(DeliveryKind::Mda),
                 self.runner.is_paused(DeliveryKind::Mta),

@@ -42,6 +42,7 @@ pub mod maildir;
 pub mod mbox;
 pub mod mda;
 pub mod message;
+pub mod mta;
 pub mod privsep;
 pub mod relay;
 pub mod request;

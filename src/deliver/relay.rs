@@ -179,6 +179,64 @@ pub struct Relayer {
     server_name: String,
     /// Port used for MX hosts (25; tests may move it).
     mx_port: u16,
+    /// Source-to-address routes and their penalties.
+    routes: SharedRoutes,
+    /// The first penalty of a route (OpenSMTPD's 15 s; tests may shorten it).
+    penalty_base: Duration,
+}
+
+/// A route: from a source address (`None`: any) to a remote address.
+type RouteKey = (Option<IpAddr>, IpAddr);
+type SharedRoutes = Arc<std::sync::Mutex<RouteTable>>;
+
+/// Longest a route stays disabled.
+const ROUTE_PENALTY_MAX: Duration = Duration::from_secs(3600);
+
+/// What is known of one route, from a source address (`None`: any) to a remote address.
+#[derive(Debug)]
+struct RouteInfo {
+    id: u64,
+    /// The remote address's PTR name, once looked up.
+    ptr: Option<String>,
+    /// No session has reached the greeting since the route was created or enabled.
+    fresh: bool,
+    penalty: u32,
+    disabled_until: Option<Instant>,
+    nconn: usize,
+    nerror: u32,
+}
+
+#[derive(Debug, Default)]
+struct RouteTable {
+    next_id: u64,
+    routes: std::collections::BTreeMap<RouteKey, RouteInfo>,
+}
+
+impl RouteTable {
+    fn get(&mut self, key: RouteKey) -> &mut RouteInfo {
+        let next = &mut self.next_id;
+        self.routes.entry(key).or_insert_with(|| {
+            *next += 1;
+            RouteInfo {
+                id: *next,
+                ptr: None,
+                fresh: true,
+                penalty: 0,
+                disabled_until: None,
+                nconn: 0,
+                nerror: 0,
+            }
+        })
+    }
+}
+
+/// `[src] <-> address (ptr)` as OpenSMTPD's `mta_route_to_text` writes a route.
+fn route_text((source, addr): RouteKey, ptr: Option<&str>) -> String {
+    let src = source.map_or_else(|| "[]".to_string(), |s| s.to_string());
+    match ptr {
+        Some(p) => format!("{src} <-> {addr} ({p})"),
+        None => format!("{src} <-> {addr}"),
+    }
 }
 
 /// An open stream, plain or encrypted.
@@ -311,6 +369,7 @@ struct Capabilities {
     starttls: bool,
     auth_plain: bool,
     auth_login: bool,
+    dsn: bool,
 }
 
 fn capabilities(reply: &Reply) -> Capabilities {
@@ -320,6 +379,7 @@ fn capabilities(reply: &Reply) -> Capabilities {
         let mut words = kw.split_whitespace();
         match words.next() {
             Some("STARTTLS") => caps.starttls = true,
+            Some("DSN") => caps.dsn = true,
             Some("AUTH") => {
                 for w in words {
                     caps.auth_plain |= w == "PLAIN";
@@ -339,6 +399,313 @@ fn temp(text: impl Into<String>) -> Failure {
     (Status::TempFail, text.into())
 }
 
+/// One host to try: its name (for logs and TLS), port, scheme and `auth` label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub host: String,
+    pub port: u16,
+    pub scheme: RelayScheme,
+    pub label: Option<String>,
+}
+
+/// Which address families a route may use (`mta limit inet4|inet6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    Any,
+    Inet4,
+    Inet6,
+}
+
+impl Family {
+    fn allows(self, a: IpAddr) -> bool {
+        match self {
+            Family::Any => true,
+            Family::Inet4 => a.is_ipv4(),
+            Family::Inet6 => a.is_ipv6(),
+        }
+    }
+}
+
+/// Bounds the connections open to one remote address (`max-conn-per-host`).
+#[derive(Debug, Default)]
+pub struct HostLimiter {
+    slots: std::sync::Mutex<std::collections::HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl HostLimiter {
+    /// Waits for a free connection slot to `addr`, `max` of them at most.
+    async fn acquire(&self, addr: IpAddr, max: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut slots = self.slots.lock().ok()?;
+            slots
+                .entry(addr)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max.max(1))))
+                .clone()
+        };
+        sem.acquire_owned().await.ok()
+    }
+}
+
+/// How a session is opened: address family, and the per-host bound with its limiter.
+#[derive(Clone, Copy, Default)]
+pub struct ConnectLimits<'a> {
+    pub family: Family,
+    pub per_host: Option<(&'a HostLimiter, usize)>,
+}
+
+/// One recipient of a transaction, with its DSN parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Recipient<'a> {
+    pub dest: &'a str,
+    pub notify: crate::queue::DsnNotify,
+    /// `ORCPT` address, empty when none was given.
+    pub orcpt: &'a str,
+}
+
+/// One mail transaction: the reverse path (already rewritten by `mail-from` or SRS), the
+/// DSN parameters of MAIL, the recipients, and the queued content.
+#[derive(Debug, Clone)]
+pub struct Transaction<'a> {
+    pub sender: &'a str,
+    pub ret: Option<crate::queue::DsnRet>,
+    pub envid: &'a str,
+    pub rcpts: Vec<Recipient<'a>>,
+    pub content: &'a [u8],
+}
+
+/// `NOTIFY=` words as RFC 3461 spells them.
+fn notify_text(n: crate::queue::DsnNotify) -> String {
+    use crate::queue::DsnNotify as N;
+    if n.has(N::NEVER) {
+        return "NEVER".into();
+    }
+    let words: Vec<&str> = [
+        (N::SUCCESS, "SUCCESS"),
+        (N::FAILURE, "FAILURE"),
+        (N::DELAY, "DELAY"),
+    ]
+    .iter()
+    .filter(|(b, _)| n.has(*b))
+    .map(|(_, w)| *w)
+    .collect();
+    words.join(",")
+}
+
+/// An open SMTP client session, ready for transactions one after the other.
+pub struct Session {
+    sid: String,
+    host: String,
+    conn: Conn,
+    dsn: bool,
+    lmtp: bool,
+    /// Messages accepted by the next hop on this session.
+    sent: usize,
+    /// Set when the connection broke: the reason.
+    broken: Option<String>,
+    /// The connection broke on the MAIL command of a transaction.
+    lost_at_mail: bool,
+    /// The local address of the connection (`source=` of `mta delivery`).
+    local: Option<SocketAddr>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The route the session counts in (`nconn` of `show routes`).
+    route: Option<(SharedRoutes, RouteKey)>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some((table, key)) = self.route.take()
+            && let Ok(mut t) = table.lock()
+        {
+            let r = t.get(key);
+            r.nconn = r.nconn.saturating_sub(1);
+        }
+    }
+}
+
+impl Session {
+    /// The session id of the log lines.
+    pub fn id(&self) -> &str {
+        &self.sid
+    }
+    /// The host spoken to (`relay=`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+    /// Messages the next hop accepted so far.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+    /// Whether the connection can carry another transaction.
+    pub fn usable(&self) -> bool {
+        self.broken.is_none()
+    }
+    /// Whether the connection was found broken when a transaction began (nothing of
+    /// it reached the next hop, so it may be tried again on a new connection).
+    pub fn lost_before_mail(&self) -> bool {
+        self.lost_at_mail
+    }
+    /// The local address the connection was made from.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    fn broke(&mut self, why: String) -> String {
+        if self.sent > 0 {
+            info!(
+                "smtp-out: Error on session {} after {} message{} sent: {why}",
+                self.sid,
+                self.sent,
+                if self.sent > 1 { "s" } else { "" }
+            );
+        } else {
+            info!("{} mta error reason={why}", self.sid);
+        }
+        self.broken = Some(why.clone());
+        why
+    }
+
+    async fn rset(&mut self) {
+        if let Err(e) = self.conn.command("RSET").await {
+            self.broke(e);
+        }
+    }
+
+    /// Runs one transaction; the result of each recipient in order. A refused MAIL or
+    /// DATA applies to every recipient; a refused RCPT only to its own. When the
+    /// connection breaks, the recipients without a result fail temporarily with the
+    /// reason, and the session is no longer usable.
+    pub async fn transaction(&mut self, tx: &Transaction<'_>) -> Vec<(Status, String)> {
+        let n = tx.rcpts.len();
+        let mut results: Vec<Option<(Status, String)>> = vec![None; n];
+        let finish = |results: Vec<Option<(Status, String)>>, why: &str| {
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| (Status::TempFail, why.to_string())))
+                .collect::<Vec<_>>()
+        };
+        if let Some(why) = &self.broken {
+            return finish(results, &why.clone());
+        }
+        let mut mail = format!("MAIL FROM:<{}>", tx.sender);
+        if self.dsn {
+            if let Some(ret) = tx.ret {
+                mail.push_str(match ret {
+                    crate::queue::DsnRet::Headers => " RET=HDRS",
+                    crate::queue::DsnRet::Full => " RET=FULL",
+                });
+            }
+            if !tx.envid.is_empty() {
+                mail.push_str(" ENVID=");
+                mail.push_str(tx.envid);
+            }
+        }
+        let r = match self.conn.command(&mail).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.lost_at_mail = true;
+                let why = self.broke(e);
+                return finish(results, &why);
+            }
+        };
+        if r.code / 100 != 2 {
+            self.rset().await;
+            return vec![(r.status(), r.text()); n];
+        }
+        let mut accepted = Vec::new();
+        for (i, rcpt) in tx.rcpts.iter().enumerate() {
+            let mut line = format!("RCPT TO:<{}>", rcpt.dest);
+            if self.dsn {
+                if rcpt.notify.0 != 0 {
+                    line.push_str(" NOTIFY=");
+                    line.push_str(&notify_text(rcpt.notify));
+                }
+                if !rcpt.orcpt.is_empty() {
+                    line.push_str(" ORCPT=rfc822;");
+                    line.push_str(rcpt.orcpt);
+                }
+            }
+            match self.conn.command(&line).await {
+                Ok(r) if r.code / 100 == 2 => accepted.push(i),
+                Ok(r) => results[i] = Some((r.status(), r.text())),
+                Err(e) => {
+                    let why = self.broke(e);
+                    return finish(results, &why);
+                }
+            }
+        }
+        if accepted.is_empty() {
+            self.rset().await;
+            return finish(results, "No envelope");
+        }
+        let r = match self.conn.command("DATA").await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = self.broke(e);
+                return finish(results, &why);
+            }
+        };
+        if r.code != 354 {
+            for &i in &accepted {
+                results[i] = Some((r.status(), r.text()));
+            }
+            self.rset().await;
+            return finish(results, "");
+        }
+        if let Err(e) = self.conn.send(&data_payload(tx.content)).await {
+            let why = self.broke(e);
+            return finish(results, &why);
+        }
+        // LMTP answers once per accepted recipient, SMTP once for all.
+        let replies = if self.lmtp { accepted.len() } else { 1 };
+        let mut any_ok = false;
+        for k in 0..replies {
+            let r = match self.conn.reply().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let why = self.broke(e);
+                    return finish(results, &why);
+                }
+            };
+            let status = if r.code / 100 == 2 {
+                any_ok = true;
+                Status::Ok
+            } else {
+                r.status()
+            };
+            let text = r.text();
+            let targets: Vec<usize> = if self.lmtp {
+                vec![accepted[k]]
+            } else {
+                accepted.clone()
+            };
+            for i in targets {
+                results[i] = Some((status, text.clone()));
+            }
+        }
+        if any_ok {
+            self.sent += 1;
+        }
+        finish(results, "")
+    }
+
+    /// Ends the session: QUIT on a usable connection, and the `mta disconnected` line.
+    pub async fn close(mut self) {
+        if self.broken.is_none() {
+            let _ = timeout(Duration::from_secs(10), self.conn.command("QUIT")).await;
+            info!(
+                "{} mta disconnected reason=quit messages={}",
+                self.sid, self.sent
+            );
+        } else {
+            info!(
+                "{} mta disconnected reason=error messages={}",
+                self.sid, self.sent
+            );
+        }
+    }
+}
+
 impl Relayer {
     /// A relayer asking `resolver` for MX and addresses, with `tls` for handshakes and
     /// `server_name` as the default HELO name.
@@ -348,7 +715,132 @@ impl Relayer {
             tls,
             server_name: server_name.to_string(),
             mx_port: 25,
+            routes: Arc::default(),
+            penalty_base: Duration::from_secs(15),
         }
+    }
+
+    /// Disable failing routes for `base` × penalty² instead of 15 s × penalty² (tests).
+    pub fn with_route_penalty_base(mut self, base: Duration) -> Relayer {
+        self.penalty_base = base;
+        self
+    }
+
+    /// The routes as `smtpctl show routes` lists them:
+    /// `1. [] <-> 127.0.0.1 (localhost) ND-- nconn=0 nerror=0 penalty=1 timeout=4s`.
+    pub fn routes_text(&self) -> Vec<String> {
+        let Ok(table) = self.routes.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut lines: Vec<(u64, String)> = table
+            .routes
+            .iter()
+            .map(|(key, r)| {
+                let pending = r.disabled_until.filter(|t| *t > now);
+                let timeout = pending.map_or_else(
+                    || "-".to_string(),
+                    |t| {
+                        super::log::duration_to_text(
+                            t.saturating_duration_since(now).as_secs_f64().ceil() as i64,
+                        )
+                    },
+                );
+                (
+                    r.id,
+                    format!(
+                        "{}. {} {}{}-- nconn={} nerror={} penalty={} timeout={timeout}",
+                        r.id,
+                        route_text(*key, r.ptr.as_deref()),
+                        if r.fresh { 'N' } else { '-' },
+                        if pending.is_some() { 'D' } else { '-' },
+                        r.nconn,
+                        r.nerror,
+                        r.penalty,
+                    ),
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// Whether the route is disabled now.
+    fn route_disabled(&self, key: RouteKey) -> bool {
+        let now = Instant::now();
+        self.routes
+            .lock()
+            .map(|mut t| t.get(key).disabled_until.is_some_and(|u| u > now))
+            .unwrap_or(false)
+    }
+
+    /// A session on the route reached the greeting.
+    fn route_ok(&self, key: RouteKey) {
+        if let Ok(mut t) = self.routes.lock() {
+            let r = t.get(key);
+            r.fresh = false;
+            r.nerror = 0;
+        }
+    }
+
+    /// A connection on the route failed before the greeting: a route that never worked
+    /// is disabled for base × penalty² (at most an hour), then enabled again with one
+    /// penalty point less, as OpenSMTPD's `mta_route_disable`/`mta_route_enable` do.
+    async fn route_failed(&self, key: RouteKey) {
+        let known = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|mut t| t.get(key).ptr.clone());
+        let ptr = match known {
+            Some(p) => Some(p),
+            None => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                match within(deadline, self.resolver.ptr(key.1)).await {
+                    Answer::Records(names) => names
+                        .into_iter()
+                        .next()
+                        .map(|n| n.trim_end_matches('.').to_string()),
+                    _ => None,
+                }
+            }
+        };
+        let (delay, text) = {
+            let Ok(mut t) = self.routes.lock() else {
+                return;
+            };
+            let r = t.get(key);
+            if ptr.is_some() {
+                r.ptr = ptr;
+            }
+            r.nerror += 1;
+            if !r.fresh {
+                return;
+            }
+            r.penalty += 1;
+            let delay = (self.penalty_base * r.penalty * r.penalty).min(ROUTE_PENALTY_MAX);
+            r.disabled_until = Some(Instant::now() + delay);
+            (delay, route_text(key, r.ptr.as_deref()))
+        };
+        info!(
+            "smtp-out: Disabling route {text} for {}",
+            super::log::duration_to_text(delay.as_secs() as i64)
+        );
+        let routes = self.routes.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let Ok(mut t) = routes.lock() else {
+                return;
+            };
+            let r = t.get(key);
+            if r.disabled_until.is_some_and(|u| u <= Instant::now()) {
+                r.disabled_until = None;
+                r.fresh = true;
+                r.nerror = 0;
+                r.penalty = r.penalty.saturating_sub(1);
+                info!("smtp-out: Enabling route {text}");
+            }
+        });
     }
 
     /// Deliver to MX hosts on `port` instead of 25 (tests on loopback).
@@ -357,10 +849,10 @@ impl Relayer {
         self
     }
 
-    /// One delivery attempt of `mail` through the relay action `action`. `url` is the
-    /// smarthost chosen from `host`/`domain` (as written), or `None` for MX routing.
-    /// `auth` looks up an `auth` table entry by label; `source` is the local address to
-    /// connect from (`src`).
+    /// One delivery attempt of `mail` through the relay action `action`, on a session of
+    /// its own. `url` is the smarthost chosen from `host`/`domain` (as written), or `None`
+    /// for MX routing. `auth` looks up an `auth` table entry by label; `source` is the
+    /// local address to connect from (`src`).
     pub async fn deliver(
         &self,
         action: &RelayAction,
@@ -369,46 +861,97 @@ impl Relayer {
         mail: &Outgoing<'_>,
         source: Option<IpAddr>,
     ) -> RelayOutcome {
-        let helo = action
-            .helo
-            .clone()
-            .unwrap_or_else(|| self.server_name.clone());
         let domain = mail.recipient.rsplit_once('@').map_or("", |(_, d)| d);
+        let hops = match self.route(action, url, domain).await {
+            Ok(h) => h,
+            Err(o) => return o,
+        };
+        let mut session = match self
+            .connect(action, &hops, auth, source, ConnectLimits::default())
+            .await
+        {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let sender = mail_from(action.mail_from.as_deref(), mail.sender);
+        let tx = Transaction {
+            sender: &sender,
+            ret: None,
+            envid: "",
+            rcpts: vec![Recipient {
+                dest: mail.recipient,
+                ..Recipient::default()
+            }],
+            content: mail.content,
+        };
+        let (status, stat) = session
+            .transaction(&tx)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or((Status::TempFail, "No envelope".into()));
+        let outcome = RelayOutcome {
+            status,
+            stat,
+            relay: session.host.clone(),
+            session: session.sid.clone(),
+        };
+        session.close().await;
+        outcome
+    }
+
+    /// Where mail for `domain` goes: the smarthost `url`, or the MX hosts of the domain.
+    /// `Err` is the outcome of a route that cannot be used.
+    pub async fn route(
+        &self,
+        action: &RelayAction,
+        url: Option<&str>,
+        domain: &str,
+    ) -> Result<Vec<Hop>, RelayOutcome> {
         // `tls` makes STARTTLS mandatory on MX routes too.
         let mx_scheme = if action.tls.is_some() {
             RelayScheme::SmtpTls
         } else {
             RelayScheme::Smtp
         };
-        // The hosts to try: (name for logs and TLS, port, scheme, auth label).
-        let mut hops: Vec<(String, u16, RelayScheme, Option<String>)> = Vec::new();
+        let hop = |host: String, port, scheme, label| Hop {
+            host,
+            port,
+            scheme,
+            label,
+        };
+        let mut hops = Vec::new();
         match url {
             Some(text) => {
                 let Some(mut u) = parse_relay_url(text) else {
                     warn!("warn: Failed to parse smarthost {text}");
-                    return RelayOutcome::new(Status::TempFail, "Cannot parse smarthost", text);
+                    return Err(RelayOutcome::new(
+                        Status::TempFail,
+                        "Cannot parse smarthost",
+                        text,
+                    ));
                 };
                 if action.tls.is_some() {
                     match u.scheme {
                         RelayScheme::Smtp => u.scheme = RelayScheme::SmtpTls,
                         RelayScheme::SmtpNoTls => {
-                            return RelayOutcome::new(
+                            return Err(RelayOutcome::new(
                                 Status::TempFail,
                                 "TLS required for relaying",
                                 &u.host,
-                            );
+                            ));
                         }
                         _ => {}
                     }
                 }
                 if u.label.is_some() && action.auth.is_none() {
-                    return RelayOutcome::new(
+                    return Err(RelayOutcome::new(
                         Status::TempFail,
                         "No auth table for relaying",
                         &u.host,
-                    );
+                    ));
                 }
-                hops.push((u.host, u.port, u.scheme, u.label));
+                hops.push(hop(u.host, u.port, u.scheme, u.label));
             }
             None => {
                 if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
@@ -417,9 +960,13 @@ impl Relayer {
                         .filter(|p| p.eq_ignore_ascii_case("ipv6:"))
                         .map_or(lit, |_| &lit[5..]);
                     if lit.parse::<IpAddr>().is_err() {
-                        return RelayOutcome::new(Status::PermFail, "Invalid domain name", domain);
+                        return Err(RelayOutcome::new(
+                            Status::PermFail,
+                            "Invalid domain name",
+                            domain,
+                        ));
                     }
-                    hops.push((lit.to_string(), self.mx_port, mx_scheme, None));
+                    hops.push(hop(lit.to_string(), self.mx_port, mx_scheme, None));
                 } else {
                     let deadline = Instant::now() + DNS_TIMEOUT;
                     match mail_exchangers(self.resolver.as_ref(), domain, deadline).await {
@@ -430,18 +977,18 @@ impl Relayer {
                                     match backup_exchangers(list, me) {
                                         Some(l) => l,
                                         None => {
-                                            return RelayOutcome::new(
+                                            return Err(RelayOutcome::new(
                                                 Status::TempFail,
                                                 "No MX found for domain",
                                                 domain,
-                                            );
+                                            ));
                                         }
                                     }
                                 }
                                 None => list,
                             };
                             for e in list {
-                                hops.push((e.host, self.mx_port, mx_scheme, None));
+                                hops.push(hop(e.host, self.mx_port, mx_scheme, None));
                             }
                         }
                         failed => {
@@ -459,37 +1006,74 @@ impl Relayer {
                             } else {
                                 Status::TempFail
                             };
-                            return RelayOutcome::new(status, f.1, domain);
+                            return Err(RelayOutcome::new(status, f.1, domain));
                         }
                     }
                 }
             }
         }
+        Ok(hops)
+    }
+
+    /// Opens a session to the first of `hops` (and of its addresses) that answers, up to
+    /// the end of EHLO, STARTTLS and AUTH. `Err` is the outcome for the mail waiting on
+    /// it: the refusal of a host that answered, or a network error on all of them.
+    pub async fn connect(
+        &self,
+        action: &RelayAction,
+        hops: &[Hop],
+        auth: &(dyn Fn(&str) -> Option<String> + Sync),
+        source: Option<IpAddr>,
+        limits: ConnectLimits<'_>,
+    ) -> Result<Session, RelayOutcome> {
+        let helo = action
+            .helo
+            .clone()
+            .unwrap_or_else(|| self.server_name.clone());
         let mut last = RelayOutcome::new(
             Status::TempFail,
             "Network error on destination MXs",
-            hops.first().map_or(domain, |h| h.0.as_str()),
+            hops.first().map_or("-", |h| h.host.as_str()),
         );
-        for (host, port, scheme, label) in hops.iter().take(16) {
+        for Hop {
+            host,
+            port,
+            scheme,
+            label,
+        } in hops.iter().take(16)
+        {
             let addrs = self.addresses(host).await;
-            for addr in addrs.into_iter().take(8) {
+            for addr in addrs
+                .into_iter()
+                .filter(|a| limits.family.allows(*a))
+                .take(8)
+            {
                 let sa = SocketAddr::new(addr, *port);
+                let route = (source, addr);
+                if self.route_disabled(route) {
+                    continue;
+                }
                 let credentials = match (label, action.auth) {
                     (Some(l), Some(_)) => match auth(l).map(|v| RelayCredentials::parse(l, &v)) {
                         Some(Ok(c)) => Some(c),
                         _ => {
-                            return RelayOutcome::new(
+                            return Err(RelayOutcome::new(
                                 Status::TempFail,
                                 "No credentials for relaying",
                                 host,
-                            );
+                            ));
                         }
                     },
                     _ => None,
                 };
+                let slot = match limits.per_host {
+                    Some((limiter, max)) => limiter.acquire(addr, max).await,
+                    None => None,
+                };
                 let sid = session_id();
-                let mut outcome = self
-                    .session(
+                let mut greeted = false;
+                let mut opened = self
+                    .open(
                         &sid,
                         action,
                         &helo,
@@ -497,17 +1081,17 @@ impl Relayer {
                         (source, sa),
                         *scheme,
                         credentials.clone(),
-                        mail,
+                        &mut greeted,
                     )
                     .await;
                 if *scheme == RelayScheme::Smtp
-                    && matches!(&outcome, Err((_, t)) if t.starts_with("!TLS"))
+                    && matches!(&opened, Err((_, t)) if t.starts_with("!TLS"))
                 {
                     info!(
                         "smtp-out: Error on session {sid}: opportunistic TLS failed, downgrading to plain"
                     );
-                    outcome = self
-                        .session(
+                    opened = self
+                        .open(
                             &sid,
                             action,
                             &helo,
@@ -515,15 +1099,38 @@ impl Relayer {
                             (source, sa),
                             RelayScheme::SmtpNoTls,
                             credentials,
-                            mail,
+                            &mut greeted,
                         )
                         .await;
+                }
+                if greeted {
+                    self.route_ok(route);
+                } else if opened.is_err() {
+                    self.route_failed(route).await;
                 }
                 let with_sid = |mut o: RelayOutcome| {
                     o.session = sid.clone();
                     o
                 };
-                match outcome {
+                match opened {
+                    Ok((conn, caps, local)) => {
+                        if let Ok(mut t) = self.routes.lock() {
+                            t.get(route).nconn += 1;
+                        }
+                        return Ok(Session {
+                            route: Some((self.routes.clone(), route)),
+                            sid: sid.clone(),
+                            host: host.clone(),
+                            conn,
+                            dsn: caps.dsn,
+                            lmtp: *scheme == RelayScheme::Lmtp,
+                            sent: 0,
+                            broken: None,
+                            lost_at_mail: false,
+                            local,
+                            _slot: slot,
+                        });
+                    }
                     // Connection-level trouble: try the next address or MX.
                     Err((Status::TempFail, text)) if text.starts_with('!') => {
                         // 6.8 reports every failed route this way, smarthosts too.
@@ -534,13 +1141,12 @@ impl Relayer {
                         ));
                     }
                     Err((status, text)) => {
-                        return with_sid(RelayOutcome::new(status, text, host));
+                        return Err(with_sid(RelayOutcome::new(status, text, host)));
                     }
-                    Ok(text) => return with_sid(RelayOutcome::new(Status::Ok, text, host)),
                 }
             }
         }
-        last
+        Err(last)
     }
 
     async fn addresses(&self, host: &str) -> Vec<IpAddr> {
@@ -554,10 +1160,11 @@ impl Relayer {
         }
     }
 
-    /// One SMTP session to `addr`. `Err` texts starting with `!` are connection-level
-    /// failures after which another address may be tried.
+    /// Opens one connection to `addr` and runs the dialogue up to the first transaction.
+    /// `Err` texts starting with `!` are connection-level failures after which another
+    /// address may be tried; the connection is then closed with its log lines.
     #[allow(clippy::too_many_arguments)]
-    async fn session(
+    async fn open(
         &self,
         sid: &str,
         action: &RelayAction,
@@ -566,8 +1173,8 @@ impl Relayer {
         (source, addr): (Option<IpAddr>, SocketAddr),
         scheme: RelayScheme,
         credentials: Option<RelayCredentials>,
-        mail: &Outgoing<'_>,
-    ) -> Result<String, Failure> {
+        greeted: &mut bool,
+    ) -> Result<(Conn, Capabilities, Option<SocketAddr>), Failure> {
         info!(
             "{sid} mta connecting address={}://{addr} host={host}",
             scheme.text()
@@ -583,6 +1190,7 @@ impl Relayer {
                 return Err(temp("!Connection timeout"));
             }
         };
+        let local = tcp.local_addr().ok();
         info!("{sid} mta connected");
         // Certificates are checked when TLS is required (`tls`, `smtp+tls://`, `smtps://`)
         // unless `no-verify`; opportunistic STARTTLS takes any certificate.
@@ -594,9 +1202,16 @@ impl Relayer {
         };
         let mut secure = false;
         if scheme == RelayScheme::Smtps {
-            conn = self
-                .handshake(sid, action, helo, host, conn, verify)
-                .await?;
+            conn = match self.handshake(sid, action, helo, host, conn, verify).await {
+                Ok(c) => c,
+                Err(f) => {
+                    if let Some(reason) = f.1.strip_prefix('!') {
+                        info!("{sid} mta error reason={reason}");
+                    }
+                    info!("{sid} mta disconnected reason=error messages=0");
+                    return Err(f);
+                }
+            };
             secure = true;
         }
         let result = self
@@ -610,15 +1225,12 @@ impl Relayer {
                 verify,
                 secure,
                 credentials,
-                mail,
+                greeted,
             )
             .await;
-        match &result {
-            Ok(_) => {
-                let _ = timeout(Duration::from_secs(10), conn.command("QUIT")).await;
-                info!("{sid} mta disconnected reason=quit messages=1");
-            }
-            Err((_, why)) => {
+        match result {
+            Ok(caps) => Ok((conn, caps, local)),
+            Err((status, why)) => {
                 if let Some(reason) = why.strip_prefix('!') {
                     info!("{sid} mta error reason={reason}");
                 }
@@ -631,9 +1243,9 @@ impl Relayer {
                         "quit"
                     }
                 );
+                Err((status, why))
             }
         }
-        result
     }
 
     async fn handshake(
@@ -663,6 +1275,7 @@ impl Relayer {
         })
     }
 
+    /// Greeting, EHLO (LHLO, HELO), STARTTLS and AUTH; the capabilities of the last EHLO.
     #[allow(clippy::too_many_arguments)]
     async fn dialogue(
         &self,
@@ -675,10 +1288,11 @@ impl Relayer {
         verify: bool,
         mut secure: bool,
         credentials: Option<RelayCredentials>,
-        mail: &Outgoing<'_>,
-    ) -> Result<String, Failure> {
+        greeted: &mut bool,
+    ) -> Result<Capabilities, Failure> {
         let net = |e: String| temp(format!("!{e}"));
         let greeting = conn.reply().await.map_err(net)?;
+        *greeted = true;
         if greeting.code != 220 {
             return Err((greeting.status(), greeting.text()));
         }
@@ -759,31 +1373,7 @@ impl Relayer {
                 return Err(temp("AUTH not advertised"));
             }
         }
-        let sender = mail_from(action.mail_from.as_deref(), mail.sender);
-        let r = conn
-            .command(&format!("MAIL FROM:<{sender}>"))
-            .await
-            .map_err(net)?;
-        if r.code != 250 {
-            return Err((r.status(), r.text()));
-        }
-        let r = conn
-            .command(&format!("RCPT TO:<{}>", mail.recipient))
-            .await
-            .map_err(net)?;
-        if !(250..=252).contains(&r.code) {
-            return Err((r.status(), r.text()));
-        }
-        let r = conn.command("DATA").await.map_err(net)?;
-        if r.code != 354 {
-            return Err((r.status(), r.text()));
-        }
-        conn.send(&data_payload(mail.content)).await.map_err(net)?;
-        let r = conn.reply().await.map_err(net)?;
-        if r.code != 250 {
-            return Err((r.status(), r.text()));
-        }
-        Ok(r.text())
+        Ok(caps)
     }
 }
 

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use super::DeliveryAgent;
 use super::log::{MdaLogEntry, mda_delivery_line};
-use super::relay::{Outgoing, RelayOutcome, Relayer};
+use super::mta::{Job, MtaLimits, Pool, RouteKey, RouteSpec};
+use super::relay::{RelayOutcome, Relayer};
 use super::request::{
     Account, DeliveryRequest, EnvelopeInfo, LmtpRecipient, MessageSource, Method,
 };
@@ -55,7 +56,7 @@ pub struct Runner {
     scheduler: Mutex<Scheduler>,
     wake: Notify,
     inflight: Arc<Semaphore>,
-    relayer: Relayer,
+    mta: Arc<Pool>,
     /// Counters for `smtpctl show stats`.
     stats: DeliveryStats,
     /// Reports being gathered: (message, kind, delay) → recipients so far.
@@ -118,7 +119,7 @@ impl Runner {
             scheduler: Mutex::new(scheduler),
             wake: Notify::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
-            relayer,
+            mta: Pool::new(relayer),
             stats: DeliveryStats::default(),
             reports: Mutex::new(HashMap::new()),
         })
@@ -153,8 +154,39 @@ impl Runner {
                 Ok(mut s) => s.poll(now(), MAX_INFLIGHT),
                 Err(_) => Vec::new(),
             };
+            // Relayed envelopes of one message go to the sessions together, so that they
+            // can share a transaction.
+            let mut relayed: Vec<(Msgid, Vec<Evpid>)> = Vec::new();
+            for a in &actions {
+                if let Action::Deliver {
+                    evpid,
+                    kind: DeliveryKind::Mta,
+                } = a
+                {
+                    match relayed.iter_mut().find(|(m, _)| *m == evpid.msgid()) {
+                        Some((_, v)) => v.push(*evpid),
+                        None => relayed.push((evpid.msgid(), vec![*evpid])),
+                    }
+                }
+            }
+            for (_, evpids) in relayed {
+                let n = evpids.len().clamp(1, MAX_INFLIGHT) as u32;
+                let permit = match self.inflight.clone().acquire_many_owned(n).await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.relay_message(evpids).await;
+                    drop(permit);
+                });
+            }
             for a in actions {
                 match a {
+                    Action::Deliver {
+                        kind: DeliveryKind::Mta,
+                        ..
+                    } => {}
                     Action::Deliver { evpid, kind } => {
                         let permit = match self.inflight.clone().acquire_owned().await {
                             Ok(p) => p,
@@ -350,10 +382,6 @@ impl Runner {
             }
             return;
         };
-        if kind == DeliveryKind::Mta && matches!(e.target, Target::Mta(_)) {
-            self.relay(e).await;
-            return;
-        }
         if kind != DeliveryKind::Mda {
             // Relayed mail and bounces wait in the queue for outbound delivery.
             self.temporary(&mut e, "Outbound delivery is not available yet")
@@ -387,12 +415,71 @@ impl Runner {
         .await;
     }
 
-    /// One relay attempt for `e`: route, SMTP session, `mta delivery` line, queue update.
-    async fn relay(&self, e: Envelope) {
+    /// Relay attempts for envelopes of one message: each goes to the session of its route,
+    /// and its outcome is logged and recorded as it comes back.
+    async fn relay_message(self: Arc<Self>, evpids: Vec<Evpid>) {
+        let mut jobs = Vec::new();
+        let mut waiting = Vec::new();
+        for evpid in evpids {
+            let Some(mut e) = self.load(evpid).await else {
+                if let Ok(mut s) = self.scheduler.lock() {
+                    s.delivered(evpid);
+                }
+                continue;
+            };
+            if !matches!(e.target, Target::Mta(_)) {
+                self.temporary(&mut e, "Outbound delivery is not available yet")
+                    .await;
+                continue;
+            }
+            match self.route_of(&e) {
+                Ok((key, spec, source)) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    // OpenSMTPD logs the sender as announced (`mail-from`, SRS).
+                    let announced = super::mta::envelope_sender(&spec, &e);
+                    jobs.push((
+                        key,
+                        spec,
+                        Job {
+                            envelope: e.clone(),
+                            reply: tx,
+                        },
+                    ));
+                    waiting.push((e, source, announced, rx));
+                }
+                Err(outcome) => {
+                    let sender = e.sender.clone();
+                    self.relayed(e, None, &sender, outcome).await;
+                }
+            }
+        }
+        self.mta.enqueue_all(jobs);
+        let mut finishing = tokio::task::JoinSet::new();
+        for (e, source, announced, rx) in waiting {
+            let me = self.clone();
+            finishing.spawn(async move {
+                let outcome = rx.await.unwrap_or_else(|_| RelayOutcome {
+                    status: Status::TempFail,
+                    stat: "Internal error".into(),
+                    relay: "-".into(),
+                    session: super::relay::NO_SESSION.into(),
+                });
+                me.relayed(e, source, &announced, outcome).await;
+            });
+        }
+        while finishing.join_next().await.is_some() {}
+    }
+
+    /// The route of a relayed envelope: its key, how its sessions are opened, and the
+    /// source address chosen (`src`). `Err` when it cannot be relayed at all.
+    #[allow(clippy::type_complexity)]
+    fn route_of(
+        &self,
+        e: &Envelope,
+    ) -> Result<(RouteKey, Arc<RouteSpec>, Option<std::net::IpAddr>), RelayOutcome> {
         let evpid = e.id;
         let cfg = &self.graph.config;
-        let mut used_source = None;
-        let outcome = match cfg.action_named(&e.dispatcher).map(|a| &a.method) {
+        match cfg.action_named(&e.dispatcher).map(|a| &a.method) {
             Some(ActionMethod::Relay(action)) => {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
                 // `host` wins; then the `domain` mapping; else the MX of the domain.
@@ -409,57 +496,80 @@ impl Runner {
                     (None, Some(t)) => self.graph.table(t).lookup(domain).map(str::to_string),
                     (None, None) => None,
                 };
-                let path = self.spool.layout().message_file(evpid.msgid());
-                match tokio::fs::read(&path).await {
-                    Ok(content) => {
-                        let auth = |label: &str| {
-                            action
-                                .auth
-                                .and_then(|t| self.graph.table(t).lookup(label))
-                                .map(str::to_string)
-                        };
-                        // `src`: a source address taken in turn; `helo-src`: the name
-                        // announced from it.
-                        let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
-                            let table = self.graph.table(t);
-                            let n = table.entries.len().max(1);
-                            table
-                                .entries
-                                .keys()
-                                .nth((evpid.get() as usize) % n)
-                                .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
-                        });
-                        let mut action = action.clone();
-                        if let (Some(src), Some(t)) = (source, action.helo_src)
-                            && let Some(name) = self.graph.table(t).lookup(&src.to_string())
-                        {
-                            action.helo = Some(name.to_string());
-                        }
-                        used_source = source;
-                        let mail = Outgoing {
-                            sender: &e.sender,
-                            recipient: &e.dest,
-                            content: &content,
-                        };
-                        self.relayer
-                            .deliver(&action, url.as_deref(), &auth, &mail, source)
-                            .await
-                    }
-                    Err(err) => RelayOutcome {
-                        status: Status::TempFail,
-                        stat: format!("Cannot read message: {err}"),
-                        relay: "-".into(),
-                        session: super::relay::NO_SESSION.into(),
-                    },
+                let auth_table = action.auth;
+                let graph = self.graph.clone();
+                let auth = move |label: &str| {
+                    auth_table
+                        .and_then(|t| graph.table(t).lookup(label))
+                        .map(str::to_string)
+                };
+                // `src`: a source address taken in turn; `helo-src`: the name announced
+                // from it.
+                let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
+                    let table = self.graph.table(t);
+                    let n = table.entries.len().max(1);
+                    table
+                        .entries
+                        .keys()
+                        .nth((evpid.get() as usize) % n)
+                        .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
+                });
+                let mut action = action.clone();
+                if let (Some(src), Some(t)) = (source, action.helo_src)
+                    && let Some(name) = self.graph.table(t).lookup(&src.to_string())
+                {
+                    action.helo = Some(name.to_string());
                 }
+                // Limits follow the smarthost's name, or the destination domain.
+                let limit_domain = url
+                    .as_deref()
+                    .and_then(super::relay::parse_relay_url)
+                    .map_or_else(|| domain.to_ascii_lowercase(), |u| u.host);
+                let srs = if action.srs {
+                    crate::srs::SrsKeys::from_config(&cfg.srs)
+                } else {
+                    None
+                };
+                let layout = self.spool.layout().clone();
+                let spec = Arc::new(RouteSpec {
+                    limits: MtaLimits::for_domain(cfg, &limit_domain),
+                    action,
+                    source,
+                    auth: Box::new(auth),
+                    srs,
+                    message_file: Box::new(move |m| layout.message_file(m)),
+                });
+                let key = RouteKey {
+                    dispatcher: e.dispatcher.clone(),
+                    domain: if url.is_some() {
+                        String::new()
+                    } else {
+                        domain.to_ascii_lowercase()
+                    },
+                    url,
+                    source,
+                };
+                Ok((key, spec, source))
             }
-            _ => RelayOutcome {
+            _ => Err(RelayOutcome {
                 status: Status::TempFail,
                 stat: format!("no such relay dispatcher: {}", e.dispatcher),
                 relay: "-".into(),
                 session: super::relay::NO_SESSION.into(),
-            },
-        };
+            }),
+        }
+    }
+
+    /// Log the `mta delivery` line of a relay attempt (with the sender as announced to
+    /// the next hop) and record its outcome.
+    async fn relayed(
+        &self,
+        e: Envelope,
+        used_source: Option<std::net::IpAddr>,
+        announced: &str,
+        outcome: RelayOutcome,
+    ) {
+        let evpid = e.id;
         let result = match outcome.status {
             Status::Ok => "Ok",
             Status::TempFail => "TempFail",
@@ -468,7 +578,7 @@ impl Runner {
         info!(
             "{} mta delivery evpid={evpid} from=<{}> to=<{}> rcpt=<{}> source=\"{}\" relay=\"{}\" delay={} result=\"{result}\" stat=\"{}\"",
             outcome.session,
-            e.sender,
+            announced,
             e.dest,
             if e.rcpt == e.dest { "-" } else { &e.rcpt },
             used_source.map_or_else(|| "-".to_string(), |a| a.to_string()),
@@ -791,6 +901,11 @@ impl Runner {
             .lock()
             .map(|s| s.is_agent_paused(kind))
             .unwrap_or(false)
+    }
+
+    /// The outbound routes, as `smtpctl show routes` lists them.
+    pub fn routes_text(&self) -> Vec<String> {
+        self.mta.relayer().routes_text()
     }
 
     /// Counters since start.

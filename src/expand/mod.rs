@@ -324,16 +324,34 @@ impl Expansion<'_, '_, '_> {
             .is_some_and(|(_, l)| l.method == LocalMethod::ForwardOnly)
     }
 
-    fn expand_address(&mut self, i: usize, addr: Mailaddr, depth: usize) {
+    fn expand_address(&mut self, i: usize, mut addr: Mailaddr, depth: usize) {
         tracing::trace!(
             target: "expand",
             "expand: lka_expand: address: {} [depth={}]",
             addr,
             depth
         );
-        let has_parent = self.tree.slot(i).parent.is_some();
+        let mut expanded = self.tree.slot(i).parent.is_some();
+        // A bounce to one of our SRS addresses goes to the sender it stands for.
+        if self.facts.sender == "@"
+            && crate::srs::is_srs(&addr.user)
+            && let Some(keys) = crate::srs::SrsKeys::from_config(&self.graph.config.srs)
+        {
+            let text = addr.to_string();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match crate::srs::decode(&keys, &text, now) {
+                Some(decoded) if decoded.contains('@') => {
+                    addr = Mailaddr::parse(&decoded);
+                    expanded = true;
+                    self.tree.slot_mut(i).node = Node::Address(addr.clone());
+                }
+                _ => tracing::warn!("SRS failed to decode: {text}"),
+            }
+        }
         let facts = Facts {
-            expanded: has_parent,
+            expanded,
             ..self.facts.clone()
         };
         let dest = addr.to_string();

@@ -23,6 +23,17 @@ pub struct Sink {
     pub data: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The client address of every connection.
     pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Advertise DSN in the EHLO reply.
+    pub dsn: bool,
+    /// Refuse RCPT for addresses containing this text with `550 5.1.1 no such user`.
+    pub refuse_rcpt: Option<String>,
+    /// Wait this long before answering the end of DATA.
+    pub data_delay: Option<std::time::Duration>,
+    /// Hang up instead of answering the MAIL that follows this many messages.
+    pub hang_up_after: Option<usize>,
+    /// Connections open now, and the most open at once.
+    pub open_now: Arc<std::sync::atomic::AtomicUsize>,
+    pub open_max: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink {
@@ -31,11 +42,14 @@ impl Sink {
         let local = listener.local_addr()?;
         let me = self.clone();
         tokio::spawn(async move {
-            for index in 0..20 {
+            use std::sync::atomic::Ordering::SeqCst;
+            for index in 0..100 {
                 let Ok((socket, peer)) = listener.accept().await else {
                     return;
                 };
                 me.peers.lock().unwrap().push(peer);
+                let now = me.open_now.fetch_add(1, SeqCst) + 1;
+                me.open_max.fetch_max(now, SeqCst);
                 let me = me.clone();
                 tokio::spawn(async move {
                     if let Some(plain) = me.dialogue(socket, index, false).await
@@ -47,6 +61,7 @@ impl Sink {
                             me.dialogue(secure, index, true).await;
                         }
                     }
+                    me.open_now.fetch_sub(1, SeqCst);
                 });
             }
         });
@@ -55,6 +70,11 @@ impl Sink {
 
     pub fn commands(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.peers.lock().unwrap().len()
     }
 
     /// One SMTP conversation; returns the stream when the client asked for STARTTLS.
@@ -71,7 +91,8 @@ impl Sink {
                 .await
                 .ok()?;
         }
-        for _ in 0..50 {
+        let mut received = 0usize;
+        for _ in 0..5000 {
             let mut line = String::new();
             if r.read_line(&mut line).await.ok()? == 0 {
                 return None;
@@ -88,6 +109,9 @@ impl Sink {
                     if self.auth && secured {
                         r.push_str("250-AUTH PLAIN LOGIN\r\n");
                     }
+                    if self.dsn {
+                        r.push_str("250-DSN\r\n");
+                    }
                     r.push_str("250 8BITMIME\r\n");
                     r
                 }
@@ -96,7 +120,17 @@ impl Sink {
                     return Some(r.into_inner());
                 }
                 "AUTH" => "235 2.7.0 Authentication succeeded\r\n".into(),
+                "MAIL" if self.hang_up_after.is_some_and(|n| received >= n) => return None,
                 "MAIL" => "250 2.0.0 Ok\r\n".into(),
+                "RSET" => "250 2.0.0 Reset\r\n".into(),
+                "RCPT"
+                    if self
+                        .refuse_rcpt
+                        .as_ref()
+                        .is_some_and(|r| line.contains(r.as_str())) =>
+                {
+                    "550 5.1.1 no such user\r\n".into()
+                }
                 "RCPT" => match self.rcpt_replies.get(index) {
                     Some(x) => format!("{x}\r\n"),
                     None => "250 2.1.5 Ok\r\n".into(),
@@ -115,6 +149,10 @@ impl Sink {
                         }
                     }
                     self.data.lock().unwrap().push(body);
+                    received += 1;
+                    if let Some(d) = self.data_delay {
+                        tokio::time::sleep(d).await;
+                    }
                     "250 2.0.0 queued as 42\r\n".into()
                 }
                 "QUIT" => {

@@ -1,0 +1,560 @@
+//! The outbound side's sessions: envelopes relayed the same way (same dispatcher,
+//! smarthost or destination domain, and source address) share a route, and a route's
+//! sessions carry one transaction after the other without reconnecting.
+//!
+//! Envelopes of one message on a route travel in one transaction with several RCPTs (at
+//! most [`MAX_RCPT_PER_TRANSACTION`]); each recipient's result is its own. A session
+//! carries at most `session-mail-max` transactions; the last session of a route waits
+//! `session-keepalive` seconds for more mail before QUIT. A route opens at most
+//! `max-conn-per-route` sessions, a new one no sooner than `conn-delay-relay` seconds after
+//! the previous one, and at most `max-conn-per-host` sessions are open to one address.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::relay::{
+    ConnectLimits, Family, HostLimiter, Recipient, RelayOutcome, Relayer, Session, Transaction,
+    mail_from,
+};
+use super::result::Status;
+use crate::config::model::{Config, RelayAction};
+use crate::queue::{Envelope, Msgid};
+use crate::srs::SrsKeys;
+
+/// Most recipients in one transaction (RFC 5321's minimum a server must accept).
+pub const MAX_RCPT_PER_TRANSACTION: usize = 100;
+
+/// The `mta limit` values in use for one route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtaLimits {
+    pub max_conn_per_host: usize,
+    pub max_conn_per_route: usize,
+    pub session_mail_max: usize,
+    pub session_keepalive: Duration,
+    pub conn_delay_relay: Duration,
+    pub family: Family,
+}
+
+impl Default for MtaLimits {
+    fn default() -> Self {
+        MtaLimits {
+            max_conn_per_host: 10,
+            max_conn_per_route: 5,
+            session_mail_max: 100,
+            session_keepalive: Duration::from_secs(10),
+            conn_delay_relay: Duration::from_secs(2),
+            family: Family::Any,
+        }
+    }
+}
+
+impl MtaLimits {
+    /// The limits for `domain`. As OpenSMTPD reads them, the first `mta limit for domain`
+    /// line of a domain starts from a copy of the general limits declared so far; later
+    /// general lines no longer change that domain.
+    pub fn for_domain(cfg: &Config, domain: &str) -> MtaLimits {
+        let mut general = MtaLimits::default();
+        let mut own: Option<MtaLimits> = None;
+        for m in &cfg.mta_limits {
+            let target = match m.domain.as_deref() {
+                None => &mut general,
+                Some(d) if d.eq_ignore_ascii_case(domain) => own.get_or_insert(general),
+                Some(_) => continue,
+            };
+            target.apply(m);
+        }
+        own.unwrap_or(general)
+    }
+
+    fn apply(&mut self, m: &crate::config::model::MtaLimit) {
+        match (m.inet4, m.inet6) {
+            (true, false) => self.family = Family::Inet4,
+            (false, true) => self.family = Family::Inet6,
+            (true, true) => self.family = Family::Any,
+            (false, false) => {}
+        }
+        for (key, value) in &m.limits {
+            let n = (*value).max(0) as u64;
+            match key.as_str() {
+                "max-conn-per-host" => self.max_conn_per_host = n.max(1) as usize,
+                "max-conn-per-route" => self.max_conn_per_route = n.max(1) as usize,
+                "session-mail-max" => self.session_mail_max = n.max(1) as usize,
+                "session-keepalive" => self.session_keepalive = Duration::from_secs(n),
+                "conn-delay-relay" => self.conn_delay_relay = Duration::from_secs(n),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What identifies a route: envelopes with equal keys may share sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub dispatcher: String,
+    /// The smarthost URL, or `None` for MX routing.
+    pub url: Option<String>,
+    /// The destination domain (MX routing), lower-cased; empty for smarthosts.
+    pub domain: String,
+    pub source: Option<IpAddr>,
+}
+
+/// Looks up an `auth` table entry by label.
+pub type AuthLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How a route's sessions are opened.
+pub struct RouteSpec {
+    /// The action, `helo` already chosen for the source address.
+    pub action: RelayAction,
+    pub source: Option<IpAddr>,
+    pub limits: MtaLimits,
+    /// `auth` table entries by label.
+    pub auth: AuthLookup,
+    /// The SRS keys when the action rewrites senders (`srs` and `srs key`).
+    pub srs: Option<SrsKeys>,
+    /// Where a message's content is read from.
+    pub message_file: Box<dyn Fn(Msgid) -> std::path::PathBuf + Send + Sync>,
+}
+
+/// An envelope waiting for a session, and where its outcome goes.
+pub struct Job {
+    pub envelope: Envelope,
+    pub reply: oneshot::Sender<RelayOutcome>,
+}
+
+struct RouteState {
+    spec: Arc<RouteSpec>,
+    queue: VecDeque<Job>,
+    /// Sessions (open or opening).
+    workers: usize,
+    /// Sessions waiting for mail.
+    idle: usize,
+    last_connect: Option<Instant>,
+    /// A delayed attempt to open another session is pending.
+    retry_pending: bool,
+    notify: Arc<Notify>,
+}
+
+/// The routes with their queues and sessions.
+pub struct Pool {
+    relayer: Relayer,
+    routes: Mutex<HashMap<RouteKey, RouteState>>,
+    hosts: HostLimiter,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The sender announced for `e`: `mail-from`, then SRS for forwarded mail.
+pub fn envelope_sender(spec: &RouteSpec, e: &Envelope) -> String {
+    let sender = mail_from(spec.action.mail_from.as_deref(), &e.sender);
+    match &spec.srs {
+        Some(keys) if sender.contains('@') && e.rcpt != e.dest => match e.rcpt.rsplit_once('@') {
+            Some((_, domain)) if !domain.is_empty() => {
+                crate::srs::encode(keys, &sender, domain, now_secs())
+            }
+            _ => sender,
+        },
+        _ => sender,
+    }
+}
+
+impl Pool {
+    pub fn new(relayer: Relayer) -> Arc<Pool> {
+        Arc::new(Pool {
+            relayer,
+            routes: Mutex::new(HashMap::new()),
+            hosts: HostLimiter::default(),
+        })
+    }
+
+    /// The SMTP client the sessions use.
+    pub fn relayer(&self) -> &Relayer {
+        &self.relayer
+    }
+
+    /// Queue `job` on the route `key`; its outcome arrives on the job's channel.
+    pub fn enqueue(self: &Arc<Self>, key: RouteKey, spec: Arc<RouteSpec>, job: Job) {
+        self.enqueue_all(vec![(key, spec, job)]);
+    }
+
+    /// Queue several jobs at once (the envelopes of one message), so that a session
+    /// sees them together.
+    pub fn enqueue_all(self: &Arc<Self>, jobs: Vec<(RouteKey, Arc<RouteSpec>, Job)>) {
+        let Ok(mut routes) = self.routes.lock() else {
+            for (_, _, job) in jobs {
+                let _ = job.reply.send(RelayOutcome {
+                    status: Status::TempFail,
+                    stat: "Internal error".into(),
+                    relay: "-".into(),
+                    session: super::relay::NO_SESSION.into(),
+                });
+            }
+            return;
+        };
+        let mut touched: Vec<RouteKey> = Vec::new();
+        for (key, spec, job) in jobs {
+            let state = routes.entry(key.clone()).or_insert_with(|| RouteState {
+                spec: spec.clone(),
+                queue: VecDeque::new(),
+                workers: 0,
+                idle: 0,
+                last_connect: None,
+                retry_pending: false,
+                notify: Arc::new(Notify::new()),
+            });
+            state.spec = spec;
+            state.queue.push_back(job);
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        for key in touched {
+            if let Some(state) = routes.get_mut(&key) {
+                self.dispatch(&key, state);
+            }
+        }
+    }
+
+    /// Hand the queue to an idle session, or open another when the limits allow.
+    fn dispatch(self: &Arc<Self>, key: &RouteKey, state: &mut RouteState) {
+        if state.queue.is_empty() {
+            return;
+        }
+        if state.idle > 0 {
+            state.notify.notify_one();
+            return;
+        }
+        let limits = state.spec.limits;
+        if state.workers >= limits.max_conn_per_route {
+            return;
+        }
+        if state.workers > 0
+            && let Some(last) = state.last_connect
+        {
+            let due = last + limits.conn_delay_relay;
+            if Instant::now() < due {
+                if !state.retry_pending {
+                    state.retry_pending = true;
+                    let me = self.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        if let Ok(mut routes) = me.routes.lock()
+                            && let Some(state) = routes.get_mut(&key)
+                        {
+                            state.retry_pending = false;
+                            me.dispatch(&key, state);
+                        }
+                    });
+                }
+                return;
+            }
+        }
+        state.workers += 1;
+        state.last_connect = Some(Instant::now());
+        let me = self.clone();
+        let key = key.clone();
+        let spec = state.spec.clone();
+        let notify = state.notify.clone();
+        tokio::spawn(async move { me.worker(key, spec, notify).await });
+    }
+
+    /// The next transaction: the first waiting envelope and those of the same message
+    /// with the same sender.
+    fn take_batch(spec: &RouteSpec, state: &mut RouteState) -> Vec<(Job, String)> {
+        let Some(first) = state.queue.pop_front() else {
+            return Vec::new();
+        };
+        let msgid = first.envelope.id.msgid();
+        let sender = envelope_sender(spec, &first.envelope);
+        let mut batch = vec![(first, sender.clone())];
+        let mut rest = VecDeque::with_capacity(state.queue.len());
+        while let Some(job) = state.queue.pop_front() {
+            if batch.len() < MAX_RCPT_PER_TRANSACTION
+                && job.envelope.id.msgid() == msgid
+                && envelope_sender(spec, &job.envelope) == sender
+            {
+                batch.push((job, sender.clone()));
+            } else {
+                rest.push_back(job);
+            }
+        }
+        state.queue = rest;
+        batch
+    }
+
+    /// One session of a route: opened when there is mail, closed after
+    /// `session-mail-max` transactions or when idle past `session-keepalive`.
+    async fn worker(self: Arc<Self>, key: RouteKey, spec: Arc<RouteSpec>, notify: Arc<Notify>) {
+        let mut session: Option<Session> = None;
+        let mut transactions = 0usize;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            enum Next {
+                Batch(Vec<(Job, String)>),
+                Idle,
+                Exit,
+            }
+            let next = match self.routes.lock() {
+                Err(_) => Next::Exit,
+                Ok(mut routes) => match routes.get_mut(&key) {
+                    None => Next::Exit,
+                    Some(state) => {
+                        let batch = Self::take_batch(&spec, state);
+                        if !batch.is_empty() {
+                            idle_since = None;
+                            Next::Batch(batch)
+                        } else {
+                            // Only the last session of a route waits for more mail.
+                            let waited = idle_since.map_or(Duration::ZERO, |t| t.elapsed());
+                            let keep = session.is_some()
+                                && state.workers == 1
+                                && waited < spec.limits.session_keepalive;
+                            if keep {
+                                state.idle += 1;
+                                Next::Idle
+                            } else {
+                                state.workers = state.workers.saturating_sub(1);
+                                if state.workers == 0 && state.queue.is_empty() {
+                                    routes.remove(&key);
+                                }
+                                Next::Exit
+                            }
+                        }
+                    }
+                },
+            };
+            let batch = match next {
+                Next::Batch(b) => b,
+                Next::Exit => {
+                    if let Some(s) = session.take() {
+                        s.close().await;
+                    }
+                    return;
+                }
+                Next::Idle => {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    let until = since + spec.limits.session_keepalive;
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                    if let Ok(mut routes) = self.routes.lock()
+                        && let Some(state) = routes.get_mut(&key)
+                    {
+                        state.idle = state.idle.saturating_sub(1);
+                    }
+                    continue;
+                }
+            };
+            // A session for the batch.
+            if session.is_none() {
+                transactions = 0;
+                let opened = self.open_session(&key, &spec).await;
+                match opened {
+                    Ok(s) => session = Some(s),
+                    Err(outcome) => {
+                        // The route failed: everything waiting on it shares the outcome.
+                        let mut jobs: Vec<Job> = batch.into_iter().map(|(j, _)| j).collect();
+                        if let Ok(mut routes) = self.routes.lock()
+                            && let Some(state) = routes.get_mut(&key)
+                        {
+                            jobs.extend(state.queue.drain(..));
+                            state.workers = state.workers.saturating_sub(1);
+                            if state.workers == 0 {
+                                routes.remove(&key);
+                            }
+                        }
+                        for j in jobs {
+                            let _ = j.reply.send(outcome.clone());
+                        }
+                        return;
+                    }
+                }
+            }
+            let msgid = batch[0].0.envelope.id.msgid();
+            let content = tokio::fs::read((spec.message_file)(msgid)).await;
+            let results = match &content {
+                Ok(content) => {
+                    let tx = Transaction {
+                        sender: &batch[0].1,
+                        ret: batch[0].0.envelope.dsn.ret,
+                        envid: &batch[0].0.envelope.dsn.envid,
+                        rcpts: batch
+                            .iter()
+                            .map(|(j, _)| Recipient {
+                                dest: &j.envelope.dest,
+                                notify: j.envelope.dsn.notify,
+                                orcpt: &j.envelope.dsn.orcpt,
+                            })
+                            .collect(),
+                        content,
+                    };
+                    transactions += 1;
+                    let Some(s) = session.as_mut() else {
+                        continue;
+                    };
+                    let mut results = s.transaction(&tx).await;
+                    // A reused connection the next hop closed meanwhile: once more on a
+                    // new one.
+                    if s.lost_before_mail()
+                        && s.sent() > 0
+                        && let Some(old) = session.take()
+                    {
+                        old.close().await;
+                        if let Ok(mut fresh) = self.open_session(&key, &spec).await {
+                            transactions = 1;
+                            results = fresh.transaction(&tx).await;
+                            session = Some(fresh);
+                        }
+                    }
+                    results
+                }
+                Err(err) => {
+                    vec![(Status::TempFail, format!("Cannot read message: {err}")); batch.len()]
+                }
+            };
+            let (relay, sid) = session.as_ref().map_or_else(
+                || ("-".to_string(), super::relay::NO_SESSION.to_string()),
+                |s| (s.host().to_string(), s.id().to_string()),
+            );
+            for ((job, _), (status, stat)) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(RelayOutcome {
+                    status,
+                    stat,
+                    relay: relay.clone(),
+                    session: sid.clone(),
+                });
+            }
+            if session
+                .as_ref()
+                .is_some_and(|s| !s.usable() || transactions >= spec.limits.session_mail_max)
+                && let Some(s) = session.take()
+            {
+                s.close().await;
+            }
+        }
+    }
+
+    /// Opens a session on the route: its hops, then the first that answers.
+    async fn open_session(
+        &self,
+        key: &RouteKey,
+        spec: &RouteSpec,
+    ) -> Result<Session, RelayOutcome> {
+        let hops = self
+            .relayer
+            .route(&spec.action, key.url.as_deref(), &key.domain)
+            .await?;
+        let limits = ConnectLimits {
+            family: spec.limits.family,
+            per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
+        };
+        self.relayer
+            .connect(&spec.action, &hops, spec.auth.as_ref(), spec.source, limits)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, parse::Options, system::RealSystem};
+
+    fn config(text: &str) -> Config {
+        let opts = Options {
+            defines: vec![],
+            hostname: Some("mx.test".into()),
+        };
+        let c = config::check_text("t.conf", text.as_bytes(), &opts, &RealSystem);
+        c.config
+            .unwrap_or_else(|| panic!("{}", c.diagnostics.render(false, &|_| None)))
+    }
+
+    #[test]
+    fn per_domain_limits_start_from_the_general_ones_declared_before() {
+        let cfg = config(
+            "mta limit session-mail-max 7 max-conn-per-route 3\n\
+             mta limit for domain far.test inet6 session-keepalive 2 max-conn-per-host 1\n\
+             mta limit inet4 session-mail-max 9\n\
+             action \"r\" relay\n\
+             match for any action \"r\"\n",
+        );
+        let d = MtaLimits::for_domain(&cfg, "elsewhere.test");
+        assert_eq!(
+            d,
+            MtaLimits {
+                session_mail_max: 9,
+                max_conn_per_route: 3,
+                family: Family::Inet4,
+                ..MtaLimits::default()
+            }
+        );
+        let f = MtaLimits::for_domain(&cfg, "FAR.test");
+        assert_eq!(
+            f,
+            MtaLimits {
+                session_mail_max: 7,
+                max_conn_per_route: 3,
+                max_conn_per_host: 1,
+                session_keepalive: Duration::from_secs(2),
+                family: Family::Inet6,
+                ..MtaLimits::default()
+            }
+        );
+        assert_eq!(
+            MtaLimits::default(),
+            MtaLimits {
+                max_conn_per_host: 10,
+                max_conn_per_route: 5,
+                session_mail_max: 100,
+                session_keepalive: Duration::from_secs(10),
+                conn_delay_relay: Duration::from_secs(2),
+                family: Family::Any,
+            }
+        );
+    }
+
+    #[test]
+    fn srs_applies_to_forwarded_mail_only() {
+        let spec = RouteSpec {
+            action: RelayAction::default(),
+            source: None,
+            limits: MtaLimits::default(),
+            auth: Box::new(|_| None),
+            srs: Some(SrsKeys {
+                key: "k".into(),
+                backup: None,
+                ttl_days: 4,
+            }),
+            message_file: Box::new(|_| std::path::PathBuf::new()),
+        };
+        let id = crate::queue::Evpid::new(0x1234_5678_9abc_def0).unwrap();
+        let target = crate::queue::Target::Mta(Default::default());
+        let direct = Envelope::new(
+            id,
+            target.clone(),
+            "a@o.test",
+            "b@far.test",
+            "b@far.test",
+            0,
+        );
+        assert_eq!(envelope_sender(&spec, &direct), "a@o.test");
+        let fwd = Envelope::new(id, target.clone(), "a@o.test", "b@me.test", "c@far.test", 0);
+        let s = envelope_sender(&spec, &fwd);
+        assert!(
+            s.starts_with("SRS0=") && s.ends_with("=o.test=a@me.test"),
+            "{s}"
+        );
+        let null = Envelope::new(id, target, "", "b@me.test", "c@far.test", 0);
+        assert_eq!(envelope_sender(&spec, &null), "");
+    }
+}
