@@ -232,6 +232,10 @@ fn network_side_is_unprivileged_and_owns_the_spool() {
                 match from any for any action \"local\"\n";
     let (d, port) = start(dir.path(), conf, &["-P", "mda"]);
     let daemon = d.0.id();
+    // The listeners are bound before the broker is forked and privileges dropped.
+    wait_for("the broker and the drop", || {
+        !children(daemon).is_empty() && ids(daemon).0.iter().all(|u| *u != 0)
+    });
 
     // The process accepting connections is the daemon, and it runs as the user.
     assert_eq!(listeners_of(port), vec![daemon]);
@@ -366,6 +370,8 @@ fn the_daemon_exits_when_the_broker_dies_and_the_other_way_round() {
                 match from any for any action \"local\"\n";
     // The broker killed: the daemon logs it and exits with a failure.
     let (mut d, _) = start(dir.path(), conf, &[]);
+    // The listeners are bound before the broker is forked: wait for it.
+    wait_for("the broker", || !children(d.0.id()).is_empty());
     let kids = children(d.0.id());
     assert_eq!(kids.len(), 1, "{kids:?}");
     nix::sys::signal::kill(
@@ -384,6 +390,8 @@ fn the_daemon_exits_when_the_broker_dies_and_the_other_way_round() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (mut d, _) = start(dir.path(), conf, &[]);
+    // The listeners are bound before the broker is forked: wait for it.
+    wait_for("the broker", || !children(d.0.id()).is_empty());
     let kids = children(d.0.id());
     assert_eq!(kids.len(), 1, "{kids:?}");
     let broker = kids[0];
