@@ -61,6 +61,10 @@ fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
 }
 
 fn start_with_dns(dir: &Path, conf: &str, resolv_conf: &Path) -> (Daemon, u16) {
+    start_with_args(dir, conf, resolv_conf, &[])
+}
+
+fn start_with_args(dir: &Path, conf: &str, resolv_conf: &Path, extra: &[&str]) -> (Daemon, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -72,6 +76,7 @@ fn start_with_dns(dir: &Path, conf: &str, resolv_conf: &Path) -> (Daemon, u16) {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(extra)
         .args(["-d", "-f"])
         .arg(dir.join("smtpd.conf"))
         .arg("--spool")
@@ -205,7 +210,12 @@ async fn foreign_mail_is_relayed_with_starttls_and_auth_plain() {
         dir.path().join("secrets").display(),
         addr.port()
     );
-    let (daemon, port) = start(dir.path(), &conf);
+    let (daemon, port) = start_with_args(
+        dir.path(),
+        &conf,
+        Path::new("/nonexistent"),
+        &["-T", "mta", "-T", "smtp"],
+    );
     let reply = tokio::task::spawn_blocking(move || {
         submit(
             port,
@@ -238,6 +248,27 @@ async fn foreign_mail_is_relayed_with_starttls_and_auth_plain() {
     assert!(log.contains(" mta connected"));
     assert!(log.contains(" mta tls ciphers=TLSv1."));
     daemon.wait_for("mta disconnected reason=quit messages=1");
+
+    // `-T mta`: the outbound dialogue, credentials masked; `-T smtp`: the inbound one.
+    let log = daemon.log();
+    for line in [
+        format!("mta: 0x{sid}: >>> EHLO "),
+        format!("mta: 0x{sid}: <<< 220 "),
+        format!("mta: 0x{sid}: >>> STARTTLS"),
+        format!("mta: 0x{sid}: >>> AUTH PLAIN ********"),
+        format!("mta: 0x{sid}: <<< 235 "),
+        format!("mta: 0x{sid}: >>> MAIL FROM:<alice@client.test>"),
+        format!("mta: 0x{sid}: >>> RCPT TO:<bob@far.test>"),
+        format!("mta: 0x{sid}: >>> QUIT"),
+        ": <<< MAIL FROM:<alice@client.test>".to_string(),
+        ": >>> 250 2.1.5 Destination address valid: Recipient ok".to_string(),
+    ] {
+        assert!(log.contains(&line), "no {line:?} in:\n{log}");
+    }
+    assert!(
+        !log.contains("AGpvZQBzM2NyZXQ="),
+        "credentials in the trace:\n{log}"
+    );
 
     let cmds = sink.commands();
     assert!(cmds.contains(&"TLS".to_string()), "{cmds:?}");

@@ -267,6 +267,8 @@ impl Reply {
 struct Conn {
     io: Box<dyn Io>,
     buf: Vec<u8>,
+    /// How `-T mta` names the session (`0x` and the session id).
+    tag: String,
 }
 
 impl Conn {
@@ -278,7 +280,9 @@ impl Conn {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+                let line = String::from_utf8_lossy(&line).into_owned();
+                tracing::trace!(target: "mta", "mta: {}: <<< {}", self.tag, line);
+                return Ok(line);
             }
             if self.buf.len() > MAX_LINE {
                 return Err("Line too long".into());
@@ -331,6 +335,16 @@ impl Conn {
     }
 
     async fn command(&mut self, line: &str) -> Result<Reply, String> {
+        let shown = match line.get(..11) {
+            Some(head) if head.eq_ignore_ascii_case("AUTH PLAIN ") => "AUTH PLAIN ********",
+            _ => line,
+        };
+        self.command_shown(line, shown).await
+    }
+
+    /// Sends `line`, traced as `shown` (credentials are never written to the trace).
+    async fn command_shown(&mut self, line: &str, shown: &str) -> Result<Reply, String> {
+        tracing::trace!(target: "mta", "mta: {}: >>> {}", self.tag, shown);
         self.send(format!("{line}\r\n").as_bytes()).await?;
         self.reply().await
     }
@@ -1199,6 +1213,7 @@ impl Relayer {
         let mut conn = Conn {
             io: Box::new(tcp),
             buf: Vec::new(),
+            tag: format!("0x{sid}"),
         };
         let mut secure = false;
         if scheme == RelayScheme::Smtps {
@@ -1272,6 +1287,7 @@ impl Relayer {
         Ok(Conn {
             io: Box::new(up.stream),
             buf: Vec::new(),
+            tag: format!("0x{sid}"),
         })
     }
 
@@ -1326,6 +1342,7 @@ impl Relayer {
                     Conn {
                         io: Box::new(tokio::io::empty()),
                         buf: Vec::new(),
+                        tag: format!("0x{sid}"),
                     },
                 );
                 *conn = self
@@ -1361,11 +1378,17 @@ impl Relayer {
                 if r.code != 334 {
                     return Err((r.status(), r.text()));
                 }
-                let r = conn.command(&c.login_username()).await.map_err(net)?;
+                let r = conn
+                    .command_shown(&c.login_username(), "********")
+                    .await
+                    .map_err(net)?;
                 if r.code != 334 {
                     return Err((r.status(), r.text()));
                 }
-                let r = conn.command(&c.login_password()).await.map_err(net)?;
+                let r = conn
+                    .command_shown(&c.login_password(), "********")
+                    .await
+                    .map_err(net)?;
                 if r.code != 235 {
                     return Err((r.status(), r.text()));
                 }

@@ -479,6 +479,15 @@ impl Session {
             return false;
         }
         let text = String::from_utf8_lossy(&line).into_owned();
+        // `-T smtp`: every line read, credentials masked.
+        let shown = match self.mode {
+            Mode::AuthPlain | Mode::AuthUsername | Mode::AuthPassword => "********",
+            _ => match text.get(..11) {
+                Some(head) if head.eq_ignore_ascii_case("AUTH PLAIN ") => "AUTH PLAIN ********",
+                _ => text.as_str(),
+            },
+        };
+        tracing::trace!(target: "smtp", "smtp: {}: <<< {}", self.params.id, shown);
         match self.mode {
             Mode::AuthPlain => self.auth_plain_response(&text),
             Mode::AuthUsername => self.auth_login_user(&text),
