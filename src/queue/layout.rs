@@ -11,6 +11,8 @@
 //!                                 queue/<XX>/<msgid>/<evpid>.tmp  envelope update in progress
 //!   corrupt/                0700  corrupt/<msgid>/...         quarantined files
 //!   purge/                  0700  purge/<msgid>/              removed messages being deleted
+//!   spare/                  0700  spare/<n>/message, spare/<n>/envelope.spare
+//!                                 emptied message directories kept for reuse
 //!   offline/                0770  messages queued by sendmail while smtpd was down
 //! ```
 //!
@@ -46,6 +48,9 @@ pub const DEFAULT_SPOOL: &str = "/var/spool/smtpd";
 
 /// The name of the body file inside a message directory.
 pub const MESSAGE_FILE: &str = "message";
+
+/// The emptied envelope file a reused message directory brings along.
+pub const SPARE_ENVELOPE: &str = "envelope.spare";
 
 /// Suffix of an envelope being rewritten.
 pub const UPDATE_SUFFIX: &str = ".tmp";
@@ -90,6 +95,11 @@ impl Layout {
     /// Removed messages awaiting deletion.
     pub fn purge(&self) -> PathBuf {
         self.root.join("purge")
+    }
+
+    /// Emptied message directories kept for reuse (see [`super::spool`]).
+    pub fn spare(&self) -> PathBuf {
+        self.root.join("spare")
     }
 
     /// Messages left by sendmail while the daemon was down.
@@ -137,7 +147,13 @@ impl Layout {
     /// OpenSMTPD's modes. Existing directories are left as they are.
     pub fn create(&self) -> io::Result<()> {
         create_dir(&self.root, 0o711)?;
-        for dir in [self.incoming(), self.queue(), self.corrupt(), self.purge()] {
+        for dir in [
+            self.incoming(),
+            self.queue(),
+            self.corrupt(),
+            self.purge(),
+            self.spare(),
+        ] {
             create_dir(&dir, 0o700)?;
         }
         create_dir(&self.offline(), 0o770)

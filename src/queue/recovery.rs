@@ -5,6 +5,7 @@
 //! * entries in `incoming/`: transactions that never committed (no 250 was
 //!   sent for them) — removed;
 //! * entries in `purge/`: messages being deleted — finished;
+//! * entries in `spare/`: emptied directories kept for reuse — removed;
 //! * `<evpid>.tmp` next to an envelope: an update cut short; the envelope
 //!   itself is intact (the rename is the commit point) — the temp file is
 //!   removed;
@@ -50,6 +51,12 @@ pub(crate) fn recover(layout: &Layout) -> Result<Recovery> {
 
     for entry in list(&layout.purge())? {
         remove_any(&entry.path)?;
+    }
+    // Directories kept for reuse are not part of any message; a new pool starts empty.
+    if layout.spare().is_dir() {
+        for entry in list(&layout.spare())? {
+            remove_any(&entry.path)?;
+        }
     }
     for entry in list(&layout.incoming())? {
         remove_any(&entry.path)?;

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::layout::{MESSAGE_FILE, SPARE_ENVELOPE};
 use super::*;
 
 const T0: u64 = 1_795_333_122;
@@ -422,6 +423,60 @@ fn removing_the_last_envelope_removes_the_message() {
     assert_eq!(spool.remove_message(msgid).unwrap(), 3);
     assert!(spool.messages().unwrap().is_empty());
     assert!(spool.remove_message(msgid).unwrap_err().is_not_found());
+}
+
+#[test]
+fn removed_message_directories_are_reused_without_their_body() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let (first, envelopes) = commit_message(&spool, b"first body", 1);
+    let envelope_inode = std::fs::metadata(spool.layout().envelope_file(envelopes[0].id))
+        .unwrap()
+        .ino();
+    spool.remove_envelope(envelopes[0].id).unwrap();
+    // Kept in spare/: the emptied envelope file, no body.
+    let spare = tmp.path().join("spare");
+    assert_eq!(names(&spare).len(), 1);
+    let kept = spare.join(&names(&spare)[0]);
+    assert_eq!(names(&kept), vec![SPARE_ENVELOPE.to_string()]);
+    assert_eq!(std::fs::metadata(kept.join(SPARE_ENVELOPE)).unwrap().len(), 0);
+
+    // The next message takes it: same envelope inode, its own body and envelope.
+    let (second, envelopes) = commit_message(&spool, b"second body", 2);
+    assert!(names(&spare).is_empty());
+    assert_ne!(first, second);
+    let inodes: Vec<u64> = envelopes
+        .iter()
+        .map(|e| {
+            std::fs::metadata(spool.layout().envelope_file(e.id))
+                .unwrap()
+                .ino()
+        })
+        .collect();
+    assert!(inodes.contains(&envelope_inode), "{inodes:?} {envelope_inode}");
+    assert_eq!(read_body(&spool, second), b"second body");
+    let mut listed = names(&spool.layout().message_dir(second));
+    listed.retain(|n| n != MESSAGE_FILE);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for e in &envelopes {
+        assert_eq!(spool.load_envelope(e.id).unwrap().rcpt, e.rcpt);
+    }
+
+    // A restart finds the message and an empty pool.
+    spool.remove_envelope(envelopes[0].id).unwrap();
+    spool.remove_envelope(envelopes[1].id).unwrap();
+    let (_, envelopes) = commit_message(&spool, b"third", 1);
+    let (third_spare, _) = commit_message(&spool, b"fourth", 1);
+    spool.remove_message(third_spare).unwrap();
+    assert_eq!(names(&spare).len(), 1);
+    drop(spool);
+    let (spool, recovered) = Spool::open(tmp.path()).unwrap();
+    assert!(names(&spare).is_empty());
+    assert!(recovered.quarantined.is_empty(), "{:?}", recovered.quarantined);
+    assert_eq!(recovered.envelopes.len(), 1);
+    assert_eq!(recovered.envelopes[0].id, envelopes[0].id);
+    assert_eq!(spool.messages().unwrap().len(), 1);
 }
 
 #[test]

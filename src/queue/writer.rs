@@ -23,7 +23,7 @@ use super::commit::{Counters, micros_since, remove_tree, sync_dir, sync_file};
 use super::envelope::Envelope;
 use super::error::{QueueError, Result};
 use super::id::{Evpid, Msgid};
-use super::layout::MESSAGE_FILE;
+use super::layout::{MESSAGE_FILE, SPARE_ENVELOPE};
 use super::spool::Spool;
 
 /// Body bytes collected before a write to the file.
@@ -325,18 +325,42 @@ fn prepare(
     Counters::add(&counters.file_syncs, 1);
     drop(file);
 
+    // A reused message directory brings an emptied envelope file: the first envelope is
+    // written into it and renamed (the directory fsync below makes the name durable).
+    let spare = dir.join(SPARE_ENVELOPE);
+    let mut spare_left = spare.symlink_metadata().is_ok();
     for (evpid, text) in envelopes {
         let path = dir.join(evpid.to_string());
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| QueueError::io("create", &path, e))?;
+        let reused = if spare_left {
+            let f = OpenOptions::new().write(true).truncate(true).open(&spare).ok();
+            spare_left = f.is_some();
+            f
+        } else {
+            None
+        };
+        let (mut f, written_to) = match reused {
+            Some(f) => (f, spare.clone()),
+            None => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| QueueError::io("create", &path, e))?;
+                (f, path.clone())
+            }
+        };
         f.write_all(text.as_bytes())
-            .map_err(|e| QueueError::io("write", &path, e))?;
-        sync_file(&f, &path)?;
+            .map_err(|e| QueueError::io("write", &written_to, e))?;
+        sync_file(&f, &written_to)?;
         Counters::add(&counters.file_syncs, 1);
+        if written_to != path {
+            std::fs::rename(&written_to, &path).map_err(|e| QueueError::io("rename", &path, e))?;
+            spare_left = false;
+        }
+    }
+    if spare_left {
+        std::fs::remove_file(&spare).map_err(|e| QueueError::io("remove", &spare, e))?;
     }
 
     sync_dir(dir)?;
