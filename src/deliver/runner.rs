@@ -181,6 +181,7 @@ impl Runner {
                     drop(permit);
                 });
             }
+            let polled = actions.len();
             for a in actions {
                 match a {
                     Action::Deliver {
@@ -205,7 +206,14 @@ impl Runner {
                     }
                 }
             }
-            let sleep = match self.scheduler.lock().ok().and_then(|s| s.next_wakeup()) {
+            let next = self.scheduler.lock().ok().and_then(|s| s.next_wakeup());
+            // More is due already (a backlog larger than one poll): go on at once. The
+            // in-flight permits above are the back-pressure. Only after a poll that found
+            // work, so that due envelopes of a paused agent cannot make this spin.
+            if polled > 0 && next.is_some_and(|t| t <= now()) {
+                continue;
+            }
+            let sleep = match next {
                 Some(t) => Duration::from_secs(t.saturating_sub(now()).max(1)),
                 None => Duration::from_secs(60),
             };
