@@ -362,6 +362,15 @@ fn diagnostics_are_opensmtpds() {
             "warn: F:2: auth-plaintext: this listener accepts passwords without TLS\nconfiguration OK\n",
         ),
         ("listen on lo auth-plaintext\n".into(), "F:1: auth-plaintext requires auth\nwarn: no rules, nothing to do\n"),
+        // After a table-less `auth` (system accounts) or `auth-optional`, it is the option too.
+        (
+            "listen on lo auth auth-plaintext\naction \"l\" mbox\nmatch action \"l\"\n".into(),
+            "warn: F:1: auth-plaintext: this listener accepts passwords without TLS\nconfiguration OK\n",
+        ),
+        (
+            "listen on lo auth-optional auth-plaintext\naction \"l\" mbox\nmatch action \"l\"\n".into(),
+            "warn: F:1: auth-plaintext: this listener accepts passwords without TLS\nconfiguration OK\n",
+        ),
         (format!("queue encryption stdin\naction \"l\" mbox\n{m}"), "smtpd: crypto_setup:invalid key for queue encryption\n"),
         ("action \"l\" maildir \\\n  alias <nosuch>\n".into(), "F:2: no such table: nosuch\nwarn: no rules, nothing to do\n"),
     ];
