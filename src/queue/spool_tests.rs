@@ -440,7 +440,10 @@ fn removed_message_directories_are_reused_without_their_body() {
     assert_eq!(names(&spare).len(), 1);
     let kept = spare.join(&names(&spare)[0]);
     assert_eq!(names(&kept), vec![SPARE_ENVELOPE.to_string()]);
-    assert_eq!(std::fs::metadata(kept.join(SPARE_ENVELOPE)).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(kept.join(SPARE_ENVELOPE)).unwrap().len(),
+        0
+    );
 
     // The next message takes it: same envelope inode, its own body and envelope.
     let (second, envelopes) = commit_message(&spool, b"second body", 2);
@@ -454,7 +457,10 @@ fn removed_message_directories_are_reused_without_their_body() {
                 .ino()
         })
         .collect();
-    assert!(inodes.contains(&envelope_inode), "{inodes:?} {envelope_inode}");
+    assert!(
+        inodes.contains(&envelope_inode),
+        "{inodes:?} {envelope_inode}"
+    );
     assert_eq!(read_body(&spool, second), b"second body");
     let mut listed = names(&spool.layout().message_dir(second));
     listed.retain(|n| n != MESSAGE_FILE);
@@ -473,7 +479,11 @@ fn removed_message_directories_are_reused_without_their_body() {
     drop(spool);
     let (spool, recovered) = Spool::open(tmp.path()).unwrap();
     assert!(names(&spare).is_empty());
-    assert!(recovered.quarantined.is_empty(), "{:?}", recovered.quarantined);
+    assert!(
+        recovered.quarantined.is_empty(),
+        "{:?}",
+        recovered.quarantined
+    );
     assert_eq!(recovered.envelopes.len(), 1);
     assert_eq!(recovered.envelopes[0].id, envelopes[0].id);
     assert_eq!(spool.messages().unwrap().len(), 1);

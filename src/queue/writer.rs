@@ -332,7 +332,11 @@ fn prepare(
     for (evpid, text) in envelopes {
         let path = dir.join(evpid.to_string());
         let reused = if spare_left {
-            let f = OpenOptions::new().write(true).truncate(true).open(&spare).ok();
+            let f = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&spare)
+                .ok();
             spare_left = f.is_some();
             f
         } else {
