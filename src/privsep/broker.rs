@@ -97,14 +97,28 @@ impl Broker {
         }
     }
 
-    /// Serve requests on `channel` until the other side closes it.
+    /// Serve requests on `channel` until the other side closes it. Requests run on a pool
+    /// of threads that grows while every thread is busy (at most [`MAX_ACTIVE`] requests at
+    /// once) and stays for the next ones: a delivery costs no thread start.
     pub fn serve(self, channel: OwnedFd) {
+        struct Work {
+            payload: Vec<u8>,
+            reply: OwnedFd,
+            message: Option<File>,
+        }
         let broker = Arc::new(self);
         let active = Arc::new(AtomicUsize::new(0));
+        let idle = Arc::new(AtomicUsize::new(0));
+        // Requests queued and not yet taken by a thread.
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut threads = 0usize;
+        let (queue, work) = std::sync::mpsc::channel::<Work>();
+        let work = Arc::new(std::sync::Mutex::new(work));
         loop {
             let packet = match receive(&channel, MAX_REQUEST) {
                 Ok(Some(p)) => p,
-                // End of file, or the channel broke: the network side is gone.
+                // End of file, or the channel broke: the network side is gone. Dropping the
+                // queue ends the threads once they finish what they do.
                 Ok(None) | Err(_) => return,
             };
             let Packet {
@@ -123,17 +137,42 @@ impl Broker {
                 let _ = send(&reply, b"error\nbusy", &[]);
                 continue;
             }
-            let b = broker.clone();
-            let a = active.clone();
-            let spawned = std::thread::Builder::new()
-                .name("smtpd-broker".into())
-                .spawn(move || {
-                    let answer = b.answer(&payload, message);
-                    let _ = send(&reply, &answer, &[]);
-                    a.fetch_sub(1, Ordering::SeqCst);
-                });
-            if spawned.is_err() {
+            let waiting = pending.fetch_add(1, Ordering::SeqCst) + 1;
+            if idle.load(Ordering::SeqCst) < waiting && threads < MAX_ACTIVE {
+                let (b, a, i, w) = (broker.clone(), active.clone(), idle.clone(), work.clone());
+                let p = pending.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("smtpd-broker".into())
+                    .spawn(move || {
+                        // Bounded by the queue: it ends when `serve` returns.
+                        loop {
+                            i.fetch_add(1, Ordering::SeqCst);
+                            let next = w.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                            i.fetch_sub(1, Ordering::SeqCst);
+                            let Ok(job) = next else { return };
+                            p.fetch_sub(1, Ordering::SeqCst);
+                            let answer = b.answer(&job.payload, job.message);
+                            let _ = send(&job.reply, &answer, &[]);
+                            a.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    });
+                if spawned.is_ok() {
+                    threads += 1;
+                }
+            }
+            if threads == 0
+                || queue
+                    .send(Work {
+                        payload,
+                        reply,
+                        message,
+                    })
+                    .is_err()
+            {
+                // No thread could be started: the request is dropped with its reply socket,
+                // which the other side reads as a failure.
                 active.fetch_sub(1, Ordering::SeqCst);
+                pending.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
