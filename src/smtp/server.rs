@@ -122,6 +122,7 @@ pub async fn accept_local_loop(
 pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, listener: usize) {
     let sid = SessionId(rand_u64());
     let l = server.graph.config.listeners[listener].clone();
+    trace_connected(&server, sid, listener, &l, 0);
     let loopback = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let mut client = ClientInfo::unknown(ClientAddress::Local);
     client.rdns = l
@@ -769,6 +770,18 @@ async fn read_proxy_header(
     Err("header too long".into())
 }
 
+/// `-T smtp`: `smtp: SID: connected to listener 0xN [hostname=NAME, port=N, tag=TAG]`, with
+/// the listener's position in the configuration standing for OpenSMTPD's pointer.
+fn trace_connected(server: &Server, sid: SessionId, index: usize, l: &cfg::Listener, port: u16) {
+    trace!(
+        target: "smtp",
+        "smtp: {sid}: connected to listener {:#x} [hostname={}, port={port}, tag={}]",
+        index + 1,
+        l.hostname.as_deref().unwrap_or(&server.graph.config.hostname),
+        l.tag.as_deref().unwrap_or("")
+    );
+}
+
 /// The reverse lookup of a client whose banner did not wait for it.
 type PendingRdns = tokio::task::JoinHandle<dns::FcrdnsOutcome>;
 
@@ -793,6 +806,13 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
     }
     let ip = canonical(peer.ip());
     let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
+    trace_connected(
+        &server,
+        sid,
+        listener,
+        &l,
+        stream.local_addr().map_or(0, |a| a.port()),
+    );
     let deadline = tokio::time::Instant::now() + server.rdns_bound;
     // A listener with connect-phase filters needs the client's name before the banner, as
     // OpenSMTPD always does. Otherwise the banner goes out at once and the
@@ -853,7 +873,6 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
         while let Some(action) = session.next_action() {
             match action {
                 Action::Send(bytes) => {
-                    trace!(target: "smtp", "smtp: {}: >>> {}", conn.sid, String::from_utf8_lossy(&bytes).trim_end());
                     out.extend_from_slice(&bytes);
                 }
                 Action::Event(e) => conn.log_event(&e),

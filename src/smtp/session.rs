@@ -147,6 +147,8 @@ pub struct Session {
     tx: Option<Transaction>,
     last_command: Vec<u8>,
     chunk: Vec<u8>,
+    /// OpenSMTPD's name of the session state, for the `-T smtp` transition lines.
+    state: &'static str,
 }
 
 impl Session {
@@ -174,7 +176,9 @@ impl Session {
             tx: None,
             last_command: Vec::new(),
             chunk: Vec::new(),
+            state: "STATE_NEW",
         };
+        s.enter("STATE_CONNECTED");
         let address = s.params.client.address.text();
         s.filter_phase(FilterPhase::Connect, address);
         s
@@ -282,6 +286,7 @@ impl Session {
             self.send_banner();
         } else {
             self.mode = Mode::Command;
+            self.enter("STATE_HELO");
         }
         self.run();
     }
@@ -314,7 +319,22 @@ impl Session {
 
     // ---- plumbing ----------------------------------------------------------------------
 
+    /// `-T smtp`: `smtp: SID: STATE_HELO -> STATE_BODY`, where OpenSMTPD changes state.
+    fn enter(&mut self, state: &'static str) {
+        tracing::trace!(target: "smtp", "smtp: {}: {} -> {}", self.params.id, self.state, state);
+        self.state = state;
+    }
+
     fn send(&mut self, bytes: Vec<u8>) {
+        // `-T smtp`: each reply line, where it is decided (so that state changes follow it
+        // in the trace as they follow it in OpenSMTPD's).
+        if crate::log::tracing("smtp") {
+            for line in String::from_utf8_lossy(&bytes).split("\r\n") {
+                if !line.is_empty() {
+                    tracing::trace!(target: "smtp", "smtp: {}: >>> {}", self.params.id, line);
+                }
+            }
+        }
         if let Some(Action::Send(last)) = self.actions.back_mut() {
             last.extend_from_slice(&bytes);
         } else {
@@ -367,6 +387,9 @@ impl Session {
         self.drop_transaction();
         self.closed = true;
         self.waiting = None;
+        if self.state != "STATE_QUIT" {
+            self.enter("STATE_QUIT");
+        }
         self.actions.push_back(Action::Close);
     }
 
@@ -512,7 +535,16 @@ impl Session {
             return true;
         };
         let chunk = &mut self.chunk;
+        // `-T smtp`: every message line (checked once per feed, not per line).
+        let trace = crate::log::tracing("smtp");
         let feed = receiver.feed(&self.input[self.start..], |line| {
+            if trace {
+                tracing::trace!(
+                    target: "smtp",
+                    "<<< [MSG] {}",
+                    String::from_utf8_lossy(line).trim_end_matches(['\r', '\n'])
+                );
+            }
             if writer.error().is_none() {
                 writer.line(line, chunk);
             }
@@ -525,6 +557,7 @@ impl Session {
                 false
             }
             DataOutcome::End => {
+                tracing::trace!(target: "smtp", "<<< [EOM]");
                 self.mode = Mode::Command;
                 self.filter_phase(FilterPhase::Commit, String::new());
                 true
@@ -759,6 +792,7 @@ impl Session {
             FilterPhase::Ehlo => self.proceed_helo(HeloVerb::Ehlo, param),
             FilterPhase::StartTls => {
                 self.reply(Reply::ready_to_start_tls());
+                self.enter("STATE_TLS");
                 self.start_tls();
             }
             FilterPhase::Auth => self.proceed_auth(&param),
@@ -805,6 +839,7 @@ impl Session {
             verb,
             helo: helo.clone(),
         });
+        self.enter("STATE_HELO");
         let server = &self.params.server_name;
         let addr = self.params.client.address.bracketed();
         let reply = match verb {
@@ -829,18 +864,22 @@ impl Session {
         match parse_auth_args(args) {
             AuthRequest::Plain(None) => {
                 self.mode = Mode::AuthPlain;
+                self.enter("STATE_AUTH_INIT");
                 self.reply(Reply::auth_plain_challenge());
             }
             AuthRequest::Plain(Some(response)) => {
                 self.mode = Mode::AuthPlain;
+                self.enter("STATE_AUTH_INIT");
                 self.auth_plain_response(&response);
             }
             AuthRequest::Login(Some(user)) if !user.is_empty() => {
                 self.mode = Mode::AuthUsername;
+                self.enter("STATE_AUTH_USERNAME");
                 self.auth_login_user(&user);
             }
             AuthRequest::Login(_) => {
                 self.mode = Mode::AuthUsername;
+                self.enter("STATE_AUTH_USERNAME");
                 self.reply(Reply::auth_username_challenge());
             }
             AuthRequest::Unsupported(method) => {
@@ -853,6 +892,7 @@ impl Session {
         self.reply(Reply::auth_syntax_error());
         self.login_user = None;
         self.mode = Mode::Command;
+        self.enter("STATE_HELO");
     }
 
     fn ask_credentials(&mut self, credentials: Credentials) {
@@ -872,6 +912,7 @@ impl Session {
             Some(user) => {
                 self.login_user = Some(user);
                 self.mode = Mode::AuthPassword;
+                self.enter("STATE_AUTH_PASSWORD");
                 self.reply(Reply::auth_password_challenge());
             }
             None => self.auth_syntax_error(),
@@ -909,6 +950,7 @@ impl Session {
         }
         self.reply(reply);
         self.mode = Mode::Command;
+        self.enter("STATE_HELO");
     }
 
     fn proceed_mail(&mut self, args: &str) {
@@ -1057,6 +1099,7 @@ impl Session {
         }
         self.chunk.extend_from_slice(prelude.as_bytes());
         self.mode = Mode::Data;
+        self.enter("STATE_BODY");
     }
 
     /// smtpd's own lines at the top of the message: `X-Spam: Yes` for junk, then Received.
@@ -1112,6 +1155,7 @@ impl Session {
             self.chunk.clear();
             self.reply(r);
             self.drop_transaction();
+            self.enter("STATE_HELO");
             return;
         }
         self.flush_chunk();
@@ -1149,8 +1193,12 @@ impl Session {
                         .collect(),
                 });
                 self.mails += 1;
+                self.enter("STATE_HELO");
             }
-            CommitVerdict::Refuse(r) => self.reply(r),
+            CommitVerdict::Refuse(r) => {
+                self.reply(r);
+                self.enter("STATE_HELO");
+            }
             CommitVerdict::Disconnect(r) => {
                 self.reply(r);
                 self.close();

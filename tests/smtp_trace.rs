@@ -1,0 +1,155 @@
+//! `-T smtp` against the built daemon: OpenSMTPD's trace lines for one session, in order —
+//! the listener line, the state changes, every line read (`<<<`), every reply line sent
+//! (`>>>`), the message lines (`<<< [MSG]`) and their end (`<<< [EOM]`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_session_traced_as_opensmtpd_traces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        format!(
+            "table users {{ foo = \"2000:2000:/var/empty\" }}\n\
+             listen on 127.0.0.1 port {port} hostname mx.test\n\
+             action \"local\" maildir userbase <users>\n\
+             match from any for domain \"trace.test\" action \"local\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-P", "mda", "-T", "smtp", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let t = Instant::now();
+    let stream = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut reply = || {
+        let mut out = String::new();
+        for _ in 0..50 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            out.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        out
+    };
+    reply();
+    for line in [
+        "EHLO client.test",
+        "MAIL FROM:<a@client.test>",
+        "RCPT TO:<foo@trace.test>",
+        "DATA",
+        "Subject: traced\r\n\r\nhello\r\n.",
+        "QUIT",
+    ] {
+        w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        reply();
+    }
+    // Wait (bounded) for the last line, then stop the daemon.
+    let t = Instant::now();
+    while !log.lock().unwrap().contains("STATE_HELO -> STATE_QUIT") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.lock().unwrap().clone();
+    let sid = log
+        .lines()
+        .find_map(|l| l.strip_prefix("smtp: ")?.split(':').next())
+        .expect("a trace line")
+        .to_string();
+    // The message id in the 250 varies: it is replaced by MSGID.
+    let traced: Vec<String> = log
+        .lines()
+        .filter(|l| l.starts_with("smtp: ") || l.starts_with("<<< "))
+        .map(|l| match l.split_once(">>> 250 2.0.0 ") {
+            Some((head, rest)) if rest.ends_with(" Message accepted for delivery") => {
+                format!("{head}>>> 250 2.0.0 MSGID Message accepted for delivery")
+            }
+            _ => l.to_string(),
+        })
+        .collect();
+    let want = [
+        format!("smtp: {sid}: connected to listener 0x1 [hostname=mx.test, port={port}, tag=]"),
+        format!("smtp: {sid}: STATE_NEW -> STATE_CONNECTED"),
+        format!("smtp: {sid}: >>> 220 mx.test ESMTP OpenSMTPD"),
+        format!("smtp: {sid}: <<< EHLO client.test"),
+        format!("smtp: {sid}: STATE_CONNECTED -> STATE_HELO"),
+        format!("smtp: {sid}: >>> 250-mx.test Hello client.test [127.0.0.1], pleased to meet you"),
+        format!("smtp: {sid}: <<< MAIL FROM:<a@client.test>"),
+        format!("smtp: {sid}: >>> 250 2.0.0 Ok"),
+        format!("smtp: {sid}: <<< RCPT TO:<foo@trace.test>"),
+        format!("smtp: {sid}: >>> 250 2.1.5 Destination address valid: Recipient ok"),
+        format!("smtp: {sid}: <<< DATA"),
+        format!("smtp: {sid}: >>> 354 Enter mail, end with \".\" on a line by itself"),
+        format!("smtp: {sid}: STATE_HELO -> STATE_BODY"),
+        "<<< [MSG] Subject: traced".to_string(),
+        "<<< [MSG] ".to_string(),
+        "<<< [MSG] hello".to_string(),
+        "<<< [EOM]".to_string(),
+        format!("smtp: {sid}: >>> 250 2.0.0 MSGID Message accepted for delivery"),
+        format!("smtp: {sid}: STATE_BODY -> STATE_HELO"),
+        format!("smtp: {sid}: <<< QUIT"),
+        format!("smtp: {sid}: >>> 221 2.0.0 Bye"),
+        format!("smtp: {sid}: STATE_HELO -> STATE_QUIT"),
+    ];
+    // Every expected line, in this order (the EHLO reply has more lines in between, and
+    // the 250 after the message carries its id).
+    let mut at = 0;
+    for line in &want {
+        match traced[at..].iter().position(|l| l == line) {
+            Some(i) => at += i + 1,
+            None => panic!("missing or out of order: {line:?}\n{}", traced.join("\n")),
+        }
+    }
+}
