@@ -269,6 +269,32 @@ async fn foreign_mail_is_relayed_with_starttls_and_auth_plain() {
         !log.contains("AGpvZQBzM2NyZXQ="),
         "credentials in the trace:\n{log}"
     );
+    // The state changes, in OpenSMTPD's order for STARTTLS and AUTH PLAIN.
+    let states = [
+        "MTA_INIT -> MTA_INIT",
+        "MTA_INIT -> MTA_BANNER",
+        "MTA_BANNER -> MTA_EHLO",
+        "MTA_EHLO -> MTA_STARTTLS",
+        "MTA_STARTTLS -> MTA_EHLO",
+        "MTA_EHLO -> MTA_STARTTLS",
+        "MTA_STARTTLS -> MTA_AUTH",
+        "MTA_AUTH -> MTA_AUTH_PLAIN",
+        "MTA_AUTH_PLAIN -> MTA_READY",
+        "MTA_READY -> MTA_MAIL",
+        "MTA_MAIL -> MTA_RCPT",
+        "MTA_RCPT -> MTA_DATA",
+        "MTA_DATA -> MTA_BODY",
+        "MTA_BODY -> MTA_EOM",
+        "MTA_EOM -> MTA_READY",
+        "MTA_READY -> MTA_QUIT",
+    ];
+    let prefix = format!("mta: 0x{sid}: ");
+    let traced: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter(|l| l.starts_with("MTA_"))
+        .collect();
+    assert_eq!(traced, states, "{log}");
 
     let cmds = sink.commands();
     assert!(cmds.contains(&"TLS".to_string()), "{cmds:?}");

@@ -269,9 +269,17 @@ struct Conn {
     buf: Vec<u8>,
     /// How `-T mta` names the session (`0x` and the session id).
     tag: String,
+    /// OpenSMTPD's name of the session state, for the `-T mta` transition lines.
+    state: &'static str,
 }
 
 impl Conn {
+    /// `-T mta`: `mta: 0xSID: MTA_EHLO -> MTA_STARTTLS`, where OpenSMTPD changes state.
+    fn enter(&mut self, state: &'static str) {
+        tracing::trace!(target: "mta", "mta: {}: {} -> {}", self.tag, self.state, state);
+        self.state = state;
+    }
+
     async fn read_line(&mut self) -> Result<String, String> {
         for _ in 0..MAX_LINE {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -580,9 +588,11 @@ impl Session {
     }
 
     async fn rset(&mut self) {
+        self.conn.enter("MTA_RSET");
         if let Err(e) = self.conn.command("RSET").await {
             self.broke(e);
         }
+        self.conn.enter("MTA_READY");
     }
 
     /// Runs one transaction; the result of each recipient in order. A refused MAIL or
@@ -614,6 +624,7 @@ impl Session {
                 mail.push_str(tx.envid);
             }
         }
+        self.conn.enter("MTA_MAIL");
         let r = match self.conn.command(&mail).await {
             Ok(r) => r,
             Err(e) => {
@@ -639,6 +650,7 @@ impl Session {
                     line.push_str(rcpt.orcpt);
                 }
             }
+            self.conn.enter("MTA_RCPT");
             match self.conn.command(&line).await {
                 Ok(r) if r.code / 100 == 2 => accepted.push(i),
                 Ok(r) => results[i] = Some((r.status(), r.text())),
@@ -652,6 +664,7 @@ impl Session {
             self.rset().await;
             return finish(results, "No envelope");
         }
+        self.conn.enter("MTA_DATA");
         let r = match self.conn.command("DATA").await {
             Ok(r) => r,
             Err(e) => {
@@ -666,10 +679,13 @@ impl Session {
             self.rset().await;
             return finish(results, "");
         }
+        self.conn.enter("MTA_BODY");
         if let Err(e) = self.conn.send(&data_payload(tx.content)).await {
             let why = self.broke(e);
             return finish(results, &why);
         }
+        self.conn
+            .enter(if self.lmtp { "MTA_LMTP_EOM" } else { "MTA_EOM" });
         // LMTP answers once per accepted recipient, SMTP once for all.
         let replies = if self.lmtp { accepted.len() } else { 1 };
         let mut any_ok = false;
@@ -700,12 +716,14 @@ impl Session {
         if any_ok {
             self.sent += 1;
         }
+        self.conn.enter("MTA_READY");
         finish(results, "")
     }
 
     /// Ends the session: QUIT on a usable connection, and the `mta disconnected` line.
     pub async fn close(mut self) {
         if self.broken.is_none() {
+            self.conn.enter("MTA_QUIT");
             let _ = timeout(Duration::from_secs(10), self.conn.command("QUIT")).await;
             info!(
                 "{} mta disconnected reason=quit messages={}",
@@ -1214,7 +1232,9 @@ impl Relayer {
             io: Box::new(tcp),
             buf: Vec::new(),
             tag: format!("0x{sid}"),
+            state: "MTA_INIT",
         };
+        conn.enter("MTA_INIT");
         let mut secure = false;
         if scheme == RelayScheme::Smtps {
             conn = match self.handshake(sid, action, helo, host, conn, verify).await {
@@ -1272,6 +1292,7 @@ impl Relayer {
         conn: Conn,
         verify: bool,
     ) -> Result<Conn, Failure> {
+        let state = conn.state;
         let tls = ClientTls::for_relay(&self.tls, action, helo, verify)
             .map_err(|e| temp(format!("!TLS setup: {e}")))?;
         let up = match timeout(TLS_TIMEOUT, tls.connect(host, conn.io)).await {
@@ -1288,6 +1309,7 @@ impl Relayer {
             io: Box::new(up.stream),
             buf: Vec::new(),
             tag: format!("0x{sid}"),
+            state,
         })
     }
 
@@ -1307,21 +1329,24 @@ impl Relayer {
         greeted: &mut bool,
     ) -> Result<Capabilities, Failure> {
         let net = |e: String| temp(format!("!{e}"));
+        conn.enter("MTA_BANNER");
         let greeting = conn.reply().await.map_err(net)?;
         *greeted = true;
         if greeting.code != 220 {
             return Err((greeting.status(), greeting.text()));
         }
-        let hello = if scheme == RelayScheme::Lmtp {
-            "LHLO"
+        let (hello, hello_state) = if scheme == RelayScheme::Lmtp {
+            ("LHLO", "MTA_LHLO")
         } else {
-            "EHLO"
+            ("EHLO", "MTA_EHLO")
         };
+        conn.enter(hello_state);
         let mut ehlo = conn
             .command(&format!("{hello} {helo}"))
             .await
             .map_err(net)?;
         if ehlo.code != 250 {
+            conn.enter("MTA_HELO");
             ehlo = conn.command(&format!("HELO {helo}")).await.map_err(net)?;
             if ehlo.code != 250 {
                 return Err((ehlo.status(), ehlo.text()));
@@ -1330,6 +1355,9 @@ impl Relayer {
         let mut caps = capabilities(&ehlo);
         let want_tls = !secure && scheme != RelayScheme::SmtpNoTls;
         let must_tls = matches!(scheme, RelayScheme::SmtpTls);
+        if scheme != RelayScheme::SmtpNoTls && scheme != RelayScheme::Lmtp {
+            conn.enter("MTA_STARTTLS");
+        }
         if want_tls && caps.starttls {
             let r = conn.command("STARTTLS").await.map_err(net)?;
             if r.code != 220 {
@@ -1343,12 +1371,14 @@ impl Relayer {
                         io: Box::new(tokio::io::empty()),
                         buf: Vec::new(),
                         tag: format!("0x{sid}"),
+                        state: conn.state,
                     },
                 );
                 *conn = self
                     .handshake(sid, action, helo, host, plain, verify)
                     .await?;
                 secure = true;
+                conn.enter(hello_state);
                 let again = conn
                     .command(&format!("{hello} {helo}"))
                     .await
@@ -1357,15 +1387,20 @@ impl Relayer {
                     return Err((again.status(), again.text()));
                 }
                 caps = capabilities(&again);
+                conn.enter("MTA_STARTTLS");
             }
         } else if must_tls {
             return Err(temp("!TLS required but not supported by remote host"));
+        }
+        if scheme != RelayScheme::SmtpNoTls && scheme != RelayScheme::Lmtp {
+            conn.enter("MTA_AUTH");
         }
         if let Some(c) = credentials {
             if !secure {
                 return Err(temp("Refuse to AUTH over unsecure channel"));
             }
             if caps.auth_plain {
+                conn.enter("MTA_AUTH_PLAIN");
                 let r = conn
                     .command(&format!("AUTH PLAIN {}", c.plain_response()))
                     .await
@@ -1374,10 +1409,12 @@ impl Relayer {
                     return Err((r.status(), r.text()));
                 }
             } else if caps.auth_login {
+                conn.enter("MTA_AUTH_LOGIN");
                 let r = conn.command("AUTH LOGIN").await.map_err(net)?;
                 if r.code != 334 {
                     return Err((r.status(), r.text()));
                 }
+                conn.enter("MTA_AUTH_LOGIN_USER");
                 let r = conn
                     .command_shown(&c.login_username(), "********")
                     .await
@@ -1385,6 +1422,7 @@ impl Relayer {
                 if r.code != 334 {
                     return Err((r.status(), r.text()));
                 }
+                conn.enter("MTA_AUTH_LOGIN_PASS");
                 let r = conn
                     .command_shown(&c.login_password(), "********")
                     .await
@@ -1396,6 +1434,7 @@ impl Relayer {
                 return Err(temp("AUTH not advertised"));
             }
         }
+        conn.enter("MTA_READY");
         Ok(caps)
     }
 }
