@@ -6,10 +6,7 @@
 //! and keywords, deletions, duplications and splices. Any panic fails the test and prints
 //! the seed and the iteration, so a failure reproduces exactly.
 
-use std::net::IpAddr;
 use std::path::Path;
-
-use smtpd::config::{self, parse::Options, print::print, system::System};
 
 /// Mutations per seed file; the whole test stays within a few seconds in a debug build.
 const ROUNDS: usize = 200;
@@ -236,27 +233,6 @@ fn address_target() {
     run("address", &seeds, smtpd::smtp::address::fuzz_address);
 }
 
-/// A machine with one loopback interface, so that the target does no real lookups.
-struct Fake;
-
-impl System for Fake {
-    fn resolve_listen(&self, name: &str, _: Option<config::model::Family>) -> Option<Vec<IpAddr>> {
-        match name {
-            "lo" | "all" | "localhost" => Some(vec!["127.0.0.1".parse().ok()?]),
-            _ => name.parse().ok().map(|ip| vec![ip]),
-        }
-    }
-    fn service_port(&self, name: &str) -> Option<u16> {
-        (name == "submission").then_some(587)
-    }
-    fn table_helper_exists(&self, _: &str) -> bool {
-        false
-    }
-    fn local_addresses(&self) -> Vec<IpAddr> {
-        vec!["127.0.0.1".parse().expect("address")]
-    }
-}
-
 /// Self-contained configurations (no files, no certificates) that the check accepts, so that
 /// many mutations of them are accepted too and go through the print round trip.
 const CONFIGS: &[&str] = &[
@@ -273,25 +249,13 @@ fn config_target() {
     seeds.extend(files_in(&root.join("tests/corpus/broken"), 4));
     seeds.extend(files_in(&root.join("etc"), 4));
     seeds.extend(CONFIGS.iter().map(|c| c.as_bytes().to_vec()));
-    let opts = Options {
-        defines: Vec::new(),
-        hostname: Some("mx.example.org".into()),
-    };
-    let mut accepted = 0usize;
     let accepted_ref = std::cell::Cell::new(0usize);
     run("config", &seeds, |data| {
-        let checked = config::check_text("fuzz.conf", data, &opts, &Fake);
-        if let Some(cfg) = checked.config {
+        if smtpd::config::fuzz_config(data) {
             accepted_ref.set(accepted_ref.get() + 1);
-            let text = print(&cfg);
-            let again = config::check_text("printed.conf", text.as_bytes(), &opts, &Fake);
-            let cfg2 = again
-                .config
-                .unwrap_or_else(|| panic!("printed configuration refused:\n{text}"));
-            assert!(cfg == cfg2, "printed configuration differs:\n{text}");
         }
     });
-    accepted += accepted_ref.get();
+    let accepted = accepted_ref.get();
     println!("config: {accepted} inputs accepted and printed back to an equal configuration");
     // The mutations must not all be rejected, or the print round trip is never exercised.
     assert!(

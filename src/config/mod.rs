@@ -140,3 +140,25 @@ fn check_queue_key(config: &Config) -> Result<(), String> {
         Err("crypto_setup:invalid key for queue encryption".into())
     }
 }
+
+/// Entry point for a fuzzer: arbitrary bytes as smtpd.conf, checked on a machine with only
+/// a loopback interface. Must never panic for any input; an accepted configuration must
+/// print back to text that is accepted again and means the same (a panic says which).
+/// Returns whether the input was accepted.
+pub fn fuzz_config(data: &[u8]) -> bool {
+    let opts = parse::Options {
+        defines: Vec::new(),
+        hostname: Some("mx.example.org".into()),
+    };
+    let system = system::LoopbackSystem;
+    let Some(cfg) = check_text("fuzz.conf", data, &opts, &system).config else {
+        return false;
+    };
+    let text = print::print(&cfg);
+    let again = check_text("printed.conf", text.as_bytes(), &opts, &system);
+    let Some(cfg2) = again.config else {
+        panic!("printed configuration refused:\n{text}");
+    };
+    assert!(cfg == cfg2, "printed configuration differs:\n{text}");
+    true
+}

@@ -19,6 +19,29 @@ pub trait System {
     fn local_addresses(&self) -> Vec<IpAddr>;
 }
 
+/// A machine with one loopback interface and no lookups: `lo`, `all` and `localhost` are
+/// 127.0.0.1, an address is itself, any other name is unknown; `submission` is port 587.
+/// For checking configurations where the real machine must not matter (fuzzing, tests).
+pub struct LoopbackSystem;
+
+impl System for LoopbackSystem {
+    fn resolve_listen(&self, name: &str, _: Option<Family>) -> Option<Vec<IpAddr>> {
+        match name {
+            "lo" | "all" | "localhost" => Some(vec![IpAddr::from([127, 0, 0, 1])]),
+            _ => name.parse().ok().map(|ip| vec![ip]),
+        }
+    }
+    fn service_port(&self, name: &str) -> Option<u16> {
+        (name == "submission").then_some(587)
+    }
+    fn table_helper_exists(&self, _: &str) -> bool {
+        false
+    }
+    fn local_addresses(&self) -> Vec<IpAddr> {
+        vec![IpAddr::from([127, 0, 0, 1])]
+    }
+}
+
 /// The real machine.
 pub struct RealSystem;
 
