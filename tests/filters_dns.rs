@@ -9,6 +9,9 @@
 //! disconnect, mail-from/rcpt-to table rejections and a DNS temporary failure; a third
 //! points smtpd at a resolver that never answers.
 
+mod common;
+use common::free_port;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -152,11 +155,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address").port()
 }
 
 impl Daemon {

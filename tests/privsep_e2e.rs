@@ -5,8 +5,11 @@
 //!
 //! Every test needs root and is skipped (with a notice) otherwise.
 
+mod common;
+use common::free_port;
+
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,14 +40,6 @@ fn expected_user() -> nix::unistd::User {
         }
     }
     panic!("no unprivileged user on this machine");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(dir: &Path, conf: &str, extra: &[&str]) -> (Daemon, u16) {

@@ -2,24 +2,15 @@
 //! connect-and-close — while an ordinary client sends mail. The ordinary client must be
 //! served, and the server must still answer afterwards. Bounded in count and time.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn reply(r: &mut BufReader<TcpStream>) -> String {
-    let mut out = String::new();
-    for _ in 0..50 {
-        let mut l = String::new();
-        if r.read_line(&mut l).unwrap_or(0) == 0 {
-            break;
-        }
-        out.push_str(&l);
-        if l.len() < 4 || l.as_bytes()[3] != b'-' {
-            break;
-        }
-    }
-    out
+    common::read_reply(r)
 }
 
 fn good_client(port: u16) -> String {

@@ -3,8 +3,11 @@
 //! DATA, a thousand clients that send one byte a second, and a spool whose disk is full.
 //! Afterwards the queue holds exactly what was acknowledged. Bounded in count and time.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+use common::free_port;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,14 +19,6 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts smtpd on `port` with `extra` configuration lines, deliveries paused (the queue is
@@ -76,18 +71,7 @@ impl Client {
     }
 
     fn reply(&mut self) -> String {
-        let mut out = String::new();
-        for _ in 0..200 {
-            let mut line = String::new();
-            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            out.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        out.replace("\r\n", "\n")
+        common::read_reply(&mut self.r).replace("\r\n", "\n")
     }
 
     fn send(&mut self, line: &str) -> String {

@@ -2,24 +2,15 @@
 //! local nor authenticated, no address trick may get mail relayed to a foreign domain. Every
 //! attempt must be refused or land on a local recipient; no relay envelope may ever be queued.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn reply(r: &mut BufReader<TcpStream>) -> String {
-    let mut out = String::new();
-    for _ in 0..50 {
-        let mut l = String::new();
-        if r.read_line(&mut l).unwrap_or(0) == 0 {
-            break;
-        }
-        out.push_str(&l);
-        if l.len() < 4 || l.as_bytes()[3] != b'-' {
-            break;
-        }
-    }
-    out
+    common::read_reply(r)
 }
 
 /// Connect from `source` (a loopback address that is not one of the server's own).

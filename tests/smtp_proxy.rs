@@ -1,7 +1,9 @@
 //! `listen on … proxy-v2`: the client named by the PROXY v2 header is the one rules and logs
 //! see; a connection without a valid header is closed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,18 +19,7 @@ fn header(src: [u8; 4], port: u16) -> Vec<u8> {
 }
 
 fn reply(r: &mut BufReader<TcpStream>) -> String {
-    let mut out = String::new();
-    for _ in 0..50 {
-        let mut l = String::new();
-        if r.read_line(&mut l).unwrap_or(0) == 0 {
-            break;
-        }
-        out.push_str(&l);
-        if l.len() < 4 || l.as_bytes()[3] != b'-' {
-            break;
-        }
-    }
-    out
+    common::read_reply(r)
 }
 
 #[test]

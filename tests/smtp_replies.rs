@@ -1,8 +1,11 @@
 //! OpenSMTPD's reply catalogue over real TCP: scripted dialogues against the built daemon,
 //! each client line checked against the exact reply text of the reference (§8.4–8.6).
 
+mod common;
+use common::free_port;
+
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,14 +17,6 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(conf: &str, ports: &[u16]) -> Daemon {

@@ -2,7 +2,10 @@
 //! an rcgen certificate: AUTH PLAIN (initial response and after 334) and LOGIN, a wrong
 //! password, AUTH refused before TLS, and relaying allowed only after authentication.
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+use common::free_port;
+
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +17,6 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(dir: &Path, conf: &str, ports: &[u16]) -> Daemon {

@@ -2,7 +2,9 @@
 //! the listener line, the state changes, every line read (`<<<`), every reply line sent
 //! (`>>>`), the message lines (`<<< [MSG]`) and their end (`<<< [EOM]`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -64,20 +66,7 @@ fn a_session_traced_as_opensmtpd_traces_it() {
         .unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
-    let mut reply = || {
-        let mut out = String::new();
-        for _ in 0..50 {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            out.push_str(&l);
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        out
-    };
+    let mut reply = || common::read_reply(&mut r);
     reply();
     for line in [
         "EHLO client.test",
