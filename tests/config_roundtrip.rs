@@ -54,6 +54,13 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9_.-]{0,8}".prop_filter("not a keyword", |s| !smtpd::config::lexer::is_keyword(s))
 }
 
+/// A name that stays a name with `prefix` in front (`t` + `ag` would be the keyword `tag`).
+fn prefixed(prefix: &'static str) -> impl Strategy<Value = String> {
+    name().prop_filter("not a keyword once prefixed", move |s| {
+        !smtpd::config::lexer::is_keyword(&format!("{prefix}{s}"))
+    })
+}
+
 fn table_body() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::collection::vec(name(), 1..4).prop_map(|v| format!("{{ {} }}", v.join(", "))),
@@ -69,7 +76,7 @@ fn table_body() -> impl Strategy<Value = String> {
 
 fn statement() -> impl Strategy<Value = String> {
     prop_oneof![
-        (name(), table_body()).prop_map(|(n, b)| format!("table t{n} {b}")),
+        (prefixed("t"), table_body()).prop_map(|(n, b)| format!("table t{n} {b}")),
         (1u16..65535, any::<bool>(), name()).prop_map(|(p, m, t)| format!(
             "listen on 127.0.0.1 port {p}{} tag {t}",
             if m { " mask-src" } else { "" }
@@ -86,7 +93,7 @@ fn statement() -> impl Strategy<Value = String> {
             .prop_map(|(n, m)| format!("action \"a{n}\" {m}")),
         (name(), name()).prop_map(|(n, h)| format!("action \"r{n}\" relay helo {h} tls")),
         (
-            name(),
+            prefixed("f"),
             prop_oneof![Just("rdns"), Just("fcrdns"), Just("!rdns")],
             prop_oneof![
                 Just("junk".to_string()),
