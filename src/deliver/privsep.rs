@@ -382,32 +382,33 @@ impl DeliveryAgent {
         if let Some(outcome) = decode_outcome(&String::from_utf8_lossy(&report)) {
             return Ok(outcome);
         }
-        let exit = match (status.code(), status.signal()) {
-            (_, Some(libc::SIGALRM)) => Exit::Timeout,
-            (_, Some(sig)) => Exit::Signal(sig),
-            (Some(code), _) => {
-                let last = String::from_utf8_lossy(&stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .to_string();
-                let detail = if last.is_empty() {
-                    format!("exit status {code}")
-                } else {
-                    last
-                };
-                return Ok(Outcome::failure(
-                    EX_TEMPFAIL,
-                    format!("smtpd: delivery helper failed: {detail}"),
-                ));
-            }
-            (None, None) => Exit::Code(EX_TEMPFAIL),
-        };
-        Ok(Outcome {
-            exit,
-            last_line: None,
-            premature: false,
-        })
+        Ok(helper_ended(status, &String::from_utf8_lossy(&stderr)))
+    }
+}
+
+/// The outcome of a helper (one-shot or worker) that ended without reporting one: killed by
+/// its alarm (the time limit), by another signal, or exited — then the last line it wrote on
+/// its standard error, if any, says why.
+pub(crate) fn helper_ended(status: std::process::ExitStatus, stderr: &str) -> Outcome {
+    let exit = match (status.code(), status.signal()) {
+        (_, Some(libc::SIGALRM)) => Exit::Timeout,
+        (_, Some(sig)) => Exit::Signal(sig),
+        (Some(code), _) => {
+            let detail = match stderr.lines().last() {
+                Some(last) if !last.is_empty() => last.to_string(),
+                _ => format!("exit status {code}"),
+            };
+            return Outcome::failure(
+                EX_TEMPFAIL,
+                format!("smtpd: delivery helper failed: {detail}"),
+            );
+        }
+        (None, None) => Exit::Code(EX_TEMPFAIL),
+    };
+    Outcome {
+        exit,
+        last_line: None,
+        premature: false,
     }
 }
 

@@ -42,7 +42,6 @@ use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,10 +51,12 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
 
 use super::maildir;
-use super::privsep::{HelperProgram, become_identity, decode_outcome, encode_outcome};
+use super::privsep::{
+    HelperProgram, become_identity, decode_outcome, encode_outcome, helper_ended,
+};
 use super::request::{Job, Method};
 use super::result::Failure;
-use super::result::{EX_TEMPFAIL, Exit, Outcome, strerror};
+use super::result::{EX_TEMPFAIL, Outcome, strerror};
 use super::run::run_job_deferring_sync;
 
 /// The environment variable that starts a worker: `UID:GID`.
@@ -367,24 +368,9 @@ fn reap_idle(pool: Weak<Lanes>) {
 fn finish(worker: Worker) -> Outcome {
     let Worker { mut child, socket } = worker;
     drop(socket);
-    let exit = match child.wait() {
-        Ok(status) => match (status.code(), status.signal()) {
-            (_, Some(libc::SIGALRM)) => Exit::Timeout,
-            (_, Some(sig)) => Exit::Signal(sig),
-            (Some(code), _) => {
-                return Outcome::failure(
-                    EX_TEMPFAIL,
-                    format!("smtpd: delivery helper failed: exit status {code}"),
-                );
-            }
-            (None, None) => Exit::Code(EX_TEMPFAIL),
-        },
-        Err(e) => return Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
-    };
-    Outcome {
-        exit,
-        last_line: None,
-        premature: false,
+    match child.wait() {
+        Ok(status) => helper_ended(status, ""),
+        Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
     }
 }
 
