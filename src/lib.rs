@@ -10,6 +10,7 @@ pub mod control;
 pub mod deliver;
 pub mod dns;
 pub mod expand;
+pub mod fdpass;
 pub mod log;
 pub mod privsep;
 pub mod queue;

@@ -26,21 +26,16 @@
 //! message must be a regular file.
 
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, setsockopt, socketpair, sockopt,
-};
-use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::deliver::request::{Job, escape_into, unescape};
+use crate::fdpass::{Packet, pair, receive, receive_timeout, send};
 use crate::deliver::result::{DeliveryResult, EX_NOPERM, EX_TEMPFAIL, Status};
 use crate::deliver::{DeliveryAgent, Method};
 use crate::expand::forward::{ForwardFiles, ForwardOpen, HomeForwards, MAX_FORWARD_SIZE};
@@ -286,16 +281,8 @@ impl BrokerClient {
         if payload.len() > MAX_REQUEST {
             return Err("request too large".into());
         }
-        let (mine, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| format!("socketpair: {}", e.desc()))?;
-        let secs = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
-        setsockopt(&mine, sockopt::ReceiveTimeout, &TimeVal::seconds(secs))
-            .map_err(|e| format!("setsockopt: {}", e.desc()))?;
+        let (mine, theirs) = pair().map_err(|e| format!("socketpair: {}", e.desc()))?;
+        receive_timeout(&mine, wait).map_err(|e| format!("setsockopt: {}", e.desc()))?;
         let mut fds = vec![theirs.as_raw_fd()];
         if let Some(m) = message {
             fds.push(m.as_raw_fd());
@@ -362,77 +349,6 @@ pub fn watch(channel: &OwnedFd) {
     }
 }
 
-/// One packet as received.
-struct Packet {
-    payload: Vec<u8>,
-    fds: Vec<OwnedFd>,
-    /// The payload or its descriptors did not fit.
-    truncated: bool,
-}
-
-/// Send one packet with `fds` attached.
-fn send(socket: &impl AsFd, payload: &[u8], fds: &[RawFd]) -> nix::Result<()> {
-    let iov = [IoSlice::new(payload)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    loop {
-        match sendmsg::<()>(
-            socket.as_fd().as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Err(Errno::EINTR) => continue,
-            r => return r.map(|_| ()),
-        }
-    }
-}
-
-/// Receive one packet of at most `max` bytes and two descriptors; `None` at end of file.
-fn receive(socket: &impl AsFd, max: usize) -> nix::Result<Option<Packet>> {
-    let mut buf = vec![0u8; max];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
-    loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(
-            socket.as_fd().as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-            Ok(m) => m,
-        };
-        let mut fds = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(list) = c {
-                    for fd in list {
-                        // SAFETY: the kernel installed `fd` in this process while receiving
-                        // the SCM_RIGHTS message; nothing else knows the number, so the
-                        // OwnedFd is its only owner and closes it exactly once.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
-                }
-            }
-        }
-        let bytes = msg.bytes;
-        let truncated = msg
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-        if bytes == 0 && fds.is_empty() {
-            return Ok(None);
-        }
-        buf.truncate(bytes);
-        return Ok(Some(Packet {
-            payload: buf,
-            fds,
-            truncated,
-        }));
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -640,13 +556,7 @@ mod tests {
     use crate::expand::forward::FakeForwards;
 
     fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap()
+        crate::fdpass::pair().unwrap()
     }
 
     fn fake_broker() -> Broker {
