@@ -16,13 +16,14 @@
 //! instead of one per message (group commit, as the queue does for its own directories).
 //! At most [`WORKERS_PER_IDENTITY`] workers serve one identity at a time.
 //!
-//! Protocol on the socket (the worker's standard input at start):
+//! Protocol: packets ([`crate::fdpass`]) on a socket pair, the worker's end as its standard
+//! input at start:
 //!
 //! ```text
-//! agent  → worker   per job: u32 length, u8 "more jobs follow", job text (Job::encode),
-//!                   with the message file as SCM_RIGHTS
+//! agent  → worker   per job: "1" or "0" (more jobs follow or not), then the job text
+//!                   (Job::encode), with the message file as SCM_RIGHTS
 //! worker → agent    per job, when it takes it: "A" (from here on it may have had effects)
-//! worker → agent    after the batch's directory fsyncs, per job: u32 length, outcome text
+//! worker → agent    after the batch's directory fsyncs, per job: the outcome text
 //! ```
 //!
 //! The acknowledgement makes a retry safe: a reused worker that died while idle closes
@@ -39,16 +40,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
-
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
 
 use super::maildir;
 use super::privsep::{
@@ -58,6 +55,7 @@ use super::request::{Job, Method};
 use super::result::Failure;
 use super::result::{EX_TEMPFAIL, Outcome, strerror};
 use super::run::run_job_deferring_sync;
+use crate::fdpass;
 
 /// The environment variable that starts a worker: `UID:GID`.
 pub const WORKER_ENV: &str = "SMTPD_DELIVERY_WORKER";
@@ -71,8 +69,8 @@ pub const BATCH: usize = 32;
 /// Most workers serving one identity at the same time.
 pub const WORKERS_PER_IDENTITY: usize = 4;
 
-/// Longest job or report frame.
-const MAX_FRAME: usize = 1 << 20;
+/// Longest job or outcome packet (the broker takes jobs of the same size).
+const MAX_PACKET: usize = 64 * 1024;
 
 /// Extra time the privileged side waits beyond the job's own alarm.
 const WAIT_GRACE: Duration = Duration::from_secs(15);
@@ -82,7 +80,7 @@ type Key = (u32, u32);
 /// One running worker.
 struct Worker {
     child: Child,
-    socket: UnixStream,
+    socket: OwnedFd,
 }
 
 /// Where a waiting delivery gets its result.
@@ -241,7 +239,7 @@ impl WorkerPool {
                 let batch: Vec<Pending> = lane.pending.drain(..n).collect();
                 (batch, lane.idle.pop().map(|(w, _)| w))
             };
-            let (mut worker, reused) = match idle {
+            let (worker, reused) = match idle {
                 Some(w) => (w, true),
                 None => match self.spawn(key) {
                     Ok(w) => (w, false),
@@ -255,7 +253,7 @@ impl WorkerPool {
             };
             self.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.batches.fetch_add(1, Ordering::Relaxed);
-            match exchange(&mut worker.socket, &batch, timeout) {
+            match exchange(&worker.socket, &batch, timeout) {
                 Ok(outcomes) => {
                     for (p, o) in batch.iter().zip(outcomes) {
                         p.slot.fill(Ok(o));
@@ -294,14 +292,14 @@ impl WorkerPool {
 
     fn spawn(&self, (uid, gid): Key) -> Result<Worker, String> {
         let (ours, theirs) =
-            UnixStream::pair().map_err(|e| format!("socketpair: {}", strerror(&e)))?;
+            fdpass::pair().map_err(|e| format!("socketpair: {}", strerror(&e.into())))?;
         let mut command = Command::new(&self.helper.program);
         command
             .args(&self.helper.args)
             .env_clear()
             .env(WORKER_ENV, format!("{uid}:{gid}"))
             .current_dir("/")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = command
@@ -376,41 +374,29 @@ fn finish(worker: Worker) -> Outcome {
 
 /// Sends a batch and reads its outcomes, in order; `Err(n)`: the worker was lost after
 /// taking the first `n` jobs.
-fn exchange(
-    socket: &mut UnixStream,
-    batch: &[Pending],
-    timeout: Duration,
-) -> Result<Vec<Outcome>, usize> {
+fn exchange(socket: &OwnedFd, batch: &[Pending], timeout: Duration) -> Result<Vec<Outcome>, usize> {
     let mut sent = 0;
     for (i, p) in batch.iter().enumerate() {
-        let more = u8::from(i + 1 < batch.len());
-        let mut frame = Vec::with_capacity(5 + p.text.len());
-        frame.extend_from_slice(&(p.text.len() as u32).to_be_bytes());
-        frame.push(more);
-        frame.extend_from_slice(p.text.as_bytes());
-        let fds = [p.message.as_raw_fd()];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        let Ok(n) = sendmsg::<UnixAddr>(
-            socket.as_raw_fd(),
-            &[IoSlice::new(&frame)],
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) else {
-            break;
-        };
-        if n < frame.len() && socket.write_all(&frame[n..]).is_err() {
+        let mut packet = Vec::with_capacity(1 + p.text.len());
+        packet.push(if i + 1 < batch.len() { b'1' } else { b'0' });
+        packet.extend_from_slice(p.text.as_bytes());
+        if packet.len() > MAX_PACKET
+            || fdpass::send(socket, &packet, &[p.message.as_raw_fd()]).is_err()
+        {
             break;
         }
         sent += 1;
     }
-    // Jobs run one after the other, each under its alarm: no single read waits longer.
-    let _ = socket.set_read_timeout(Some(timeout + WAIT_GRACE));
+    // Jobs run one after the other, each under its alarm: no single receive waits longer.
+    let _ = fdpass::receive_timeout(socket, timeout + WAIT_GRACE);
+    let answer = || match fdpass::receive(socket, MAX_PACKET) {
+        Ok(Some(p)) if !p.truncated && p.fds.is_empty() => Some(p.payload),
+        _ => None,
+    };
     let mut taken = 0;
     while taken < sent {
-        let mut ack = [0u8; 1];
-        match socket.read_exact(&mut ack) {
-            Ok(()) if ack[0] == b'A' => taken += 1,
+        match answer() {
+            Some(ack) if ack == b"A" => taken += 1,
             _ => return Err(taken),
         }
     }
@@ -419,83 +405,22 @@ fn exchange(
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     for _ in 0..batch.len() {
-        let report = read_frame(socket).map_err(|_| taken)?;
+        let report = answer().ok_or(taken)?;
         outcomes.push(decode_outcome(&String::from_utf8_lossy(&report)).ok_or(taken)?);
     }
     Ok(outcomes)
 }
 
-fn read_frame(socket: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    socket.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other("frame too long"));
+/// A job as the worker receives it: its text, the message, and whether more jobs of the
+/// batch follow. `None` at the end of the socket or for anything that is not a job.
+fn receive_job(socket: &OwnedFd) -> Option<(Vec<u8>, Option<File>, bool)> {
+    let packet = fdpass::receive(socket, MAX_PACKET).ok()??;
+    let (&more, text) = packet.payload.split_first()?;
+    if packet.truncated || packet.fds.len() > 1 || !matches!(more, b'0' | b'1') {
+        return None;
     }
-    let mut body = vec![0u8; len];
-    socket.read_exact(&mut body)?;
-    Ok(body)
-}
-
-fn write_frame(out: &mut Vec<u8>, body: &[u8]) {
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(body);
-}
-
-/// A job as the worker receives it.
-struct Received {
-    text: Vec<u8>,
-    message: Option<File>,
-    more: bool,
-}
-
-/// Receives one job and its message descriptor; `Ok(None)` at the end of the socket.
-fn receive_job(socket: &mut UnixStream) -> std::io::Result<Option<Received>> {
-    let mut head = [0u8; 5];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
-    let (got, fds) = {
-        let mut iov = [IoSliceMut::new(&mut head)];
-        let msg = recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        let mut fds = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(list) = c {
-                    fds.extend(list);
-                }
-            }
-        }
-        (msg.bytes, fds)
-    };
-    let files: Vec<File> = fds
-        .into_iter()
-        // SAFETY: each descriptor was just installed in this process by the kernel for
-        // this message (SCM_RIGHTS) and nothing else refers to it; the File takes sole
-        // ownership and closes it.
-        .map(|fd| unsafe { File::from_raw_fd(fd) })
-        .collect();
-    if got == 0 {
-        return Ok(None);
-    }
-    if got < head.len() {
-        socket.read_exact(&mut head[got..])?;
-    }
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other("job too long"));
-    }
-    let mut text = vec![0u8; len];
-    socket.read_exact(&mut text)?;
-    Ok(Some(Received {
-        text,
-        message: files.into_iter().next(),
-        more: head[4] != 0,
-    }))
+    let message = packet.fds.into_iter().next().map(File::from);
+    Some((text.to_vec(), message, more == b'1'))
 }
 
 /// The worker process: `spec` is `UID:GID`; the socket is standard input. Returns the
@@ -506,7 +431,7 @@ pub(crate) fn worker_main(spec: &str) -> i32 {
     };
     // SAFETY: `fd` was just returned by fcntl(F_DUPFD_CLOEXEC), is open, and nothing else
     // in this process owns it.
-    let mut socket = unsafe { UnixStream::from_raw_fd(fd) };
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     if let Ok(null) = std::fs::OpenOptions::new().read(true).open("/dev/null") {
         // SAFETY: dup2(2) on two open descriptors has no memory effects; fd 0 is replaced
         // atomically and `null` stays owned by its File.
@@ -534,23 +459,22 @@ pub(crate) fn worker_main(spec: &str) -> i32 {
         let mut batch: Vec<(Outcome, Option<PathBuf>)> = Vec::new();
         let mut alarm_secs = 1;
         loop {
-            let job = match receive_job(&mut socket) {
-                Ok(Some(job)) => job,
-                Ok(None) | Err(_) => return 0,
+            let Some((text, message, more)) = receive_job(&socket) else {
+                return 0;
             };
-            if socket.write_all(b"A").is_err() {
+            if fdpass::send(&socket, b"A", &[]).is_err() {
                 return 0;
             }
-            let done = match (&refusal, job.message) {
+            let done = match (&refusal, message) {
                 (Some(why), _) => (Outcome::failure(EX_TEMPFAIL, why.clone()), None),
                 (None, None) => (
                     Outcome::failure(EX_TEMPFAIL, "smtpd: no message with the job"),
                     None,
                 ),
-                (None, Some(message)) => run_one(&job.text, message, identity, &mut alarm_secs),
+                (None, Some(message)) => run_one(&text, message, identity, &mut alarm_secs),
             };
             batch.push(done);
-            if !job.more {
+            if !more {
                 break;
             }
             if batch.len() > 4 * BATCH {
@@ -567,14 +491,12 @@ pub(crate) fn worker_main(spec: &str) -> i32 {
                 synced.push((dir.clone(), result));
             }
         }
-        let mut out = Vec::new();
         for (outcome, dir) in batch {
             let failed = dir.and_then(|d| synced.iter().find(|(s, _)| *s == d)?.1.clone());
             let outcome = failed.map_or(outcome, Outcome::from);
-            write_frame(&mut out, encode_outcome(&outcome).as_bytes());
-        }
-        if socket.write_all(&out).is_err() {
-            return 0;
+            if fdpass::send(&socket, encode_outcome(&outcome).as_bytes(), &[]).is_err() {
+                return 0;
+            }
         }
     }
 }
@@ -617,47 +539,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_round_trip_and_are_bounded() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, b"exit=code:0\n");
-        assert_eq!(read_frame(&mut buf.as_slice()).unwrap(), b"exit=code:0\n");
-        let mut long = Vec::new();
-        long.extend_from_slice(&((MAX_FRAME + 1) as u32).to_be_bytes());
-        assert!(read_frame(&mut long.as_slice()).is_err());
-        assert!(read_frame(&mut &b"\0\0"[..]).is_err());
-    }
-
-    #[test]
     fn jobs_and_descriptors_cross_a_socket() {
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, b) = fdpass::pair().unwrap();
         let file = tempfile_with(b"hello");
-        for (text, more) in [("method=maildir\n", 1u8), ("second\n", 0u8)] {
-            let mut frame = Vec::new();
-            frame.extend_from_slice(&(text.len() as u32).to_be_bytes());
-            frame.push(more);
-            frame.extend_from_slice(text.as_bytes());
-            let fds = [file.as_raw_fd()];
-            sendmsg::<UnixAddr>(
-                a.as_raw_fd(),
-                &[IoSlice::new(&frame)],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::empty(),
-                None,
-            )
-            .unwrap();
+        for packet in [&b"1method=maildir\n"[..], &b"0second\n"[..]] {
+            fdpass::send(&a, packet, &[file.as_raw_fd()]).unwrap();
         }
-        let first = receive_job(&mut b).unwrap().unwrap();
-        assert_eq!(first.text, b"method=maildir\n");
-        assert!(first.more);
+        let (text, message, more) = receive_job(&b).unwrap();
+        assert_eq!(text, b"method=maildir\n");
+        assert!(more);
         let mut content = String::new();
-        first.message.unwrap().read_to_string(&mut content).unwrap();
+        std::io::Read::read_to_string(&mut message.unwrap(), &mut content).unwrap();
         assert_eq!(content, "hello");
-        let second = receive_job(&mut b).unwrap().unwrap();
-        assert_eq!(second.text, b"second\n");
-        assert!(!second.more);
-        assert!(second.message.is_some());
+        let (text, message, more) = receive_job(&b).unwrap();
+        assert_eq!(text, b"second\n");
+        assert!(!more);
+        assert!(message.is_some());
+        // Not a job: no batch flag.
+        fdpass::send(&a, b"xjob", &[]).unwrap();
+        assert!(receive_job(&b).is_none());
         drop(a);
-        assert!(receive_job(&mut b).unwrap().is_none());
+        assert!(receive_job(&b).is_none());
     }
 
     #[test]

@@ -35,11 +35,11 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 use crate::deliver::request::{Job, escape_into, unescape};
-use crate::fdpass::{Packet, pair, receive, receive_timeout, send};
 use crate::deliver::result::{DeliveryResult, EX_NOPERM, EX_TEMPFAIL, Status};
 use crate::deliver::{DeliveryAgent, Method};
 use crate::expand::forward::{ForwardFiles, ForwardOpen, HomeForwards, MAX_FORWARD_SIZE};
 use crate::expand::userbase::UserInfo;
+use crate::fdpass::{Packet, pair, receive, receive_timeout, send};
 use crate::table::credentials::{AuthCheck, HashError, LookupError, Scheme, authenticate};
 
 /// Longest request packet.
@@ -348,7 +348,6 @@ pub fn watch(channel: &OwnedFd) {
         }
     }
 }
-
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
