@@ -119,6 +119,20 @@ fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
     submit_rcpts(port, from, &[to], body)
 }
 
+/// Sends `n` messages from alice, message `i` to `bob{i}@far.test` with the subject
+/// `{subject}{i}` and the body `body {i}`; each must be accepted.
+fn submit_numbered(port: u16, n: usize, subject: &str) {
+    for i in 0..n {
+        let reply = submit(
+            port,
+            "alice@client.test",
+            &format!("bob{i}@far.test"),
+            &format!("Subject: {subject}{i}\r\n\r\nbody {i}\r\n"),
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+}
+
 /// Sends one message to several recipients (with optional RCPT parameters after a space).
 fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -584,15 +598,7 @@ async fn queued_messages_share_one_session_and_one_transaction_per_message() {
     );
     let (daemon, port) = start(dir.path(), &conf);
     tokio::task::spawn_blocking(move || {
-        for i in 0..5 {
-            let reply = submit(
-                port,
-                "alice@client.test",
-                &format!("bob{i}@far.test"),
-                &format!("Subject: message {i}\r\n\r\nbody {i}\r\n"),
-            );
-            assert!(reply.starts_with("250"), "{reply}");
-        }
+        submit_numbered(port, 5, "message ");
         // One message, three recipients of the same domain, one of them refused.
         let reply = submit_rcpts(
             port,
@@ -690,19 +696,9 @@ async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
         addr.port()
     );
     let (daemon, port) = start(dir.path(), &conf);
-    tokio::task::spawn_blocking(move || {
-        for i in 0..8 {
-            let reply = submit(
-                port,
-                "alice@client.test",
-                &format!("bob{i}@far.test"),
-                &format!("Subject: message {i}\r\n\r\nbody {i}\r\n"),
-            );
-            assert!(reply.starts_with("250"), "{reply}");
-        }
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || submit_numbered(port, 8, "message "))
+        .await
+        .unwrap();
     let lines = wait_for_n(&daemon, "mta delivery", 8, 30);
     assert!(
         lines.iter().all(|l| l.contains("result=\"Ok\"")),
@@ -998,19 +994,9 @@ async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
         addr.port()
     );
     let (daemon, port) = start(dir.path(), &conf);
-    tokio::task::spawn_blocking(move || {
-        for i in 0..2 {
-            let reply = submit(
-                port,
-                "alice@client.test",
-                &format!("bob{i}@far.test"),
-                &format!("Subject: {i}\r\n\r\nbody {i}\r\n"),
-            );
-            assert!(reply.starts_with("250"), "{reply}");
-        }
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || submit_numbered(port, 2, ""))
+        .await
+        .unwrap();
     let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
     assert!(
         lines.iter().all(|l| l.contains("result=\"Ok\"")),
