@@ -274,6 +274,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection of session `sid` over `io`, in `state` (a TLS handshake keeps the state
+    /// of the plain connection it replaces).
+    fn new(io: Box<dyn Io>, sid: &str, state: &'static str) -> Conn {
+        Conn {
+            io,
+            buf: Vec::new(),
+            tag: format!("0x{sid}"),
+            state,
+        }
+    }
+
     /// `-T mta`: `mta: 0xSID: MTA_EHLO -> MTA_STARTTLS`, where OpenSMTPD changes state.
     fn enter(&mut self, state: &'static str) {
         tracing::trace!(target: "mta", "mta: {}: {} -> {}", self.tag, self.state, state);
@@ -1228,12 +1239,7 @@ impl Relayer {
         // unless `no-verify`; opportunistic STARTTLS takes any certificate.
         let verify =
             action.tls != Some(true) && matches!(scheme, RelayScheme::SmtpTls | RelayScheme::Smtps);
-        let mut conn = Conn {
-            io: Box::new(tcp),
-            buf: Vec::new(),
-            tag: format!("0x{sid}"),
-            state: "MTA_INIT",
-        };
+        let mut conn = Conn::new(Box::new(tcp), sid, "MTA_INIT");
         conn.enter("MTA_INIT");
         let mut secure = false;
         if scheme == RelayScheme::Smtps {
@@ -1305,12 +1311,7 @@ impl Relayer {
             info!("{sid} mta server-cert-check result=\"failure\"");
             return Err(temp(format!("!{why}")));
         }
-        Ok(Conn {
-            io: Box::new(up.stream),
-            buf: Vec::new(),
-            tag: format!("0x{sid}"),
-            state,
-        })
+        Ok(Conn::new(Box::new(up.stream), sid, state))
     }
 
     /// Greeting, EHLO (LHLO, HELO), STARTTLS and AUTH; the capabilities of the last EHLO.
@@ -1367,12 +1368,7 @@ impl Relayer {
             } else {
                 let plain = std::mem::replace(
                     conn,
-                    Conn {
-                        io: Box::new(tokio::io::empty()),
-                        buf: Vec::new(),
-                        tag: format!("0x{sid}"),
-                        state: conn.state,
-                    },
+                    Conn::new(Box::new(tokio::io::empty()), sid, conn.state),
                 );
                 *conn = self
                     .handshake(sid, action, helo, host, plain, verify)
