@@ -159,7 +159,17 @@ fn check_path(root: &Path) -> Result<(), Failure> {
 }
 
 /// `maildir_mkdirs`: the directory with its parents, then `cur`, `tmp`, `new`.
+/// A maildir already in that state (0700, its three directories present) is left alone:
+/// the `mkdir`s and `chmod` would change nothing, and each takes the directory's lock.
 fn make_maildir(dir: &Path) -> Result<(), Failure> {
+    let ready = fs::metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 == 0o700)
+        && ["cur", "tmp", "new"]
+            .iter()
+            .all(|sub| fs::metadata(dir.join(sub)).is_ok_and(|m| m.is_dir()));
+    if ready {
+        return Ok(());
+    }
     mkdirs(dir).map_err(|e| match e.raw_os_error() {
         Some(libc::EINVAL) | Some(libc::ENAMETOOLONG) => {
             Failure::new(1, format!("{PROGRAM}: {}", strerror(&e)))

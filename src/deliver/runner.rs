@@ -1078,3 +1078,122 @@ fn random_u64() -> u64 {
             .unwrap_or(0)
     })
 }
+
+/// Most recipients of one message delivered before its commit; a larger message goes
+/// through the queue, so that its client does not wait on many mailboxes.
+const MAX_DIRECT_RECIPIENTS: usize = 16;
+
+/// Deliveries that may be made before a commit, and the delivery slots they hold.
+#[derive(Debug)]
+pub struct DirectPlan {
+    requests: Vec<DeliveryRequest>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// What [`Runner::deliver_direct`] did.
+#[derive(Debug, Default)]
+pub struct DirectOutcome {
+    /// The `mda delivery` lines of the recipients delivered, to log after the message's
+    /// `smtp message` line.
+    pub log: Vec<String>,
+    /// The envelopes not delivered: they go through the queue as usual.
+    pub remaining: Vec<Envelope>,
+}
+
+/// Deliveries made before the commit of a message.
+///
+/// When every recipient of a message goes to a maildir through the delivery workers, the
+/// message is delivered while its client waits for the reply to the final dot: each
+/// delivery fsyncs the new file and its `new/` directory before it reports success, so
+/// the mail is on disk before the `250`, as it is after a queue commit, and the queue's
+/// files, fsyncs and later removal are not needed at all. A recipient whose delivery does
+/// not succeed is committed to the queue like any other and retried from there; its
+/// first attempt is not logged (the queue's attempt is).
+impl Runner {
+    /// The deliveries of `envelopes` if they may be made before the commit: all local
+    /// maildir deliveries through the workers, none asking for a success report, local
+    /// delivery not paused, and free delivery slots for all of them (a busy delivery side
+    /// leaves new mail to the queue).
+    pub fn plan_direct(&self, envelopes: &[Envelope]) -> Option<DirectPlan> {
+        if envelopes.is_empty()
+            || envelopes.len() > MAX_DIRECT_RECIPIENTS
+            || self.is_paused(DeliveryKind::Mda)
+        {
+            return None;
+        }
+        let mut requests = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            if e.kind() != DeliveryKind::Mda || e.dsn.notify.has(crate::queue::DsnNotify::SUCCESS) {
+                return None;
+            }
+            match self.request(e) {
+                Ok(r) if matches!(r.method, Method::Maildir { .. }) && r.wrapper.is_none() => {
+                    requests.push(r)
+                }
+                _ => return None,
+            }
+        }
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_many_owned(envelopes.len() as u32)
+            .ok()?;
+        Some(DirectPlan { requests, permit })
+    }
+
+    /// Makes the deliveries of `plan` (from [`Runner::plan_direct`] for the same
+    /// `envelopes`) from the body file at `body`, flushed but not committed.
+    pub async fn deliver_direct(
+        self: &Arc<Self>,
+        envelopes: Vec<Envelope>,
+        body: &std::path::Path,
+        plan: DirectPlan,
+    ) -> DirectOutcome {
+        let mut running = tokio::task::JoinSet::new();
+        let mut outcome = DirectOutcome::default();
+        for (i, mut req) in plan.requests.into_iter().enumerate() {
+            req.message = MessageSource::Path(body.to_path_buf());
+            let agent = self.agent.clone();
+            running.spawn(async move { (i, agent.deliver(req).await) });
+        }
+        let mut results = Vec::with_capacity(envelopes.len());
+        while let Some(done) = running.join_next().await {
+            if let Ok(r) = done {
+                results.push(r);
+            }
+        }
+        drop(plan.permit);
+        results.sort_by_key(|(i, _)| *i);
+        let mut delivered = vec![false; envelopes.len()];
+        for (i, result) in results {
+            if result.status != Status::Ok {
+                continue;
+            }
+            let e = &envelopes[i];
+            let user = match &e.target {
+                Target::Mda(t) => t.user.as_str(),
+                _ => "",
+            };
+            let entry = MdaLogEntry {
+                group_id: e.id.get(),
+                evpid: e.id.get(),
+                sender: &e.sender,
+                dest: &e.dest,
+                rcpt: &e.rcpt,
+                user,
+                delay_secs: now().saturating_sub(e.ctime) as i64,
+            };
+            outcome.log.push(mda_delivery_line(&entry, &result));
+            self.stats.ok.fetch_add(1, Ordering::Relaxed);
+            delivered[i] = true;
+        }
+        outcome.remaining.extend(
+            envelopes
+                .into_iter()
+                .zip(delivered)
+                .filter(|(_, d)| !d)
+                .map(|(e, _)| e),
+        );
+        outcome
+    }
+}

@@ -217,7 +217,8 @@ impl Spool {
                 continue;
             }
             let dir = layout.incoming_message(msgid);
-            if !self.reuse_spare(&dir) {
+            let reused = self.reuse_spare(&dir);
+            if !reused {
                 match fs::DirBuilder::new().mode(0o700).create(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -231,9 +232,13 @@ impl Spool {
                 continue;
             }
             let body = dir.join(MESSAGE_FILE);
+            // A reused directory may bring an emptied body file along (see
+            // `recycle_incoming`): it is reused too.
             let file = match OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create_new(!reused)
+                .create(reused)
+                .truncate(reused)
                 .mode(0o600)
                 .open(&body)
             {
@@ -534,6 +539,42 @@ impl Spool {
 
     /// Moves a kept directory to `dir` (an `incoming/<msgid>` that does not exist yet);
     /// false when none is kept or the move failed (the caller creates `dir`).
+    /// Keeps an open transaction's directory `incoming/<msgid>/` for reuse once its message
+    /// was delivered without being queued: the body file is emptied and stays, and nothing
+    /// else may be in the directory. Anything unexpected, or enough spares kept already: the
+    /// directory is removed instead.
+    pub(crate) fn recycle_incoming(&self, dir: &std::path::Path) {
+        let kept = (|| -> std::io::Result<bool> {
+            for entry in fs::read_dir(dir)? {
+                if entry?.file_name().to_str() != Some(MESSAGE_FILE) {
+                    return Ok(false);
+                }
+            }
+            let mut spares = self
+                .inner
+                .spares
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if spares.len() >= MAX_SPARES {
+                return Ok(false);
+            }
+            OpenOptions::new()
+                .write(true)
+                .open(dir.join(MESSAGE_FILE))?
+                .set_len(0)?;
+            let n = self.inner.spare_seq.fetch_add(1, Ordering::Relaxed);
+            let to = self.inner.layout.spare().join(n.to_string());
+            fs::rename(dir, &to)?;
+            spares.push(to);
+            Ok(true)
+        })();
+        if !matches!(kept, Ok(true))
+            && let Err(e) = remove_tree(dir)
+        {
+            tracing::warn!("{e}");
+        }
+    }
+
     fn reuse_spare(&self, dir: &std::path::Path) -> bool {
         let spare = self
             .inner

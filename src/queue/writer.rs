@@ -175,6 +175,30 @@ impl MessageWriter {
         self.take_transaction(envelopes, cancelled)?.run()
     }
 
+    /// Writes the body bytes still collected in memory to the body file, without an
+    /// fsync, and returns the file's path: deliveries made before the commit read the
+    /// body from there (see `deliver::runner::Runner::deliver_direct`). The transaction
+    /// stays open: it can still be committed or discarded.
+    pub async fn flush(&mut self) -> Result<PathBuf> {
+        if !self.buf.is_empty() {
+            self.flush_block().await?;
+        }
+        Ok(self.body_path())
+    }
+
+    /// Ends the transaction without queueing anything, when every recipient was delivered
+    /// before the commit. The directory and its body file (emptied) are kept for the next
+    /// message, which saves creating and deleting two inodes per message.
+    pub async fn discard(mut self) -> Result<()> {
+        self.finished = true;
+        self.file = None;
+        let spool = self.spool.clone();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || spool.recycle_incoming(&dir))
+            .await
+            .map_err(|e| QueueError::io("remove", &self.dir, std::io::Error::other(e.to_string())))
+    }
+
     /// Rolls the transaction back: removes `incoming/<msgid>/`.
     pub fn abort(mut self) -> Result<()> {
         self.finished = true;

@@ -239,6 +239,9 @@ struct Conn {
     envelopes: Vec<queue::Envelope>,
     /// A write to the message file failed: the commit must refuse.
     write_failed: bool,
+    /// `mda delivery` lines of recipients delivered before the commit, logged after the
+    /// message's `smtp message` line.
+    delivered_log: Vec<String>,
     helo: String,
     auth_user: Option<String>,
     mail_from: String,
@@ -265,6 +268,7 @@ impl Conn {
             writer: None,
             envelopes: Vec::new(),
             write_failed: false,
+            delivered_log: Vec::new(),
             helo: String::new(),
             auth_user: None,
             mail_from: String::new(),
@@ -276,7 +280,7 @@ impl Conn {
         &self.server.graph.config.listeners[self.listener]
     }
 
-    fn log_event(&self, e: &Event) {
+    fn log_event(&mut self, e: &Event) {
         let sid = self.sid;
         match e {
             Event::Identified { .. } => {}
@@ -312,6 +316,9 @@ impl Conn {
                         "{sid} smtp envelope evpid={evpid} from=<{}> to=<{to}>",
                         addr_text(sender)
                     );
+                }
+                for line in std::mem::take(&mut self.delivered_log) {
+                    info!("{line}");
                 }
             }
         }
@@ -620,7 +627,32 @@ impl Conn {
             let _ = writer.abort();
             return CommitVerdict::Refuse(Reply::temporary_failure());
         }
-        let envelopes = std::mem::take(&mut self.envelopes);
+        let mut envelopes = std::mem::take(&mut self.envelopes);
+        let mut writer = writer;
+        // Local maildir recipients are delivered before the reply when they can be (see
+        // `Runner::deliver_direct`); what is left goes through the queue.
+        if let Some(d) = self.server.delivery.clone()
+            && let Some(plan) = d.plan_direct(&envelopes)
+        {
+            match writer.flush().await {
+                Ok(body) => {
+                    let done = d.deliver_direct(envelopes, &body, plan).await;
+                    self.delivered_log = done.log;
+                    envelopes = done.remaining;
+                }
+                Err(e) => {
+                    warn!("warn: queue: commit failed: {e}");
+                    let _ = writer.abort();
+                    return CommitVerdict::Refuse(Reply::temporary_failure());
+                }
+            }
+            if envelopes.is_empty() {
+                if let Err(e) = writer.discard().await {
+                    warn!("warn: queue: {e}");
+                }
+                return CommitVerdict::Committed;
+            }
+        }
         let scheduled = envelopes.clone();
         match writer.commit(envelopes).await {
             Ok(_) => {
@@ -631,6 +663,10 @@ impl Conn {
             }
             Err(e) => {
                 warn!("warn: queue: commit failed: {e}");
+                // Deliveries made before the failed commit stand: they are logged now.
+                for line in std::mem::take(&mut self.delivered_log) {
+                    info!("{line}");
+                }
                 CommitVerdict::Refuse(Reply::temporary_failure())
             }
         }

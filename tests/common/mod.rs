@@ -31,3 +31,119 @@ pub fn read_reply(r: &mut impl BufRead) -> String {
     }
     out
 }
+
+/// The built daemon, started in the foreground (`-d`) on a configuration whose `PORT` is
+/// replaced by a free port, its spool in `DIR/spool`, no resolver, and its log collected.
+/// Killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    pub port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts smtpd on `conf` (written to `DIR/smtpd.conf`) with `extra` arguments, and
+    /// waits (at most 10 s) until it accepts connections.
+    pub fn start(dir: &std::path::Path, conf: &str, extra: &[&str]) -> Daemon {
+        use std::io::Read;
+        let port = free_port();
+        let path = dir.join("smtpd.conf");
+        std::fs::write(&path, conf.replace("PORT", &port.to_string())).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtpd"))
+            .arg("-d")
+            .args(extra)
+            .arg("-f")
+            .arg(&path)
+            .arg("--spool")
+            .arg(dir.join("spool"))
+            .arg("--resolv-conf")
+            .arg("/nonexistent")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start smtpd");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        let d = Daemon { child, port, log };
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "smtpd did not start: {}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits (at most `secs`) until the log contains `text`; says whether it did.
+    pub fn wait_log(&self, text: &str, secs: u64) -> bool {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(secs) {
+            if self.log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One SMTP dialogue on a fresh connection: the banner, then each line sent with its reply
+/// read (a DATA body is sent as one line ending in `\r\n.`). Returns every reply.
+pub fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
+    use std::io::Write;
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    let mut replies = vec![read_reply(&mut r)];
+    for l in lines {
+        w.write_all(format!("{l}\r\n").as_bytes()).expect("send");
+        replies.push(read_reply(&mut r));
+    }
+    replies
+}
+
+/// Regular files under `dir`, recursively (bounded by the tree itself).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
