@@ -328,6 +328,68 @@ fn forward_read_by_the_broker_and_maildir_written_as_the_userbase_uid() {
     assert!(!fhome.join("Maildir").exists());
 }
 
+/// The unprivileged side answers "no .forward" itself only when it can see there is none;
+/// a `.forward` in a home it can search is still read (by the broker) and obeyed.
+#[test]
+fn forward_in_a_searchable_home_is_obeyed_and_a_missing_one_delivers_locally() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ghome, hhome, vhome) = (
+        dir.path().join("ghome"),
+        dir.path().join("hhome"),
+        dir.path().join("vhome"),
+    );
+    for (home, id) in [(&ghome, 2002), (&hhome, 2003), (&vhome, 2000)] {
+        std::fs::create_dir(home).unwrap();
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(home.as_path(), Some(id.into()), Some(id.into())).unwrap();
+    }
+    std::fs::write(ghome.join(".forward"), "vuser\n").unwrap();
+    nix::unistd::chown(
+        &ghome.join(".forward"),
+        Some(2002.into()),
+        Some(2002.into()),
+    )
+    .unwrap();
+    let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
+                table users { guser = \"2002:2002:DIR/ghome\", huser = \"2003:2003:DIR/hhome\", vuser = \"2000:2000:DIR/vhome\" }\n\
+                action \"local\" maildir userbase <users>\n\
+                match from any for domain \"mx.test\" action \"local\"\n";
+    let (_d, port) = start(dir.path(), conf, &[]);
+    let mut lines = vec![
+        "EHLO client.test",
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<guser@mx.test>",
+        "RCPT TO:<huser@mx.test>",
+        "DATA",
+    ];
+    lines.extend(MESSAGE);
+    lines.push("QUIT");
+    let replies = dialogue(port, &lines);
+    assert!(replies[3].starts_with("250 "), "{replies:?}");
+    assert!(replies[4].starts_with("250 "), "{replies:?}");
+    for new in [vhome.join("Maildir/new"), hhome.join("Maildir/new")] {
+        wait_for("deliveries", || {
+            std::fs::read_dir(&new).is_ok_and(|mut d| d.next().is_some())
+        });
+    }
+    assert!(
+        !ghome.join("Maildir").exists(),
+        "guser's mail was forwarded"
+    );
+    let file = std::fs::read_dir(hhome.join("Maildir/new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!((m.uid(), m.gid()), (2003, 2003));
+}
+
 #[test]
 fn system_accounts_are_checked_by_the_broker() {
     if !is_root() {

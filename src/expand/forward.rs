@@ -60,7 +60,18 @@ impl ForwardFiles for HomeForwards {
     fn open(&self, user: &UserInfo) -> ForwardOpen {
         // An unprivileged daemon asks its privileged broker, which opens the file as root
         // with the same checks (this very function, in the broker).
+        // Most users have no `.forward`: when this side can see so itself (a home it can
+        // search, not sticky, with no such name in it), the answer is the broker's, and
+        // the round trip is saved. Anything else is the broker's to judge.
         if let Some(broker) = crate::privsep::broker::client() {
+            let home = Path::new(&user.home);
+            let visibly_missing = fs::metadata(home)
+                .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o1000 == 0)
+                && fs::symlink_metadata(home.join(".forward"))
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+            if visibly_missing {
+                return ForwardOpen::Missing;
+            }
             return broker.open_forward(user);
         }
         let home = user.home.as_str();

@@ -540,16 +540,12 @@ impl Spool {
     /// Moves a kept directory to `dir` (an `incoming/<msgid>` that does not exist yet);
     /// false when none is kept or the move failed (the caller creates `dir`).
     /// Keeps an open transaction's directory `incoming/<msgid>/` for reuse once its message
-    /// was delivered without being queued: the body file is emptied and stays, and nothing
-    /// else may be in the directory. Anything unexpected, or enough spares kept already: the
-    /// directory is removed instead.
-    pub(crate) fn recycle_incoming(&self, dir: &std::path::Path) {
+    /// was delivered without being queued: its body file `body` is emptied and stays. The
+    /// transaction owned the directory, so it holds the body and at most a reused
+    /// envelope file (`envelope.spare`), both fit for the next message. With enough spares
+    /// kept already, or on an error, the directory is removed instead.
+    pub(crate) fn recycle_incoming(&self, dir: &std::path::Path, body: File) {
         let kept = (|| -> std::io::Result<bool> {
-            for entry in fs::read_dir(dir)? {
-                if entry?.file_name().to_str() != Some(MESSAGE_FILE) {
-                    return Ok(false);
-                }
-            }
             let mut spares = self
                 .inner
                 .spares
@@ -558,10 +554,8 @@ impl Spool {
             if spares.len() >= MAX_SPARES {
                 return Ok(false);
             }
-            OpenOptions::new()
-                .write(true)
-                .open(dir.join(MESSAGE_FILE))?
-                .set_len(0)?;
+            body.set_len(0)?;
+            drop(body);
             let n = self.inner.spare_seq.fetch_add(1, Ordering::Relaxed);
             let to = self.inner.layout.spare().join(n.to_string());
             fs::rename(dir, &to)?;

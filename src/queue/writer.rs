@@ -190,11 +190,12 @@ impl MessageWriter {
     /// before the commit. The directory and its body file (emptied) are kept for the next
     /// message, which saves creating and deleting two inodes per message.
     pub async fn discard(mut self) -> Result<()> {
+        let path = self.body_path();
+        let file = self.file.take().ok_or_else(|| unusable(&path))?;
         self.finished = true;
-        self.file = None;
         let spool = self.spool.clone();
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || spool.recycle_incoming(&dir))
+        tokio::task::spawn_blocking(move || spool.recycle_incoming(&dir, file))
             .await
             .map_err(|e| QueueError::io("remove", &self.dir, std::io::Error::other(e.to_string())))
     }
