@@ -25,7 +25,7 @@ use super::relay::{RelayOutcome, Relayer};
 use super::request::{
     Account, DeliveryRequest, EnvelopeInfo, LmtpRecipient, MessageSource, Method,
 };
-use super::result::Status;
+use super::result::{DeliveryResult, Status};
 use crate::config::model::{ActionMethod, LocalMethod};
 use crate::dns::Resolver;
 use crate::expand::userbase::{SystemPasswd, TableUserbase, Userbase};
@@ -33,8 +33,8 @@ use crate::queue::scheduler::{
     Action, EnvelopeStatus, ScheduleEntry, Scheduler, SchedulerConfig, TempFailure,
 };
 use crate::queue::{
-    BounceKind, BounceTarget, DeliveryKind, Envelope, Evpid, Msgid, QueueId, Spool, StatusCode,
-    Target,
+    BounceKind, BounceTarget, DeliveryKind, Envelope, Evpid, MessageWriter, Msgid, QueueId, Spool,
+    StatusCode, Target,
 };
 use crate::rules::RuleGraph;
 
@@ -1083,6 +1083,11 @@ fn random_u64() -> u64 {
 /// through the queue, so that its client does not wait on many mailboxes.
 const MAX_DIRECT_RECIPIENTS: usize = 16;
 
+/// How long a message waits for delivery slots before it goes to the queue instead. Under
+/// load the slots are the bottleneck either way, and a message delivered directly costs
+/// less than one queued and delivered later.
+const DIRECT_SLOT_WAIT: Duration = Duration::from_millis(500);
+
 /// Deliveries that may be made before a commit, and the delivery slots they hold.
 #[derive(Debug)]
 pub struct DirectPlan {
@@ -1098,6 +1103,9 @@ pub struct DirectOutcome {
     pub log: Vec<String>,
     /// The envelopes not delivered: they go through the queue as usual.
     pub remaining: Vec<Envelope>,
+    /// The transaction, to commit `remaining` with; `None` once discarded (everything
+    /// delivered) or lost with a failed task.
+    pub writer: Option<MessageWriter>,
 }
 
 /// Deliveries made before the commit of a message.
@@ -1112,9 +1120,9 @@ pub struct DirectOutcome {
 impl Runner {
     /// The deliveries of `envelopes` if they may be made before the commit: all local
     /// maildir deliveries through the workers, none asking for a success report, local
-    /// delivery not paused, and free delivery slots for all of them (a busy delivery side
-    /// leaves new mail to the queue).
-    pub fn plan_direct(&self, envelopes: &[Envelope]) -> Option<DirectPlan> {
+    /// delivery not paused, and delivery slots for all of them within
+    /// [`DIRECT_SLOT_WAIT`] (a delivery side that stays busy leaves new mail to the queue).
+    pub async fn plan_direct(&self, envelopes: &[Envelope]) -> Option<DirectPlan> {
         if envelopes.is_empty()
             || envelopes.len() > MAX_DIRECT_RECIPIENTS
             || self.is_paused(DeliveryKind::Mda)
@@ -1133,33 +1141,79 @@ impl Runner {
                 _ => return None,
             }
         }
-        let permit = self
+        let slots = self
             .inflight
             .clone()
-            .try_acquire_many_owned(envelopes.len() as u32)
+            .acquire_many_owned(envelopes.len() as u32);
+        let permit = tokio::time::timeout(DIRECT_SLOT_WAIT, slots)
+            .await
+            .ok()?
             .ok()?;
         Some(DirectPlan { requests, permit })
     }
 
     /// Makes the deliveries of `plan` (from [`Runner::plan_direct`] for the same
-    /// `envelopes`) from the body file at `body`, flushed but not committed.
+    /// `envelopes`) from the open transaction `writer`. When all succeed the transaction
+    /// is discarded; otherwise it comes back in the outcome, to commit what remains.
+    /// A message for one recipient is written out, delivered and discarded in a single
+    /// blocking task: one hand-off between threads instead of three.
     pub async fn deliver_direct(
         self: &Arc<Self>,
         envelopes: Vec<Envelope>,
-        body: &std::path::Path,
+        mut writer: MessageWriter,
         plan: DirectPlan,
     ) -> DirectOutcome {
-        let mut running = tokio::task::JoinSet::new();
         let mut outcome = DirectOutcome::default();
-        for (i, mut req) in plan.requests.into_iter().enumerate() {
-            req.message = MessageSource::Path(body.to_path_buf());
-            let agent = self.agent.clone();
-            running.spawn(async move { (i, agent.deliver(req).await) });
-        }
         let mut results = Vec::with_capacity(envelopes.len());
-        while let Some(done) = running.join_next().await {
-            if let Ok(r) = done {
-                results.push(r);
+        let mut requests = plan.requests;
+        if requests.len() == 1
+            && let Some(mut req) = requests.pop()
+        {
+            let agent = self.agent.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                let result = match writer.flush_blocking() {
+                    Ok(body) => {
+                        req.message = MessageSource::Path(body);
+                        agent.deliver_blocking(req)
+                    }
+                    Err(e) => DeliveryResult::plain(Status::TempFail, &e.to_string()),
+                };
+                if result.status == Status::Ok {
+                    writer.discard_blocking();
+                    (result, None)
+                } else {
+                    (result, Some(writer))
+                }
+            })
+            .await;
+            // A task that died took the transaction with it: nothing can be committed.
+            if let Ok((result, writer)) = joined {
+                results.push((0, result));
+                outcome.writer = writer;
+            }
+        } else {
+            let body = writer.flush().await;
+            let mut running = tokio::task::JoinSet::new();
+            if let Ok(body) = &body {
+                for (i, mut req) in requests.into_iter().enumerate() {
+                    req.message = MessageSource::Path(body.clone());
+                    let agent = self.agent.clone();
+                    running.spawn(async move { (i, agent.deliver(req).await) });
+                }
+            }
+            while let Some(done) = running.join_next().await {
+                if let Ok(r) = done {
+                    results.push(r);
+                }
+            }
+            let all = results.len() == envelopes.len()
+                && results.iter().all(|(_, r)| r.status == Status::Ok);
+            if all {
+                if let Err(e) = writer.discard().await {
+                    warn!("warn: queue: {e}");
+                }
+            } else {
+                outcome.writer = Some(writer);
             }
         }
         drop(plan.permit);

@@ -29,6 +29,10 @@ use super::spool::Spool;
 /// Body bytes collected before a write to the file.
 const WRITE_BLOCK: usize = 64 * 1024;
 
+/// The collecting buffer's first size: most messages are smaller, and a buffer of 64 KiB
+/// or more costs glibc a consolidation of its free lists each time one is freed.
+const FIRST_BLOCK: usize = 16 * 1024;
+
 /// An open message transaction (see the module documentation).
 pub struct MessageWriter {
     spool: Spool,
@@ -62,7 +66,7 @@ impl MessageWriter {
             msgid,
             dir,
             file: Some(file),
-            buf: Vec::with_capacity(WRITE_BLOCK),
+            buf: Vec::with_capacity(FIRST_BLOCK),
             size: 0,
             issued: HashSet::new(),
             finished: false,
@@ -184,6 +188,30 @@ impl MessageWriter {
             self.flush_block().await?;
         }
         Ok(self.body_path())
+    }
+
+    /// Like [`MessageWriter::flush`], for callers outside tokio (or on its blocking pool).
+    pub fn flush_blocking(&mut self) -> Result<PathBuf> {
+        let path = self.body_path();
+        if !self.buf.is_empty() {
+            let file = self.file.as_mut().ok_or_else(|| unusable(&path))?;
+            file.write_all(&self.buf)
+                .map_err(|e| QueueError::io("write", &path, e))?;
+            self.buf.clear();
+        }
+        Ok(path)
+    }
+
+    /// Like [`MessageWriter::discard`], from a blocking context.
+    pub fn discard_blocking(mut self) {
+        match self.file.take() {
+            Some(file) => {
+                self.finished = true;
+                self.spool.recycle_incoming(&self.dir, file);
+            }
+            // Unusable: dropping the writer removes the directory.
+            None => drop(self),
+        }
     }
 
     /// Ends the transaction without queueing anything, when every recipient was delivered

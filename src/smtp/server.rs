@@ -632,25 +632,21 @@ impl Conn {
         // Local maildir recipients are delivered before the reply when they can be (see
         // `Runner::deliver_direct`); what is left goes through the queue.
         if let Some(d) = self.server.delivery.clone()
-            && let Some(plan) = d.plan_direct(&envelopes)
+            && let Some(plan) = d.plan_direct(&envelopes).await
         {
-            match writer.flush().await {
-                Ok(body) => {
-                    let done = d.deliver_direct(envelopes, &body, plan).await;
-                    self.delivered_log = done.log;
-                    envelopes = done.remaining;
-                }
-                Err(e) => {
-                    warn!("warn: queue: commit failed: {e}");
-                    let _ = writer.abort();
+            let done = d.deliver_direct(envelopes, writer, plan).await;
+            self.delivered_log = done.log;
+            envelopes = done.remaining;
+            match done.writer {
+                _ if envelopes.is_empty() => return CommitVerdict::Committed,
+                Some(w) => writer = w,
+                None => {
+                    warn!("warn: queue: commit failed: delivery task failed");
+                    for line in std::mem::take(&mut self.delivered_log) {
+                        info!("{line}");
+                    }
                     return CommitVerdict::Refuse(Reply::temporary_failure());
                 }
-            }
-            if envelopes.is_empty() {
-                if let Err(e) = writer.discard().await {
-                    warn!("warn: queue: {e}");
-                }
-                return CommitVerdict::Committed;
             }
         }
         let scheduled = envelopes.clone();
