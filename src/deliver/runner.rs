@@ -1171,9 +1171,9 @@ impl Runner {
         {
             let agent = self.agent.clone();
             let joined = tokio::task::spawn_blocking(move || {
-                let result = match writer.flush_blocking() {
+                let result = match writer.body_file_blocking() {
                     Ok(body) => {
-                        req.message = MessageSource::Path(body);
+                        req.message = MessageSource::File(body);
                         agent.deliver_blocking(req)
                     }
                     Err(e) => DeliveryResult::plain(Status::TempFail, &e.to_string()),

@@ -3,7 +3,8 @@
 //! ```text
 //! ROOT/                     0711  (default /var/spool/smtpd, `--spool DIR`)
 //!   spool.lock              0600  exclusive lock held by the running daemon
-//!   incoming/               0700  incoming/<msgid>/           open transaction
+//!   incoming/               0700  incoming/<msgid>/           open transaction (created at
+//!                                                             its first 64 KiB or commit)
 //!                                 incoming/<msgid>/message    body being received
 //!                                 incoming/<msgid>/<evpid>    envelopes, written at commit
 //!   queue/                  0700  queue/<XX>/<msgid>/message  committed body

@@ -10,7 +10,9 @@
 //! How a message moves through it:
 //!
 //! ```text
-//! smtp session ── Spool::begin_message ──▶ incoming/<msgid>/message   (body streamed)
+//! smtp session ── Spool::begin_message ──▶ msgid reserved, body collected in memory
+//!              ── first 64 KiB block ───▶ incoming/<msgid>/message   (body streamed)
+//!              ── delivered before commit (deliver::runner) ──▶ discarded, nothing queued
 //!              ── MessageWriter::commit ─▶ queue/<XX>/<msgid>/{message,<evpid>...}  fsynced
 //!                                                │
 //! Scheduler::insert ◀── envelopes ───────────────┘   (also Spool::open's Recovery at start)

@@ -49,6 +49,8 @@ struct Inner {
     /// Emptied message directories in `spare/`, ready for reuse, and the next name.
     spares: Mutex<Vec<PathBuf>>,
     spare_seq: AtomicU64,
+    /// Ids of the open transactions, which may have nothing on disk yet.
+    open_ids: Mutex<std::collections::HashSet<Msgid>>,
     /// Held for the life of the spool; the lock goes with the descriptor.
     _lock: File,
 }
@@ -108,6 +110,7 @@ impl Spool {
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 spares: Mutex::new(Vec::new()),
                 spare_seq: AtomicU64::new(0),
+                open_ids: Mutex::new(std::collections::HashSet::new()),
                 _lock: lock,
             }),
         };
@@ -183,20 +186,11 @@ impl Spool {
         &self.inner.committer
     }
 
-    /// Starts a message transaction: draws a message id that is free in the
-    /// spool and creates `incoming/<msgid>/message`. Runs on tokio's
-    /// blocking pool (creating files costs up to a millisecond).
+    /// Starts a message transaction: draws a message id that is free in the spool and
+    /// reserves it. Nothing is written yet (see [`MessageWriter`]): this only looks at
+    /// `queue/`, which the system keeps in its caches.
     pub async fn begin_message(&self) -> Result<MessageWriter> {
-        let spool = self.clone();
-        tokio::task::spawn_blocking(move || spool.begin_message_blocking())
-            .await
-            .map_err(|e| {
-                QueueError::io(
-                    "begin message in",
-                    &self.inner.layout.incoming(),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?
+        self.begin_message_blocking()
     }
 
     /// Like [`Spool::begin_message`], for callers outside tokio.
@@ -213,48 +207,72 @@ impl Spool {
         let layout = &self.inner.layout;
         for _ in 0..MSGID_ATTEMPTS {
             let msgid = draw()?;
-            if layout.message_dir(msgid).symlink_metadata().is_ok() {
+            if !self.reserve_msgid(msgid) {
                 continue;
             }
-            let dir = layout.incoming_message(msgid);
-            let reused = self.reuse_spare(&dir);
-            if !reused {
-                match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(QueueError::io("create", &dir, e)),
-                }
-            }
-            // A transaction with this id may have committed between the
-            // check and the mkdir; from now on nobody else can.
+            // Reserved first, then checked: a commit of this id that was under way has
+            // finished (the reservation outlives it), so `queue/` tells the truth.
             if layout.message_dir(msgid).symlink_metadata().is_ok() {
-                let _ = remove_tree(&dir);
+                self.release_msgid(msgid);
                 continue;
             }
-            let body = dir.join(MESSAGE_FILE);
-            // A reused directory may bring an emptied body file along (see
-            // `recycle_incoming`): it is reused too.
-            let file = match OpenOptions::new()
-                .write(true)
-                .create_new(!reused)
-                .create(reused)
-                .truncate(reused)
-                .mode(0o600)
-                .open(&body)
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = remove_tree(&dir);
-                    return Err(QueueError::io("create", &body, e));
-                }
-            };
-            return Ok(MessageWriter::new(self.clone(), msgid, dir, file));
+            return Ok(MessageWriter::new(
+                self.clone(),
+                msgid,
+                layout.incoming_message(msgid),
+            ));
         }
         Err(QueueError::io(
             "find a free message id in",
             &layout.queue(),
             std::io::Error::other(format!("{MSGID_ATTEMPTS} random ids were all taken")),
         ))
+    }
+
+    fn open_ids(&self) -> MutexGuard<'_, std::collections::HashSet<Msgid>> {
+        self.inner
+            .open_ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reserves `msgid` for a transaction; `false` if an open one has it.
+    fn reserve_msgid(&self, msgid: Msgid) -> bool {
+        self.open_ids().insert(msgid)
+    }
+
+    /// Ends the reservation of a transaction that committed, aborted or was discarded.
+    pub(crate) fn release_msgid(&self, msgid: Msgid) {
+        self.open_ids().remove(&msgid);
+    }
+
+    /// Creates `incoming/<msgid>/` (`dir`), from a spare directory when one is kept, and
+    /// its body file; on failure nothing is left.
+    pub(crate) fn create_incoming(&self, dir: &Path) -> Result<File> {
+        let reused = self.reuse_spare(dir);
+        if !reused {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| QueueError::io("create", dir, e))?;
+        }
+        let body = dir.join(MESSAGE_FILE);
+        // A reused directory may bring an emptied body file along (see `recycle_incoming`):
+        // it is reused too.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(!reused)
+            .create(reused)
+            .truncate(reused)
+            .mode(0o600)
+            .open(&body)
+        {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                let _ = remove_tree(dir);
+                Err(QueueError::io("create", &body, e))
+            }
+        }
     }
 
     /// Every committed message, in id order.

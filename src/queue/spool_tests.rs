@@ -135,6 +135,7 @@ fn files_left_in_incoming_are_rolled_back_at_open() {
         let (spool, _) = Spool::open(root).unwrap();
         let mut w = spool.begin_message_blocking().unwrap();
         w.write_blocking(b"Subject: half\r\n\r\nbody").unwrap();
+        w.flush_blocking().unwrap();
         // A crash: the writer's cleanup never runs.
         w.crash();
         std::fs::write(root.join("incoming").join("stray"), b"x").unwrap();
@@ -155,12 +156,16 @@ async fn dropping_or_aborting_a_writer_leaves_nothing() {
     let (spool, _) = Spool::open(tmp.path()).unwrap();
     let mut w = spool.begin_message().await.unwrap();
     w.write(b"data").await.unwrap();
+    // A small body stays in memory until something must be written.
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+    w.flush().await.unwrap();
     assert_eq!(names(&tmp.path().join("incoming")).len(), 1);
     drop(w);
     assert!(names(&tmp.path().join("incoming")).is_empty());
 
     let mut w = spool.begin_message().await.unwrap();
     w.write(b"data").await.unwrap();
+    w.flush().await.unwrap();
     w.abort().unwrap();
     assert!(names(&tmp.path().join("incoming")).is_empty());
     assert!(spool.messages().unwrap().is_empty());
@@ -743,4 +748,96 @@ fn commit_rate() {
         );
         assert_eq!(stats.commits as usize, per_run);
     }
+}
+
+#[test]
+fn a_small_body_delivered_before_the_commit_never_touches_the_spool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let chosen = Msgid::new(0x4444_4444).unwrap();
+    let mut w = spool.begin_message_with(|| Ok(chosen)).unwrap();
+    w.write_blocking(b"Subject: small\r\n\r\nbody\r\n").unwrap();
+    // The id is reserved while the transaction is open, with nothing on disk.
+    let other = Msgid::new(0x5555_5555).unwrap();
+    let mut draws = [chosen, other].into_iter();
+    let w2 = spool
+        .begin_message_with(|| Ok(draws.next().unwrap_or(other)))
+        .unwrap();
+    assert_eq!(w2.msgid(), other);
+    let mut body = String::new();
+    w.body_file_blocking()
+        .unwrap()
+        .read_to_string(&mut body)
+        .unwrap();
+    assert_eq!(body, "Subject: small\r\n\r\nbody\r\n");
+    w.discard_blocking();
+    for dir in ["incoming", "queue", "spare"] {
+        assert!(names(&tmp.path().join(dir)).is_empty(), "{dir}");
+    }
+    // Discarded: the id is free again.
+    assert_eq!(
+        spool.begin_message_with(|| Ok(chosen)).unwrap().msgid(),
+        chosen
+    );
+}
+
+#[test]
+fn a_body_kept_in_memory_is_written_at_the_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let mut w = spool.begin_message_blocking().unwrap();
+    w.write_blocking(b"Subject: later\r\n\r\nx\r\n").unwrap();
+    // A delivery attempt read it from memory, then the message is queued after all.
+    let _ = w.body_file_blocking().unwrap();
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+    let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
+    let msgid = w.commit_blocking(vec![e]).unwrap();
+    let mut body = String::new();
+    spool
+        .open_message(msgid)
+        .unwrap()
+        .read_to_string(&mut body)
+        .unwrap();
+    assert_eq!(body, "Subject: later\r\n\r\nx\r\n");
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+}
+
+#[test]
+fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let mut w = spool.begin_message_blocking().unwrap();
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\r\n";
+    for _ in 0..2_000 {
+        w.write_blocking(line).unwrap();
+    }
+    // 130 KB: the first 64 KiB block created incoming/<msgid>/.
+    assert_eq!(names(&tmp.path().join("incoming")).len(), 1);
+    let mut body = Vec::new();
+    w.body_file_blocking()
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert_eq!(body.len(), line.len() * 2_000);
+    w.discard_blocking();
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+    let spares = names(&tmp.path().join("spare"));
+    assert_eq!(spares.len(), 1);
+    let kept = tmp.path().join("spare").join(&spares[0]).join(MESSAGE_FILE);
+    assert_eq!(std::fs::metadata(kept).unwrap().len(), 0);
+    // The next large message reuses it, and holds only its own bytes.
+    let mut w = spool.begin_message_blocking().unwrap();
+    for _ in 0..1_100 {
+        w.write_blocking(line).unwrap();
+    }
+    let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
+    let msgid = w.commit_blocking(vec![e]).unwrap();
+    assert!(names(&tmp.path().join("spare")).is_empty());
+    let mut body = Vec::new();
+    spool
+        .open_message(msgid)
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert_eq!(body.len(), line.len() * 1_100);
 }

@@ -10,10 +10,17 @@
 //! Body chunks are collected in memory and written in 64 KiB blocks from
 //! tokio's blocking pool, so a session never blocks its runtime thread on
 //! the disk; the `_blocking` twins serve callers outside tokio.
+//!
+//! `incoming/<msgid>/` is created only when something must be written: the
+//! first 64 KiB block, the commit, or [`MessageWriter::flush`]. A smaller
+//! message delivered before its commit never touches the spool: its body
+//! goes to the delivery from memory ([`MessageWriter::body_file_blocking`]).
+//! Until then the message id is reserved in memory, so no other transaction
+//! draws it.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,15 +45,24 @@ pub struct MessageWriter {
     spool: Spool,
     msgid: Msgid,
     dir: PathBuf,
-    /// `None` only while a block is being written from the blocking pool,
-    /// or after such a write was abandoned (the writer is then unusable).
-    file: Option<File>,
+    body: Body,
     buf: Vec<u8>,
     size: u64,
     /// Low halves of the envelope ids handed out, to keep them distinct.
     issued: HashSet<u32>,
     /// Set once the directory is owned by a commit or has been removed.
     finished: bool,
+}
+
+/// Where the body file of a transaction stands.
+#[derive(Debug)]
+enum Body {
+    /// Nothing on disk yet: `incoming/<msgid>/` does not exist.
+    Lazy,
+    /// `incoming/<msgid>/message`, open for writing.
+    Open(File),
+    /// A write was interrupted or failed: the transaction can only be aborted.
+    Broken,
 }
 
 impl std::fmt::Debug for MessageWriter {
@@ -59,17 +75,30 @@ impl std::fmt::Debug for MessageWriter {
 }
 
 impl MessageWriter {
-    /// Wraps a freshly created `incoming/<msgid>/` and its body file.
-    pub(crate) fn new(spool: Spool, msgid: Msgid, dir: PathBuf, file: File) -> MessageWriter {
+    /// A transaction for `msgid` (reserved by the caller), nothing on disk yet.
+    pub(crate) fn new(spool: Spool, msgid: Msgid, dir: PathBuf) -> MessageWriter {
         MessageWriter {
             spool,
             msgid,
             dir,
-            file: Some(file),
+            body: Body::Lazy,
             buf: Vec::with_capacity(FIRST_BLOCK),
             size: 0,
             issued: HashSet::new(),
             finished: false,
+        }
+    }
+
+    /// The body file, `incoming/<msgid>/` created first if needed.
+    fn open_body(&mut self) -> Result<&mut File> {
+        if matches!(self.body, Body::Lazy) {
+            self.body = Body::Broken;
+            let file = self.spool.create_incoming(&self.dir)?;
+            self.body = Body::Open(file);
+        }
+        match &mut self.body {
+            Body::Open(file) => Ok(file),
+            _ => Err(unusable(&self.dir.join(MESSAGE_FILE))),
         }
     }
 
@@ -115,31 +144,50 @@ impl MessageWriter {
         self.buf.extend_from_slice(chunk);
         self.size += chunk.len() as u64;
         if self.buf.len() >= WRITE_BLOCK {
-            let path = self.body_path();
-            let file = self.file.as_mut().ok_or_else(|| unusable(&path))?;
-            file.write_all(&self.buf)
-                .map_err(|e| QueueError::io("write", &path, e))?;
-            self.buf.clear();
+            self.write_out()?;
         }
         Ok(())
     }
 
+    /// Writes the collected bytes to the body file (created if needed), without an fsync.
+    fn write_out(&mut self) -> Result<()> {
+        let path = self.body_path();
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.open_body().and_then(|file| {
+            file.write_all(&buf)
+                .map_err(|e| QueueError::io("write", &path, e))
+        });
+        self.buf = buf;
+        if written.is_err() {
+            self.body = Body::Broken;
+        }
+        self.buf.clear();
+        written
+    }
+
     async fn flush_block(&mut self) -> Result<()> {
         let path = self.body_path();
-        let mut file = self.file.take().ok_or_else(|| unusable(&path))?;
-        let block = std::mem::take(&mut self.buf);
-        let write_path = path.clone();
-        let (file, mut block, result) = tokio::task::spawn_blocking(move || {
-            let result = file
-                .write_all(&block)
-                .map_err(|e| QueueError::io("write", &write_path, e));
-            (file, block, result)
+        // The writer goes to the blocking pool and comes back: on a runtime thread nothing
+        // touches the disk. Only the body state and the buffer travel.
+        let mut part = MessageWriter {
+            spool: self.spool.clone(),
+            msgid: self.msgid,
+            dir: self.dir.clone(),
+            body: std::mem::replace(&mut self.body, Body::Broken),
+            buf: std::mem::take(&mut self.buf),
+            size: 0,
+            issued: HashSet::new(),
+            // The part never cleans up: `self` still owns the transaction.
+            finished: true,
+        };
+        let (mut part, result) = tokio::task::spawn_blocking(move || {
+            let result = part.write_out();
+            (part, result)
         })
         .await
         .map_err(|e| QueueError::io("write", &path, std::io::Error::other(e.to_string())))?;
-        self.file = Some(file);
-        block.clear();
-        self.buf = block;
+        self.body = std::mem::replace(&mut part.body, Body::Broken);
+        self.buf = std::mem::take(&mut part.buf);
         result
     }
 
@@ -184,7 +232,7 @@ impl MessageWriter {
     /// body from there (see `deliver::runner::Runner::deliver_direct`). The transaction
     /// stays open: it can still be committed or discarded.
     pub async fn flush(&mut self) -> Result<PathBuf> {
-        if !self.buf.is_empty() {
+        if !self.buf.is_empty() || matches!(self.body, Body::Lazy) {
             self.flush_block().await?;
         }
         Ok(self.body_path())
@@ -192,47 +240,67 @@ impl MessageWriter {
 
     /// Like [`MessageWriter::flush`], for callers outside tokio (or on its blocking pool).
     pub fn flush_blocking(&mut self) -> Result<PathBuf> {
-        let path = self.body_path();
-        if !self.buf.is_empty() {
-            let file = self.file.as_mut().ok_or_else(|| unusable(&path))?;
-            file.write_all(&self.buf)
-                .map_err(|e| QueueError::io("write", &path, e))?;
-            self.buf.clear();
+        self.write_out()?;
+        Ok(self.body_path())
+    }
+
+    /// The body as a file open for reading, for a delivery made before the commit. A body
+    /// still wholly in memory goes to an anonymous memory file (`memfd`), and the spool is
+    /// not touched; otherwise the body file is written out and opened. The transaction
+    /// stays open either way.
+    pub fn body_file_blocking(&mut self) -> Result<File> {
+        if matches!(self.body, Body::Lazy) {
+            let path = self.body_path();
+            let io = |e: std::io::Error| QueueError::io("write", &path, e);
+            let fd = nix::sys::memfd::memfd_create(
+                c"smtpd-message",
+                nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+            )
+            .map_err(|e| io(e.into()))?;
+            let mut file = File::from(fd);
+            file.write_all(&self.buf).map_err(io)?;
+            file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+            return Ok(file);
         }
-        Ok(path)
+        let path = self.flush_blocking()?;
+        File::open(&path).map_err(|e| QueueError::io("open", &path, e))
     }
 
     /// Like [`MessageWriter::discard`], from a blocking context.
     pub fn discard_blocking(mut self) {
-        match self.file.take() {
-            Some(file) => {
+        match std::mem::replace(&mut self.body, Body::Broken) {
+            Body::Lazy => {
+                self.finished = true;
+                self.spool.release_msgid(self.msgid);
+            }
+            Body::Open(file) => {
                 self.finished = true;
                 self.spool.recycle_incoming(&self.dir, file);
+                self.spool.release_msgid(self.msgid);
             }
             // Unusable: dropping the writer removes the directory.
-            None => drop(self),
+            Body::Broken => drop(self),
         }
     }
 
     /// Ends the transaction without queueing anything, when every recipient was delivered
     /// before the commit. The directory and its body file (emptied) are kept for the next
     /// message, which saves creating and deleting two inodes per message.
-    pub async fn discard(mut self) -> Result<()> {
-        let path = self.body_path();
-        let file = self.file.take().ok_or_else(|| unusable(&path))?;
-        self.finished = true;
-        let spool = self.spool.clone();
+    pub async fn discard(self) -> Result<()> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || spool.recycle_incoming(&dir, file))
+        tokio::task::spawn_blocking(move || self.discard_blocking())
             .await
-            .map_err(|e| QueueError::io("remove", &self.dir, std::io::Error::other(e.to_string())))
+            .map_err(|e| QueueError::io("remove", &dir, std::io::Error::other(e.to_string())))
     }
 
     /// Rolls the transaction back: removes `incoming/<msgid>/`.
     pub fn abort(mut self) -> Result<()> {
         self.finished = true;
-        self.file = None;
-        remove_tree(&self.dir)
+        self.spool.release_msgid(self.msgid);
+        match std::mem::replace(&mut self.body, Body::Broken) {
+            Body::Lazy => Ok(()),
+            _ => remove_tree(&self.dir),
+        }
     }
 
     /// Stands for a crash in tests: the writer goes away without cleaning up.
@@ -273,8 +341,11 @@ impl MessageWriter {
                 .map_err(|e| QueueError::InvalidEnvelope(format!("{}: {e}", envelope.id)))?;
             files.push((envelope.id, text));
         }
-        let path = self.body_path();
-        let file = self.file.take().ok_or_else(|| unusable(&path))?;
+        let file = match std::mem::replace(&mut self.body, Body::Broken) {
+            Body::Lazy => None,
+            Body::Open(file) => Some(file),
+            Body::Broken => return Err(unusable(&self.body_path())),
+        };
         self.finished = true;
         Ok(Transaction {
             spool: self.spool.clone(),
@@ -291,8 +362,10 @@ impl MessageWriter {
 impl Drop for MessageWriter {
     fn drop(&mut self) {
         if !self.finished {
-            self.file = None;
-            if let Err(e) = remove_tree(&self.dir) {
+            self.spool.release_msgid(self.msgid);
+            if !matches!(std::mem::replace(&mut self.body, Body::Broken), Body::Lazy)
+                && let Err(e) = remove_tree(&self.dir)
+            {
                 tracing::warn!("{e}");
             }
         }
@@ -324,7 +397,8 @@ struct Transaction {
     spool: Spool,
     msgid: Msgid,
     dir: PathBuf,
-    file: File,
+    /// `None`: nothing on disk yet, `incoming/<msgid>/` is created here.
+    file: Option<File>,
     tail: Vec<u8>,
     envelopes: Vec<(Evpid, String)>,
     cancelled: Arc<AtomicBool>,
@@ -344,13 +418,19 @@ impl Transaction {
         } = self;
         let counters = spool.counters();
         let started = std::time::Instant::now();
-        let prepared = prepare(&dir, file, &tail, &envelopes, counters);
+        let file = match file {
+            Some(file) => Ok(file),
+            None => spool.create_incoming(&dir),
+        };
+        let prepared = file.and_then(|file| prepare(&dir, file, &tail, &envelopes, counters));
         Counters::add(&counters.prepare_micros, micros_since(started));
         let outcome = match prepared {
             Err(e) => Err(e),
             Ok(()) if cancelled.load(Ordering::Acquire) => Err(QueueError::Cancelled),
             Ok(()) => spool.committer().submit(msgid, cancelled),
         };
+        // Committed (the queue holds the id now) or rolled back: the reservation goes.
+        spool.release_msgid(msgid);
         match outcome {
             Ok(()) => Ok(msgid),
             Err(e) => {
