@@ -14,8 +14,8 @@
 //! Transport: the two processes share one `SOCK_SEQPACKET` socket pair, the *channel*. A
 //! request is one packet on the channel carrying, as `SCM_RIGHTS`, a fresh reply socket
 //! (and the message descriptor for `deliver`); the broker answers with one packet on that
-//! reply socket and closes it. Requests are served concurrently, one thread each (at most
-//! [`MAX_ACTIVE`]). The broker writes nothing on the channel itself: when the network side
+//! reply socket and closes it. Requests are served concurrently by a pool of threads that
+//! each read the channel (at most [`MAX_ACTIVE`]). The broker writes nothing on the channel itself: when the network side
 //! goes away the channel reads end-of-file and the broker exits; when the broker goes away
 //! the network side sees the same end-of-file ([`watch`]) and exits.
 //!
@@ -48,7 +48,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// Longest answer packet.
 const MAX_ANSWER: usize = 16 * 1024;
 
-/// Requests served at once; more are answered "busy" (a temporary failure).
+/// Requests served at once; more wait in the channel until a thread is free.
 pub const MAX_ACTIVE: usize = 256;
 
 /// How long a `forward` or `auth` answer may take.
@@ -92,84 +92,19 @@ impl Broker {
         }
     }
 
-    /// Serve requests on `channel` until the other side closes it. Requests run on a pool
-    /// of threads that grows while every thread is busy (at most [`MAX_ACTIVE`] requests at
-    /// once) and stays for the next ones: a delivery costs no thread start.
+    /// Serve requests on `channel` until the other side closes it. Every thread of the pool
+    /// waits on the channel itself and answers the request it receives, so a request costs
+    /// no hand-off between threads. A thread that takes the last idle place starts another
+    /// (at most [`MAX_ACTIVE`] in all); the threads stay for the next requests, so a
+    /// delivery costs no thread start. With all of them busy, requests wait in the channel.
     pub fn serve(self, channel: OwnedFd) {
-        struct Work {
-            payload: Vec<u8>,
-            reply: OwnedFd,
-            message: Option<File>,
-        }
-        let broker = Arc::new(self);
-        let active = Arc::new(AtomicUsize::new(0));
-        let idle = Arc::new(AtomicUsize::new(0));
-        // Requests queued and not yet taken by a thread.
-        let pending = Arc::new(AtomicUsize::new(0));
-        let mut threads = 0usize;
-        let (queue, work) = std::sync::mpsc::channel::<Work>();
-        let work = Arc::new(std::sync::Mutex::new(work));
-        loop {
-            let packet = match receive(&channel, MAX_REQUEST) {
-                Ok(Some(p)) => p,
-                // End of file, or the channel broke: the network side is gone. Dropping the
-                // queue ends the threads once they finish what they do.
-                Ok(None) | Err(_) => return,
-            };
-            let Packet {
-                payload,
-                mut fds,
-                truncated,
-            } = packet;
-            if truncated || fds.is_empty() || fds.len() > 2 {
-                // Not a request this protocol sends; its descriptors are closed here.
-                continue;
-            }
-            let reply = fds.remove(0);
-            let message = fds.pop().map(File::from);
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
-                active.fetch_sub(1, Ordering::SeqCst);
-                let _ = send(&reply, b"error\nbusy", &[]);
-                continue;
-            }
-            let waiting = pending.fetch_add(1, Ordering::SeqCst) + 1;
-            if idle.load(Ordering::SeqCst) < waiting && threads < MAX_ACTIVE {
-                let (b, a, i, w) = (broker.clone(), active.clone(), idle.clone(), work.clone());
-                let p = pending.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("smtpd-broker".into())
-                    .spawn(move || {
-                        // Bounded by the queue: it ends when `serve` returns.
-                        loop {
-                            i.fetch_add(1, Ordering::SeqCst);
-                            let next = w.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                            i.fetch_sub(1, Ordering::SeqCst);
-                            let Ok(job) = next else { return };
-                            p.fetch_sub(1, Ordering::SeqCst);
-                            let answer = b.answer(&job.payload, job.message);
-                            let _ = send(&job.reply, &answer, &[]);
-                            a.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    });
-                if spawned.is_ok() {
-                    threads += 1;
-                }
-            }
-            if threads == 0
-                || queue
-                    .send(Work {
-                        payload,
-                        reply,
-                        message,
-                    })
-                    .is_err()
-            {
-                // No thread could be started: the request is dropped with its reply socket,
-                // which the other side reads as a failure.
-                active.fetch_sub(1, Ordering::SeqCst);
-                pending.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
+        let pool = Arc::new(Pool {
+            broker: self,
+            channel,
+            threads: AtomicUsize::new(1),
+            idle: AtomicUsize::new(0),
+        });
+        serve_requests(&pool);
     }
 
     /// The answer to one request.
@@ -549,6 +484,58 @@ fn decode_auth(answer: &[u8]) -> Result<AuthCheck, String> {
     }
 }
 
+/// The broker's threads and what they share.
+struct Pool {
+    broker: Broker,
+    channel: OwnedFd,
+    /// Threads serving the channel.
+    threads: AtomicUsize,
+    /// Threads waiting for a request.
+    idle: AtomicUsize,
+}
+
+/// One thread of the pool: receive a request, answer it, until the channel ends.
+fn serve_requests(pool: &Arc<Pool>) {
+    // Bounded by the channel: it ends when the network side goes away.
+    loop {
+        pool.idle.fetch_add(1, Ordering::SeqCst);
+        let received = receive(&pool.channel, MAX_REQUEST);
+        let idle_left = pool.idle.fetch_sub(1, Ordering::SeqCst) - 1;
+        let packet = match received {
+            Ok(Some(p)) => p,
+            // End of file, or the channel broke: the network side is gone.
+            Ok(None) | Err(_) => return,
+        };
+        let Packet {
+            payload,
+            mut fds,
+            truncated,
+        } = packet;
+        if truncated || fds.is_empty() || fds.len() > 2 {
+            // Not a request this protocol sends; its descriptors are closed here.
+            continue;
+        }
+        if idle_left == 0 {
+            // Nobody else is listening: start another thread before this one gets busy.
+            if pool.threads.fetch_add(1, Ordering::SeqCst) < MAX_ACTIVE {
+                let next = pool.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("smtpd-broker".into())
+                    .spawn(move || serve_requests(&next));
+                if spawned.is_err() {
+                    pool.threads.fetch_sub(1, Ordering::SeqCst);
+                }
+            } else {
+                pool.threads.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let reply = fds.remove(0);
+        let message = fds.pop().map(File::from);
+        let answer = pool.broker.answer(&payload, message);
+        let _ = send(&reply, &answer, &[]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,6 +618,47 @@ mod tests {
             ForwardOpen::TemporaryFailure
         );
         // The broker ends when the client's end closes.
+        drop(client);
+        server.join().unwrap();
+    }
+
+    /// The pool grows to serve requests at once: eight password checks that each wait
+    /// (at most 10 s) until all eight are running succeed only if eight threads serve them.
+    #[test]
+    fn requests_are_served_at_once_by_a_growing_pool() {
+        use std::sync::{Condvar, Mutex};
+        const N: usize = 8;
+        let inside = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let seen = inside.clone();
+        let mut broker = fake_broker();
+        broker.passwords = Box::new(move |_, _| {
+            let (count, wake) = &*seen;
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            wake.notify_all();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while *n < N {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return AuthCheck::TempFail("not served at once".into());
+                }
+                n = wake.wait_timeout(n, left).unwrap().0;
+            }
+            AuthCheck::Ok
+        });
+        let (client_end, broker_end) = pair();
+        let server = std::thread::spawn(move || broker.serve(broker_end));
+        let client = Arc::new(BrokerClient::new(client_end));
+        let callers: Vec<_> = (0..N)
+            .map(|_| {
+                let c = client.clone();
+                std::thread::spawn(move || c.check_password(b"alice", b"x"))
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.join().unwrap(), AuthCheck::Ok);
+        }
+        assert_eq!(*inside.0.lock().unwrap(), N);
         drop(client);
         server.join().unwrap();
     }
