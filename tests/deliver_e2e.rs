@@ -1,98 +1,13 @@
-//! Mail accepted over SMTP is delivered: the daemon's scheduler hands committed envelopes to
-//! the local delivery agent, files land in real maildirs (owned by the userbase uid when smtpd
-//! runs as root), and the queue is empty afterwards.
+//! Mail accepted over SMTP is delivered: files land in real maildirs (owned by the userbase
+//! uid when smtpd runs as root), before the reply or from the queue (delivery paused, a
+//! temporary failure retried), and the queue is empty afterwards.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Daemon(Child);
+mod common;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("smtpd.conf"),
-        conf.replace("PORT", &port.to_string()),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-f"])
-        .arg(dir.join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (d, port)
-}
-
-fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut w = s;
-    let mut replies = Vec::new();
-    let read = |r: &mut BufReader<TcpStream>| {
-        let mut all = String::new();
-        for _ in 0..50 {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            all.push_str(&l);
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        all
-    };
-    replies.push(read(&mut r));
-    for l in lines {
-        w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
-        if *l == "DATA" || !l.ends_with('.') || l.len() > 1 {
-            replies.push(read(&mut r));
-        }
-    }
-    replies
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+use common::{Daemon, dialogue, files_under};
 
 #[test]
 fn accepted_mail_is_delivered_into_maildirs_and_leaves_the_queue() {
@@ -121,7 +36,8 @@ fn accepted_mail_is_delivered_into_maildirs_and_leaves_the_queue() {
          match from any for domain <domains> action \"local_mail\"\n",
         vmail.display()
     );
-    let (_d, port) = start(dir.path(), &conf);
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let port = d.port;
     let replies = dialogue(
         port,
         &[
@@ -213,7 +129,8 @@ fn junked_mail_lands_in_the_junk_folder() {
          match from any for domain \"bsdsx.fr\" action \"local_mail\"\n",
         vmail.display()
     );
-    let (_d, port) = start(dir.path(), &conf);
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let port = d.port;
     for from in ["spammer@x.example", "friend@x.example"] {
         let replies = dialogue(
             port,
@@ -258,39 +175,6 @@ fn junked_mail_lands_in_the_junk_folder() {
     );
 }
 
-fn start_with(dir: &Path, conf_text: &str, extra: &[&str]) -> (Daemon, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("smtpd.conf"),
-        conf_text.replace("PORT", &port.to_string()),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .arg("-d")
-        .args(extra)
-        .arg("-f")
-        .arg(dir.join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (d, port)
-}
-
 fn wait_for_files(dir: &Path, n: usize, secs: u64) -> Vec<std::path::PathBuf> {
     let t = Instant::now();
     loop {
@@ -332,7 +216,8 @@ fn queued_mail_survives_a_restart_and_temporary_failures_are_retried() {
         vmail.display(),
     );
     // 1. Accept with delivery paused, then stop.
-    let (d, port) = start_with(dir.path(), &conf, &["-P", "mda"]);
+    let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
+    let port = d.port;
     let r = dialogue(
         port,
         &[
@@ -352,7 +237,7 @@ fn queued_mail_survives_a_restart_and_temporary_failures_are_retried() {
     } else {
         std::fs::set_permissions(&vmail, std::fs::Permissions::from_mode(0o555)).unwrap();
     }
-    let (_d, _port) = start_with(dir.path(), &conf, &[]);
+    let _d = Daemon::start(dir.path(), &conf, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(wait_for_files(&vmail, 1, 0).is_empty(), "not delivered yet");
     let envs = files_under(&dir.path().join("spool/queue"));
