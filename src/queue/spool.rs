@@ -514,7 +514,7 @@ impl Spool {
     /// Nothing here needs to be durable: recovery empties `spare/`. The body is never
     /// reused — a reader still holding it open must not see another message.
     fn recycle(&self, dir: &std::path::Path) {
-        let kept = (|| -> std::io::Result<bool> {
+        self.keep_spare(dir, || {
             let mut envelope = None;
             for entry in fs::read_dir(dir)? {
                 let entry = entry?;
@@ -528,19 +528,36 @@ impl Spool {
                 }
                 return Ok(false);
             }
-            let mut spares = self
-                .inner
-                .spares
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if spares.len() >= MAX_SPARES {
-                return Ok(false);
-            }
             fs::remove_file(dir.join(MESSAGE_FILE))?;
             if let Some(envelope) = envelope {
                 let spare = dir.join(SPARE_ENVELOPE);
                 fs::rename(&envelope, &spare)?;
                 OpenOptions::new().write(true).open(&spare)?.set_len(0)?;
+            }
+            Ok(true)
+        });
+    }
+
+    /// Keeps an open transaction's directory `incoming/<msgid>/` for reuse once its message
+    /// was delivered without being queued: its body file `body` is emptied and stays. The
+    /// transaction owned the directory, so it holds the body and at most a reused
+    /// envelope file (`envelope.spare`), both fit for the next message.
+    pub(crate) fn recycle_incoming(&self, dir: &std::path::Path, body: File) {
+        self.keep_spare(dir, || body.set_len(0).map(|()| true));
+    }
+
+    /// Moves `dir` into `spare/` once `empty` has made it fit for reuse (`Ok(false)`: it
+    /// cannot be). With enough spares kept already, or on any error, the directory is
+    /// removed instead.
+    fn keep_spare(&self, dir: &std::path::Path, empty: impl FnOnce() -> std::io::Result<bool>) {
+        let kept = (|| -> std::io::Result<bool> {
+            let mut spares = self
+                .inner
+                .spares
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if spares.len() >= MAX_SPARES || !empty()? {
+                return Ok(false);
             }
             let n = self.inner.spare_seq.fetch_add(1, Ordering::Relaxed);
             let to = self.inner.layout.spare().join(n.to_string());
@@ -557,36 +574,6 @@ impl Spool {
 
     /// Moves a kept directory to `dir` (an `incoming/<msgid>` that does not exist yet);
     /// false when none is kept or the move failed (the caller creates `dir`).
-    /// Keeps an open transaction's directory `incoming/<msgid>/` for reuse once its message
-    /// was delivered without being queued: its body file `body` is emptied and stays. The
-    /// transaction owned the directory, so it holds the body and at most a reused
-    /// envelope file (`envelope.spare`), both fit for the next message. With enough spares
-    /// kept already, or on an error, the directory is removed instead.
-    pub(crate) fn recycle_incoming(&self, dir: &std::path::Path, body: File) {
-        let kept = (|| -> std::io::Result<bool> {
-            let mut spares = self
-                .inner
-                .spares
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if spares.len() >= MAX_SPARES {
-                return Ok(false);
-            }
-            body.set_len(0)?;
-            drop(body);
-            let n = self.inner.spare_seq.fetch_add(1, Ordering::Relaxed);
-            let to = self.inner.layout.spare().join(n.to_string());
-            fs::rename(dir, &to)?;
-            spares.push(to);
-            Ok(true)
-        })();
-        if !matches!(kept, Ok(true))
-            && let Err(e) = remove_tree(dir)
-        {
-            tracing::warn!("{e}");
-        }
-    }
-
     fn reuse_spare(&self, dir: &std::path::Path) -> bool {
         let spare = self
             .inner
