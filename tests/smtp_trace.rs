@@ -4,63 +4,23 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
 #[test]
 fn a_session_traced_as_opensmtpd_traces_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("smtpd.conf"),
-        format!(
-            "table users {{ foo = \"2000:2000:/var/empty\" }}\n\
-             listen on 127.0.0.1 port {port} hostname mx.test\n\
-             action \"local\" maildir userbase <users>\n\
-             match from any for domain \"trace.test\" action \"local\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-P", "mda", "-T", "smtp", "-f"])
-        .arg(dir.path().join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut err = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let t = Instant::now();
-    let stream = loop {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let d = common::Daemon::start(
+        dir.path(),
+        "table users { foo = \"2000:2000:/var/empty\" }\n\
+         listen on 127.0.0.1 port PORT hostname mx.test\n\
+         action \"local\" maildir userbase <users>\n\
+         match from any for domain \"trace.test\" action \"local\"\n",
+        &["-P", "mda", "-T", "smtp"],
+    );
+    let port = d.port;
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -80,20 +40,13 @@ fn a_session_traced_as_opensmtpd_traces_it() {
         reply();
     }
     // Wait (bounded) for the last line, then stop the daemon.
-    let t = Instant::now();
-    while !log.lock().unwrap().contains("STATE_HELO -> STATE_QUIT") {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = log.lock().unwrap().clone();
+    assert!(d.wait_log("STATE_HELO -> STATE_QUIT", 10), "{}", d.log());
+    let log = d.log();
+    drop(d);
+    // The session that said EHLO (the daemon's start-up probe made one before it).
     let sid = log
         .lines()
+        .filter(|l| l.ends_with(": <<< EHLO client.test"))
         .find_map(|l| l.strip_prefix("smtp: ")?.split(':').next())
         .expect("a trace line")
         .to_string();
