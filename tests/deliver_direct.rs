@@ -217,3 +217,63 @@ fn a_failed_delivery_is_committed_and_retried_from_the_queue() {
             .contains("Subject: retried")
     );
 }
+
+#[test]
+fn recipients_delivered_before_the_reply_are_not_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vmail, ids) = vmail(dir.path());
+    // bar's maildir cannot be made (a file is in the way): a temporary failure for bar only.
+    std::fs::write(vmail.join("bar"), "in the way").unwrap();
+    let d = Daemon::start(dir.path(), &config(&vmail, &ids), &[]);
+    let replies = dialogue(
+        d.port,
+        &[
+            "EHLO client.example",
+            "MAIL FROM:<alice@client.example>",
+            "RCPT TO:<foo@bsdsx.fr>",
+            "RCPT TO:<bar@bsdsx.fr>",
+            "DATA",
+            "Subject: half\r\n\r\nx\r\n.",
+        ],
+    );
+    assert!(replies[6].starts_with("250 2.0.0 "), "{replies:?}");
+    // foo's copy is there with the reply; only bar's envelope is queued, with the body
+    // written from memory at the commit.
+    assert_eq!(new_files(&vmail.join("foo")).len(), 1);
+    let queued = files_under(&dir.path().join("spool/queue"));
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    let body = queued
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "message"))
+        .expect("the queued body");
+    let stored = std::fs::read_to_string(body).unwrap();
+    assert!(
+        stored.contains("\nSubject: half\n") && stored.ends_with("\n\nx\n"),
+        "{stored:?}"
+    );
+    let envelope = queued
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n != "message"))
+        .expect("the queued envelope");
+    let text = std::fs::read_to_string(envelope).unwrap();
+    assert!(
+        text.contains("bar@bsdsx.fr") && !text.contains("foo@bsdsx.fr"),
+        "{text}"
+    );
+    // The queue's attempt for bar is logged; foo is delivered once.
+    assert!(d.wait_log("result=TempFail", 10), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("mda delivery")
+            && l.contains("to=<bar@bsdsx.fr>")
+            && l.contains("result=TempFail")),
+        "{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("mda delivery") && l.contains("to=<foo@bsdsx.fr>"))
+            .count(),
+        1,
+        "{log}"
+    );
+}
