@@ -620,7 +620,7 @@ impl Conn {
     }
 
     async fn commit(&mut self) -> CommitVerdict {
-        let Some(writer) = self.writer.take() else {
+        let Some(mut writer) = self.writer.take() else {
             return CommitVerdict::Disconnect(Reply::temporary_failure());
         };
         if self.write_failed {
@@ -628,7 +628,6 @@ impl Conn {
             return CommitVerdict::Refuse(Reply::temporary_failure());
         }
         let mut envelopes = std::mem::take(&mut self.envelopes);
-        let mut writer = writer;
         // Local maildir recipients are delivered before the reply when they can be (see
         // `Runner::deliver_direct`); what is left goes through the queue.
         if let Some(d) = self.server.delivery.clone()
