@@ -1192,11 +1192,24 @@ impl Runner {
                 outcome.writer = writer;
             }
         } else {
-            let body = writer.flush().await;
+            // One reader of the body per delivery (in memory while the body is).
+            let n = requests.len();
+            let opened = tokio::task::spawn_blocking(move || {
+                let files = writer.body_files_blocking(n);
+                (writer, files)
+            })
+            .await;
+            let Ok((returned, files)) = opened else {
+                // The task died with the transaction: nothing was delivered or can be committed.
+                drop(plan.permit);
+                outcome.remaining = envelopes;
+                return outcome;
+            };
+            writer = returned;
             let mut running = tokio::task::JoinSet::new();
-            if let Ok(body) = &body {
-                for (i, mut req) in requests.into_iter().enumerate() {
-                    req.message = MessageSource::Path(body.clone());
+            if let Ok(files) = files {
+                for ((i, mut req), file) in requests.into_iter().enumerate().zip(files) {
+                    req.message = MessageSource::File(file);
                     let agent = self.agent.clone();
                     running.spawn(async move { (i, agent.deliver(req).await) });
                 }

@@ -841,3 +841,23 @@ fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
         .unwrap();
     assert_eq!(body.len(), line.len() * 1_100);
 }
+
+#[test]
+fn readers_of_a_body_in_memory_have_their_own_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let mut w = spool.begin_message_blocking().unwrap();
+    w.write_blocking(b"Subject: three\r\n\r\nshared\r\n")
+        .unwrap();
+    let mut files = w.body_files_blocking(3).unwrap();
+    assert_eq!(files.len(), 3);
+    // Reading one to the end leaves the others at the start.
+    for f in &mut files {
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "Subject: three\r\n\r\nshared\r\n");
+    }
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+    w.discard_blocking();
+    assert!(names(&tmp.path().join("spare")).is_empty());
+}

@@ -266,6 +266,32 @@ impl MessageWriter {
         File::open(&path).map_err(|e| QueueError::io("open", &path, e))
     }
 
+    /// `n` readers of the body, each with its own file offset, for deliveries made at once
+    /// before the commit. A body still in memory goes to one `memfd`, reopened through
+    /// `/proc/self/fd` for each further reader; where that cannot be done, the body file is
+    /// written out and opened `n` times.
+    pub fn body_files_blocking(&mut self, n: usize) -> Result<Vec<File>> {
+        if matches!(self.body, Body::Lazy) {
+            let first = self.body_file_blocking()?;
+            let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&first));
+            let mut files = Vec::with_capacity(n);
+            for _ in 1..n {
+                match File::open(&again) {
+                    Ok(f) => files.push(f),
+                    Err(_) => break,
+                }
+            }
+            if files.len() + 1 == n {
+                files.insert(0, first);
+                return Ok(files);
+            }
+        }
+        let path = self.flush_blocking()?;
+        (0..n)
+            .map(|_| File::open(&path).map_err(|e| QueueError::io("open", &path, e)))
+            .collect()
+    }
+
     /// Like [`MessageWriter::discard`], from a blocking context.
     pub fn discard_blocking(mut self) {
         match std::mem::replace(&mut self.body, Body::Broken) {
