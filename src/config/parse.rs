@@ -465,16 +465,7 @@ impl Parser<'_> {
                 _ => Ok(()),
             };
         }
-        let entries = Arc::new(crate::table::build_entries(entries));
-        let id = self.add_table(Table {
-            name,
-            backend: TableBackend::Inline,
-            kind,
-            entries,
-            anonymous: false,
-            span,
-        });
-        self.cfg.items.push(Item::Table(id.0));
+        self.add_inline_table(name, kind, crate::table::build_entries(entries), span);
         Ok(())
     }
 
@@ -1212,6 +1203,25 @@ impl<'s> Parser<'s> {
         TableId(self.cfg.tables.len() - 1)
     }
 
+    /// `table NAME { ... }`: a named inline table, in the order of the file's items.
+    fn add_inline_table(
+        &mut self,
+        name: String,
+        kind: TableKind,
+        entries: std::collections::BTreeMap<String, String>,
+        span: Span,
+    ) {
+        let id = self.add_table(Table {
+            name,
+            backend: TableBackend::Inline,
+            kind,
+            entries: Arc::new(entries),
+            anonymous: false,
+            span,
+        });
+        self.cfg.items.push(Item::Table(id.0));
+    }
+
     fn table(&mut self, stmt: P) -> Apply {
         let mut it = stmt.into_inner().filter(not_punct).skip(1);
         let name_p = it.next().expect("grammar: table name");
@@ -1223,16 +1233,7 @@ impl<'s> Parser<'s> {
                 return self.fatal(format!("table_create: table \"{name}\" already defined"));
             }
             let (kind, entries) = inline_entries(body);
-            let entries = Arc::new(entries);
-            let id = self.add_table(Table {
-                name,
-                backend: TableBackend::Inline,
-                kind,
-                entries,
-                anonymous: false,
-                span,
-            });
-            self.cfg.items.push(Item::Table(id.0));
+            self.add_inline_table(name, kind, entries, span);
             return Ok(());
         }
         let config = s(&body);

@@ -49,7 +49,9 @@ use std::time::Duration;
 
 use super::mbox::{self, DotLock, MAIL_LOCAL};
 use super::message::has_delivery_loop;
-use super::request::{Account, DeliveryRequest, Job, MessageSource, Method, escape_into, unescape};
+use super::request::{
+    Account, DeliveryRequest, Job, MessageSource, Method, escape_into, hex, unescape, unhex,
+};
 use super::result::{
     DeliveryResult, EX_CONFIG, EX_DATAERR, EX_NOPERM, EX_OSERR, EX_TEMPFAIL, Exit, Outcome, Status,
     strerror,
@@ -559,20 +561,6 @@ pub(crate) fn decode_outcome(text: &str) -> Option<Outcome> {
         last_line,
         premature: premature?,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -492,15 +492,7 @@ impl Runner {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
                 // `host` wins; then the `domain` mapping; else the MX of the domain.
                 let url: Option<String> = match (action.host, action.domain) {
-                    (Some(t), _) => {
-                        let table = self.graph.table(t);
-                        let n = table.entries.len().max(1);
-                        table
-                            .entries
-                            .keys()
-                            .nth((evpid.get() as usize) % n)
-                            .cloned()
-                    }
+                    (Some(t), _) => self.entry_in_turn(t, evpid).map(str::to_string),
                     (None, Some(t)) => self.graph.table(t).lookup(domain).map(str::to_string),
                     (None, None) => None,
                 };
@@ -514,12 +506,7 @@ impl Runner {
                 // `src`: a source address taken in turn; `helo-src`: the name announced
                 // from it.
                 let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
-                    let table = self.graph.table(t);
-                    let n = table.entries.len().max(1);
-                    table
-                        .entries
-                        .keys()
-                        .nth((evpid.get() as usize) % n)
+                    self.entry_in_turn(t, evpid)
                         .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
                 });
                 let mut action = action.clone();
@@ -566,6 +553,18 @@ impl Runner {
                 session: super::relay::NO_SESSION.into(),
             }),
         }
+    }
+
+    /// A key of table `t` chosen in turn by envelope (`host <table>`, `src <table>`): the
+    /// envelopes of a route spread over its entries.
+    fn entry_in_turn(&self, t: crate::config::model::TableId, evpid: Evpid) -> Option<&str> {
+        let table = self.graph.table(t);
+        let n = table.entries.len().max(1);
+        table
+            .entries
+            .keys()
+            .nth((evpid.get() as usize) % n)
+            .map(String::as_str)
     }
 
     /// Log the `mta delivery` line of a relay attempt (with the sender as announced to

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
-use crate::deliver::request::{Job, escape_into, unescape};
+use crate::deliver::request::{Job, escape_into, hex, unescape, unhex};
 use crate::deliver::result::{DeliveryResult, EX_NOPERM, EX_TEMPFAIL, Status};
 use crate::deliver::{DeliveryAgent, Method};
 use crate::expand::forward::{ForwardFiles, ForwardOpen, HomeForwards, MAX_FORWARD_SIZE};
@@ -282,20 +282,6 @@ pub fn watch(channel: &OwnedFd) {
             _ => return,
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// `key=value` lines (values escaped) into pairs; `None` on a malformed line.
