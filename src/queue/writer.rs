@@ -89,19 +89,6 @@ impl MessageWriter {
         }
     }
 
-    /// The body file, `incoming/<msgid>/` created first if needed.
-    fn open_body(&mut self) -> Result<&mut File> {
-        if matches!(self.body, Body::Lazy) {
-            self.body = Body::Broken;
-            let file = self.spool.create_incoming(&self.dir)?;
-            self.body = Body::Open(file);
-        }
-        match &mut self.body {
-            Body::Open(file) => Ok(file),
-            _ => Err(unusable(&self.dir.join(MESSAGE_FILE))),
-        }
-    }
-
     /// The message id (for `smtp message msgid=...` and the 250 reply).
     pub fn msgid(&self) -> Msgid {
         self.msgid
@@ -151,43 +138,27 @@ impl MessageWriter {
 
     /// Writes the collected bytes to the body file (created if needed), without an fsync.
     fn write_out(&mut self) -> Result<()> {
-        let path = self.body_path();
-        let buf = std::mem::take(&mut self.buf);
-        let written = self.open_body().and_then(|file| {
-            file.write_all(&buf)
-                .map_err(|e| QueueError::io("write", &path, e))
-        });
-        self.buf = buf;
-        if written.is_err() {
-            self.body = Body::Broken;
-        }
+        let written = write_body(&self.spool, &self.dir, &mut self.body, &self.buf);
         self.buf.clear();
         written
     }
 
+    /// [`MessageWriter::write_out`] from tokio's blocking pool: on a runtime thread nothing
+    /// touches the disk. The body state and the buffer go there and come back.
     async fn flush_block(&mut self) -> Result<()> {
         let path = self.body_path();
-        // The writer goes to the blocking pool and comes back: on a runtime thread nothing
-        // touches the disk. Only the body state and the buffer travel.
-        let mut part = MessageWriter {
-            spool: self.spool.clone(),
-            msgid: self.msgid,
-            dir: self.dir.clone(),
-            body: std::mem::replace(&mut self.body, Body::Broken),
-            buf: std::mem::take(&mut self.buf),
-            size: 0,
-            issued: HashSet::new(),
-            // The part never cleans up: `self` still owns the transaction.
-            finished: true,
-        };
-        let (mut part, result) = tokio::task::spawn_blocking(move || {
-            let result = part.write_out();
-            (part, result)
+        let (spool, dir) = (self.spool.clone(), self.dir.clone());
+        let mut body = std::mem::replace(&mut self.body, Body::Broken);
+        let buf = std::mem::take(&mut self.buf);
+        let (body, mut buf, result) = tokio::task::spawn_blocking(move || {
+            let result = write_body(&spool, &dir, &mut body, &buf);
+            (body, buf, result)
         })
         .await
         .map_err(|e| QueueError::io("write", &path, std::io::Error::other(e.to_string())))?;
-        self.body = std::mem::replace(&mut part.body, Body::Broken);
-        self.buf = std::mem::take(&mut part.buf);
+        self.body = body;
+        buf.clear();
+        self.buf = buf;
         result
     }
 
@@ -396,6 +367,26 @@ impl Drop for MessageWriter {
             }
         }
     }
+}
+
+/// Writes `bytes` to the body file of the transaction in `dir`, creating the directory and
+/// the file first while `body` is still [`Body::Lazy`]; a failure leaves `body` broken.
+fn write_body(spool: &Spool, dir: &std::path::Path, body: &mut Body, bytes: &[u8]) -> Result<()> {
+    if matches!(body, Body::Lazy) {
+        *body = Body::Broken;
+        *body = Body::Open(spool.create_incoming(dir)?);
+    }
+    let path = dir.join(MESSAGE_FILE);
+    let written = match body {
+        Body::Open(file) => file
+            .write_all(bytes)
+            .map_err(|e| QueueError::io("write", &path, e)),
+        _ => Err(unusable(&path)),
+    };
+    if written.is_err() {
+        *body = Body::Broken;
+    }
+    written
 }
 
 fn unusable(path: &std::path::Path) -> QueueError {
