@@ -8,7 +8,7 @@
 mod common;
 use common::free_port;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -81,20 +81,7 @@ fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    let read = |r: &mut BufReader<TcpStream>| {
-        let mut all = String::new();
-        for _ in 0..50 {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            all.push_str(&l);
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        all
-    };
+    let read = |r: &mut BufReader<TcpStream>| common::read_reply(r);
     let mut replies = vec![read(&mut r)];
     let mut in_data = false;
     for l in lines {

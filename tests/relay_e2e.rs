@@ -4,11 +4,12 @@
 //! failure that leaves the queue; MX routing through a DNS server on loopback
 //! (hickory-server in-process) to a sink on port 25 of 127.0.0.23.
 
+mod common;
 mod relay_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
+use common::files_under;
 use relay_support::{Sink, tls_config};
 
 struct Daemon {
@@ -139,22 +141,7 @@ fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    let read = |r: &mut BufReader<TcpStream>| {
-        let mut last = String::new();
-        for _ in 0..50 {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            let done = l.len() < 4 || l.as_bytes()[3] != b'-';
-            last = l;
-            if done {
-                break;
-            }
-        }
-        last
-    };
-    read(&mut r);
+    read_last(&mut r);
     let mut last = String::new();
     let mail = match from.split_once(' ') {
         Some((addr, params)) => format!("MAIL FROM:<{addr}> {params}"),
@@ -170,32 +157,25 @@ fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     lines.push("DATA".to_string());
     for l in lines {
         w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
-        last = read(&mut r);
+        last = read_last(&mut r);
     }
     assert!(last.starts_with("354"), "{last}");
     w.write_all(body.as_bytes()).unwrap();
     w.write_all(b".\r\n").unwrap();
-    let done = read(&mut r);
+    let done = read_last(&mut r);
     w.write_all(b"QUIT\r\n").unwrap();
-    read(&mut r);
+    read_last(&mut r);
     done
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    for _ in 0..10_000 {
-        let Some(d) = stack.pop() else { break };
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
+/// The last line of one SMTP reply (`250 …` after any `250-…` lines), with its line end.
+fn read_last(r: &mut impl BufRead) -> String {
+    let reply = common::read_reply(r);
+    let body = reply.strip_suffix('\n').unwrap_or(&reply);
+    match body.rfind('\n') {
+        Some(i) => reply[i + 1..].to_string(),
+        None => reply,
     }
-    out
 }
 
 fn evpid_of(line: &str) -> String {
@@ -843,22 +823,7 @@ fn submit_reply_to_rcpt(port: u16, from: &str, to: &str) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    let read = |r: &mut BufReader<TcpStream>| {
-        let mut last = String::new();
-        for _ in 0..50 {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            let done = l.len() < 4 || l.as_bytes()[3] != b'-';
-            last = l;
-            if done {
-                break;
-            }
-        }
-        last
-    };
-    read(&mut r);
+    read_last(&mut r);
     let mut last = String::new();
     for l in [
         "EHLO client.test".to_string(),
@@ -866,10 +831,10 @@ fn submit_reply_to_rcpt(port: u16, from: &str, to: &str) -> String {
         format!("RCPT TO:<{to}>"),
     ] {
         w.write_all(format!("{l}\r\n").as_bytes()).unwrap();
-        last = read(&mut r);
+        last = read_last(&mut r);
     }
     w.write_all(b"QUIT\r\n").unwrap();
-    read(&mut r);
+    read_last(&mut r);
     last
 }
 

@@ -131,11 +131,12 @@ pub fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
     replies
 }
 
-/// Regular files under `dir`, recursively (bounded by the tree itself).
+/// Regular files under `dir`, recursively (at most 10,000 directories read).
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
+    for _ in 0..10_000 {
+        let Some(d) = stack.pop() else { break };
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
             if p.is_dir() {
