@@ -4,11 +4,12 @@
 //! user whose `.forward` sends the mail on to another user. Started as root, the `.forward`
 //! (in a home only its owner can enter) is read by the privileged broker.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// OpenSMTPD 6.8's lines for `RCPT TO:<abuse@bsdsx.fr>` (baseline session 1), verbatim:
 /// the start of the session's lines that the walkthrough test also reads, up to the end
@@ -69,13 +70,8 @@ fn daemon_writes_opensmtpd_expand_trace_for_aliases_and_forward() {
             nix::unistd::chown(&p, Some(bar_uid.into()), Some(bar_uid.into())).unwrap();
         }
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let conf = format!(
-        "listen on 127.0.0.1 port {port}\n\n\
+        "listen on 127.0.0.1 port PORT\n\n\
          table domains {{ \"bsdsx.fr\", \"*.bsdsx.fr\" }}\n\
          table aliases {{ abuse = postmaster, postmaster = root, root = foo }}\n\
          table users {{ foo = \"2000:2000:/var/empty\", bar = \"{bar_uid}:{bar_uid}:{}\" }}\n\n\
@@ -84,26 +80,8 @@ fn daemon_writes_opensmtpd_expand_trace_for_aliases_and_forward() {
         home.display(),
         dir.path().display()
     );
-    std::fs::write(dir.path().join("smtpd.conf"), conf).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-v", "-T", "expand", "-P", "mda", "-f"])
-        .arg(dir.path().join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("smtpd exited: {status}");
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let d = common::Daemon::start(dir.path(), &conf, &["-v", "-T", "expand", "-P", "mda"]);
+    let port = d.port;
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -126,25 +104,7 @@ fn daemon_writes_opensmtpd_expand_trace_for_aliases_and_forward() {
     assert!(replies[2].starts_with("250 "), "{replies:?}");
     assert!(replies[3].starts_with("250 "), "{replies:?}");
     // SIGTERM: the daemon says `Exiting` and closes standard error.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut stderr = String::new();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let _ = err.read_to_string(&mut stderr);
-        stderr
-    });
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stderr = reader.join().unwrap();
+    let stderr = d.stop();
     let trace: Vec<String> = stderr
         .lines()
         .filter(|l| l.starts_with("expand:") || l.starts_with("debug: aliases_get"))

@@ -4,52 +4,25 @@
 //! Afterwards the queue holds exactly what was acknowledged. Bounded in count and time.
 
 mod common;
-use common::free_port;
+use common::Daemon;
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts smtpd on `port` with `extra` configuration lines, deliveries paused (the queue is
-/// what these tests look at).
-fn start(dir: &Path, spool: &Path, port: u16, extra: &str) -> Daemon {
+/// Starts smtpd with `extra` configuration lines and its spool in `spool`, deliveries paused
+/// (the queue is what these tests look at).
+fn start(dir: &Path, spool: &Path, extra: &str) -> Daemon {
     let conf = format!(
         "{extra}\ntable users {{ foo = \"2000:2000:/var/empty\" }}\n\
-         listen on 127.0.0.1 port {port} hostname mx.test\n\
+         listen on 127.0.0.1 port PORT hostname mx.test\n\
          action \"local\" maildir \"{}/Maildir\" userbase <users>\n\
          match from any for domain \"hostile.test\" action \"local\"\n",
         dir.display()
     );
-    std::fs::write(dir.join("smtpd.conf"), conf).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-P", "mda", "-P", "mta", "-f"])
-        .arg(dir.join("smtpd.conf"))
-        .arg("--spool")
-        .arg(spool)
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    Daemon::start_with_spool(dir, &conf, &["-P", "mda", "-P", "mta"], spool)
 }
 
 struct Client {
@@ -108,8 +81,8 @@ fn transaction(c: &mut Client, body: &str) -> String {
 fn ten_thousand_recipients_meet_max_rcpt() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let port = free_port();
-    let _d = start(dir.path(), &spool, port, "");
+    let d = start(dir.path(), &spool, "");
+    let port = d.port;
     let mut c = Client::connect(port);
     assert!(c.send("EHLO client.test").starts_with("250-mx.test Hello"));
     assert!(c.send("MAIL FROM:<a@client.test>").starts_with("250 "));
@@ -156,8 +129,8 @@ fn ten_thousand_recipients_meet_max_rcpt() {
 fn endless_data_is_refused_and_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let port = free_port();
-    let _d = start(dir.path(), &spool, port, "smtp max-message-size 1M");
+    let d = start(dir.path(), &spool, "smtp max-message-size 1M");
+    let port = d.port;
     let mut c = Client::connect(port);
     c.send("EHLO client.test");
     // 8 MB of body for a 1 MB limit: the server reads it all (as OpenSMTPD does) and
@@ -188,8 +161,8 @@ fn endless_data_is_refused_and_nothing_is_queued() {
 fn endless_line_in_data_closes_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let port = free_port();
-    let _d = start(dir.path(), &spool, port, "");
+    let d = start(dir.path(), &spool, "");
+    let port = d.port;
     let mut c = Client::connect(port);
     c.send("EHLO client.test");
     assert!(c.send("MAIL FROM:<a@client.test>").starts_with("250 "));
@@ -218,8 +191,8 @@ fn a_thousand_slow_clients_do_not_hold_up_an_ordinary_one() {
     }
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let port = free_port();
-    let _d = start(dir.path(), &spool, port, "");
+    let d = start(dir.path(), &spool, "");
+    let port = d.port;
     let mut slow = Vec::new();
     for _ in 0..1000 {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -295,8 +268,8 @@ fn full_disk_gives_a_temporary_failure_and_no_corrupt_queue() {
         }
     }
     let _unmount = Unmount(spool.clone());
-    let port = free_port();
-    let d = start(dir.path(), &spool, port, "smtp max-message-size 20M");
+    let d = start(dir.path(), &spool, "smtp max-message-size 20M");
+    let port = d.port;
     let mut c = Client::connect(port);
     c.send("EHLO client.test");
     let ok = transaction(&mut c, "Subject: first\r\n\r\nfits\r\n");
@@ -335,7 +308,7 @@ fn full_disk_gives_a_temporary_failure_and_no_corrupt_queue() {
 
     // A restart finds a consistent queue: both messages, nothing moved to corrupt/.
     drop(d);
-    let _d = start(dir.path(), &spool, port, "smtp max-message-size 20M");
+    let _d = start(dir.path(), &spool, "smtp max-message-size 20M");
     assert_eq!(spool_state(&spool), (2, 0));
     let corrupt = std::fs::read_dir(spool.join("corrupt"))
         .map(|d| d.count())

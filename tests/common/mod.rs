@@ -33,18 +33,28 @@ pub fn read_reply(r: &mut impl BufRead) -> String {
 }
 
 /// The built daemon, started in the foreground (`-d`) on a configuration whose `PORT` is
-/// replaced by a free port, its spool in `DIR/spool`, no resolver, and its log collected.
-/// Killed when dropped.
+/// replaced by a free port, with no resolver, and its log collected. Killed when dropped.
 pub struct Daemon {
     child: std::process::Child,
     pub port: u16,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
-    /// Starts smtpd on `conf` (written to `DIR/smtpd.conf`) with `extra` arguments, and
-    /// waits (at most 10 s) until it accepts connections.
+    /// Starts smtpd on `conf` (written to `DIR/smtpd.conf`) with `extra` arguments and its
+    /// spool in `DIR/spool`, and waits (at most 10 s) until it accepts connections.
     pub fn start(dir: &std::path::Path, conf: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with_spool(dir, conf, extra, &dir.join("spool"))
+    }
+
+    /// [`Daemon::start`] with the spool elsewhere.
+    pub fn start_with_spool(
+        dir: &std::path::Path,
+        conf: &str,
+        extra: &[&str],
+        spool: &std::path::Path,
+    ) -> Daemon {
         use std::io::Read;
         let port = free_port();
         let path = dir.join("smtpd.conf");
@@ -55,7 +65,7 @@ impl Daemon {
             .arg("-f")
             .arg(&path)
             .arg("--spool")
-            .arg(dir.join("spool"))
+            .arg(spool)
             .arg("--resolv-conf")
             .arg("/nonexistent")
             .stdout(std::process::Stdio::null())
@@ -65,7 +75,7 @@ impl Daemon {
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -76,9 +86,17 @@ impl Daemon {
                 }
             }
         });
-        let d = Daemon { child, port, log };
+        let mut d = Daemon {
+            child,
+            port,
+            log,
+            reader: Some(reader),
+        };
         let t = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("smtpd exited: {status}: {}", d.log());
+            }
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(10),
                 "smtpd did not start: {}",
@@ -104,6 +122,27 @@ impl Daemon {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         false
+    }
+
+    /// Stops the daemon with SIGTERM (SIGKILL after 10 s) and returns all it logged.
+    pub fn stop(mut self) -> String {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t = std::time::Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if t.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
     }
 }
 
