@@ -7,11 +7,11 @@
 mod common;
 mod relay_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_server::Server;
@@ -21,27 +21,16 @@ use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
-use common::files_under;
+use common::{Daemon, files_under};
 use relay_support::{Sink, tls_config};
 
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
+/// Log lines of the daemon, waited for.
+trait LogLine {
     /// Waits (bounded) until the log holds a line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String;
+}
+
+impl LogLine for Daemon {
     fn wait_for(&self, needle: &str) -> String {
         let t = Instant::now();
         loop {
@@ -67,52 +56,8 @@ fn start_with_dns(dir: &Path, conf: &str, resolv_conf: &Path) -> (Daemon, u16) {
 }
 
 fn start_with_args(dir: &Path, conf: &str, resolv_conf: &Path, extra: &[&str]) -> (Daemon, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("smtpd.conf"),
-        conf.replace("PORT", &port.to_string()),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(extra)
-        .args(["-d", "-f"])
-        .arg(dir.join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--resolv-conf")
-        .arg(resolv_conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut err = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let d = Daemon { child, log };
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "smtpd did not start:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let d = Daemon::start_with_resolver(dir, conf, extra, &dir.join("spool"), resolv_conf);
+    let port = d.port;
     (d, port)
 }
 

@@ -55,6 +55,23 @@ impl Daemon {
         extra: &[&str],
         spool: &std::path::Path,
     ) -> Daemon {
+        Daemon::start_with_resolver(
+            dir,
+            conf,
+            extra,
+            spool,
+            std::path::Path::new("/nonexistent"),
+        )
+    }
+
+    /// [`Daemon::start_with_spool`] with a resolver configuration (`--resolv-conf`).
+    pub fn start_with_resolver(
+        dir: &std::path::Path,
+        conf: &str,
+        extra: &[&str],
+        spool: &std::path::Path,
+        resolv_conf: &std::path::Path,
+    ) -> Daemon {
         use std::io::Read;
         let port = free_port();
         let path = dir.join("smtpd.conf");
@@ -67,7 +84,7 @@ impl Daemon {
             .arg("--spool")
             .arg(spool)
             .arg("--resolv-conf")
-            .arg("/nonexistent")
+            .arg(resolv_conf)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
