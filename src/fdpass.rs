@@ -2,6 +2,7 @@
 //! is one request or answer, and open files (a queued message, a reply socket) travel with
 //! it as `SCM_RIGHTS`. The privileged broker and the delivery workers speak through these.
 
+use std::cell::RefCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -59,12 +60,28 @@ pub fn send(socket: &impl AsFd, payload: &[u8], fds: &[RawFd]) -> nix::Result<()
     }
 }
 
+thread_local! {
+    /// Where [`receive`] lands a packet before copying out its actual length: a buffer of
+    /// the largest size asked for so far, zeroed once per thread rather than per packet
+    /// (and never freed and re-allocated, which at 64 KiB would make the allocator
+    /// consolidate its free lists every time).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Receive one packet of at most `max` bytes and two descriptors; `None` at end of file.
 pub fn receive(socket: &impl AsFd, max: usize) -> nix::Result<Option<Packet>> {
-    let mut buf = vec![0u8; max];
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < max {
+            scratch.resize(max, 0);
+        }
+        receive_into(socket, &mut scratch[..max])
+    })
+}
+
+fn receive_into(socket: &impl AsFd, buf: &mut [u8]) -> nix::Result<Option<Packet>> {
     let mut space = nix::cmsg_space!([RawFd; 2]);
     loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         let msg = match recvmsg::<()>(
             socket.as_fd().as_raw_fd(),
             &mut iov,
@@ -95,9 +112,8 @@ pub fn receive(socket: &impl AsFd, max: usize) -> nix::Result<Option<Packet>> {
         if bytes == 0 && fds.is_empty() {
             return Ok(None);
         }
-        buf.truncate(bytes);
         return Ok(Some(Packet {
-            payload: buf,
+            payload: buf[..bytes].to_vec(),
             fds,
             truncated,
         }));
