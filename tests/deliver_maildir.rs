@@ -542,9 +542,68 @@ fn concurrent_deliveries_to_one_mailbox_share_workers_and_directory_fsyncs() {
     assert_eq!(fs::read_dir(&new).unwrap().count(), 40);
     let (jobs, batches) = agent.worker_counts();
     assert_eq!(jobs, 40);
-    // At most four workers at a time for one identity: the rest waited and went in
-    // batches, each batch with one fsync of `new/`.
+    // At most WORKERS_PER_IDENTITY workers at a time for one identity: the rest waited
+    // and went in batches, each batch with one fsync of `new/`.
     assert!(batches < jobs, "{batches} batches for {jobs} jobs");
-    assert!(agent.worker_pids().len() <= 4, "{:?}", agent.worker_pids());
+    let most = smtpd::deliver::worker::WORKERS_PER_IDENTITY;
+    assert!(
+        agent.worker_pids().len() <= most,
+        "{:?}",
+        agent.worker_pids()
+    );
     println!("40 concurrent deliveries: {batches} batches");
+}
+
+/// The broker's side of a lent worker: started as the asked identity (never root), a child
+/// of the lender, ended by the borrower closing its socket, and how it ended told once.
+#[test]
+fn lent_workers_run_as_their_identity_and_their_end_is_told_once() {
+    if skip_unless_root("delivery workers (only root starts them)") {
+        return;
+    }
+    let agent = agent();
+    assert!(agent.lease_worker(0, 0).is_err());
+    assert!(agent.lease_worker(0, TEST_UID).is_err());
+    assert!(agent.end_worker_lease(std::process::id()).is_none());
+
+    let (socket, pid) = agent.lease_worker(TEST_UID, TEST_UID).unwrap();
+    let field = |name: &str| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    // The worker changes identity as it starts, before it reads its socket.
+    for _ in 0..500 {
+        if field("Uid:") != "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(field("Uid:"), TEST_UID.to_string());
+    assert_eq!(field("Gid:"), TEST_UID.to_string());
+    assert_eq!(field("PPid:"), std::process::id().to_string());
+    // Its socket closed, the worker exits by itself, normally.
+    drop(socket);
+    let ended = agent.end_worker_lease(pid).unwrap();
+    assert_eq!(
+        ended.last_line.as_deref(),
+        Some(&b"smtpd: delivery helper failed: exit status 0"[..]),
+        "{ended:?}"
+    );
+    assert!(agent.end_worker_lease(pid).is_none());
+
+    // One killed during its lease: the signal is what the borrower learns.
+    let (socket, pid) = agent.lease_worker(TEST_UID, TEST_UID).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(socket);
+    let ended = agent.end_worker_lease(pid).unwrap();
+    assert_eq!(ended.exit, smtpd::deliver::Exit::Signal(9), "{ended:?}");
 }

@@ -315,6 +315,117 @@ fn forward_read_by_the_broker_and_maildir_written_as_the_userbase_uid() {
     assert!(!fhome.join("Maildir").exists());
 }
 
+/// Maildir deliveries run in workers the broker starts as the recipient and lends to the
+/// network side: they are the broker's children, never the network side's, and a worker
+/// killed while idle is replaced for the next message.
+#[test]
+fn maildir_workers_are_the_brokers_children_and_run_as_the_recipient() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vhome = dir.path().join("vhome");
+    std::fs::create_dir(&vhome).unwrap();
+    nix::unistd::chown(vhome.as_path(), Some(2000.into()), Some(2000.into())).unwrap();
+    let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
+                table users { vuser = \"2000:2000:DIR/vhome\" }\n\
+                action \"local\" maildir userbase <users>\n\
+                match from any for domain \"mx.test\" action \"local\"\n";
+    let (d, port) = start(dir.path(), conf, &[]);
+    let daemon = d.0.id();
+    let send = || {
+        let mut lines = vec![
+            "EHLO client.test",
+            "MAIL FROM:<a@example.org>",
+            "RCPT TO:<vuser@mx.test>",
+            "DATA",
+        ];
+        lines.extend(MESSAGE);
+        lines.push("QUIT");
+        let replies = dialogue(port, &lines);
+        assert!(replies[5].starts_with("250 "), "{replies:?}");
+    };
+    let new = vhome.join("Maildir/new");
+    let delivered = || std::fs::read_dir(&new).map_or(0, |d| d.count());
+    send();
+    wait_for("the first delivery", || delivered() == 1);
+
+    let kids = children(daemon);
+    assert_eq!(kids.len(), 1, "the broker only: {kids:?}");
+    let broker = kids[0];
+    let workers = children(broker);
+    assert!(!workers.is_empty(), "no worker under the broker");
+    for w in &workers {
+        let (uids, gids) = ids(*w);
+        assert!(uids.iter().all(|u| *u == 2000), "{uids:?}");
+        assert!(gids.iter().all(|g| *g == 2000), "{gids:?}");
+    }
+    // Killed while idle: the next message gets a new worker, and is delivered once.
+    for w in &workers {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*w as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    send();
+    wait_for("the second delivery", || delivered() == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(delivered(), 2);
+    // The broker collects its dead workers (within its reaper's half-second round).
+    wait_for("the killed workers collected", || {
+        workers
+            .iter()
+            .all(|w| !std::path::Path::new(&format!("/proc/{w}")).exists())
+    });
+    let now = children(broker);
+    assert!(
+        !now.is_empty() && now.iter().all(|w| !workers.contains(w)),
+        "{now:?}"
+    );
+}
+
+/// A home that does not exist means no `.forward`, with OpenSMTPD's warning, logged once
+/// per message whichever side sees it.
+#[test]
+fn a_missing_home_is_warned_about_once_and_the_mail_delivered() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let md = dir.path().join("md");
+    std::fs::create_dir(&md).unwrap();
+    nix::unistd::chown(md.as_path(), Some(2000.into()), Some(2000.into())).unwrap();
+    let d = dir.path().display().to_string();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         table users {{ vuser = \"2000:2000:{d}/nohome\" }}\n\
+         action \"local\" maildir \"{d}/md\" userbase <users>\n\
+         match from any for domain \"mx.test\" action \"local\"\n"
+    );
+    let daemon = common::Daemon::start(dir.path(), &conf, &[]);
+    let mut lines = vec![
+        "EHLO client.test",
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<vuser@mx.test>",
+        "DATA",
+    ];
+    lines.extend(MESSAGE);
+    lines.push("QUIT");
+    let replies = dialogue(daemon.port, &lines);
+    assert!(replies[5].starts_with("250 "), "{replies:?}");
+    wait_for("the delivery", || {
+        std::fs::read_dir(md.join("new")).is_ok_and(|mut e| e.next().is_some())
+    });
+    let log = daemon.stop();
+    let warning =
+        format!("warn: smtpd: parent_forward_open: {d}/nohome: No such file or directory");
+    assert_eq!(log.matches(&warning).count(), 1, "{warning}\n{log}");
+    assert_eq!(log.matches(" result=Ok ").count(), 1, "{log}");
+}
+
 /// The unprivileged side answers "no .forward" itself only when it can see there is none;
 /// a `.forward` in a home it can search is still read (by the broker) and obeyed.
 #[test]

@@ -40,7 +40,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -277,13 +277,32 @@ impl DeliveryAgent {
         };
 
         if let Some(broker) = crate::privsep::broker::client() {
-            // The network side is unprivileged: the privileged broker runs the job.
+            // The network side is unprivileged. A maildir job goes straight to a delivery
+            // worker of its identity, which the privileged broker started and lent to this
+            // process; anything else the broker runs itself.
+            if uses_worker(&job) {
+                return match self.workers.run(&job, &message, self.timeout) {
+                    Ok(outcome) => DeliveryResult::from_outcome(&outcome),
+                    Err(e) => DeliveryResult::refused(Status::TempFail, EX_OSERR, &e),
+                };
+            }
             broker.deliver(&job, message)
         } else if running_as_root() {
             self.run_privileged(job, message)
         } else {
             DeliveryResult::from_outcome(&run_job(&job, message))
         }
+    }
+
+    /// Starts a delivery worker of identity `(uid, gid)` for the unprivileged side and
+    /// hands over its socket and process id (the broker's `worker` request).
+    pub fn lease_worker(&self, uid: u32, gid: u32) -> Result<(OwnedFd, u32), String> {
+        self.workers.lease(uid, gid)
+    }
+
+    /// How the lent worker `pid` ended (the broker's `worker-end` request).
+    pub fn end_worker_lease(&self, pid: u32) -> Option<Outcome> {
+        self.workers.end_lease(pid)
     }
 
     /// Runs `job` from a privileged process: the identity checks again, the mailbox of an

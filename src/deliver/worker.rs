@@ -33,6 +33,13 @@
 //! `alarm()` with the delivery time limit, as a one-shot helper does; the privileged side
 //! also bounds each of its reads.
 //!
+//! Who starts them: the process that runs the pool when it may take the recipient's
+//! identity (root, or already that user). The network side of a daemon started as root
+//! may not: it asks the privileged broker, which starts the worker, keeps it as its own
+//! child (collecting it when it ends, waiting for one given up, killing it after 10 s)
+//! and passes back only the socket and the process id. The jobs then go from the network
+//! side to the worker with no hop through the broker.
+//!
 //! Only maildir deliveries use workers: they run no program of the recipient's, need
 //! no per-job session or environment, and are the common case. Idle workers are
 //! closed after [`IDLE_LIMIT`] by a reaper thread, and all of them go when the daemon
@@ -66,8 +73,12 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 /// Most jobs handed to a worker at once.
 pub const BATCH: usize = 32;
 
-/// Most workers serving one identity at the same time.
-pub const WORKERS_PER_IDENTITY: usize = 4;
+/// Most workers serving one identity at the same time. Two keep two fsyncs in flight for a
+/// busy mailbox while the jobs that arrive meanwhile gather into the next batches (one
+/// fsync of `new/` each); four made batches of one under load and cost 10-20 % more CPU
+/// per message for no more messages per second (bench/solo.sh-style runs, 50 and 200
+/// sessions).
+pub const WORKERS_PER_IDENTITY: usize = 2;
 
 /// Longest job or outcome packet (the broker takes jobs of the same size).
 const MAX_PACKET: usize = 64 * 1024;
@@ -77,11 +88,29 @@ const WAIT_GRACE: Duration = Duration::from_secs(15);
 
 type Key = (u32, u32);
 
-/// One running worker.
+/// One running worker: a child of this process, or one the privileged broker started and
+/// lent to this (unprivileged) process, which can neither wait for it nor signal it.
 struct Worker {
-    child: Child,
+    child: Option<Child>,
+    pid: u32,
     socket: OwnedFd,
 }
+
+/// Most workers the broker lends out at once (a bound on what the network side may ask).
+pub const MAX_LEASED: usize = 256;
+
+/// A lent worker as the broker keeps it: running, or ended (and how) until the borrower
+/// asks or [`LEASE_MEMORY`] passes.
+enum Leased {
+    Running(Child),
+    Ended(std::process::ExitStatus, Instant),
+}
+
+/// How long the broker remembers how a lent worker ended.
+const LEASE_MEMORY: Duration = Duration::from_secs(60);
+
+/// How long the broker waits for a lent worker whose borrower gave it up before it kills it.
+const LEASE_END_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a waiting delivery gets its result.
 #[derive(Default)]
@@ -139,6 +168,8 @@ type Lanes = Mutex<HashMap<Key, Lane>>;
 pub struct WorkerPool {
     helper: HelperProgram,
     lanes: Arc<Lanes>,
+    /// Workers started for another process (the broker's side), by process id.
+    leased: Arc<Mutex<HashMap<u32, Leased>>>,
     reaper: std::sync::Once,
     /// Jobs and batches handed to workers so far.
     jobs: AtomicU64,
@@ -170,6 +201,7 @@ impl WorkerPool {
         WorkerPool {
             helper,
             lanes: Arc::new(Mutex::new(HashMap::new())),
+            leased: Arc::new(Mutex::new(HashMap::new())),
             reaper: std::sync::Once::new(),
             jobs: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -180,7 +212,7 @@ impl WorkerPool {
     pub fn idle_pids(&self) -> Vec<u32> {
         lock(&self.lanes)
             .values()
-            .flat_map(|l| l.idle.iter().map(|(w, _)| w.child.id()))
+            .flat_map(|l| l.idle.iter().map(|(w, _)| w.pid))
             .collect()
     }
 
@@ -290,7 +322,28 @@ impl WorkerPool {
             .push((worker, Instant::now()));
     }
 
-    fn spawn(&self, (uid, gid): Key) -> Result<Worker, String> {
+    /// A worker of identity `key`: from the privileged broker when this process has one
+    /// (the network side, unprivileged, cannot start processes as other users), else a
+    /// child of this process.
+    fn spawn(&self, key: Key) -> Result<Worker, String> {
+        if let Some(broker) = crate::privsep::broker::client() {
+            let (socket, pid) = broker.lease_worker(key.0, key.1)?;
+            return Ok(Worker {
+                child: None,
+                pid,
+                socket,
+            });
+        }
+        let (child, socket) = self.start(key)?;
+        Ok(Worker {
+            pid: child.id(),
+            child: Some(child),
+            socket,
+        })
+    }
+
+    /// Starts a worker process of identity `(uid, gid)`: the child and our end of its socket.
+    fn start(&self, (uid, gid): Key) -> Result<(Child, OwnedFd), String> {
         let (ours, theirs) =
             fdpass::pair().map_err(|e| format!("socketpair: {}", strerror(&e.into())))?;
         let mut command = Command::new(&self.helper.program);
@@ -305,18 +358,78 @@ impl WorkerPool {
         let child = command
             .spawn()
             .map_err(|e| format!("fork: {}", strerror(&e)))?;
-        Ok(Worker {
-            child,
-            socket: ours,
-        })
+        Ok((child, ours))
+    }
+
+    /// The broker's side of [`WorkerPool::spawn`]: starts a worker of identity `(uid, gid)`
+    /// for another process and hands over its socket (with the process id); the worker
+    /// stays this process's child, reaped here. Never as root, and at most
+    /// [`MAX_LEASED`] at a time.
+    pub fn lease(&self, uid: u32, gid: u32) -> Result<(OwnedFd, u32), String> {
+        if uid == 0 {
+            return Err("no delivery worker runs as root".into());
+        }
+        self.reap_leased();
+        let running = lock_leased(&self.leased)
+            .values()
+            .filter(|l| matches!(l, Leased::Running(_)))
+            .count();
+        if running >= MAX_LEASED {
+            return Err("too many delivery workers".into());
+        }
+        let (child, socket) = self.start((uid, gid))?;
+        let pid = child.id();
+        lock_leased(&self.leased).insert(pid, Leased::Running(child));
+        self.start_reaper();
+        Ok((socket, pid))
+    }
+
+    /// How the lent worker `pid` ended, once its borrower has closed its socket: waited
+    /// for at most [`LEASE_END_WAIT`], then killed. `None` for a process never lent out
+    /// (or ended too long ago).
+    pub fn end_lease(&self, pid: u32) -> Option<Outcome> {
+        let entry = lock_leased(&self.leased).remove(&pid)?;
+        let mut child = match entry {
+            Leased::Ended(status, _) => return Some(helper_ended(status, "")),
+            Leased::Running(child) => child,
+        };
+        let deadline = Instant::now() + LEASE_END_WAIT;
+        // Bounded by the deadline.
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(helper_ended(status, "")),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    return Some(match child.wait() {
+                        Ok(status) => helper_ended(status, ""),
+                        Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
+                    });
+                }
+                Err(e) => {
+                    return Some(Outcome::failure(
+                        EX_TEMPFAIL,
+                        format!("smtpd: waitpid: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Collects lent workers that ended, and forgets those that ended long ago.
+    fn reap_leased(&self) {
+        reap_leased(&self.leased);
     }
 
     fn start_reaper(&self) {
         let weak: Weak<Lanes> = Arc::downgrade(&self.lanes);
+        let leased = Arc::downgrade(&self.leased);
         self.reaper.call_once(move || {
             let _ = std::thread::Builder::new()
                 .name("delivery-workers".into())
-                .spawn(move || reap_idle(weak));
+                .spawn(move || reap_idle(weak, leased));
         });
     }
 }
@@ -329,15 +442,38 @@ impl Drop for WorkerPool {
             .map(|(w, _)| w)
             .collect();
         for worker in all {
-            finish(worker);
+            close(worker);
         }
     }
 }
 
-/// Closes workers idle longer than [`IDLE_LIMIT`], until the pool is gone.
-fn reap_idle(pool: Weak<Lanes>) {
+fn lock_leased(
+    leased: &Mutex<HashMap<u32, Leased>>,
+) -> std::sync::MutexGuard<'_, HashMap<u32, Leased>> {
+    // The map holds no invariant a panic elsewhere could break halfway.
+    leased.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reap_leased(leased: &Mutex<HashMap<u32, Leased>>) {
+    let mut map = lock_leased(leased);
+    for entry in map.values_mut() {
+        if let Leased::Running(child) = entry
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            *entry = Leased::Ended(status, Instant::now());
+        }
+    }
+    map.retain(|_, l| !matches!(l, Leased::Ended(_, at) if at.elapsed() >= LEASE_MEMORY));
+}
+
+/// Closes workers idle longer than [`IDLE_LIMIT`], and collects lent workers that ended,
+/// until the pool is gone.
+fn reap_idle(pool: Weak<Lanes>, leased: Weak<Mutex<HashMap<u32, Leased>>>) {
     loop {
         std::thread::sleep(Duration::from_millis(500));
+        if let Some(leased) = leased.upgrade() {
+            reap_leased(&leased);
+        }
         let Some(lanes) = pool.upgrade() else { return };
         let mut expired = Vec::new();
         {
@@ -356,19 +492,33 @@ fn reap_idle(pool: Weak<Lanes>) {
         }
         drop(lanes);
         for worker in expired {
-            finish(worker);
+            close(worker);
         }
     }
 }
 
 /// Closes a worker's socket, waits for it, and says how it ended (for a worker lost
-/// during a job, that is the job's outcome).
+/// during a job, that is the job's outcome). A lent worker is waited for by the broker.
 fn finish(worker: Worker) -> Outcome {
-    let Worker { mut child, socket } = worker;
+    let Worker { child, pid, socket } = worker;
     drop(socket);
-    match child.wait() {
-        Ok(status) => helper_ended(status, ""),
-        Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
+    match child {
+        Some(mut child) => match child.wait() {
+            Ok(status) => helper_ended(status, ""),
+            Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
+        },
+        None => match crate::privsep::broker::client() {
+            Some(broker) => broker.end_worker_lease(pid),
+            None => Outcome::failure(EX_TEMPFAIL, "smtpd: delivery worker lost"),
+        },
+    }
+}
+
+/// Closes an idle worker: it exits at the end of its socket. A child of ours is waited
+/// for; a lent one is the broker's to collect.
+fn close(worker: Worker) {
+    if worker.child.is_some() {
+        finish(worker);
     }
 }
 

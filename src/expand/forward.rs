@@ -63,12 +63,27 @@ impl ForwardFiles for HomeForwards {
         // Most users have no `.forward`: when this side can see so itself (a home it can
         // search, not sticky, with no such name in it), the answer is the broker's, and
         // the round trip is saved. Anything else is the broker's to judge.
+        // A home that does not exist is the same: ENOENT is the answer whoever asks (a
+        // component this side may not search gives EACCES instead), with the same warning.
         if let Some(broker) = crate::privsep::broker::client() {
             let home = Path::new(&user.home);
-            let visibly_missing = fs::metadata(home)
-                .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o1000 == 0)
-                && fs::symlink_metadata(home.join(".forward"))
-                    .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+            let visibly_missing = match fs::metadata(home) {
+                Ok(m) => {
+                    m.is_dir()
+                        && m.permissions().mode() & 0o1000 == 0
+                        && fs::symlink_metadata(home.join(".forward"))
+                            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    tracing::warn!(
+                        "warn: smtpd: parent_forward_open: {}: {}",
+                        user.home,
+                        strerror(&e)
+                    );
+                    true
+                }
+                Err(_) => false,
+            };
             if visibly_missing {
                 return ForwardOpen::Missing;
             }

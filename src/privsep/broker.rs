@@ -2,10 +2,16 @@
 //! privileges, and the narrow request protocol between the two.
 //!
 //! The broker is forked before the daemon starts any thread (see [`super::start`]) and
-//! serves three requests, OpenSMTPD's parent-process duties:
+//! serves these requests, OpenSMTPD's parent-process duties:
 //!
 //! * `deliver`: run a delivery job as its user ([`DeliveryAgent::run_privileged`]); the
 //!   message travels as an open descriptor, the answer is the delivery result;
+//! * `worker`: start a maildir delivery worker ([`crate::deliver::worker`]) as a given
+//!   non-root uid and gid, and hand its socket to the network side with the answer, so
+//!   that maildir jobs go from the network side to the worker without a hop through the
+//!   broker; the worker stays the broker's child;
+//! * `worker-end`: the network side gave up a lent worker (lost or past its time limit):
+//!   wait for it (at most 10 s, then kill it) and answer how it ended;
 //! * `forward`: open a user's `~/.forward` with OpenSMTPD's checks ([`HomeForwards`]); the
 //!   answer is the content (at most [`MAX_FORWARD_SIZE`] bytes) or why there is none;
 //! * `auth`: check a system account's password against the shadow file; the answer is the
@@ -34,8 +40,9 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
+use crate::deliver::privsep::{decode_outcome, encode_outcome};
 use crate::deliver::request::{Job, escape_into, hex, unescape, unhex};
-use crate::deliver::result::{DeliveryResult, EX_NOPERM, EX_TEMPFAIL, Status};
+use crate::deliver::result::{DeliveryResult, EX_NOPERM, EX_TEMPFAIL, Outcome, Status};
 use crate::deliver::{DeliveryAgent, Method};
 use crate::expand::forward::{ForwardFiles, ForwardOpen, HomeForwards, MAX_FORWARD_SIZE};
 use crate::expand::userbase::UserInfo;
@@ -107,7 +114,40 @@ impl Broker {
         serve_requests(&pool);
     }
 
-    /// The answer to one request.
+    /// The answer to one request, and the descriptor that goes with it (the socket of a
+    /// lent worker).
+    pub fn answer_with_fd(
+        &self,
+        payload: &[u8],
+        message: Option<File>,
+    ) -> (Vec<u8>, Option<OwnedFd>) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return (self.answer(payload, message), None);
+        };
+        let (verb, body) = text.split_once('\n').unwrap_or((text, ""));
+        match verb {
+            "worker" if message.is_none() => match decode_identity(body) {
+                Ok((uid, gid)) => match self.agent.lease_worker(uid, gid) {
+                    Ok((socket, pid)) => (format!("ok\npid={pid}\n").into_bytes(), Some(socket)),
+                    Err(e) => (format!("error\n{e}").into_bytes(), None),
+                },
+                Err(e) => (format!("error\n{e}").into_bytes(), None),
+            },
+            "worker-end" if message.is_none() => {
+                let answer = match decode_pid(body) {
+                    Ok(pid) => match self.agent.end_worker_lease(pid) {
+                        Some(outcome) => encode_outcome(&outcome).into_bytes(),
+                        None => format!("error\nno delivery worker {pid}").into_bytes(),
+                    },
+                    Err(e) => format!("error\n{e}").into_bytes(),
+                };
+                (answer, None)
+            }
+            _ => (self.answer(payload, message), None),
+        }
+    }
+
+    /// The answer to one request that answers with no descriptor.
     pub fn answer(&self, payload: &[u8], message: Option<File>) -> Vec<u8> {
         let Ok(text) = std::str::from_utf8(payload) else {
             return b"error\nrequest is not text".to_vec();
@@ -213,6 +253,19 @@ impl BrokerClient {
         message: Option<&File>,
         wait: Duration,
     ) -> Result<Vec<u8>, String> {
+        let (answer, fds) = self.request_with_fds(payload, message, wait)?;
+        if !fds.is_empty() {
+            return Err("privileged broker: unexpected descriptor".into());
+        }
+        Ok(answer)
+    }
+
+    fn request_with_fds(
+        &self,
+        payload: &[u8],
+        message: Option<&File>,
+        wait: Duration,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
         if payload.len() > MAX_REQUEST {
             return Err("request too large".into());
         }
@@ -226,7 +279,7 @@ impl BrokerClient {
             .map_err(|e| format!("privileged broker: {}", e.desc()))?;
         drop(theirs);
         match receive(&mine, MAX_ANSWER) {
-            Ok(Some(p)) if !p.truncated => Ok(p.payload),
+            Ok(Some(p)) if !p.truncated => Ok((p.payload, p.fds)),
             Ok(_) => Err("privileged broker did not answer".into()),
             Err(Errno::EAGAIN) => Err("privileged broker did not answer in time".into()),
             Err(e) => Err(format!("privileged broker: {}", e.desc())),
@@ -242,6 +295,41 @@ impl BrokerClient {
         match self.request(payload.as_bytes(), Some(&message), wait) {
             Ok(answer) => decode_result(&answer).unwrap_or_else(|e| tempfail(&e)),
             Err(e) => tempfail(&e),
+        }
+    }
+
+    /// A delivery worker of identity `(uid, gid)`, started by the broker: its socket and
+    /// process id.
+    pub fn lease_worker(&self, uid: u32, gid: u32) -> Result<(OwnedFd, u32), String> {
+        let payload = format!("worker\nuid={uid}\ngid={gid}\n");
+        let (answer, mut fds) = self.request_with_fds(payload.as_bytes(), None, SHORT_WAIT)?;
+        if let Some(e) = error_of(&answer) {
+            return Err(e);
+        }
+        let pid = std::str::from_utf8(&answer)
+            .ok()
+            .and_then(|a| a.strip_prefix("ok\n"))
+            .ok_or_else(|| "privileged broker: bad answer".to_string())
+            .and_then(decode_pid)?;
+        match (fds.pop(), fds.is_empty()) {
+            (Some(socket), true) => Ok((socket, pid)),
+            _ => Err("privileged broker: bad answer".into()),
+        }
+    }
+
+    /// How the lent worker `pid`, whose socket this side has closed, ended.
+    pub fn end_worker_lease(&self, pid: u32) -> Outcome {
+        let payload = format!("worker-end\npid={pid}\n");
+        let wait = SHORT_WAIT;
+        let lost =
+            |e: &str| Outcome::failure(EX_TEMPFAIL, format!("smtpd: delivery worker lost: {e}"));
+        match self.request(payload.as_bytes(), None, wait) {
+            Ok(answer) => match error_of(&answer) {
+                Some(e) => lost(&e),
+                None => decode_outcome(&String::from_utf8_lossy(&answer))
+                    .unwrap_or_else(|| lost("bad answer")),
+            },
+            Err(e) => lost(&e),
         }
     }
 
@@ -332,6 +420,23 @@ fn decode_user(body: &str) -> Result<UserInfo, String> {
         gid: number("gid")?,
         home,
     })
+}
+
+fn decode_identity(body: &str) -> Result<(u32, u32), String> {
+    let f = fields(body).ok_or("malformed request")?;
+    let number = |key: &str| -> Result<u32, String> {
+        field(&f, key)?.parse().map_err(|_| format!("bad {key}"))
+    };
+    Ok((number("uid")?, number("gid")?))
+}
+
+fn decode_pid(body: &str) -> Result<u32, String> {
+    let f = fields(body).ok_or("malformed request")?;
+    field(&f, "pid")?
+        .parse()
+        .ok()
+        .filter(|&pid: &u32| pid > 1)
+        .ok_or_else(|| "bad pid".to_string())
 }
 
 fn decode_credentials(body: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
@@ -517,8 +622,9 @@ fn serve_requests(pool: &Arc<Pool>) {
         }
         let reply = fds.remove(0);
         let message = fds.pop().map(File::from);
-        let answer = pool.broker.answer(&payload, message);
-        let _ = send(&reply, &answer, &[]);
+        let (answer, lent) = pool.broker.answer_with_fd(&payload, message);
+        let lent: Vec<_> = lent.iter().map(|fd| fd.as_raw_fd()).collect();
+        let _ = send(&reply, &answer, &lent);
     }
 }
 
@@ -672,6 +778,35 @@ mod tests {
         let r = decode_result(&answer).unwrap();
         assert_eq!(r.status, Status::TempFail);
         assert!(r.error.contains("bad delivery job"), "{r:?}");
+    }
+
+    #[test]
+    fn worker_requests_are_checked_before_any_process_starts() {
+        let b = fake_broker();
+        let error = |payload: &[u8]| {
+            let (answer, fd) = b.answer_with_fd(payload, None);
+            assert!(fd.is_none());
+            String::from_utf8(answer).unwrap()
+        };
+        assert_eq!(
+            error(b"worker\nuid=0\ngid=2000\n"),
+            "error\nno delivery worker runs as root"
+        );
+        assert_eq!(error(b"worker\nuid=2000\n"), "error\nfield gid missing");
+        assert_eq!(error(b"worker\nuid=-1\ngid=0\n"), "error\nbad uid");
+        assert_eq!(error(b"worker\nuid"), "error\nmalformed request");
+        assert_eq!(error(b"worker-end\npid=1\n"), "error\nbad pid");
+        assert_eq!(error(b"worker-end\npid=x\n"), "error\nbad pid");
+        let pid = std::process::id();
+        assert_eq!(
+            error(format!("worker-end\npid={pid}\n").as_bytes()),
+            format!("error\nno delivery worker {pid}")
+        );
+        // With a message attached, neither is a request this protocol sends.
+        let f = tempfile::tempfile().unwrap();
+        let (answer, fd) = b.answer_with_fd(b"worker\nuid=2000\ngid=2000\n", Some(f));
+        assert!(fd.is_none());
+        assert_eq!(answer, b"error\nunknown request");
     }
 
     #[test]
