@@ -15,6 +15,8 @@
 # delivered when its file is in the maildir) and prints the median table of
 # summarize.py, the delivered-rate ratios smtpd/OpenSMTPD and smtpd/Postfix per cell,
 # and the disk's raw durable-commit rate (fsync_rate.py, 1 and 16 writers).
+# KEEP_MAIL=1 runs bench/matrix_keep.sh instead: delivered mail is set aside between runs
+# rather than deleted (see there why that matters on ext4 without a journal).
 # Environment: BENCH_DIR (default /tmp/smtpd-bench, on the disk under test), REPEAT
 # (default 2), N_SMALL/N_LARGE (messages per cell, default 2000/500), PF_ROOT (default
 # $HOME/pf; fetched with get_smtp_tools.sh when missing). Every run is bounded by
@@ -29,7 +31,10 @@ dir=${BENCH_DIR:-/tmp/smtpd-bench}
 export PF_ROOT=${PF_ROOT:-$HOME/pf} REPEAT=${REPEAT:-2}
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh: run as root (peers run as root, deliveries as uid 2000)" >&2; exit 2; }
 [ -x "$PF_ROOT/usr/sbin/smtp-source" ] || "$shared/get_smtp_tools.sh" "$PF_ROOT" >/dev/null
-rm -rf "$dir"; mkdir -p "$dir"
+# A previous run's files are moved away now and deleted at the end: deleting thousands of
+# files right before the runs would slow the first runs' file creations.
+[ -e "$dir" ] && mv "$dir" "$dir.old.$$"
+mkdir -p "$dir"
 cargo build --release --bin smtpd >/dev/null 2>&1
 gcc -shared -fPIC -O2 -o "$dir/backlog.so" "$shared/listen_backlog_shim.c" -ldl
 
@@ -68,7 +73,12 @@ opensmtpd 127.0.0.1:2541 $dir/os/Maildir     $(cat "$dir/os/pid")  bench@bench.t
 postfix   127.0.0.1:2542 $dir/pfhome/Maildir $(cat "$dir/pf/pid")  pfbench@bench.test
 smtp-sink 127.0.0.1:2543 -                   $(cat "$dir/sink/pid") bench@bench.test
 T
-"$shared/run_matrix.sh" "$dir/targets.txt" "$dir/results.jsonl" "$sizes" "$concs" 2> "$dir/matrix.log"
+if [ "${KEEP_MAIL:-0}" = 1 ]; then
+    SHARED="$shared" "$root/bench/matrix_keep.sh" "$dir/targets.txt" "$dir/results.jsonl" \
+        "$sizes" "$concs" 2> "$dir/matrix.log"
+else
+    "$shared/run_matrix.sh" "$dir/targets.txt" "$dir/results.jsonl" "$sizes" "$concs" 2> "$dir/matrix.log"
+fi
 stop_all
 trap - EXIT
 python3 "$shared/summarize.py" "$dir/results.jsonl"
@@ -97,3 +107,4 @@ echo
 for w in 1 16; do
     python3 "$shared/fsync_rate.py" "$dir/fsync" -n 1000 --writers $w --dirsync | tail -n 1
 done
+rm -rf "$dir".old.*
