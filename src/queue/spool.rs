@@ -51,12 +51,19 @@ struct Inner {
     spare_seq: AtomicU64,
     /// Ids of the open transactions, which may have nothing on disk yet.
     open_ids: Mutex<std::collections::HashSet<Msgid>>,
+    /// Body bytes the open transactions hold in memory files, and the most they may.
+    memory_held: std::sync::atomic::AtomicUsize,
+    memory_budget: std::sync::atomic::AtomicUsize,
     /// Held for the life of the spool; the lock goes with the descriptor.
     _lock: File,
 }
 
 /// Most emptied directories kept for reuse.
 const MAX_SPARES: usize = 1024;
+
+/// Most body bytes all open transactions together keep in memory files (see
+/// [`super::writer`]); beyond it, bodies go to the spool as soon as they pass 64 KiB.
+pub const MEMORY_BUDGET: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +118,8 @@ impl Spool {
                 spares: Mutex::new(Vec::new()),
                 spare_seq: AtomicU64::new(0),
                 open_ids: Mutex::new(std::collections::HashSet::new()),
+                memory_held: std::sync::atomic::AtomicUsize::new(0),
+                memory_budget: std::sync::atomic::AtomicUsize::new(MEMORY_BUDGET),
                 _lock: lock,
             }),
         };
@@ -244,6 +253,45 @@ impl Spool {
     /// Ends the reservation of a transaction that committed, aborted or was discarded.
     pub(crate) fn release_msgid(&self, msgid: Msgid) {
         self.open_ids().remove(&msgid);
+    }
+
+    /// Takes `n` bytes of the memory budget for a body kept in memory; `false` (nothing
+    /// taken) when the open transactions together would hold more than the budget.
+    pub(crate) fn hold_memory(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let budget = self.inner.memory_budget.load(Ordering::Relaxed);
+        self.inner
+            .memory_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&total| total <= budget)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken with [`Spool::hold_memory`].
+    pub(crate) fn release_memory(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .inner
+            .memory_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(n))
+            });
+    }
+
+    /// Body bytes held in memory by the open transactions.
+    pub fn memory_held(&self) -> usize {
+        self.inner
+            .memory_held
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets the memory budget (tests).
+    #[cfg(test)]
+    pub(crate) fn set_memory_budget(&self, bytes: usize) {
+        self.inner
+            .memory_budget
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Creates `incoming/<msgid>/` (`dir`), from a spare directory when one is kept, and

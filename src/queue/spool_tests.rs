@@ -808,17 +808,20 @@ fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
     let (spool, _) = Spool::open(tmp.path()).unwrap();
     let mut w = spool.begin_message_blocking().unwrap();
     let line = b"0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\r\n";
-    for _ in 0..2_000 {
+    for _ in 0..20_000 {
         w.write_blocking(line).unwrap();
     }
-    // 130 KB: the first 64 KiB block created incoming/<msgid>/.
+    // 1.3 MB, more than a body kept in memory: past 1 MiB, incoming/<msgid>/ was created
+    // with the blocks kept so far, and the memory went back.
     assert_eq!(names(&tmp.path().join("incoming")).len(), 1);
+    assert_eq!(spool.memory_held(), 0);
     let mut body = Vec::new();
     w.body_file_blocking()
         .unwrap()
         .read_to_end(&mut body)
         .unwrap();
-    assert_eq!(body.len(), line.len() * 2_000);
+    assert_eq!(body.len(), line.len() * 20_000);
+    assert!(body.chunks(line.len()).all(|l| l == line));
     w.discard_blocking();
     assert!(names(&tmp.path().join("incoming")).is_empty());
     let spares = names(&tmp.path().join("spare"));
@@ -827,7 +830,7 @@ fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
     assert_eq!(std::fs::metadata(kept).unwrap().len(), 0);
     // The next large message reuses it, and holds only its own bytes.
     let mut w = spool.begin_message_blocking().unwrap();
-    for _ in 0..1_100 {
+    for _ in 0..17_000 {
         w.write_blocking(line).unwrap();
     }
     let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
@@ -839,7 +842,111 @@ fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
         .unwrap()
         .read_to_end(&mut body)
         .unwrap();
-    assert_eq!(body.len(), line.len() * 1_100);
+    assert_eq!(body.len(), line.len() * 17_000);
+}
+
+/// A body between 64 KiB and 1 MiB stays in a memory file: delivered before the commit it
+/// never touches the spool; committed, it is written out whole.
+#[test]
+fn a_medium_body_stays_in_memory_until_the_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\r\n";
+    let expected: Vec<u8> = (0..2_000u32)
+        .flat_map(|i| {
+            let mut l = line.to_vec();
+            l[..4].copy_from_slice(format!("{i:04}").as_bytes());
+            l
+        })
+        .collect();
+    // Delivered, then discarded: nothing on disk, the memory given back.
+    let mut w = spool.begin_message_blocking().unwrap();
+    for l in expected.chunks(line.len()) {
+        w.write_blocking(l).unwrap();
+    }
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+    assert!(spool.memory_held() >= 64 * 1024, "{}", spool.memory_held());
+    let mut readers = w.body_files_blocking(2).unwrap();
+    for r in &mut readers {
+        let mut body = Vec::new();
+        r.read_to_end(&mut body).unwrap();
+        assert!(body == expected, "{} bytes", body.len());
+    }
+    w.discard_blocking();
+    assert_eq!(spool.memory_held(), 0);
+    for dir in ["incoming", "queue", "spare"] {
+        assert!(names(&tmp.path().join(dir)).is_empty(), "{dir}");
+    }
+    // A delivery attempt, then the commit after all: the file holds the whole body once.
+    let mut w = spool.begin_message_blocking().unwrap();
+    for l in expected.chunks(line.len()) {
+        w.write_blocking(l).unwrap();
+    }
+    let _ = w.body_file_blocking().unwrap();
+    let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
+    let msgid = w.commit_blocking(vec![e]).unwrap();
+    assert_eq!(spool.memory_held(), 0);
+    let mut body = Vec::new();
+    spool
+        .open_message(msgid)
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert!(body == expected, "{} bytes", body.len());
+    // Committed without a delivery attempt, and one dropped midway: the same.
+    let mut w = spool.begin_message_blocking().unwrap();
+    for l in expected.chunks(line.len()) {
+        w.write_blocking(l).unwrap();
+    }
+    let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
+    let msgid = w.commit_blocking(vec![e]).unwrap();
+    let mut body = Vec::new();
+    spool
+        .open_message(msgid)
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert!(body == expected, "{} bytes", body.len());
+    let mut w = spool.begin_message_blocking().unwrap();
+    w.write_blocking(&expected).unwrap();
+    assert!(spool.memory_held() > 0);
+    drop(w);
+    assert_eq!(spool.memory_held(), 0);
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+}
+
+/// Past the spool's memory budget, a body goes to the disk as before, and loses nothing.
+#[test]
+fn bodies_past_the_memory_budget_go_to_the_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(tmp.path()).unwrap();
+    spool.set_memory_budget(200 * 1024);
+    let block = vec![b'x'; 70 * 1024];
+    let mut first = spool.begin_message_blocking().unwrap();
+    first.write_blocking(&block).unwrap();
+    first.write_blocking(&block).unwrap();
+    assert_eq!(spool.memory_held(), 140 * 1024);
+    assert!(names(&tmp.path().join("incoming")).is_empty());
+    // The second body does not fit beside the first: it is spooled.
+    let mut second = spool.begin_message_blocking().unwrap();
+    second.write_blocking(&block).unwrap();
+    assert_eq!(spool.memory_held(), 140 * 1024);
+    assert_eq!(names(&tmp.path().join("incoming")).len(), 1);
+    // The first one grows past the budget: it goes to the disk with what it had.
+    first.write_blocking(&block).unwrap();
+    assert_eq!(spool.memory_held(), 0);
+    assert_eq!(names(&tmp.path().join("incoming")).len(), 2);
+    let mut body = Vec::new();
+    first
+        .body_file_blocking()
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert_eq!(body.len(), 3 * block.len());
+    assert!(body.iter().all(|&b| b == b'x'));
+    first.abort().unwrap();
+    second.abort().unwrap();
+    assert!(names(&tmp.path().join("incoming")).is_empty());
 }
 
 #[test]

@@ -12,9 +12,13 @@
 //! the disk; the `_blocking` twins serve callers outside tokio.
 //!
 //! `incoming/<msgid>/` is created only when something must be written: the
-//! first 64 KiB block, the commit, or [`MessageWriter::flush`]. A smaller
-//! message delivered before its commit never touches the spool: its body
-//! goes to the delivery from memory ([`MessageWriter::body_file_blocking`]).
+//! commit, [`MessageWriter::flush`], or a body that outgrows memory. Up to
+//! [`MEMORY_LIMIT`] (and while all open transactions together hold less than
+//! the spool's memory budget) the body stays in memory, its 64 KiB blocks in
+//! an anonymous memory file (`memfd`); a message delivered before its commit
+//! never touches the spool: its body goes to the delivery from memory
+//! ([`MessageWriter::body_file_blocking`]), and no file is created, written,
+//! truncated and reused on the disk for it.
 //! Until then the message id is reserved in memory, so no other transaction
 //! draws it.
 
@@ -40,6 +44,9 @@ const WRITE_BLOCK: usize = 64 * 1024;
 /// or more costs glibc a consolidation of its free lists each time one is freed.
 const FIRST_BLOCK: usize = 16 * 1024;
 
+/// Largest body a transaction keeps in memory: a larger one goes to the spool.
+pub const MEMORY_LIMIT: u64 = 1024 * 1024;
+
 /// An open message transaction (see the module documentation).
 pub struct MessageWriter {
     spool: Spool,
@@ -48,6 +55,8 @@ pub struct MessageWriter {
     body: Body,
     buf: Vec<u8>,
     size: u64,
+    /// Bytes of the spool's memory budget taken by [`Body::Memory`].
+    held: usize,
     /// Low halves of the envelope ids handed out, to keep them distinct.
     issued: HashSet<u32>,
     /// Set once the directory is owned by a commit or has been removed.
@@ -59,6 +68,9 @@ pub struct MessageWriter {
 enum Body {
     /// Nothing on disk yet: `incoming/<msgid>/` does not exist.
     Lazy,
+    /// The blocks written so far are in an anonymous memory file; `incoming/<msgid>/`
+    /// does not exist.
+    Memory(File),
     /// `incoming/<msgid>/message`, open for writing.
     Open(File),
     /// A write was interrupted or failed: the transaction can only be aborted.
@@ -84,6 +96,7 @@ impl MessageWriter {
             body: Body::Lazy,
             buf: Vec::with_capacity(FIRST_BLOCK),
             size: 0,
+            held: 0,
             issued: HashSet::new(),
             finished: false,
         }
@@ -120,7 +133,7 @@ impl MessageWriter {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
         self.buf.extend_from_slice(chunk);
         self.size += chunk.len() as u64;
-        if self.buf.len() >= WRITE_BLOCK {
+        if self.buf.len() >= WRITE_BLOCK && !self.keep_in_memory()? {
             self.flush_block().await?;
         }
         Ok(())
@@ -130,16 +143,54 @@ impl MessageWriter {
     pub fn write_blocking(&mut self, chunk: &[u8]) -> Result<()> {
         self.buf.extend_from_slice(chunk);
         self.size += chunk.len() as u64;
-        if self.buf.len() >= WRITE_BLOCK {
+        if self.buf.len() >= WRITE_BLOCK && !self.keep_in_memory()? {
             self.write_out()?;
         }
         Ok(())
+    }
+
+    /// Moves the collected block to the body's memory file when the body may stay in
+    /// memory (at most [`MEMORY_LIMIT`], within the spool's budget); `false` when it must
+    /// go to the disk instead. A memory file is written without touching the disk, so
+    /// this runs on the caller's thread.
+    fn keep_in_memory(&mut self) -> Result<bool> {
+        if !matches!(self.body, Body::Lazy | Body::Memory(_))
+            || self.size > MEMORY_LIMIT
+            || !self.spool.hold_memory(self.buf.len())
+        {
+            return Ok(false);
+        }
+        self.held += self.buf.len();
+        let path = self.body_path();
+        let io = |e: std::io::Error| QueueError::io("write", &path, e);
+        if matches!(self.body, Body::Lazy) {
+            self.body = Body::Memory(memory_file().map_err(io)?);
+        }
+        let Body::Memory(file) = &mut self.body else {
+            return Ok(false);
+        };
+        if let Err(e) = file.write_all(&self.buf) {
+            self.body = Body::Broken;
+            self.release_held();
+            return Err(io(e));
+        }
+        self.buf.clear();
+        Ok(true)
+    }
+
+    /// Gives the memory budget back once the body has left memory.
+    fn release_held(&mut self) {
+        if !matches!(self.body, Body::Memory(_)) && self.held > 0 {
+            self.spool.release_memory(self.held);
+            self.held = 0;
+        }
     }
 
     /// Writes the collected bytes to the body file (created if needed), without an fsync.
     fn write_out(&mut self) -> Result<()> {
         let written = write_body(&self.spool, &self.dir, &mut self.body, &self.buf);
         self.buf.clear();
+        self.release_held();
         written
     }
 
@@ -159,6 +210,7 @@ impl MessageWriter {
         self.body = body;
         buf.clear();
         self.buf = buf;
+        self.release_held();
         result
     }
 
@@ -203,7 +255,7 @@ impl MessageWriter {
     /// body from there (see `deliver::runner::Runner::deliver_direct`). The transaction
     /// stays open: it can still be committed or discarded.
     pub async fn flush(&mut self) -> Result<PathBuf> {
-        if !self.buf.is_empty() || matches!(self.body, Body::Lazy) {
+        if !self.buf.is_empty() || matches!(self.body, Body::Lazy | Body::Memory(_)) {
             self.flush_block().await?;
         }
         Ok(self.body_path())
@@ -220,18 +272,31 @@ impl MessageWriter {
     /// not touched; otherwise the body file is written out and opened. The transaction
     /// stays open either way.
     pub fn body_file_blocking(&mut self) -> Result<File> {
-        if matches!(self.body, Body::Lazy) {
-            let path = self.body_path();
-            let io = |e: std::io::Error| QueueError::io("write", &path, e);
-            let fd = nix::sys::memfd::memfd_create(
-                c"smtpd-message",
-                nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-            )
-            .map_err(|e| io(e.into()))?;
-            let mut file = File::from(fd);
-            file.write_all(&self.buf).map_err(io)?;
-            file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-            return Ok(file);
+        let path = self.body_path();
+        let io = |e: std::io::Error| QueueError::io("write", &path, e);
+        match &mut self.body {
+            Body::Lazy => {
+                let mut file = memory_file().map_err(io)?;
+                file.write_all(&self.buf).map_err(io)?;
+                file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+                return Ok(file);
+            }
+            Body::Memory(file) => {
+                // The rest goes to the memory file too (the budget was checked for
+                // every full block; the rest is less than one), and the reader gets its
+                // own open file, with its own offset, through /proc.
+                if let Err(e) = file.write_all(&self.buf) {
+                    self.body = Body::Broken;
+                    self.release_held();
+                    return Err(io(e));
+                }
+                self.buf.clear();
+                let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+                if let Ok(reader) = File::open(&again) {
+                    return Ok(reader);
+                }
+            }
+            _ => {}
         }
         let path = self.flush_blocking()?;
         File::open(&path).map_err(|e| QueueError::io("open", &path, e))
@@ -242,7 +307,7 @@ impl MessageWriter {
     /// `/proc/self/fd` for each further reader; where that cannot be done, the body file is
     /// written out and opened `n` times.
     pub fn body_files_blocking(&mut self, n: usize) -> Result<Vec<File>> {
-        if matches!(self.body, Body::Lazy) {
+        if matches!(self.body, Body::Lazy | Body::Memory(_)) {
             let first = self.body_file_blocking()?;
             let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&first));
             let mut files = Vec::with_capacity(n);
@@ -266,8 +331,9 @@ impl MessageWriter {
     /// Like [`MessageWriter::discard`], from a blocking context.
     pub fn discard_blocking(mut self) {
         match std::mem::replace(&mut self.body, Body::Broken) {
-            Body::Lazy => {
+            Body::Lazy | Body::Memory(_) => {
                 self.finished = true;
+                self.release_held();
                 self.spool.release_msgid(self.msgid);
             }
             Body::Open(file) => {
@@ -294,8 +360,10 @@ impl MessageWriter {
     pub fn abort(mut self) -> Result<()> {
         self.finished = true;
         self.spool.release_msgid(self.msgid);
-        match std::mem::replace(&mut self.body, Body::Broken) {
-            Body::Lazy => Ok(()),
+        let body = std::mem::replace(&mut self.body, Body::Broken);
+        self.release_held();
+        match body {
+            Body::Lazy | Body::Memory(_) => Ok(()),
             _ => remove_tree(&self.dir),
         }
     }
@@ -338,17 +406,21 @@ impl MessageWriter {
                 .map_err(|e| QueueError::InvalidEnvelope(format!("{}: {e}", envelope.id)))?;
             files.push((envelope.id, text));
         }
-        let file = match std::mem::replace(&mut self.body, Body::Broken) {
-            Body::Lazy => None,
-            Body::Open(file) => Some(file),
+        let (file, memory) = match std::mem::replace(&mut self.body, Body::Broken) {
+            Body::Lazy => (None, None),
+            Body::Memory(memory) => (None, Some(memory)),
+            Body::Open(file) => (Some(file), None),
             Body::Broken => return Err(unusable(&self.body_path())),
         };
+        // The memory file moves to the transaction, which writes it out at once.
+        self.release_held();
         self.finished = true;
         Ok(Transaction {
             spool: self.spool.clone(),
             msgid: self.msgid,
             dir: self.dir.clone(),
             file,
+            memory,
             tail: std::mem::take(&mut self.buf),
             envelopes: files,
             cancelled,
@@ -358,9 +430,11 @@ impl MessageWriter {
 
 impl Drop for MessageWriter {
     fn drop(&mut self) {
+        let body = std::mem::replace(&mut self.body, Body::Broken);
+        self.release_held();
         if !self.finished {
             self.spool.release_msgid(self.msgid);
-            if !matches!(std::mem::replace(&mut self.body, Body::Broken), Body::Lazy)
+            if !matches!(body, Body::Lazy | Body::Memory(_))
                 && let Err(e) = remove_tree(&self.dir)
             {
                 tracing::warn!("{e}");
@@ -369,14 +443,38 @@ impl Drop for MessageWriter {
     }
 }
 
+/// An anonymous memory file for a body kept in memory.
+fn memory_file() -> std::io::Result<File> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"smtpd-message",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Copies the whole memory file `memory` to the body file `file` (at its current offset).
+fn copy_memory(memory: &mut File, file: &mut File, path: &std::path::Path) -> Result<()> {
+    memory
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| std::io::copy(memory, file))
+        .map(|_| ())
+        .map_err(|e| QueueError::io("write", path, e))
+}
+
 /// Writes `bytes` to the body file of the transaction in `dir`, creating the directory and
 /// the file first while `body` is still [`Body::Lazy`]; a failure leaves `body` broken.
 fn write_body(spool: &Spool, dir: &std::path::Path, body: &mut Body, bytes: &[u8]) -> Result<()> {
-    if matches!(body, Body::Lazy) {
-        *body = Body::Broken;
-        *body = Body::Open(spool.create_incoming(dir)?);
-    }
     let path = dir.join(MESSAGE_FILE);
+    match std::mem::replace(body, Body::Broken) {
+        Body::Lazy => *body = Body::Open(spool.create_incoming(dir)?),
+        // Out of memory's bounds: the blocks kept so far go first.
+        Body::Memory(mut memory) => {
+            let mut file = spool.create_incoming(dir)?;
+            copy_memory(&mut memory, &mut file, &path)?;
+            *body = Body::Open(file);
+        }
+        other => *body = other,
+    }
     let written = match body {
         Body::Open(file) => file
             .write_all(bytes)
@@ -416,6 +514,8 @@ struct Transaction {
     dir: PathBuf,
     /// `None`: nothing on disk yet, `incoming/<msgid>/` is created here.
     file: Option<File>,
+    /// The blocks of a body kept in memory, written to the new file before `tail`.
+    memory: Option<File>,
     tail: Vec<u8>,
     envelopes: Vec<(Evpid, String)>,
     cancelled: Arc<AtomicBool>,
@@ -429,6 +529,7 @@ impl Transaction {
             msgid,
             dir,
             file,
+            memory,
             tail,
             envelopes,
             cancelled,
@@ -438,6 +539,12 @@ impl Transaction {
         let file = match file {
             Some(file) => Ok(file),
             None => spool.create_incoming(&dir),
+        };
+        let file = match (file, memory) {
+            (Ok(mut file), Some(mut memory)) => {
+                copy_memory(&mut memory, &mut file, &dir.join(MESSAGE_FILE)).map(|()| file)
+            }
+            (file, _) => file,
         };
         let prepared = file.and_then(|file| prepare(&dir, file, &tail, &envelopes, counters));
         Counters::add(&counters.prepare_micros, micros_since(started));
