@@ -197,6 +197,31 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 const MESSAGE: [&str; 4] = ["Subject: privsep", "", "hello", "."];
 
+/// One message to `rcpt` in a session of its own: the replies.
+fn send_message(port: u16, rcpt: &str) -> Vec<String> {
+    let to = format!("RCPT TO:<{rcpt}>");
+    let mut lines = vec![
+        "EHLO client.test",
+        "MAIL FROM:<a@example.org>",
+        to.as_str(),
+        "DATA",
+    ];
+    lines.extend(MESSAGE);
+    lines.push("QUIT");
+    dialogue(port, &lines)
+}
+
+/// A temporary directory anyone may search, and in it a directory `name` of uid and gid
+/// 2000.
+fn dir_with_a_dir_of_2000(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sub = dir.path().join(name);
+    std::fs::create_dir(&sub).unwrap();
+    nix::unistd::chown(sub.as_path(), Some(2000.into()), Some(2000.into())).unwrap();
+    (dir, sub)
+}
+
 #[test]
 fn network_side_is_unprivileged_and_owns_the_spool() {
     if !is_root() {
@@ -323,11 +348,7 @@ fn maildir_workers_are_the_brokers_children_and_run_as_the_recipient() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let vhome = dir.path().join("vhome");
-    std::fs::create_dir(&vhome).unwrap();
-    nix::unistd::chown(vhome.as_path(), Some(2000.into()), Some(2000.into())).unwrap();
+    let (dir, vhome) = dir_with_a_dir_of_2000("vhome");
     let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
                 table users { vuser = \"2000:2000:DIR/vhome\" }\n\
                 action \"local\" maildir userbase <users>\n\
@@ -335,15 +356,7 @@ fn maildir_workers_are_the_brokers_children_and_run_as_the_recipient() {
     let (d, port) = start(dir.path(), conf, &[]);
     let daemon = d.0.id();
     let send = || {
-        let mut lines = vec![
-            "EHLO client.test",
-            "MAIL FROM:<a@example.org>",
-            "RCPT TO:<vuser@mx.test>",
-            "DATA",
-        ];
-        lines.extend(MESSAGE);
-        lines.push("QUIT");
-        let replies = dialogue(port, &lines);
+        let replies = send_message(port, "vuser@mx.test");
         assert!(replies[5].starts_with("250 "), "{replies:?}");
     };
     let new = vhome.join("Maildir/new");
@@ -393,11 +406,7 @@ fn a_missing_home_is_warned_about_once_and_the_mail_delivered() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let md = dir.path().join("md");
-    std::fs::create_dir(&md).unwrap();
-    nix::unistd::chown(md.as_path(), Some(2000.into()), Some(2000.into())).unwrap();
+    let (dir, md) = dir_with_a_dir_of_2000("md");
     let d = dir.path().display().to_string();
     let conf = format!(
         "listen on 127.0.0.1 port PORT hostname mx.test\n\
@@ -406,15 +415,7 @@ fn a_missing_home_is_warned_about_once_and_the_mail_delivered() {
          match from any for domain \"mx.test\" action \"local\"\n"
     );
     let daemon = common::Daemon::start(dir.path(), &conf, &[]);
-    let mut lines = vec![
-        "EHLO client.test",
-        "MAIL FROM:<a@example.org>",
-        "RCPT TO:<vuser@mx.test>",
-        "DATA",
-    ];
-    lines.extend(MESSAGE);
-    lines.push("QUIT");
-    let replies = dialogue(daemon.port, &lines);
+    let replies = send_message(daemon.port, "vuser@mx.test");
     assert!(replies[5].starts_with("250 "), "{replies:?}");
     wait_for("the delivery", || {
         std::fs::read_dir(md.join("new")).is_ok_and(|mut e| e.next().is_some())

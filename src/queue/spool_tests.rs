@@ -845,6 +845,13 @@ fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
     assert_eq!(body.len(), line.len() * 17_000);
 }
 
+/// Writes `body` to `w` in pieces of `piece` bytes, as a session would.
+fn write_in_pieces(w: &mut MessageWriter, body: &[u8], piece: usize) {
+    for chunk in body.chunks(piece) {
+        w.write_blocking(chunk).unwrap();
+    }
+}
+
 /// A body between 64 KiB and 1 MiB stays in a memory file: delivered before the commit it
 /// never touches the spool; committed, it is written out whole.
 #[test]
@@ -861,9 +868,7 @@ fn a_medium_body_stays_in_memory_until_the_commit() {
         .collect();
     // Delivered, then discarded: nothing on disk, the memory given back.
     let mut w = spool.begin_message_blocking().unwrap();
-    for l in expected.chunks(line.len()) {
-        w.write_blocking(l).unwrap();
-    }
+    write_in_pieces(&mut w, &expected, line.len());
     assert!(names(&tmp.path().join("incoming")).is_empty());
     assert!(spool.memory_held() >= 64 * 1024, "{}", spool.memory_held());
     let mut readers = w.body_files_blocking(2).unwrap();
@@ -879,33 +884,19 @@ fn a_medium_body_stays_in_memory_until_the_commit() {
     }
     // A delivery attempt, then the commit after all: the file holds the whole body once.
     let mut w = spool.begin_message_blocking().unwrap();
-    for l in expected.chunks(line.len()) {
-        w.write_blocking(l).unwrap();
-    }
+    write_in_pieces(&mut w, &expected, line.len());
     let _ = w.body_file_blocking().unwrap();
     let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
     let msgid = w.commit_blocking(vec![e]).unwrap();
     assert_eq!(spool.memory_held(), 0);
-    let mut body = Vec::new();
-    spool
-        .open_message(msgid)
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = read_body(&spool, msgid);
     assert!(body == expected, "{} bytes", body.len());
     // Committed without a delivery attempt, and one dropped midway: the same.
     let mut w = spool.begin_message_blocking().unwrap();
-    for l in expected.chunks(line.len()) {
-        w.write_blocking(l).unwrap();
-    }
+    write_in_pieces(&mut w, &expected, line.len());
     let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
     let msgid = w.commit_blocking(vec![e]).unwrap();
-    let mut body = Vec::new();
-    spool
-        .open_message(msgid)
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = read_body(&spool, msgid);
     assert!(body == expected, "{} bytes", body.len());
     let mut w = spool.begin_message_blocking().unwrap();
     w.write_blocking(&expected).unwrap();
