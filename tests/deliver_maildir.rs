@@ -607,3 +607,67 @@ fn lent_workers_run_as_their_identity_and_their_end_is_told_once() {
     let ended = agent.end_worker_lease(pid).unwrap();
     assert_eq!(ended.exit, smtpd::deliver::Exit::Signal(9), "{ended:?}");
 }
+
+/// Every idle worker of a mailbox killed: the next delivery is not failed for it, whichever
+/// dead worker it meets first.
+#[test]
+fn a_delivery_outlives_all_idle_workers_dying() {
+    if skip_unless_root("delivery workers (only root uses them)") {
+        return;
+    }
+    let agent = agent();
+    let home = recipient_dir();
+    let deliver = |agent: &smtpd::deliver::DeliveryAgent, i: usize| {
+        let msg = queued(MESSAGE);
+        let req = request(
+            Method::Maildir {
+                path: None,
+                junk: false,
+            },
+            recipient("vmail", home.path()),
+            envelope("a@b.test", &format!("foo+{i}@x.test"), "foo@x.test"),
+            &msg,
+        );
+        agent.deliver_blocking(req).status
+    };
+    // Concurrent deliveries until the mailbox has two workers (bounded).
+    let most = smtpd::deliver::worker::WORKERS_PER_IDENTITY;
+    for round in 0..50 {
+        if agent.worker_pids().len() >= most.min(2) {
+            break;
+        }
+        std::thread::scope(|scope| {
+            for i in 0..8 {
+                let agent = agent.clone();
+                let deliver = &deliver;
+                scope.spawn(move || assert_eq!(deliver(&agent, round * 8 + i), Status::Ok));
+            }
+        });
+    }
+    let pids = agent.worker_pids();
+    assert!(pids.len() >= most.min(2), "{pids:?}");
+    for &pid in &pids {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    for &pid in &pids {
+        for _ in 0..200 {
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.contains(") Z") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let before = fs::read_dir(home.path().join("Maildir/new"))
+        .unwrap()
+        .count();
+    assert_eq!(deliver(&agent, 10_000), Status::Ok);
+    let after = fs::read_dir(home.path().join("Maildir/new"))
+        .unwrap()
+        .count();
+    assert_eq!(after, before + 1);
+}

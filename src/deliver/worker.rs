@@ -269,7 +269,14 @@ impl WorkerPool {
                 }
                 let n = lane.pending.len().min(BATCH);
                 let batch: Vec<Pending> = lane.pending.drain(..n).collect();
-                (batch, lane.idle.pop().map(|(w, _)| w))
+                // Jobs a dead idle worker refused go to a new worker: the other idle ones
+                // may have died the same way.
+                let idle = if batch.iter().any(|p| p.retried) {
+                    None
+                } else {
+                    lane.idle.pop().map(|(w, _)| w)
+                };
+                (batch, idle)
             };
             let (worker, reused) = match idle {
                 Some(w) => (w, true),
