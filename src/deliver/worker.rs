@@ -27,7 +27,7 @@
 //! ```
 //!
 //! The acknowledgement makes a retry safe: a reused worker that died while idle closes
-//! the socket before `A`, and only then is the job given to another worker. A job whose
+//! the socket before `A`, and only then is the job given to a newly started worker. A job whose
 //! worker dies after `A` is reported as a one-shot helper's death would be (signal, time
 //! limit), and never retried here. Each job, and the batch's directory fsyncs, run under
 //! `alarm()` with the delivery time limit, as a one-shot helper does; the privileged side
