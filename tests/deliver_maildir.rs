@@ -671,3 +671,55 @@ fn a_delivery_outlives_all_idle_workers_dying() {
         .count();
     assert_eq!(after, before + 1);
 }
+
+/// A pool keeps at most its number of workers over all identities: a mailbox that needs
+/// one more gets it by closing the one idle longest, and every delivery succeeds.
+#[test]
+fn the_worker_pool_closes_the_longest_idle_worker_when_full() {
+    if skip_unless_root("delivery workers (only root uses them)") {
+        return;
+    }
+    let agent = agent().with_max_workers(2);
+    let mut homes = Vec::new();
+    for uid in [TEST_UID, TEST_UID + 1, TEST_UID + 2] {
+        let home = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(home.path(), Some(uid), Some(uid)).unwrap();
+        homes.push((uid, home));
+    }
+    let mut first_pid = None;
+    for (round, (uid, home)) in homes.iter().enumerate() {
+        let msg = queued(MESSAGE);
+        let mut account = recipient("vmail", home.path());
+        account.uid = *uid;
+        account.gid = *uid;
+        let req = request(
+            Method::Maildir {
+                path: None,
+                junk: false,
+            },
+            account,
+            envelope("a@b.test", "foo@x.test", "foo@x.test"),
+            &msg,
+        );
+        assert_eq!(agent.deliver_blocking(req).status, Status::Ok);
+        let pids = agent.worker_pids();
+        assert_eq!(pids.len(), (round + 1).min(2), "{pids:?}");
+        if round == 0 {
+            first_pid = Some(pids[0]);
+        }
+        let new = home.path().join("Maildir/new");
+        assert_eq!(fs::read_dir(&new).unwrap().count(), 1);
+    }
+    // The third identity's worker took the place of the first one's.
+    let first_pid = first_pid.unwrap();
+    assert!(!agent.worker_pids().contains(&first_pid));
+    for _ in 0..200 {
+        let state = fs::read_to_string(format!("/proc/{first_pid}/stat")).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let state = fs::read_to_string(format!("/proc/{first_pid}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "{state}");
+}

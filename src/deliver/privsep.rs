@@ -160,6 +160,13 @@ impl DeliveryAgent {
         }
     }
 
+    /// Keeps at most `n` delivery workers over all identities (default
+    /// [`super::worker::MAX_WORKERS`]); the worker pool is started afresh.
+    pub fn with_max_workers(mut self, n: usize) -> DeliveryAgent {
+        self.workers = Arc::new(WorkerPool::new(self.helper.clone()).with_max_workers(n));
+        self
+    }
+
     /// Uses another helper program.
     pub fn with_helper(mut self, helper: HelperProgram) -> DeliveryAgent {
         self.workers = Arc::new(WorkerPool::new(helper.clone()));

@@ -99,6 +99,11 @@ struct Worker {
 /// Most workers the broker lends out at once (a bound on what the network side may ask).
 pub const MAX_LEASED: usize = 256;
 
+/// Most workers one pool keeps, busy and idle, over all identities: before it starts one
+/// more, it closes the one idle longest. Below [`MAX_LEASED`], so that the broker still
+/// counts a worker just closed (until it has exited) without refusing the next one.
+pub const MAX_WORKERS: usize = 192;
+
 /// A lent worker as the broker keeps it: running, or ended (and how) until the borrower
 /// asks or [`LEASE_MEMORY`] passes.
 enum Leased {
@@ -168,6 +173,8 @@ type Lanes = Mutex<HashMap<Key, Lane>>;
 pub struct WorkerPool {
     helper: HelperProgram,
     lanes: Arc<Lanes>,
+    /// [`MAX_WORKERS`], or less for tests.
+    max_workers: usize,
     /// Workers started for another process (the broker's side), by process id.
     leased: Arc<Mutex<HashMap<u32, Leased>>>,
     reaper: std::sync::Once,
@@ -201,11 +208,18 @@ impl WorkerPool {
         WorkerPool {
             helper,
             lanes: Arc::new(Mutex::new(HashMap::new())),
+            max_workers: MAX_WORKERS,
             leased: Arc::new(Mutex::new(HashMap::new())),
             reaper: std::sync::Once::new(),
             jobs: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         }
+    }
+
+    /// A pool that keeps at most `n` workers (at least one).
+    pub fn with_max_workers(mut self, n: usize) -> WorkerPool {
+        self.max_workers = n.max(1);
+        self
     }
 
     /// The process ids of the idle workers.
@@ -260,7 +274,7 @@ impl WorkerPool {
         // Bounded by the jobs queued: each pass takes at least one, and a job goes back
         // to the queue at most once.
         loop {
-            let (batch, idle) = {
+            let (batch, idle, evicted) = {
                 let mut lanes = lock(&self.lanes);
                 let lane = lanes.entry(key).or_default();
                 if lane.pending.is_empty() {
@@ -276,8 +290,17 @@ impl WorkerPool {
                 } else {
                     lane.idle.pop().map(|(w, _)| w)
                 };
-                (batch, idle)
+                // A worker is to be started: make room first, if the pool is full.
+                let evicted = if idle.is_none() {
+                    evict_oldest_idle(&mut lanes, self.max_workers)
+                } else {
+                    None
+                };
+                (batch, idle, evicted)
             };
+            if let Some(worker) = evicted {
+                close(worker);
+            }
             let (worker, reused) = match idle {
                 Some(w) => (w, true),
                 None => match self.spawn(key) {
@@ -452,6 +475,26 @@ impl Drop for WorkerPool {
             close(worker);
         }
     }
+}
+
+/// When the pool holds `max` workers or more (busy ones count through their drivers, this
+/// one's included), takes out the worker idle longest, of any identity, to be closed.
+fn evict_oldest_idle(lanes: &mut HashMap<Key, Lane>, max: usize) -> Option<Worker> {
+    let held: usize = lanes.values().map(|l| l.idle.len() + l.drivers).sum();
+    if held <= max {
+        return None;
+    }
+    let (key, i) = lanes
+        .iter()
+        .flat_map(|(k, l)| {
+            l.idle
+                .iter()
+                .enumerate()
+                .map(move |(i, (_, at))| (*at, *k, i))
+        })
+        .min_by_key(|(at, _, _)| *at)
+        .map(|(_, k, i)| (k, i))?;
+    lanes.get_mut(&key).map(|l| l.idle.swap_remove(i).0)
 }
 
 fn lock_leased(
