@@ -5,8 +5,7 @@
 mod common;
 
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn reply(r: &mut BufReader<TcpStream>) -> String {
@@ -39,35 +38,13 @@ fn good_client(port: u16) -> String {
 #[test]
 fn hostile_clients_do_not_starve_an_ordinary_one() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("smtpd.conf"),
-        format!(
-            "listen on 127.0.0.1 port {port}\ntable users {{ foo = \"2000:2000:/var/empty\" }}\n\
-             action \"l\" maildir userbase <users>\nmatch from any for domain \"bsdsx.fr\" action \"l\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-P", "mda", "-f"])
-        .arg(dir.path().join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = common::Daemon::start(
+        dir.path(),
+        "listen on 127.0.0.1 port PORT\ntable users { foo = \"2000:2000:/var/empty\" }\n\
+         action \"l\" maildir userbase <users>\nmatch from any for domain \"bsdsx.fr\" action \"l\"\n",
+        &["-P", "mda"],
+    );
+    let port = daemon.port;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut hostile = Vec::new();
     for k in 0..200usize {
@@ -116,7 +93,5 @@ fn hostile_clients_do_not_starve_an_ordinary_one() {
     // And the server still answers afterwards.
     let r = good_client(port);
     assert!(r.starts_with("250 2.0.0 "), "{r}");
-    assert!(child.try_wait().unwrap().is_none(), "the server died");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(daemon.is_running(), "the server died");
 }

@@ -5,9 +5,8 @@
 mod common;
 
 use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 fn reply(r: &mut BufReader<TcpStream>) -> String {
     common::read_reply(r)
@@ -28,39 +27,17 @@ fn connect_from(source: &str, port: u16) -> TcpStream {
 #[test]
 fn no_address_trick_gets_relayed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("smtpd.conf"),
-        format!(
-            "listen on 127.0.0.1 port {port} hostname mx.example.org\n\
-             table users {{ postmaster = \"2000:2000:/var/empty\" }}\n\
-             action \"local\" maildir userbase <users>\n\
-             action \"relay\" relay\n\
-             match from any for domain \"example.org\" action \"local\"\n\
-             match from local for any action \"relay\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-P", "mda", "-P", "mta", "-f"])
-        .arg(dir.path().join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = common::Daemon::start(
+        dir.path(),
+        "listen on 127.0.0.1 port PORT hostname mx.example.org\n\
+         table users { postmaster = \"2000:2000:/var/empty\" }\n\
+         action \"local\" maildir userbase <users>\n\
+         action \"relay\" relay\n\
+         match from any for domain \"example.org\" action \"local\"\n\
+         match from local for any action \"relay\"\n",
+        &["-P", "mda", "-P", "mta"],
+    );
+    let port = daemon.port;
     let senders = [
         "<>",
         "<attacker@evil.example>",
@@ -153,6 +130,5 @@ fn no_address_trick_gets_relayed() {
         senders.len(),
         "the local control recipient is accepted once per sender"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
 }

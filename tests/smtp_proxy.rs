@@ -4,9 +4,8 @@
 mod common;
 
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 fn header(src: [u8; 4], port: u16) -> Vec<u8> {
     let mut h = smtpd::smtp::proxy::SIGNATURE.to_vec();
@@ -25,36 +24,14 @@ fn reply(r: &mut BufReader<TcpStream>) -> String {
 #[test]
 fn proxied_client_address_drives_the_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("smtpd.conf"),
-        format!(
-            "listen on 127.0.0.1 port {port} hostname mx.test proxy-v2\n\
-             action \"relay\" relay\n\
-             match from src {{ 192.0.2.0/24 }} for any action \"relay\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-P", "mta", "-f"])
-        .arg(dir.path().join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = common::Daemon::start(
+        dir.path(),
+        "listen on 127.0.0.1 port PORT hostname mx.test proxy-v2\n\
+         action \"relay\" relay\n\
+         match from src { 192.0.2.0/24 } for any action \"relay\"\n",
+        &["-P", "mta"],
+    );
+    let port = daemon.port;
     // Through the proxy, as 192.0.2.7: relaying is allowed for that network.
     for (src, expect) in [
         ([192, 0, 2, 7], "250 2.1.5"),
@@ -86,6 +63,5 @@ fn proxied_client_address_drives_the_rules() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
 }

@@ -141,6 +141,12 @@ impl Daemon {
         false
     }
 
+    /// Whether the daemon is still running.
+    #[allow(dead_code)]
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Stops the daemon with SIGTERM (SIGKILL after 10 s) and returns all it logged.
     pub fn stop(mut self) -> String {
         let _ = nix::sys::signal::kill(
