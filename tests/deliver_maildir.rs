@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use deliver_support::*;
 use smtpd::deliver::log::MdaLogEntry;
-use smtpd::deliver::{Account, DeliveryResult, Method, Status, mda_delivery_line};
+use smtpd::deliver::{Account, DeliveryRequest, DeliveryResult, Method, Status, mda_delivery_line};
 
 helper_entry!();
 
@@ -446,6 +446,35 @@ fn missing_helper_is_a_temporary_failure() {
     );
 }
 
+/// A maildir delivery to `rcpt` for the test recipient whose home is `home`.
+fn maildir_request(home: &std::path::Path, rcpt: &str, msg: &QueuedMessage) -> DeliveryRequest {
+    request(
+        Method::Maildir {
+            path: None,
+            junk: false,
+        },
+        recipient("vmail", home),
+        envelope("a@b.test", rcpt, "foo@x.test"),
+        msg,
+    )
+}
+
+/// Kills `pid` and waits (bounded) until it has died.
+fn kill_and_wait(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..200 {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn one_worker_serves_a_mailbox_and_a_lost_worker_is_replaced() {
     if skip_unless_root("delivery workers (only root uses them)") {
@@ -455,16 +484,7 @@ fn one_worker_serves_a_mailbox_and_a_lost_worker_is_replaced() {
     let home = recipient_dir();
     let deliver = |agent: &smtpd::deliver::DeliveryAgent| {
         let msg = queued(MESSAGE);
-        let req = request(
-            Method::Maildir {
-                path: None,
-                junk: false,
-            },
-            recipient("vmail", home.path()),
-            envelope("a@b.test", "foo@x.test", "foo@x.test"),
-            &msg,
-        );
-        let result = agent.deliver_blocking(req);
+        let result = agent.deliver_blocking(maildir_request(home.path(), "foo@x.test", &msg));
         assert_eq!(result.status, Status::Ok, "{result:?}");
     };
     let mut seen = Vec::new();
@@ -489,18 +509,7 @@ fn one_worker_serves_a_mailbox_and_a_lost_worker_is_replaced() {
     }
 
     // A worker killed while idle is replaced, and the job is not lost.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    for _ in 0..200 {
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if state.contains(") Z") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    kill_and_wait(pid);
     deliver(&agent);
     let now = agent.worker_pids();
     assert_eq!(now.len(), 1);
@@ -619,16 +628,10 @@ fn a_delivery_outlives_all_idle_workers_dying() {
     let home = recipient_dir();
     let deliver = |agent: &smtpd::deliver::DeliveryAgent, i: usize| {
         let msg = queued(MESSAGE);
-        let req = request(
-            Method::Maildir {
-                path: None,
-                junk: false,
-            },
-            recipient("vmail", home.path()),
-            envelope("a@b.test", &format!("foo+{i}@x.test"), "foo@x.test"),
-            &msg,
-        );
-        agent.deliver_blocking(req).status
+        let rcpt = format!("foo+{i}@x.test");
+        agent
+            .deliver_blocking(maildir_request(home.path(), &rcpt, &msg))
+            .status
     };
     // Concurrent deliveries until the mailbox has two workers (bounded).
     let most = smtpd::deliver::worker::WORKERS_PER_IDENTITY;
@@ -647,20 +650,7 @@ fn a_delivery_outlives_all_idle_workers_dying() {
     let pids = agent.worker_pids();
     assert!(pids.len() >= most.min(2), "{pids:?}");
     for &pid in &pids {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-    }
-    for &pid in &pids {
-        for _ in 0..200 {
-            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if state.contains(") Z") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        kill_and_wait(pid);
     }
     let before = fs::read_dir(home.path().join("Maildir/new"))
         .unwrap()
@@ -689,18 +679,9 @@ fn the_worker_pool_closes_the_longest_idle_worker_when_full() {
     let mut first_pid = None;
     for (round, (uid, home)) in homes.iter().enumerate() {
         let msg = queued(MESSAGE);
-        let mut account = recipient("vmail", home.path());
-        account.uid = *uid;
-        account.gid = *uid;
-        let req = request(
-            Method::Maildir {
-                path: None,
-                junk: false,
-            },
-            account,
-            envelope("a@b.test", "foo@x.test", "foo@x.test"),
-            &msg,
-        );
+        let mut req = maildir_request(home.path(), "foo@x.test", &msg);
+        req.userinfo.uid = *uid;
+        req.userinfo.gid = *uid;
         assert_eq!(agent.deliver_blocking(req).status, Status::Ok);
         let pids = agent.worker_pids();
         assert_eq!(pids.len(), (round + 1).min(2), "{pids:?}");
@@ -713,13 +694,6 @@ fn the_worker_pool_closes_the_longest_idle_worker_when_full() {
     // The third identity's worker took the place of the first one's.
     let first_pid = first_pid.unwrap();
     assert!(!agent.worker_pids().contains(&first_pid));
-    for _ in 0..200 {
-        let state = fs::read_to_string(format!("/proc/{first_pid}/stat")).unwrap_or_default();
-        if state.is_empty() || state.contains(") Z") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     let state = fs::read_to_string(format!("/proc/{first_pid}/stat")).unwrap_or_default();
     assert!(state.is_empty() || state.contains(") Z"), "{state}");
 }
