@@ -3,56 +3,16 @@
 //! mail, and delivers it into the sender's own maildir. Null senders get no report.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Daemon(Child, PathBuf);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Daemon {
-    /// The daemon's stderr so far (it logs there with -d).
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
+mod common;
+use common::Daemon;
 
 fn start(dir: &Path, conf: &str) -> (Daemon, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("smtpd.conf"),
-        conf.replace("PORT", &port.to_string()),
-    )
-    .unwrap();
-    let log = dir.join("smtpd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-f"])
-        .arg(dir.join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child, log);
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let d = Daemon::start(dir, conf, &[]);
+    let port = d.port;
     (d, port)
 }
 

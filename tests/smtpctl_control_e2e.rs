@@ -2,57 +2,23 @@
 //! `<spool>/smtpd.sock`, OpenSMTPD's reply texts, and the queue it shows and steers.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-struct Daemon(Child, PathBuf);
+mod common;
+use common::Daemon;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
+/// The daemon, once it accepts connections and its control socket exists.
 fn start(dir: &Path, conf: &str, extra: &[&str]) -> (Daemon, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("smtpd.conf"),
-        conf.replace("PORT", &port.to_string()),
-    )
-    .unwrap();
-    let log = dir.join("smtpd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-f"])
-        .arg(dir.join("smtpd.conf"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child, log);
+    let d = Daemon::start(dir, conf, extra);
     let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || !dir.join("spool/smtpd.sock").exists()
-    {
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+    while !dir.join("spool/smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let port = d.port;
     (d, port)
 }
 
@@ -369,28 +335,10 @@ fn pause_and_resume_smtp() {
 fn started_with_smtp_paused() {
     let (dir, _vmail, conf) = setup();
     let spool = dir.path().join("spool");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("smtpd.conf"),
-        conf.replace("PORT", &port.to_string()),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))
-        .args(["-d", "-P", "smtp", "-f"])
-        .arg(dir.path().join("smtpd.conf"))
-        .arg("--spool")
-        .arg(&spool)
-        .arg("--resolv-conf")
-        .arg("/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _d = Daemon(child, dir.path().join("unused.log"));
+    // Paused, the listener still completes connections (they wait in its backlog): the
+    // helper's start-up probe gets through, and its session is served after the resume.
+    let d = Daemon::start(dir.path(), &conf, &["-P", "smtp"]);
+    let port = d.port;
     wait_for("the control socket", || spool.join("smtpd.sock").exists());
     assert_eq!(
         stdout(&smtpctl(&spool, &["show", "status"])),
