@@ -164,7 +164,14 @@ impl MessageWriter {
         let path = self.body_path();
         let io = |e: std::io::Error| QueueError::io("write", &path, e);
         if matches!(self.body, Body::Lazy) {
-            self.body = Body::Memory(memory_file().map_err(io)?);
+            match memory_file() {
+                Ok(file) => self.body = Body::Memory(file),
+                // No memory file to be had (descriptors, memory): the disk, as before.
+                Err(_) => {
+                    self.release_held();
+                    return Ok(false);
+                }
+            }
         }
         let Body::Memory(file) = &mut self.body else {
             return Ok(false);
