@@ -5,32 +5,23 @@
 
 mod common;
 
-use common::{Daemon, dialogue, files_under};
+use common::{Daemon, dialogue, files_under, vmail};
 use std::path::{Path, PathBuf};
 
-/// A maildir root the delivery user can write, and that user's uid:gid for the userbase.
-fn vmail(dir: &Path) -> (PathBuf, String) {
-    use std::os::unix::fs::PermissionsExt;
-    let vmail = dir.join("vmail");
-    std::fs::create_dir(&vmail).unwrap();
-    if nix::unistd::Uid::effective().is_root() {
-        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).unwrap();
-        let mut p = dir.to_path_buf();
-        loop {
-            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
-            if !p.pop() || p.as_os_str().len() <= 4 {
-                break;
-            }
-        }
-        (vmail, "2000:2000".into())
-    } else {
-        let ids = format!(
-            "{}:{}",
-            nix::unistd::Uid::effective(),
-            nix::unistd::Gid::effective()
-        );
-        (vmail, ids)
-    }
+/// One message with `subject` from alice to foo@bsdsx.fr, in a session of its own.
+fn send_to_foo(port: u16, subject: &str) -> Vec<String> {
+    let body = format!("Subject: {subject}\r\n\r\nx\r\n.");
+    dialogue(
+        port,
+        &[
+            "EHLO client.example",
+            "MAIL FROM:<alice@client.example>",
+            "RCPT TO:<foo@bsdsx.fr>",
+            "DATA",
+            &body,
+            "QUIT",
+        ],
+    )
 }
 
 fn config(vmail: &Path, ids: &str) -> String {
@@ -179,17 +170,7 @@ fn paused_local_delivery_commits_to_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let (vmail, ids) = vmail(dir.path());
     let d = Daemon::start(dir.path(), &config(&vmail, &ids), &["-P", "mda"]);
-    let replies = dialogue(
-        d.port,
-        &[
-            "EHLO client.example",
-            "MAIL FROM:<alice@client.example>",
-            "RCPT TO:<foo@bsdsx.fr>",
-            "DATA",
-            "Subject: paused\r\n\r\nx\r\n.",
-            "QUIT",
-        ],
-    );
+    let replies = send_to_foo(d.port, "paused");
     assert!(replies[5].starts_with("250 2.0.0 "), "{replies:?}");
     let queued = files_under(&dir.path().join("spool/queue"));
     assert_eq!(queued.len(), 2, "message and envelope queued: {queued:?}");
@@ -208,17 +189,7 @@ fn a_failed_delivery_is_committed_and_retried_from_the_queue() {
     }
     std::fs::set_permissions(&vmail, std::fs::Permissions::from_mode(0o555)).unwrap();
     let d = Daemon::start(dir.path(), &config(&vmail, &ids), &[]);
-    let replies = dialogue(
-        d.port,
-        &[
-            "EHLO client.example",
-            "MAIL FROM:<alice@client.example>",
-            "RCPT TO:<foo@bsdsx.fr>",
-            "DATA",
-            "Subject: retried\r\n\r\nx\r\n.",
-            "QUIT",
-        ],
-    );
+    let replies = send_to_foo(d.port, "retried");
     assert!(replies[5].starts_with("250 2.0.0 "), "{replies:?}");
     let queued = files_under(&dir.path().join("spool/queue"));
     assert!(queued.len() >= 2, "message and envelope queued: {queued:?}");

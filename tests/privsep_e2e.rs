@@ -197,15 +197,12 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 const MESSAGE: [&str; 4] = ["Subject: privsep", "", "hello", "."];
 
-/// One message to `rcpt` in a session of its own: the replies.
-fn send_message(port: u16, rcpt: &str) -> Vec<String> {
-    let to = format!("RCPT TO:<{rcpt}>");
-    let mut lines = vec![
-        "EHLO client.test",
-        "MAIL FROM:<a@example.org>",
-        to.as_str(),
-        "DATA",
-    ];
+/// One message to `rcpts` in a session of its own: the replies.
+fn send_message(port: u16, rcpts: &[&str]) -> Vec<String> {
+    let to: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
+    let mut lines = vec!["EHLO client.test", "MAIL FROM:<a@example.org>"];
+    lines.extend(to.iter().map(String::as_str));
+    lines.push("DATA");
     lines.extend(MESSAGE);
     lines.push("QUIT");
     dialogue(port, &lines)
@@ -256,15 +253,7 @@ fn network_side_is_unprivileged_and_owns_the_spool() {
     assert!(uids.iter().all(|u| *u == 0), "{uids:?}");
 
     // A message waits in the queue (-P mda): every spool file is the user's.
-    let mut lines = vec![
-        "EHLO client.test",
-        "MAIL FROM:<a@example.org>",
-        "RCPT TO:<root@mx.test>",
-        "DATA",
-    ];
-    lines.extend(MESSAGE);
-    lines.push("QUIT");
-    let replies = dialogue(port, &lines);
+    let replies = send_message(port, &["root@mx.test"]);
     assert!(replies[5].starts_with("250 "), "{replies:?}");
     let spool = dir.path().join("spool");
     let all = files_under(&spool);
@@ -311,15 +300,7 @@ fn forward_read_by_the_broker_and_maildir_written_as_the_userbase_uid() {
                 action \"local\" maildir userbase <users>\n\
                 match from any for domain \"mx.test\" action \"local\"\n";
     let (_d, port) = start(dir.path(), conf, &[]);
-    let mut lines = vec![
-        "EHLO client.test",
-        "MAIL FROM:<a@example.org>",
-        "RCPT TO:<fuser@mx.test>",
-        "DATA",
-    ];
-    lines.extend(MESSAGE);
-    lines.push("QUIT");
-    let replies = dialogue(port, &lines);
+    let replies = send_message(port, &["fuser@mx.test"]);
     assert!(replies[3].starts_with("250 "), "{replies:?}");
     assert!(replies[5].starts_with("250 "), "{replies:?}");
     let new = vhome.join("Maildir/new");
@@ -356,7 +337,7 @@ fn maildir_workers_are_the_brokers_children_and_run_as_the_recipient() {
     let (d, port) = start(dir.path(), conf, &[]);
     let daemon = d.0.id();
     let send = || {
-        let replies = send_message(port, "vuser@mx.test");
+        let replies = send_message(port, &["vuser@mx.test"]);
         assert!(replies[5].starts_with("250 "), "{replies:?}");
     };
     let new = vhome.join("Maildir/new");
@@ -415,7 +396,7 @@ fn a_missing_home_is_warned_about_once_and_the_mail_delivered() {
          match from any for domain \"mx.test\" action \"local\"\n"
     );
     let daemon = common::Daemon::start(dir.path(), &conf, &[]);
-    let replies = send_message(daemon.port, "vuser@mx.test");
+    let replies = send_message(daemon.port, &["vuser@mx.test"]);
     assert!(replies[5].starts_with("250 "), "{replies:?}");
     wait_for("the delivery", || {
         std::fs::read_dir(md.join("new")).is_ok_and(|mut e| e.next().is_some())
@@ -458,16 +439,7 @@ fn forward_in_a_searchable_home_is_obeyed_and_a_missing_one_delivers_locally() {
                 action \"local\" maildir userbase <users>\n\
                 match from any for domain \"mx.test\" action \"local\"\n";
     let (_d, port) = start(dir.path(), conf, &[]);
-    let mut lines = vec![
-        "EHLO client.test",
-        "MAIL FROM:<a@example.org>",
-        "RCPT TO:<guser@mx.test>",
-        "RCPT TO:<huser@mx.test>",
-        "DATA",
-    ];
-    lines.extend(MESSAGE);
-    lines.push("QUIT");
-    let replies = dialogue(port, &lines);
+    let replies = send_message(port, &["guser@mx.test", "huser@mx.test"]);
     assert!(replies[3].starts_with("250 "), "{replies:?}");
     assert!(replies[4].starts_with("250 "), "{replies:?}");
     for new in [vhome.join("Maildir/new"), hhome.join("Maildir/new")] {

@@ -792,12 +792,7 @@ fn a_body_kept_in_memory_is_written_at_the_commit() {
     assert!(names(&tmp.path().join("incoming")).is_empty());
     let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
     let msgid = w.commit_blocking(vec![e]).unwrap();
-    let mut body = String::new();
-    spool
-        .open_message(msgid)
-        .unwrap()
-        .read_to_string(&mut body)
-        .unwrap();
+    let body = String::from_utf8(read_body(&spool, msgid)).unwrap();
     assert_eq!(body, "Subject: later\r\n\r\nx\r\n");
     assert!(names(&tmp.path().join("incoming")).is_empty());
 }
@@ -836,12 +831,7 @@ fn a_large_body_goes_to_disk_and_its_directory_is_kept_emptied() {
     let e = sample_envelope(w.new_evpid().unwrap(), "a@b");
     let msgid = w.commit_blocking(vec![e]).unwrap();
     assert!(names(&tmp.path().join("spare")).is_empty());
-    let mut body = Vec::new();
-    spool
-        .open_message(msgid)
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = read_body(&spool, msgid);
     assert_eq!(body.len(), line.len() * 17_000);
 }
 

@@ -210,3 +210,30 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A directory `vmail` in `dir` for maildirs the delivery user can write, and that user's
+/// `uid:gid` for a userbase: uid 2000 when the tests run as root (`dir` and its parents
+/// made searchable), else the current user.
+pub fn vmail(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let vmail = dir.join("vmail");
+    std::fs::create_dir(&vmail).expect("create vmail");
+    if nix::unistd::Uid::effective().is_root() {
+        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).expect("chown vmail");
+        let mut p = dir.to_path_buf();
+        loop {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+            if !p.pop() || p.as_os_str().len() <= 4 {
+                break;
+            }
+        }
+        (vmail, "2000:2000".into())
+    } else {
+        let ids = format!(
+            "{}:{}",
+            nix::unistd::Uid::effective(),
+            nix::unistd::Gid::effective()
+        );
+        (vmail, ids)
+    }
+}

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,13 +47,7 @@ impl Daemon {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use common::free_port;
 
 /// Start smtpd on `conf` (`PORT` replaced by `port`); waits for the TCP port.
 pub fn start(dir: &Path, conf: &str, port: u16) -> Daemon {
@@ -104,20 +101,7 @@ fn launch(dir: &Path, conf: &str, port: u16, socket_too: bool) -> Daemon {
 
 /// A directory for maildirs that the userbase uid 2000 can write when the tests run as root.
 pub fn vmail(dir: &Path) -> PathBuf {
-    let vmail = dir.join("vmail");
-    std::fs::create_dir(&vmail).unwrap();
-    if nix::unistd::Uid::effective().is_root() {
-        nix::unistd::chown(&vmail, Some(2000.into()), Some(2000.into())).unwrap();
-        let mut p = dir.to_path_buf();
-        loop {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
-            if !p.pop() || p.as_os_str().len() <= 4 {
-                break;
-            }
-        }
-    }
-    vmail
+    common::vmail(dir).0
 }
 
 /// Wait (bounded) for a file in `<maildir>/new` and return its text.
