@@ -208,11 +208,30 @@ fn send_message(port: u16, rcpts: &[&str]) -> Vec<String> {
     dialogue(port, &lines)
 }
 
+/// The first file to appear in the directory `dir` (waited for).
+fn first_file(dir: &Path) -> PathBuf {
+    wait_for("a delivered file", || {
+        std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+    });
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// A temporary directory anyone may search (the network side's user included).
+fn searchable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// A temporary directory anyone may search, and in it a directory `name` of uid and gid
 /// 2000.
 fn dir_with_a_dir_of_2000(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     let sub = dir.path().join(name);
     std::fs::create_dir(&sub).unwrap();
     nix::unistd::chown(sub.as_path(), Some(2000.into()), Some(2000.into())).unwrap();
@@ -225,8 +244,7 @@ fn network_side_is_unprivileged_and_owns_the_spool() {
         return;
     }
     let user = expected_user();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     // A spool left by a daemon that ran everything as root is taken over at start-up.
     let stale = dir.path().join("spool/offline");
     std::fs::create_dir_all(&stale).unwrap();
@@ -278,8 +296,7 @@ fn forward_read_by_the_broker_and_maildir_written_as_the_userbase_uid() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     // fuser's home is private (0700): only root can read its .forward, which sends
     // fuser's mail to vuser, whose maildir is written as uid 2000.
     let fhome = dir.path().join("fhome");
@@ -303,16 +320,7 @@ fn forward_read_by_the_broker_and_maildir_written_as_the_userbase_uid() {
     let replies = send_message(port, &["fuser@mx.test"]);
     assert!(replies[3].starts_with("250 "), "{replies:?}");
     assert!(replies[5].starts_with("250 "), "{replies:?}");
-    let new = vhome.join("Maildir/new");
-    wait_for("delivery into vuser's maildir", || {
-        std::fs::read_dir(&new).is_ok_and(|mut d| d.next().is_some())
-    });
-    let file = std::fs::read_dir(&new)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = first_file(&vhome.join("Maildir/new"));
     let m = std::fs::metadata(&file).unwrap();
     assert_eq!((m.uid(), m.gid()), (2000, 2000));
     let text = std::fs::read_to_string(&file).unwrap();
@@ -415,8 +423,7 @@ fn forward_in_a_searchable_home_is_obeyed_and_a_missing_one_delivers_locally() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     let (ghome, hhome, vhome) = (
         dir.path().join("ghome"),
         dir.path().join("hhome"),
@@ -451,12 +458,7 @@ fn forward_in_a_searchable_home_is_obeyed_and_a_missing_one_delivers_locally() {
         !ghome.join("Maildir").exists(),
         "guser's mail was forwarded"
     );
-    let file = std::fs::read_dir(hhome.join("Maildir/new"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = first_file(&hhome.join("Maildir/new"));
     let m = std::fs::metadata(&file).unwrap();
     assert_eq!((m.uid(), m.gid()), (2003, 2003));
 }
@@ -466,8 +468,7 @@ fn system_accounts_are_checked_by_the_broker() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     let conf = "listen on 127.0.0.1 port PORT auth hostname mx.test auth-plaintext\n\
                 action \"local\" maildir\n\
                 match from any for domain \"mx.test\" action \"local\"\n";
@@ -491,8 +492,7 @@ fn the_daemon_exits_when_the_broker_dies_and_the_other_way_round() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     let conf = "listen on 127.0.0.1 port PORT hostname mx.test\n\
                 action \"local\" maildir\n\
                 match from any for any action \"local\"\n";
@@ -515,8 +515,7 @@ fn the_daemon_exits_when_the_broker_dies_and_the_other_way_round() {
     assert!(!status.unwrap().success());
 
     // The daemon killed: the broker, now alone, exits too.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = searchable_tempdir();
     let (mut d, _) = start(dir.path(), conf, &[]);
     // The listeners are bound before the broker is forked: wait for it.
     wait_for("the broker", || !children(d.0.id()).is_empty());
