@@ -288,10 +288,7 @@ impl DeliveryAgent {
             // worker of its identity, which the privileged broker started and lent to this
             // process; anything else the broker runs itself.
             if uses_worker(&job) {
-                return match self.workers.run(&job, &message, self.timeout) {
-                    Ok(outcome) => DeliveryResult::from_outcome(&outcome),
-                    Err(e) => DeliveryResult::refused(Status::TempFail, EX_OSERR, &e),
-                };
+                return self.run_on_worker(&job, &message);
             }
             broker.deliver(&job, message)
         } else if running_as_root() {
@@ -336,14 +333,19 @@ impl DeliveryAgent {
             None
         };
         if uses_worker(&job) {
-            return match self.workers.run(&job, &message, self.timeout) {
-                Ok(outcome) => DeliveryResult::from_outcome(&outcome),
-                Err(e) => DeliveryResult::refused(Status::TempFail, EX_OSERR, &e),
-            };
+            return self.run_on_worker(&job, &message);
         }
         match self.run_helper(&job, message) {
             Ok(outcome) => DeliveryResult::from_outcome(&outcome),
             Err(result) => result,
+        }
+    }
+
+    /// Runs a maildir `job` on a delivery worker of its identity.
+    fn run_on_worker(&self, job: &Job, message: &File) -> DeliveryResult {
+        match self.workers.run(job, message, self.timeout) {
+            Ok(outcome) => DeliveryResult::from_outcome(&outcome),
+            Err(e) => DeliveryResult::refused(Status::TempFail, EX_OSERR, &e),
         }
     }
 

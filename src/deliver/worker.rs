@@ -399,7 +399,7 @@ impl WorkerPool {
         if uid == 0 {
             return Err("no delivery worker runs as root".into());
         }
-        self.reap_leased();
+        reap_leased(&self.leased);
         let running = lock_leased(&self.leased)
             .values()
             .filter(|l| matches!(l, Leased::Running(_)))
@@ -420,37 +420,24 @@ impl WorkerPool {
     pub fn end_lease(&self, pid: u32) -> Option<Outcome> {
         let entry = lock_leased(&self.leased).remove(&pid)?;
         let mut child = match entry {
-            Leased::Ended(status, _) => return Some(helper_ended(status, "")),
+            Leased::Ended(status, _) => return Some(ended(Ok(status))),
             Leased::Running(child) => child,
         };
         let deadline = Instant::now() + LEASE_END_WAIT;
         // Bounded by the deadline.
         loop {
             match child.try_wait() {
-                Ok(Some(status)) => return Some(helper_ended(status, "")),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 Ok(None) => {
                     let _ = child.kill();
-                    return Some(match child.wait() {
-                        Ok(status) => helper_ended(status, ""),
-                        Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
-                    });
+                    return Some(ended(child.wait()));
                 }
-                Err(e) => {
-                    return Some(Outcome::failure(
-                        EX_TEMPFAIL,
-                        format!("smtpd: waitpid: {e}"),
-                    ));
-                }
+                Ok(Some(status)) => return Some(ended(Ok(status))),
+                Err(e) => return Some(ended(Err(e))),
             }
         }
-    }
-
-    /// Collects lent workers that ended, and forgets those that ended long ago.
-    fn reap_leased(&self) {
-        reap_leased(&self.leased);
     }
 
     fn start_reaper(&self) {
@@ -553,14 +540,19 @@ fn finish(worker: Worker) -> Outcome {
     let Worker { child, pid, socket } = worker;
     drop(socket);
     match child {
-        Some(mut child) => match child.wait() {
-            Ok(status) => helper_ended(status, ""),
-            Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
-        },
+        Some(mut child) => ended(child.wait()),
         None => match crate::privsep::broker::client() {
             Some(broker) => broker.end_worker_lease(pid),
             None => Outcome::failure(EX_TEMPFAIL, "smtpd: delivery worker lost"),
         },
+    }
+}
+
+/// How a worker ended, as its job's outcome (or why that cannot be known).
+fn ended(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
+    match status {
+        Ok(status) => helper_ended(status, ""),
+        Err(e) => Outcome::failure(EX_TEMPFAIL, format!("smtpd: waitpid: {e}")),
     }
 }
 

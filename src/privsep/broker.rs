@@ -122,54 +122,50 @@ impl Broker {
         message: Option<File>,
     ) -> (Vec<u8>, Option<OwnedFd>) {
         let Ok(text) = std::str::from_utf8(payload) else {
-            return (self.answer(payload, message), None);
+            return (b"error\nrequest is not text".to_vec(), None);
         };
         let (verb, body) = text.split_once('\n').unwrap_or((text, ""));
-        match verb {
-            "worker" if message.is_none() => match decode_identity(body) {
-                Ok((uid, gid)) => match self.agent.lease_worker(uid, gid) {
-                    Ok((socket, pid)) => (format!("ok\npid={pid}\n").into_bytes(), Some(socket)),
-                    Err(e) => (format!("error\n{e}").into_bytes(), None),
-                },
-                Err(e) => (format!("error\n{e}").into_bytes(), None),
-            },
-            "worker-end" if message.is_none() => {
-                let answer = match decode_pid(body) {
-                    Ok(pid) => match self.agent.end_worker_lease(pid) {
-                        Some(outcome) => encode_outcome(&outcome).into_bytes(),
-                        None => format!("error\nno delivery worker {pid}").into_bytes(),
-                    },
-                    Err(e) => format!("error\n{e}").into_bytes(),
-                };
-                (answer, None)
-            }
-            _ => (self.answer(payload, message), None),
-        }
-    }
-
-    /// The answer to one request that answers with no descriptor.
-    pub fn answer(&self, payload: &[u8], message: Option<File>) -> Vec<u8> {
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return b"error\nrequest is not text".to_vec();
-        };
-        let (verb, body) = text.split_once('\n').unwrap_or((text, ""));
-        match verb {
+        let error = |e: String| format!("error\n{e}").into_bytes();
+        let answer = match verb {
             "deliver" => match message {
                 Some(m) => encode_result(&self.deliver(body, m)).into_bytes(),
                 None => b"error\ndeliver without a message".to_vec(),
             },
+            "worker" if message.is_none() => {
+                match decode_identity(body).and_then(|(uid, gid)| self.agent.lease_worker(uid, gid))
+                {
+                    Ok((socket, pid)) => {
+                        return (format!("ok\npid={pid}\n").into_bytes(), Some(socket));
+                    }
+                    Err(e) => error(e),
+                }
+            }
+            "worker-end" if message.is_none() => match decode_pid(body) {
+                Ok(pid) => match self.agent.end_worker_lease(pid) {
+                    Some(outcome) => encode_outcome(&outcome).into_bytes(),
+                    None => error(format!("no delivery worker {pid}")),
+                },
+                Err(e) => error(e),
+            },
             "forward" if message.is_none() => match decode_user(body) {
                 Ok(user) => encode_forward(&self.forwards.open(&user)),
-                Err(e) => format!("error\n{e}").into_bytes(),
+                Err(e) => error(e),
             },
             "auth" if message.is_none() => match decode_credentials(body) {
                 Ok((user, password)) => {
                     encode_auth(&(self.passwords)(&user, &password)).into_bytes()
                 }
-                Err(e) => format!("error\n{e}").into_bytes(),
+                Err(e) => error(e),
             },
             _ => b"error\nunknown request".to_vec(),
-        }
+        };
+        (answer, None)
+    }
+
+    /// The answer to one request, without its descriptor (tests, and requests that have
+    /// none).
+    pub fn answer(&self, payload: &[u8], message: Option<File>) -> Vec<u8> {
+        self.answer_with_fd(payload, message).0
     }
 
     fn deliver(&self, body: &str, message: File) -> DeliveryResult {

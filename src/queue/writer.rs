@@ -298,8 +298,7 @@ impl MessageWriter {
                     return Err(io(e));
                 }
                 self.buf.clear();
-                let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
-                if let Ok(reader) = File::open(&again) {
+                if let Ok(reader) = reopen(file) {
                     return Ok(reader);
                 }
             }
@@ -316,10 +315,9 @@ impl MessageWriter {
     pub fn body_files_blocking(&mut self, n: usize) -> Result<Vec<File>> {
         if matches!(self.body, Body::Lazy | Body::Memory(_)) {
             let first = self.body_file_blocking()?;
-            let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&first));
             let mut files = Vec::with_capacity(n);
             for _ in 1..n {
-                match File::open(&again) {
+                match reopen(&first) {
                     Ok(f) => files.push(f),
                     Err(_) => break,
                 }
@@ -448,6 +446,14 @@ impl Drop for MessageWriter {
             }
         }
     }
+}
+
+/// Another reader of the memory file `file`, with an offset of its own (through `/proc`).
+fn reopen(file: &File) -> std::io::Result<File> {
+    File::open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))
 }
 
 /// An anonymous memory file for a body kept in memory.

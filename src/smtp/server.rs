@@ -280,6 +280,13 @@ impl Conn {
         &self.server.graph.config.listeners[self.listener]
     }
 
+    /// Logs the `mda delivery` lines of the deliveries made before the commit.
+    fn log_delivered(&mut self) {
+        for line in std::mem::take(&mut self.delivered_log) {
+            info!("{line}");
+        }
+    }
+
     fn log_event(&mut self, e: &Event) {
         let sid = self.sid;
         match e {
@@ -317,9 +324,7 @@ impl Conn {
                         addr_text(sender)
                     );
                 }
-                for line in std::mem::take(&mut self.delivered_log) {
-                    info!("{line}");
-                }
+                self.log_delivered();
             }
         }
     }
@@ -641,9 +646,7 @@ impl Conn {
                 Some(w) => writer = w,
                 None => {
                     warn!("warn: queue: commit failed: delivery task failed");
-                    for line in std::mem::take(&mut self.delivered_log) {
-                        info!("{line}");
-                    }
+                    self.log_delivered();
                     return CommitVerdict::Refuse(Reply::temporary_failure());
                 }
             }
@@ -659,9 +662,7 @@ impl Conn {
             Err(e) => {
                 warn!("warn: queue: commit failed: {e}");
                 // Deliveries made before the failed commit stand: they are logged now.
-                for line in std::mem::take(&mut self.delivered_log) {
-                    info!("{line}");
-                }
+                self.log_delivered();
                 CommitVerdict::Refuse(Reply::temporary_failure())
             }
         }
