@@ -13,6 +13,7 @@ pub mod expand;
 pub mod fdpass;
 pub mod log;
 pub mod privsep;
+pub mod processor;
 pub mod queue;
 pub mod rules;
 pub mod smtp;

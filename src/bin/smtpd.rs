@@ -224,6 +224,8 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    let proc_specs = smtpd::processor::specs(&graph.config);
+    let mut spawned = Vec::new();
     if let Some(user) = &unprivileged {
         use std::os::fd::AsRawFd;
         let mut close: Vec<std::os::fd::RawFd> =
@@ -257,6 +259,14 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
+        // Filter programs are started while still root, each as its own user.
+        spawned = match smtpd::processor::spawn_all(&proc_specs) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                return ExitCode::from(1);
+            }
+        };
         if let Err(e) = smtpd::privsep::drop_privileges(user) {
             eprintln!("smtpd: {e}");
             return ExitCode::from(1);
@@ -275,6 +285,15 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             user.gid,
             broker_pid
         );
+    }
+    if unprivileged.is_none() {
+        spawned = match smtpd::processor::spawn_all(&proc_specs) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                return ExitCode::from(1);
+            }
+        };
     }
     let (spool, recovery) = match smtpd::queue::Spool::open(&spool_path) {
         Ok(x) => x,
@@ -347,7 +366,27 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                 control_path,
             );
         }
+        // No mail is taken before every filter program has registered.
+        let session_timeout = std::time::Duration::from_secs(300);
+        let processors = if spawned.is_empty() {
+            smtpd::processor::Processors::none()
+        } else {
+            match smtpd::processor::Processors::register(
+                spawned,
+                &graph.config.hostname,
+                session_timeout,
+            )
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("fatal: {e}");
+                    std::process::exit(1);
+                }
+            }
+        };
         let server = Arc::new(smtpd::smtp::server::Server {
+            processors,
             delivery: Some(runner),
             tls,
             graph: graph.clone(),
@@ -355,7 +394,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             resolver,
             sessions: Arc::new(tokio::sync::Semaphore::new(max_sessions)),
             rdns_bound: std::time::Duration::from_secs(2),
-            timeout: std::time::Duration::from_secs(300),
+            timeout: session_timeout,
         });
         for b in bound {
             tracing::debug!(

@@ -95,6 +95,8 @@ pub enum FilterAction {
     Disconnect,
     Rewrite,
     Report,
+    /// The question went to a filter program, whose answer is awaited.
+    Deferred,
 }
 
 impl FilterAction {
@@ -108,6 +110,7 @@ impl FilterAction {
             FilterAction::Disconnect => "disconnect",
             FilterAction::Rewrite => "rewrite",
             FilterAction::Report => "report",
+            FilterAction::Deferred => "deferred",
         }
     }
 }
@@ -152,8 +155,10 @@ impl fmt::Display for FilterNote {
             if self.resume { "y" } else { "n" },
             self.action.as_str()
         )?;
-        if let Some(name) = &self.filter {
-            write!(f, ", filter={name}, query={}", self.query)?;
+        match &self.filter {
+            Some(name) if self.action == FilterAction::Deferred => write!(f, ", filter={name}")?,
+            Some(name) => write!(f, ", filter={name}, query={}", self.query)?,
+            None => {}
         }
         if let Some(response) = &self.response {
             // OpenSMTPD's report line has no comma before `response`.
@@ -263,59 +268,79 @@ impl RuleGraph {
         facts: &FilterFacts,
     ) -> FilterRun {
         let mut notes = Vec::new();
-        let mut resume = false;
         let steps = chain.phases.get(&phase).map(Vec::as_slice).unwrap_or(&[]);
         for step in steps {
-            // Filter processes are not run: they are not part of any phase here.
+            // Filter programs are asked by the session's driver, not here.
             let ChainStep::Builtin { filter, rule } = step else {
                 continue;
             };
-            let note = |action: FilterAction, response: Option<&String>| FilterNote {
-                phase: phase.keyword(),
-                resume,
-                action,
-                filter: Some(filter.clone()),
-                query: query.to_string(),
-                response: response.cloned(),
-            };
-            if self.filter_holds(rule, phase, query, facts) {
-                let (action, outcome, response) = match &rule.decision {
-                    Decision::Report(msg) => {
-                        // Reported, then the same filter proceeds (two lines, as in 6.8).
-                        notes.push(note(FilterAction::Report, Some(msg)));
-                        notes.push(note(FilterAction::Proceed, None));
-                        resume = true;
-                        continue;
-                    }
-                    Decision::Bypass => (FilterAction::Bypass, FilterOutcome::Proceed, None),
-                    Decision::Junk => (FilterAction::Junk, FilterOutcome::Junk, None),
-                    Decision::Reject(m) => (
-                        FilterAction::Reject,
-                        FilterOutcome::Reject(m.clone()),
-                        Some(m),
-                    ),
-                    Decision::Disconnect(m) => (
-                        FilterAction::Disconnect,
-                        FilterOutcome::Disconnect(m.clone()),
-                        Some(m),
-                    ),
-                    Decision::Rewrite(m) => (
-                        FilterAction::Rewrite,
-                        FilterOutcome::Rewrite(m.clone()),
-                        Some(m),
-                    ),
-                };
-                notes.push(note(action, response));
+            let resume = !notes.is_empty();
+            if let Some(outcome) =
+                self.run_builtin(filter, rule, phase, query, facts, resume, &mut notes)
+            {
                 return FilterRun { outcome, notes };
             }
-            notes.push(note(FilterAction::Proceed, None));
-            resume = true;
         }
+        let resume = !notes.is_empty();
         notes.push(FilterNote::end_of_chain(phase.keyword(), resume));
         FilterRun {
             outcome: FilterOutcome::Proceed,
             notes,
         }
+    }
+
+    /// Runs one builtin member of a chain: adds its trace notes and returns the outcome
+    /// that ends the chain for this phase, or `None` to go on with the next member.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_builtin(
+        &self,
+        filter: &str,
+        rule: &BuiltinFilter,
+        phase: Phase,
+        query: &str,
+        facts: &FilterFacts,
+        resume: bool,
+        notes: &mut Vec<FilterNote>,
+    ) -> Option<FilterOutcome> {
+        let note = |action: FilterAction, response: Option<&String>| FilterNote {
+            phase: phase.keyword(),
+            resume,
+            action,
+            filter: Some(filter.to_string()),
+            query: query.to_string(),
+            response: response.cloned(),
+        };
+        if !self.filter_holds(rule, phase, query, facts) {
+            notes.push(note(FilterAction::Proceed, None));
+            return None;
+        }
+        let (action, outcome, response) = match &rule.decision {
+            Decision::Report(msg) => {
+                // Reported, then the same filter proceeds (two lines, as in 6.8).
+                notes.push(note(FilterAction::Report, Some(msg)));
+                notes.push(note(FilterAction::Proceed, None));
+                return None;
+            }
+            Decision::Bypass => (FilterAction::Bypass, FilterOutcome::Proceed, None),
+            Decision::Junk => (FilterAction::Junk, FilterOutcome::Junk, None),
+            Decision::Reject(m) => (
+                FilterAction::Reject,
+                FilterOutcome::Reject(m.clone()),
+                Some(m),
+            ),
+            Decision::Disconnect(m) => (
+                FilterAction::Disconnect,
+                FilterOutcome::Disconnect(m.clone()),
+                Some(m),
+            ),
+            Decision::Rewrite(m) => (
+                FilterAction::Rewrite,
+                FilterOutcome::Rewrite(m.clone()),
+                Some(m),
+            ),
+        };
+        notes.push(note(action, response));
+        Some(outcome)
     }
 
     /// OpenSMTPD's start-up `-T filters` lines: every builtin and proc filter by name

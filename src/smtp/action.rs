@@ -40,6 +40,9 @@ pub enum Action {
     /// Append these bytes to the open queue message (LF line endings, smtpd's own headers
     /// first).
     MessageData(Vec<u8>),
+    /// Send these message lines (each ended by LF, as received: still dot-stuffed, the
+    /// final `.` included) to the data-line filters; only with `data_filtered`.
+    FilterData(Vec<u8>),
     /// Discard the queue message created for this transaction (RSET, refused message, a
     /// close before the final dot). Never sent once [`Question::CommitMessage`] was asked.
     Rollback(MsgId),
@@ -178,6 +181,9 @@ pub enum Question {
     /// Check these AUTH credentials. Answer with [`Answer::Credentials`]; on failure, delay
     /// the answer (OpenSMTPD waits a random 0–1 s against timing attacks).
     Credentials(Credentials),
+    /// The final `.` went to the data-line filters: collect what they give back. Answer
+    /// with [`Answer::FilteredData`].
+    FilteredData,
 }
 
 /// The driver's answer to the pending [`Question`].
@@ -195,6 +201,9 @@ pub enum Answer {
     CommitMessage(CommitVerdict),
     /// For [`Question::Credentials`].
     Credentials(AuthVerdict),
+    /// For [`Question::FilteredData`]: the message as the data-line filters gave it back
+    /// (lines ended by CRLF, dot-stuffed, without the final `.`), or the reply refusing it.
+    FilteredData(Result<Vec<u8>, super::reply::Reply>),
 }
 
 /// Outcome of a filter chain for one phase (OpenSMTPD's filter decisions, after `bypass` and
@@ -312,6 +321,9 @@ impl AuthResult {
 /// formats log lines; the one logging module does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A command line read from the client, credentials masked as in `-T smtp` (report
+    /// `protocol-client`); filtered sessions only.
+    ClientLine(String),
     /// HELO/EHLO accepted (report `link-identify`).
     Identified {
         /// Which verb.

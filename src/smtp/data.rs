@@ -50,6 +50,8 @@ pub struct DataReceiver {
     size: usize,
     too_big: bool,
     finished: bool,
+    /// Lines are handed on as received (dot-stuffed), for data-line filters.
+    raw: bool,
 }
 
 impl DataReceiver {
@@ -68,6 +70,16 @@ impl DataReceiver {
             size: 0,
             too_big: false,
             finished: false,
+            raw: false,
+        }
+    }
+
+    /// A receiver that hands lines on as received, leading dots kept (for data-line
+    /// filters, which get the client's lines dot-stuffed).
+    pub fn raw(max_size: usize, max_line: usize) -> DataReceiver {
+        DataReceiver {
+            raw: true,
+            ..DataReceiver::with_line_limit(max_size, max_line)
         }
     }
 
@@ -151,7 +163,11 @@ impl DataReceiver {
                 self.too_big = true;
             }
             if !self.too_big {
-                on_line(text.strip_prefix(b".").unwrap_or(text));
+                if self.raw {
+                    on_line(text);
+                } else {
+                    on_line(text.strip_prefix(b".").unwrap_or(text));
+                }
             }
         }
         Feed {

@@ -153,6 +153,10 @@ pub struct SessionParams {
     pub dsn: bool,
     /// The listener has filters: the session asks its driver at every filter phase.
     pub filtered: bool,
+    /// A filter program of the listener's chain filters data lines: the message goes out
+    /// through [`Action::FilterData`](super::action::Action::FilterData) as received, and
+    /// what comes back (the answer to `Question::FilteredData`) is the message.
+    pub data_filtered: bool,
     /// `mask-src`: leave the `from ...` part out of Received.
     pub mask_source: bool,
     /// `received-auth`: Received names the authenticated user (TLS sessions only).
@@ -182,6 +186,7 @@ impl SessionParams {
             auth_plaintext: false,
             dsn: true,
             filtered: false,
+            data_filtered: false,
             mask_source: false,
             received_auth: false,
             local_listener: false,

@@ -310,6 +310,11 @@ impl Reply {
         Reply::one(421, Some(TEMP_SYSTEM), "Temporary failure")
     }
 
+    /// `451 4.3.0 Temporary failure`: the data-line filters gave no message back in time.
+    pub fn filter_tempfail() -> Reply {
+        Reply::one(451, Some(TEMP_SYSTEM), "Temporary failure")
+    }
+
     /// `421 Internal server error` (also what an invalid filter reply becomes).
     pub fn internal_server_error() -> Reply {
         Reply::one(421, None, "Internal server error")

@@ -31,10 +31,13 @@ use super::session::Session;
 use crate::config::model::{self as cfg, Phase};
 use crate::dns::{self, Resolver};
 use crate::expand;
+use crate::processor::{Decision, ProcSession, Processors};
 use crate::queue::{self, Spool};
-use crate::rules::RuleGraph;
-use crate::rules::filter::{FilterFacts, FilterOutcome, FilterRun, FilterSessionTrace};
+use crate::rules::filter::{
+    FilterAction, FilterFacts, FilterNote, FilterOutcome, FilterSessionTrace,
+};
 use crate::rules::route::Facts;
+use crate::rules::{ChainStep, RuleGraph};
 
 /// A connection: plain TCP, or TLS over it after STARTTLS or on an SMTPS listener.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -56,6 +59,8 @@ pub struct Server {
     pub delivery: Option<Arc<crate::deliver::runner::Runner>>,
     /// TLS of each listener (by index), when it has `tls`, `tls-require` or `smtps`.
     pub tls: Vec<Option<Arc<crate::tls::ServerTls>>>,
+    /// The running filter programs (`proc`, `proc-exec`).
+    pub processors: Arc<Processors>,
 }
 
 /// Serve one listening socket until the task is dropped.
@@ -139,14 +144,28 @@ pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, li
     let mut params = session_params(&server, sid, &l, client.clone(), loopback);
     params.local_enqueue = true;
     params.local_listener = true;
+    let procs = open_procs(&server, &l, sid);
+    params.data_filtered = procs.as_ref().is_some_and(|p| !p.data_filters().is_empty());
     let mut session = Session::new(params);
     let mut conn = Conn::new(server.clone(), sid, listener, client, loopback, None);
+    conn.procs = procs;
+    conn.report_connect(LOCAL_LINK, LOCAL_LINK);
     let mut stream: Stream = Box::new(stream);
     let reason = drive(&mut conn, &mut session, &mut stream).await;
     if let Some(w) = conn.writer.take() {
         let _ = w.abort();
     }
     info!("{sid} smtp disconnected reason={reason}");
+    conn.report("link-disconnect", None);
+}
+
+/// Both ends of a local enqueue session, as filter reports name them.
+const LOCAL_LINK: &str = "unix:/var/run/smtpd.sock";
+
+/// The session's link to the filter programs of its listener's chain, if it has any.
+fn open_procs(server: &Server, l: &cfg::Listener, sid: SessionId) -> Option<ProcSession> {
+    let chain = server.graph.listener_chain(l)?;
+    ProcSession::open(&server.processors, &chain.procs, sid.0)
 }
 
 /// A client beyond the session cap gets a 421 instead of silence, then the connection closes.
@@ -247,6 +266,14 @@ struct Conn {
     mail_from: String,
     /// The reverse lookup still running after the banner, if any.
     pending_rdns: Option<PendingRdns>,
+    /// The filter programs of the listener's chain.
+    procs: Option<ProcSession>,
+    /// Reports that follow the reply being prepared (`tx-mail` after the `250`, …).
+    after_reply: Vec<(&'static str, String)>,
+    /// `link-greeting` was reported.
+    greeted: bool,
+    /// The transaction's queue message, for `tx-*` reports.
+    msgid: Option<MsgId>,
 }
 
 impl Conn {
@@ -273,11 +300,84 @@ impl Conn {
             auth_user: None,
             mail_from: String::new(),
             pending_rdns,
+            procs: None,
+            after_reply: Vec::new(),
+            greeted: false,
+            msgid: None,
+        }
+    }
+
+    /// Sends a report event to the chain's programs that subscribed to it.
+    fn report(&self, event: &str, params: Option<&str>) {
+        if let Some(p) = &self.procs {
+            p.report(event, params);
+        }
+    }
+
+    /// Holds a report until the reply being prepared was reported.
+    fn report_after_reply(&mut self, event: &'static str, params: String) {
+        if self.procs.is_some() {
+            self.after_reply.push((event, params));
+        }
+    }
+
+    /// `protocol-server` for each reply line, `link-greeting` after the banner, then the
+    /// reports that wait for the reply.
+    fn report_sent(&mut self, bytes: &[u8]) {
+        if self.procs.is_none() {
+            return;
+        }
+        for line in String::from_utf8_lossy(bytes).split("\r\n") {
+            if line.is_empty() {
+                continue;
+            }
+            self.report("protocol-server", Some(line));
+            if !self.greeted && line.starts_with("220 ") {
+                self.greeted = true;
+                let name = self.server.graph.config.listeners[self.listener]
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| self.server.graph.config.hostname.clone());
+                self.report("link-greeting", Some(&name));
+            }
+        }
+        self.flush_reports();
+    }
+
+    fn flush_reports(&mut self) {
+        for (event, params) in std::mem::take(&mut self.after_reply) {
+            self.report(event, Some(&params));
+        }
+    }
+
+    /// `link-connect`: `RDNS|FCRDNS|SRC|DEST`.
+    fn report_connect(&self, src: &str, dest: &str) {
+        let fcrdns = match self.client.fcrdns {
+            Fcrdns::Pass => "pass",
+            Fcrdns::Fail => "fail",
+            Fcrdns::Error => "error",
+        };
+        self.report(
+            "link-connect",
+            Some(&format!("{}|{fcrdns}|{src}|{dest}", self.client.rdns)),
+        );
+    }
+
+    /// `tx-rollback` and `tx-reset` of the open transaction, if any.
+    fn report_rollback(&mut self) {
+        if let Some(m) = self.msgid.take() {
+            self.report("tx-rollback", Some(&m.to_string()));
+            self.report("tx-reset", Some(&m.to_string()));
         }
     }
 
     fn listener(&self) -> &cfg::Listener {
         &self.server.graph.config.listeners[self.listener]
+    }
+
+    /// `max-message-size`, the bound of what data-line filters may give back (twice it).
+    fn listener_max_size(&self) -> usize {
+        usize::try_from(self.server.graph.config.smtp.max_message_size).unwrap_or(usize::MAX)
     }
 
     /// Logs the `mda delivery` lines of the deliveries made before the commit.
@@ -290,7 +390,14 @@ impl Conn {
     fn log_event(&mut self, e: &Event) {
         let sid = self.sid;
         match e {
-            Event::Identified { .. } => {}
+            Event::ClientLine(line) => self.report("protocol-client", Some(line)),
+            Event::Identified { verb, helo } => {
+                let verb = match verb {
+                    super::reply::HeloVerb::Helo => "HELO",
+                    super::reply::HeloVerb::Ehlo => "EHLO",
+                };
+                self.report("link-identify", Some(&format!("{verb}|{helo}")));
+            }
             Event::FailedCommand { command, result } => {
                 info!(
                     "{sid} smtp failed-command command=\"{}\" result=\"{}\"",
@@ -300,6 +407,13 @@ impl Conn {
             }
             Event::BadInput { result } => info!("{sid} smtp bad-input result=\"{result}\""),
             Event::Authentication { user, result } => {
+                let outcome = match result {
+                    super::action::AuthResult::Ok => "pass",
+                    super::action::AuthResult::PermFail => "fail",
+                    super::action::AuthResult::TempFail => "error",
+                };
+                let shown = String::from_utf8_lossy(user).into_owned();
+                self.report("link-auth", Some(&format!("{shown}|{outcome}")));
                 info!(
                     "{sid} smtp authentication user={} result={}",
                     vis(user),
@@ -329,9 +443,10 @@ impl Conn {
         }
     }
 
-    /// Runs the listener's filter chain for one phase, as OpenSMTPD's lookup process does,
-    /// and traces every step under `-T filters`.
-    fn filter(&mut self, phase: FilterPhase, query: &str) -> FilterVerdict {
+    /// Runs the listener's filter chain for one phase, as OpenSMTPD's lookup process does:
+    /// builtin members here, filter programs by asking them. Traces every step under
+    /// `-T filters` and reports the decision (`filter-response`) to the programs.
+    async fn filter(&mut self, phase: FilterPhase, param: &str, query: &str) -> FilterVerdict {
         let graph = self.server.graph.clone();
         let Some(chain) = graph.listener_chain(self.listener()) else {
             return FilterVerdict::Proceed;
@@ -355,36 +470,174 @@ impl Conn {
             FilterPhase::MailFrom => self.mail_from = query.to_string(),
             _ => {}
         }
-        let run = match builtin {
-            Some(p) => {
-                let source = self.client.address.text();
-                let sender_known = matches!(
-                    p,
-                    Phase::MailFrom | Phase::RcptTo | Phase::Data | Phase::Commit
-                );
-                let facts = FilterFacts {
-                    source: &source,
-                    rdns: (self.client.rdns != dns::UNKNOWN_HOST)
-                        .then_some(self.client.rdns.as_str()),
-                    fcrdns: self.client.fcrdns == Fcrdns::Pass,
-                    helo: (!self.helo.is_empty()).then_some(self.helo.as_str()),
-                    auth_user: self.auth_user.as_deref(),
-                    mail_from: sender_known.then_some(self.mail_from.as_str()),
-                };
-                graph.run_filters(chain, p, query, &facts)
-            }
-            None => FilterRun::unhooked(phase.as_str()),
+        // Builtin members where the phase has them; filter programs at every phase they
+        // registered for (the chain lists each program at connect).
+        let steps: Vec<ChainStep> = match builtin {
+            Some(p) => chain.phases.get(&p).cloned().unwrap_or_default(),
+            None => chain
+                .phases
+                .get(&Phase::Connect)
+                .map(|s| {
+                    s.iter()
+                        .filter(|s| matches!(s, ChainStep::Proc { .. }))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
-        for note in &run.notes {
-            trace!(target: "filters", "{} {note}", self.sid);
+        let source = self.client.address.text();
+        let rdns = self.client.rdns.clone();
+        let helo = self.helo.clone();
+        let auth_user = self.auth_user.clone();
+        let mail_from = self.mail_from.clone();
+        let sender_known = matches!(
+            phase,
+            FilterPhase::MailFrom | FilterPhase::RcptTo | FilterPhase::Data | FilterPhase::Commit
+        );
+        let facts = FilterFacts {
+            source: &source,
+            rdns: (rdns != dns::UNKNOWN_HOST).then_some(rdns.as_str()),
+            fcrdns: self.client.fcrdns == Fcrdns::Pass,
+            helo: (!helo.is_empty()).then_some(helo.as_str()),
+            auth_user: auth_user.as_deref(),
+            mail_from: sender_known.then_some(mail_from.as_str()),
+        };
+        let name = phase.as_str();
+        let mut notes: Vec<FilterNote> = Vec::new();
+        let mut outcome = None;
+        // OpenSMTPD's trace names the phase `connect` on every line after a program answered.
+        let mut answered_at = None;
+        for step in &steps {
+            let resume = !notes.is_empty();
+            match step {
+                ChainStep::Builtin { filter, rule } => {
+                    let Some(p) = builtin else { continue };
+                    if let Some(o) =
+                        graph.run_builtin(filter, rule, p, query, &facts, resume, &mut notes)
+                    {
+                        outcome = Some(o);
+                        break;
+                    }
+                }
+                ChainStep::Proc { filter, proc } => {
+                    let Some(ps) = self.procs.as_mut() else {
+                        continue;
+                    };
+                    if !ps.hooks(proc, name) {
+                        continue;
+                    }
+                    notes.push(FilterNote {
+                        phase: name,
+                        resume,
+                        action: FilterAction::Deferred,
+                        filter: Some(filter.clone()),
+                        query: String::new(),
+                        response: None,
+                    });
+                    let params = match phase {
+                        FilterPhase::Connect => format!("{rdns}|{source}"),
+                        FilterPhase::MailFrom | FilterPhase::RcptTo => query.to_string(),
+                        _ => param.to_string(),
+                    };
+                    let decision = ps.query(proc, name, &params, self.server.timeout).await;
+                    answered_at.get_or_insert(notes.len());
+                    let note = |action: FilterAction, response: Option<&String>| FilterNote {
+                        phase: name,
+                        resume: true,
+                        action,
+                        filter: Some(filter.clone()),
+                        query: params.clone(),
+                        response: response.cloned(),
+                    };
+                    let o = match &decision {
+                        None => {
+                            warn!("warn: smtp: {}: filter {filter} did not answer", self.sid);
+                            FilterOutcome::Disconnect(Reply::temporary_failure().to_string())
+                        }
+                        Some(Decision::Proceed) => continue,
+                        Some(Decision::Report(m)) => {
+                            notes.push(note(FilterAction::Report, Some(m)));
+                            self.report("filter-report", Some(&format!("proc|{filter}|{m}")));
+                            continue;
+                        }
+                        Some(Decision::Junk) => {
+                            notes.push(note(FilterAction::Junk, None));
+                            FilterOutcome::Junk
+                        }
+                        Some(Decision::Reject(m)) => {
+                            notes.push(note(FilterAction::Reject, Some(m)));
+                            FilterOutcome::Reject(m.clone())
+                        }
+                        Some(Decision::Disconnect(m)) => {
+                            notes.push(note(FilterAction::Disconnect, Some(m)));
+                            FilterOutcome::Disconnect(m.clone())
+                        }
+                        Some(Decision::Rewrite(m)) => {
+                            notes.push(note(FilterAction::Rewrite, Some(m)));
+                            FilterOutcome::Rewrite(m.clone())
+                        }
+                    };
+                    outcome = Some(o);
+                    break;
+                }
+            }
         }
-        let verdict = match run.outcome {
+        let outcome = outcome.unwrap_or_else(|| {
+            notes.push(FilterNote::end_of_chain(name, !notes.is_empty()));
+            FilterOutcome::Proceed
+        });
+        if let Some(from) = answered_at {
+            for n in &mut notes[from..] {
+                n.phase = "connect";
+            }
+        }
+        for note in &notes {
+            trace!(target: "filters", "{} {note}", self.sid);
+            // A builtin `report` goes to the programs as `filter-report` (a program's own
+            // report was sent when it answered).
+            if note.action == FilterAction::Report
+                && let (Some(f), Some(m)) = (&note.filter, &note.response)
+                && graph
+                    .config
+                    .filter_named(f)
+                    .is_some_and(|x| matches!(x.kind, cfg::FilterKind::Builtin(_)))
+            {
+                self.report("filter-report", Some(&format!("builtin|{f}|{m}")));
+            }
+        }
+        let verdict = match outcome {
             FilterOutcome::Proceed => FilterVerdict::Proceed,
             FilterOutcome::Junk => FilterVerdict::Junk,
             FilterOutcome::Reject(m) => FilterVerdict::Reject(m),
             FilterOutcome::Disconnect(m) => FilterVerdict::Disconnect(m),
             FilterOutcome::Rewrite(m) => FilterVerdict::Rewrite(m),
         };
+        if self.procs.is_some() {
+            let shown = if phase == FilterPhase::Connect {
+                "connected"
+            } else {
+                name
+            };
+            let response = match &verdict {
+                FilterVerdict::Proceed => "proceed".to_string(),
+                FilterVerdict::Junk => "junk".to_string(),
+                FilterVerdict::Reject(m) => format!("reject|{m}"),
+                FilterVerdict::Disconnect(m) => format!("disconnect|{m}"),
+                FilterVerdict::Rewrite(m) => format!("rewrite|{m}"),
+            };
+            self.report("filter-response", Some(&format!("{shown}|{response}")));
+            if phase == FilterPhase::RcptTo
+                && let FilterVerdict::Reject(m) | FilterVerdict::Disconnect(m) = &verdict
+                && let Some(msgid) = self.msgid
+            {
+                let result = if m.starts_with('4') {
+                    "tempfail"
+                } else {
+                    "permfail"
+                };
+                self.report_after_reply("tx-rcpt", format!("{msgid}|{result}|{query}"));
+            }
+        }
         match phase {
             FilterPhase::Data
                 if matches!(verdict, FilterVerdict::Proceed | FilterVerdict::Junk) =>
@@ -410,6 +663,7 @@ impl Conn {
         match self.server.spool.begin_message().await {
             Ok(w) => {
                 let msgid = MsgId(w.msgid().get());
+                self.msgid = Some(msgid);
                 self.writer = Some(w);
                 SenderVerdict::Accept { msgid }
             }
@@ -876,12 +1130,23 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
     // `-T filters`: session-begin now; session-end when this guard drops at the very end,
     // after the `smtp disconnected` line. Filtered listeners only.
     let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
-    let params = session_params(&server, sid, &l, client.clone(), local);
+    let mut params = session_params(&server, sid, &l, client.clone(), local);
+    let procs = open_procs(&server, &l, sid);
+    params.data_filtered = procs.as_ref().is_some_and(|p| !p.data_filters().is_empty());
+    let local_end = stream.local_addr().ok();
     let mut session = Session::new(params);
+    let mut conn = Conn::new(server.clone(), sid, listener, client, ip, pending);
+    conn.procs = procs;
+    if conn.procs.is_some() {
+        let src = SocketAddr::new(ip, peer.port()).to_string();
+        let dest = local_end
+            .map(|a| SocketAddr::new(canonical(a.ip()), a.port()).to_string())
+            .unwrap_or_default();
+        conn.report_connect(&src, &dest);
+    }
     if !early.is_empty() {
         session.input(&early);
     }
-    let mut conn = Conn::new(server.clone(), sid, listener, client, ip, pending);
     let mut stream: Stream = Box::new(stream);
     let reason = drive(&mut conn, &mut session, &mut stream).await;
     // A client gone before its first command: the connection is still logged.
@@ -891,6 +1156,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
     }
     let _ = conn.client_ip;
     info!("{sid} smtp disconnected reason={reason}");
+    conn.report("link-disconnect", None);
 }
 
 /// Run the session over the stream; returns the disconnect reason for the log.
@@ -905,9 +1171,16 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
         while let Some(action) = session.next_action() {
             match action {
                 Action::Send(bytes) => {
+                    conn.report_sent(&bytes);
                     out.extend_from_slice(&bytes);
                 }
                 Action::Event(e) => conn.log_event(&e),
+                Action::FilterData(lines) => {
+                    if let Some(p) = &conn.procs {
+                        let text = String::from_utf8_lossy(&lines);
+                        p.data_lines(text.strip_suffix('\n').unwrap_or(&text).split('\n'));
+                    }
+                }
                 Action::MessageData(bytes) => {
                     if let Some(w) = conn.writer.as_mut()
                         && !conn.write_failed
@@ -921,6 +1194,7 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                         let _ = w.abort();
                     }
                     conn.envelopes.clear();
+                    conn.report_rollback();
                 }
                 Action::StartTls => {
                     if !out.is_empty() && write_all(stream, &mut out, timeout).await.is_err() {
@@ -951,6 +1225,10 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                                     crate::tls::PeerCert::None => ClientCert::None,
                                 },
                             };
+                            conn.report(
+                                "link-tls",
+                                Some(&format!("{}:{}:{}", info.version, info.cipher, info.bits)),
+                            );
                             *stream = Box::new(up.stream);
                             session.tls_established(info);
                         }
@@ -965,18 +1243,79 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                 }
                 Action::Ask(q) => {
                     let answer = match *q {
-                        Question::Filter { phase, query, .. } => {
-                            Answer::Filter(conn.filter(phase, &query))
-                        }
+                        Question::Filter {
+                            phase,
+                            param,
+                            query,
+                        } => Answer::Filter(conn.filter(phase, &param, &query).await),
                         Question::Sender { sender, .. } => {
-                            Answer::Sender(conn.sender(sender).await)
+                            let verdict = conn.sender(sender).await;
+                            if let SenderVerdict::Accept { msgid } = &verdict {
+                                let from = conn.mail_from.clone();
+                                conn.report_after_reply("tx-begin", msgid.to_string());
+                                conn.report_after_reply("tx-mail", format!("{msgid}|ok|{from}"));
+                            }
+                            Answer::Sender(verdict)
                         }
                         Question::Recipient {
                             rcpt,
                             params,
                             envelope,
-                        } => Answer::Recipient(conn.recipient(&rcpt, &params, &envelope)),
-                        Question::OpenMessage(_) => {
+                        } => {
+                            let verdict = conn.recipient(&rcpt, &params, &envelope);
+                            let msgid = envelope.msgid;
+                            match &verdict {
+                                RecipientVerdict::Accept { evpid } => {
+                                    conn.report("tx-envelope", Some(&format!("{msgid}|{evpid}")));
+                                    conn.report_after_reply(
+                                        "tx-rcpt",
+                                        format!("{msgid}|ok|{rcpt}"),
+                                    );
+                                }
+                                RecipientVerdict::Refuse(r) | RecipientVerdict::Disconnect(r) => {
+                                    let result = if r.code() < 500 {
+                                        "tempfail"
+                                    } else {
+                                        "permfail"
+                                    };
+                                    conn.report_after_reply(
+                                        "tx-rcpt",
+                                        format!("{msgid}|{result}|{rcpt}"),
+                                    );
+                                }
+                            }
+                            Answer::Recipient(verdict)
+                        }
+                        Question::FilteredData => {
+                            let max = conn.listener_max_size().saturating_mul(2).max(1 << 20);
+                            let timeout = conn.server.timeout;
+                            let data = match conn.procs.as_mut() {
+                                Some(p) => p.finish_data(timeout, max).await,
+                                None => Ok(Vec::new()),
+                            };
+                            Answer::FilteredData(match data {
+                                Ok(lines) => {
+                                    let mut bytes = Vec::new();
+                                    for l in lines {
+                                        bytes.extend_from_slice(l.as_bytes());
+                                        bytes.extend_from_slice(b"\r\n");
+                                    }
+                                    Ok(bytes)
+                                }
+                                Err(e) => {
+                                    warn!(
+                                        "warn: smtp: {}: data-line filters failed: {e:?}",
+                                        conn.sid
+                                    );
+                                    Err(Reply::filter_tempfail())
+                                }
+                            })
+                        }
+                        Question::OpenMessage(env) => {
+                            if let Some(p) = conn.procs.as_mut() {
+                                p.begin_data();
+                            }
+                            conn.report_after_reply("tx-data", format!("{}|ok", env.msgid));
                             let t = now() as i64;
                             let (off, zone) = local_offset(t);
                             Answer::OpenMessage(OpenVerdict::Ready(MessageStamp {
@@ -984,14 +1323,27 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                                 message_id: rand_u64(),
                             }))
                         }
-                        Question::CommitMessage { .. } => {
+                        Question::CommitMessage { size, .. } => {
                             // The reply waits for the durable commit; send what is pending first.
                             if !out.is_empty()
                                 && write_all(stream, &mut out, timeout).await.is_err()
                             {
                                 return "io-error".into();
                             }
-                            Answer::CommitMessage(conn.commit().await)
+                            let verdict = conn.commit().await;
+                            if let Some(m) = conn.msgid.take() {
+                                match &verdict {
+                                    CommitVerdict::Committed => {
+                                        conn.report_after_reply("tx-commit", format!("{m}|{size}"));
+                                        conn.report_after_reply("tx-reset", m.to_string());
+                                    }
+                                    _ => {
+                                        conn.report_after_reply("tx-rollback", m.to_string());
+                                        conn.report_after_reply("tx-reset", m.to_string());
+                                    }
+                                }
+                            }
+                            Answer::CommitMessage(verdict)
                         }
                         Question::Credentials(c) => Answer::Credentials(conn.authenticate(c).await),
                     };
@@ -1001,6 +1353,7 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                 }
             }
         }
+        conn.flush_reports();
         if session.is_closed() {
             let _ = write_all(stream, &mut out, timeout).await;
             return "quit".into();
@@ -1010,6 +1363,7 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
         }
         match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Err(_) => {
+                conn.report("timeout", None);
                 let _ = stream
                     .write_all(
                         format!(

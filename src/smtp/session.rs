@@ -69,6 +69,7 @@ enum Waiting {
     CommitMessage,
     Credentials,
     Tls,
+    FilteredData,
 }
 
 /// A MAIL FROM .. final dot transaction.
@@ -263,6 +264,10 @@ impl Session {
             (Waiting::Credentials, Answer::Credentials(v)) => {
                 self.waiting = None;
                 self.credentials_verdict(v);
+            }
+            (Waiting::FilteredData, Answer::FilteredData(v)) => {
+                self.waiting = None;
+                self.filtered_data(v);
             }
             _ => return Err(AnswerError::Mismatch),
         }
@@ -511,6 +516,10 @@ impl Session {
             },
         };
         tracing::trace!(target: "smtp", "smtp: {}: <<< {}", self.params.id, shown);
+        if self.params.filtered {
+            let shown = shown.to_string();
+            self.event(Event::ClientLine(shown));
+        }
         match self.mode {
             Mode::AuthPlain => self.auth_plain_response(&text),
             Mode::AuthUsername => self.auth_login_user(&text),
@@ -534,7 +543,9 @@ impl Session {
             self.mode = Mode::Command;
             return true;
         };
+        let filtered = self.params.data_filtered;
         let chunk = &mut self.chunk;
+        let mut lines = Vec::new();
         // `-T smtp`: every message line (checked once per feed, not per line).
         let trace = crate::log::tracing("smtp");
         let feed = receiver.feed(&self.input[self.start..], |line| {
@@ -545,11 +556,29 @@ impl Session {
                     String::from_utf8_lossy(line).trim_end_matches(['\r', '\n'])
                 );
             }
-            if writer.error().is_none() {
+            if filtered {
+                lines.extend_from_slice(line);
+                lines.push(b'\n');
+            } else if writer.error().is_none() {
                 writer.line(line, chunk);
             }
         });
         self.start += feed.consumed;
+        if filtered {
+            if feed.outcome == DataOutcome::End {
+                lines.extend_from_slice(b".\n");
+            }
+            if !lines.is_empty() {
+                self.actions.push_back(Action::FilterData(lines));
+            }
+            if feed.outcome == DataOutcome::End {
+                tracing::trace!(target: "smtp", "<<< [EOM]");
+                self.event(Event::ClientLine(".".into()));
+                self.mode = Mode::Command;
+                self.ask(Waiting::FilteredData, Question::FilteredData);
+                return true;
+            }
+        }
         match feed.outcome {
             DataOutcome::NeedMore => false,
             DataOutcome::LineTooLong => {
@@ -558,6 +587,9 @@ impl Session {
             }
             DataOutcome::End => {
                 tracing::trace!(target: "smtp", "<<< [EOM]");
+                if self.params.filtered {
+                    self.event(Event::ClientLine(".".into()));
+                }
                 self.mode = Mode::Command;
                 self.filter_phase(FilterPhase::Commit, String::new());
                 true
@@ -1090,16 +1122,68 @@ impl Session {
             masquerade_from,
         });
         let limits = self.params.limits;
+        let filtered = self.params.data_filtered;
         if let Some(tx) = self.tx.as_mut() {
             tx.writer = Some(writer);
-            tx.receiver = Some(DataReceiver::with_line_limit(
-                limits.max_message_size,
-                limits.max_line,
-            ));
+            tx.receiver = Some(if filtered {
+                DataReceiver::raw(limits.max_message_size, limits.max_line)
+            } else {
+                DataReceiver::with_line_limit(limits.max_message_size, limits.max_line)
+            });
         }
-        self.chunk.extend_from_slice(prelude.as_bytes());
+        if filtered {
+            // smtpd's own lines are the first the data-line filters see.
+            self.actions
+                .push_back(Action::FilterData(prelude.into_bytes()));
+        } else {
+            self.chunk.extend_from_slice(prelude.as_bytes());
+        }
         self.mode = Mode::Data;
         self.enter("STATE_BODY");
+    }
+
+    /// The message came back from the data-line filters: it is read as if the client had
+    /// sent it (dot-unstuffing, the size limit, header rules), then the commit phase runs.
+    fn filtered_data(&mut self, data: Result<Vec<u8>, Reply>) {
+        let limits = self.params.limits;
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        let too_big = tx.receiver.as_ref().is_some_and(DataReceiver::too_big);
+        let data = match data {
+            Ok(d) => d,
+            Err(r) => {
+                self.reply(r);
+                self.drop_transaction();
+                self.enter("STATE_HELO");
+                return;
+            }
+        };
+        // A client's message that was already too big keeps its receiver, which refuses it
+        // at the commit.
+        if !too_big {
+            let mut rx = DataReceiver::with_line_limit(limits.max_message_size, limits.max_line);
+            let Some(writer) = tx.writer.as_mut() else {
+                return;
+            };
+            let chunk = &mut self.chunk;
+            let mut input = data;
+            input.extend_from_slice(b".\r\n");
+            let feed = rx.feed(&input, |line| {
+                if writer.error().is_none() {
+                    writer.line(line, chunk);
+                }
+            });
+            if feed.outcome == DataOutcome::LineTooLong {
+                self.chunk.clear();
+                self.reply(Reply::line_too_long());
+                self.drop_transaction();
+                self.enter("STATE_HELO");
+                return;
+            }
+            tx.receiver = Some(rx);
+        }
+        self.filter_phase(FilterPhase::Commit, String::new());
     }
 
     /// smtpd's own lines at the top of the message: `X-Spam: Yes` for junk, then Received.
@@ -1218,10 +1302,13 @@ pub fn fuzz_session(data: &[u8]) {
         ClientInfo::unknown(ClientAddress::Ip([127, 0, 0, 1].into())),
     );
     params.filtered = data.first().is_some_and(|b| b & 1 == 1);
+    // An identity data-line filter: what goes out comes back.
+    params.data_filtered = params.filtered && data.first().is_some_and(|b| b & 2 == 2);
     params.tls = TlsMode::StartTls;
     params.auth = AuthMode::Optional;
     params.limits.max_message_size = 4096;
     let mut s = Session::new(params);
+    let mut filtered = Vec::new();
     let cut = data.len() / 2;
     for piece in [&data[..cut], &data[cut..]] {
         s.input(piece);
@@ -1229,6 +1316,15 @@ pub fn fuzz_session(data: &[u8]) {
             let Some(action) = s.next_action() else { break };
             let question = match action {
                 Action::Ask(q) => *q,
+                Action::FilterData(lines) => {
+                    for line in lines.split(|&b| b == b'\n') {
+                        if line != b"." && filtered.len() < 1 << 16 {
+                            filtered.extend_from_slice(line);
+                            filtered.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    continue;
+                }
                 Action::StartTls => {
                     s.tls_established(TlsInfo {
                         version: "TLSv1.3".into(),
@@ -1254,6 +1350,7 @@ pub fn fuzz_session(data: &[u8]) {
                 })),
                 Question::CommitMessage { .. } => Answer::CommitMessage(CommitVerdict::Committed),
                 Question::Credentials(_) => Answer::Credentials(AuthVerdict::Rejected),
+                Question::FilteredData => Answer::FilteredData(Ok(std::mem::take(&mut filtered))),
             };
             let _ = s.answer(answer);
         }

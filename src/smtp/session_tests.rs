@@ -41,6 +41,24 @@ struct Driver {
     hold: bool,
     next_msgid: u32,
     next_evp: u32,
+    /// What went to the data-line filters (`Action::FilterData`), as sent.
+    filter_lines: Vec<u8>,
+    /// The data-line filters' answer, made of what they were sent (final `.` left out).
+    data_filter: Option<DataFilterFn>,
+}
+
+type DataFilterFn = Box<dyn FnMut(&[u8]) -> Result<Vec<u8>, Reply>>;
+
+/// LF line ends to CRLF (what a data-line filter's answer is made of).
+fn crlf(lines: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() + lines.len() / 16);
+    for &b in lines {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
 }
 
 fn client() -> ClientInfo {
@@ -97,6 +115,8 @@ impl Driver {
             hold: false,
             next_msgid: 0xf952a52e,
             next_evp: 0x5711b017,
+            filter_lines: Vec::new(),
+            data_filter: None,
         };
         d.pump();
         d
@@ -145,6 +165,17 @@ impl Driver {
             Question::CommitMessage { .. } => {
                 Answer::CommitMessage(self.commit.pop_front().unwrap_or(CommitVerdict::Committed))
             }
+            Question::FilteredData => {
+                let sent = self
+                    .filter_lines
+                    .strip_suffix(b".\n")
+                    .unwrap_or(&[])
+                    .to_vec();
+                Answer::FilteredData(match self.data_filter.as_mut() {
+                    Some(f) => f(&sent),
+                    None => Ok(crlf(&sent)),
+                })
+            }
             Question::Credentials(c) => Answer::Credentials(if self.auth_tempfail {
                 AuthVerdict::TempFail
             } else if c.user == b"joe" && c.password == self.password {
@@ -181,6 +212,7 @@ impl Driver {
                     }
                 }
                 Action::MessageData(b) => self.message.extend_from_slice(&b),
+                Action::FilterData(b) => self.filter_lines.extend_from_slice(&b),
                 Action::Rollback(id) => {
                     self.rollbacks.push(id);
                     self.message.clear();
@@ -1724,4 +1756,98 @@ proptest! {
         prop_assert_eq!(&whole.committed, &bytewise.committed);
         prop_assert_eq!(&whole.events, &bytewise.events);
     }
+}
+
+fn data_filtered() -> Driver {
+    let mut p = params();
+    p.data_filtered = true;
+    Driver::with_filter(p, Box::new(|_, _, _| FilterVerdict::Proceed))
+}
+
+/// Data-line filters get smtpd's own lines, then the client's lines as received (still
+/// dot-stuffed) and the final `.`; what they give back is read as the message (unstuffed,
+/// header rules applied) and the commit phase follows.
+#[test]
+fn data_line_filters_see_raw_lines_and_their_answer_is_the_message() {
+    let mut d = data_filtered();
+    d.data_filter = Some(Box::new(|sent| {
+        let text = String::from_utf8_lossy(sent).replace("secret", "censored");
+        Ok(crlf(format!("X-Filtered: yes\n{text}").as_bytes()))
+    }));
+    d.say("EHLO client.example");
+    d.say("MAIL FROM:<alice@client.example>");
+    d.say("RCPT TO:<foo@bsdsx.fr>");
+    d.say("DATA");
+    assert!(d.message.is_empty());
+    assert_eq!(
+        d.raw(b"Subject: s\r\n\r\n..dot\r\nsecret\r\n.\r\n"),
+        "250 2.0.0 f952a52e Message accepted for delivery\r\n"
+    );
+    let sent = String::from_utf8(d.filter_lines.clone()).unwrap();
+    assert!(sent.starts_with("Received: from client.example"), "{sent}");
+    assert!(
+        sent.ends_with("\nSubject: s\n\n..dot\nsecret\n.\n"),
+        "{sent}"
+    );
+    let msg = committed_text(&d, 0);
+    assert!(
+        msg.starts_with("X-Filtered: yes\nReceived: from client.example"),
+        "{msg}"
+    );
+    assert!(msg.ends_with("\nSubject: s\n\n.dot\ncensored\n"), "{msg}");
+    // The commit phase ran after the filters gave the message back.
+    assert!(matches!(
+        d.questions.iter().rev().nth(1),
+        Some(Question::Filter {
+            phase: FilterPhase::Commit,
+            ..
+        })
+    ));
+    assert!(d.events.iter().any(|e| *e == Event::ClientLine(".".into())));
+}
+
+#[test]
+fn data_line_filter_failure_is_a_temporary_error_and_the_session_goes_on() {
+    let mut d = data_filtered();
+    d.data_filter = Some(Box::new(|_| Err(Reply::filter_tempfail())));
+    d.say("HELO client.example");
+    d.say("MAIL FROM:<alice@client.example>");
+    d.say("RCPT TO:<foo@bsdsx.fr>");
+    d.say("DATA");
+    assert_eq!(
+        d.raw(b"Subject: s\r\n\r\nb\r\n.\r\n"),
+        "451 4.3.0 Temporary failure\r\n"
+    );
+    assert_eq!(d.rollbacks.len(), 1);
+    assert!(d.committed.is_empty());
+    assert_eq!(d.say("NOOP"), "250 2.0.0 Ok\r\n");
+}
+
+/// The size limit holds for what the client sent, whatever the filters give back, and for
+/// what they give back.
+#[test]
+fn data_line_filters_do_not_lift_the_size_limit() {
+    let mut p = params();
+    p.data_filtered = true;
+    p.limits.max_message_size = 1000;
+    let mut d = Driver::with_filter(p, Box::new(|_, _, _| FilterVerdict::Proceed));
+    d.data_filter = Some(Box::new(|_| Ok(b"Subject: small\r\n\r\nx\r\n".to_vec())));
+    d.say("HELO client.example");
+    d.say("MAIL FROM:<alice@client.example>");
+    d.say("RCPT TO:<foo@bsdsx.fr>");
+    d.say("DATA");
+    let big = format!("Subject: s\r\n\r\n{}\r\n.\r\n", "a".repeat(2000));
+    let r = d.raw(big.as_bytes());
+    assert!(r.starts_with("554 5.3.4 Message too big"), "{r}");
+    assert!(d.committed.is_empty());
+
+    d.data_filter = Some(Box::new(|_| Ok(crlf("x\n".repeat(2000).as_bytes()))));
+    d.say("MAIL FROM:<alice@client.example>");
+    d.say("RCPT TO:<foo@bsdsx.fr>");
+    d.say("DATA");
+    assert!(
+        d.raw(b"Subject: s\r\n\r\nsmall\r\n.\r\n")
+            .starts_with("554 5.3.4")
+    );
+    assert!(d.committed.is_empty());
 }

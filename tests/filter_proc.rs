@@ -1,0 +1,454 @@
+//! Filter programs (`proc-exec`, `proc` + `filter … proc`) end to end: the built daemon
+//! starts real programs (POSIX shell scripts) and speaks protocol 0.6 with them; clients
+//! talk SMTP over loopback; mail is checked in real maildirs and the programs' input in the
+//! files they record it to.
+
+mod common;
+use common::{Daemon, dialogue, files_under, vmail};
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A filter program in `dir`: registers for every report, the rcpt-to, mail-from and
+/// data-line phases, records every line it reads to `LOG`, and decides:
+/// * rcpt-to `rej…` → reject `550 5.7.1 rejected by filter`; `rw…` → rewrite to
+///   `<foo@example.org>`; `bye…` → disconnect `421 4.7.0 go away`;
+/// * mail-from `junk…` → junk;
+/// * data-line: adds `X-Filtered: yes` before the first line, replaces a line `secret` by
+///   `censored`, passes everything else (the final `.` included) back unchanged.
+const FILTER: &str = r#"#!/bin/sh
+log="$1"
+set -f
+while IFS= read -r line; do
+    printf '%s\n' "$line" >> "$log"
+    [ "$line" = "config|ready" ] && break
+done
+echo "register|report|smtp-in|*"
+echo "register|filter|smtp-in|mail-from"
+echo "register|filter|smtp-in|rcpt-to"
+echo "register|filter|smtp-in|data-line"
+echo "register|ready"
+first=yes
+while IFS= read -r line; do
+    printf '%s\n' "$line" >> "$log"
+    case "$line" in
+    filter\|*)
+        IFS='|'
+        set -- $line
+        IFS=' '
+        phase=$5 sid=$6 token=$7 arg=$8
+        case "$phase" in
+        data-line)
+            data=${line#*|*|*|*|*|*|*|}
+            if [ "$first" = yes ]; then
+                echo "filter-dataline|$sid|$token|X-Filtered: yes"
+                first=no
+            fi
+            [ "$data" = "." ] && first=yes
+            [ "$data" = "secret" ] && data=censored
+            printf 'filter-dataline|%s|%s|%s\n' "$sid" "$token" "$data"
+            ;;
+        rcpt-to)
+            case "$arg" in
+            rej*) echo "filter-result|$sid|$token|reject|550 5.7.1 rejected by filter" ;;
+            rw*) echo "filter-result|$sid|$token|rewrite|<foo@example.org>" ;;
+            bye*) echo "filter-result|$sid|$token|disconnect|421 4.7.0 go away" ;;
+            *) echo "filter-result|$sid|$token|proceed" ;;
+            esac
+            ;;
+        mail-from)
+            case "$arg" in
+            junk*) echo "filter-result|$sid|$token|junk" ;;
+            *) echo "filter-result|$sid|$token|proceed" ;;
+            esac
+            ;;
+        *) echo "filter-result|$sid|$token|proceed" ;;
+        esac
+        ;;
+    esac
+done
+"#;
+
+/// A directory the programs (running as the daemon's unprivileged user when the tests run
+/// as root) can read, with `name` written in it as an executable script.
+fn setup(script: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prog = dir.path().join("filter.sh");
+    std::fs::write(&prog, script).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = dir.path().join("filter.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    (dir, prog, log)
+}
+
+fn config(prog: &Path, log: &Path, vmail: &Path, ids: &str) -> String {
+    format!(
+        "table users {{ foo = \"{ids}:/var/empty\", bar = \"{ids}:/var/empty\" }}\n\
+         filter \"check\" proc-exec \"{} {}\"\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter \"check\"\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" junk userbase <users>\n\
+         match from any for domain \"example.org\" action \"local\"\n",
+        prog.display(),
+        log.display(),
+        vmail.display()
+    )
+}
+
+/// Waits (at most 10 s) until `file` contains `text`.
+fn wait_file(file: &Path, text: &str) -> String {
+    wait_until(file, |s| s.contains(text))
+}
+
+/// Waits (at most 10 s) until what `file` holds satisfies `done`; returns it.
+fn wait_until(file: &Path, done: impl Fn(&str) -> bool) -> String {
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(file).unwrap_or_default();
+        if done(&s) || t.elapsed() > Duration::from_secs(10) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_filter_program_rejects_rewrites_and_edits_the_message() {
+    let (dir, prog, log) = setup(FILTER);
+    let (vmail, ids) = vmail(dir.path());
+    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    let r = dialogue(
+        d.port,
+        &[
+            "EHLO c.test",
+            "MAIL FROM:<sender@elsewhere.test>",
+            "RCPT TO:<rej1@example.org>",
+            "RCPT TO:<rw@example.org>",
+            "DATA",
+            "Subject: filter test\r\nX-Pipe: a|b\r\n\r\n..leading dot line\r\nsecret\r\nend\r\n.",
+            "QUIT",
+        ],
+    );
+    assert!(r[0].starts_with("220 mx.test ESMTP"), "{r:?}");
+    assert_eq!(r[3], "550 5.7.1 rejected by filter\r\n", "{r:?}");
+    assert!(r[4].starts_with("250 2.1.5"), "{r:?}");
+    assert!(r[5].starts_with("354 "), "{r:?}");
+    assert!(r[6].starts_with("250 2.0.0 "), "{r:?}");
+    // The rewritten recipient got the message, as the filter changed it.
+    let files = files_under(&vmail.join("foo"));
+    assert_eq!(files.len(), 1, "{files:?} {}", d.log());
+    let msg = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        msg.contains("\nX-Filtered: yes\nReceived: from c.test"),
+        "{msg}"
+    );
+    assert!(msg.contains("\nX-Pipe: a|b\n"), "{msg}");
+    assert!(
+        msg.contains("\n.leading dot line\ncensored\nend\n"),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"), "{msg}");
+    assert!(files_under(&vmail.join("rw")).is_empty());
+
+    // What the program read: the handshake, then reports and requests of this session
+    // (the daemon's start-up probe made a session of its own before).
+    wait_file(&log, "|221 2.0.0 Bye");
+    let seen = wait_until(&log, |s| s.matches("|link-disconnect|").count() >= 2);
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        &[
+            "config|smtpd-version|6.8.0p2",
+            "config|smtp-session-timeout|300",
+            "config|subsystem|smtp-in",
+            lines[3],
+            "config|ready"
+        ]
+    );
+    assert!(lines[3].starts_with("config|admd|"), "{lines:?}");
+    let sid = lines
+        .iter()
+        .find(|l| l.ends_with("|protocol-client|EHLO c.test") || l.contains("|EHLO c.test"))
+        .map(|l| l.split('|').nth(5).unwrap().to_string())
+        .expect("link-connect");
+    let field = |l: &&str, n: usize| l.split('|').nth(n).map(str::to_string);
+    let events: Vec<String> = lines[5..]
+        .iter()
+        .filter(|l| field(l, 5).as_deref() == Some(sid.as_str()))
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f[1], "0.6", "{l}");
+            assert!(f[2].contains('.') && f[2].len() > 7, "{l}");
+            // kind, event/phase, and the parameters after the session (tokens left out).
+            let rest = if f[0] == "filter" { &f[7..] } else { &f[6..] };
+            format!("{}|{}|{}", f[0], f[4], rest.join("|"))
+        })
+        .collect();
+    let has = |e: &str| events.iter().any(|x| x == e);
+    assert!(
+        events[0].starts_with("report|link-connect|<unknown>|fail|127.0.0.1:"),
+        "{events:#?}"
+    );
+    for e in [
+        "report|protocol-server|220 mx.test ESMTP OpenSMTPD",
+        "report|link-greeting|mx.test",
+        "report|protocol-client|EHLO c.test",
+        "report|link-identify|EHLO|c.test",
+        "report|protocol-client|MAIL FROM:<sender@elsewhere.test>",
+        "filter|mail-from|sender@elsewhere.test",
+        "report|filter-response|mail-from|proceed",
+        "filter|rcpt-to|rej1@example.org",
+        "report|filter-response|rcpt-to|reject|550 5.7.1 rejected by filter",
+        "report|protocol-server|550 5.7.1 rejected by filter",
+        "filter|rcpt-to|rw@example.org",
+        "report|filter-response|rcpt-to|rewrite|<foo@example.org>",
+        "filter|data-line|Subject: filter test",
+        "filter|data-line|X-Pipe: a|b",
+        "filter|data-line|..leading dot line",
+        "filter|data-line|.",
+        "report|protocol-client|QUIT",
+        "report|protocol-server|221 2.0.0 Bye",
+        "report|link-disconnect|",
+    ] {
+        assert!(has(e), "missing {e}: {events:#?}");
+    }
+    let msgid = events
+        .iter()
+        .find_map(|e| e.strip_prefix("report|tx-begin|"))
+        .expect("tx-begin")
+        .to_string();
+    for e in [
+        format!("report|tx-mail|{msgid}|ok|sender@elsewhere.test"),
+        format!("report|tx-rcpt|{msgid}|permfail|rej1@example.org"),
+        format!("report|tx-rcpt|{msgid}|ok|foo@example.org"),
+        format!("report|tx-data|{msgid}|ok"),
+        format!("report|tx-reset|{msgid}"),
+    ] {
+        assert!(has(&e), "missing {e}: {events:#?}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with(&format!("report|tx-commit|{msgid}|"))),
+        "{events:#?}"
+    );
+    // Order: the reply is reported before the transaction events it concludes, smtpd's own
+    // Received line is the first data line after the filter's header.
+    let pos = |e: &str| events.iter().position(|x| x.starts_with(e)).unwrap();
+    assert!(pos("report|protocol-server|550 5.7.1") < pos("report|tx-rcpt"));
+    assert!(pos("filter|data-line|Received: from c.test") < pos("filter|data-line|Subject"));
+    assert!(pos("filter|data-line|.") < pos("report|tx-commit"));
+    d.stop();
+}
+
+#[test]
+fn filter_junk_goes_to_the_junk_folder_and_disconnect_closes() {
+    let (dir, prog, log) = setup(FILTER);
+    let (vmail, ids) = vmail(dir.path());
+    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    let r = dialogue(
+        d.port,
+        &[
+            "HELO c.test",
+            "MAIL FROM:<junk@elsewhere.test>",
+            "RCPT TO:<bar@example.org>",
+            "DATA",
+            "Subject: junk\r\n\r\nbody\r\n.",
+            "RCPT TO:<nobody@example.org>",
+        ],
+    );
+    assert!(r[5].starts_with("250 2.0.0 "), "{r:?}");
+    let junk = files_under(&vmail.join("bar/.Junk/new"));
+    assert_eq!(junk.len(), 1, "{r:?} {}", d.log());
+    let msg = std::fs::read_to_string(&junk[0]).unwrap();
+    assert!(
+        msg.contains("\nX-Filtered: yes\nX-Spam: Yes\nReceived: "),
+        "{msg}"
+    );
+
+    let r = dialogue(
+        d.port,
+        &[
+            "HELO c.test",
+            "MAIL FROM:<a@elsewhere.test>",
+            "RCPT TO:<bye@example.org>",
+            "NOOP",
+        ],
+    );
+    assert_eq!(r[3], "421 4.7.0 go away\r\n", "{r:?}");
+    assert_eq!(r[4], "", "the connection is closed: {r:?}");
+    d.stop();
+}
+
+/// `proc NAME CMD` and `filter F proc NAME` reach the same program; a chain runs a builtin
+/// member before it.
+#[test]
+fn a_named_proc_in_a_chain_after_a_builtin() {
+    let (dir, prog, log) = setup(FILTER);
+    let (vmail, ids) = vmail(dir.path());
+    let conf = format!(
+        "table users {{ foo = \"{ids}:/var/empty\" }}\n\
+         proc \"p\" \"{} {}\"\n\
+         filter \"prog\" proc \"p\"\n\
+         filter \"nobody\" phase rcpt-to match rcpt-to regex \"^nobody@\" reject \"550 no such luser\"\n\
+         filter \"both\" chain {{ \"nobody\", \"prog\" }}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter \"both\"\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from any for domain \"example.org\" action \"local\"\n",
+        prog.display(),
+        log.display(),
+        vmail.display()
+    );
+    let d = Daemon::start(dir.path(), &conf, &["-T", "filters"]);
+    let r = dialogue(
+        d.port,
+        &[
+            "HELO c.test",
+            "MAIL FROM:<a@elsewhere.test>",
+            "RCPT TO:<nobody@example.org>",
+            "RCPT TO:<rej@example.org>",
+            "RCPT TO:<foo@example.org>",
+            "QUIT",
+        ],
+    );
+    assert_eq!(r[3], "550 no such luser\r\n", "{r:?}");
+    assert_eq!(r[4], "550 5.7.1 rejected by filter\r\n", "{r:?}");
+    assert!(r[5].starts_with("250 "), "{r:?}");
+    wait_file(&log, "|221 2.0.0 Bye");
+    let seen = wait_until(&log, |s| s.matches("|link-disconnect|").count() >= 2);
+    // The builtin decided on nobody@: the program was not asked.
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.starts_with("filter|") && l.ends_with("|nobody@example.org")),
+        "{seen}"
+    );
+    assert!(seen.contains("|rej@example.org\n"), "{seen}");
+    let log = d.stop();
+    assert!(
+        log.contains("filters init type=proc, name=prog, proc=p"),
+        "{log}"
+    );
+    assert!(
+        log.contains("filters protocol phase=rcpt-to, resume=y, action=deferred, filter=prog"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "filters protocol phase=connect, resume=y, action=reject, filter=prog, \
+             query=rej@example.org, response=550 5.7.1 rejected by filter"
+        ),
+        "{log}"
+    );
+}
+
+/// A rule, so that the configuration has something to do.
+const RULE: &str = "action \"l\" mbox\nmatch from any for local action \"l\"\n";
+
+/// Runs the daemon on `conf` and waits (at most 10 s) for it to exit; returns its log.
+fn run_until_exit(dir: &Path, conf: &str) -> (Option<std::process::ExitStatus>, String) {
+    let path = dir.join("smtpd.conf");
+    std::fs::write(
+        &path,
+        conf.replace("PORT", &common::free_port().to_string()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-f"])
+        .arg(&path)
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status, err)
+}
+
+#[test]
+fn a_program_that_breaks_the_handshake_stops_the_daemon() {
+    let (dir, prog, _) = setup("#!/bin/sh\nread x\necho hello\nsleep 5\n");
+    let conf = format!(
+        "filter \"bad\" proc-exec \"{}\"\nlisten on 127.0.0.1 port PORT filter \"bad\"\n{RULE}",
+        prog.display()
+    );
+    let (status, err) = run_until_exit(dir.path(), &conf);
+    assert!(status.is_some_and(|s| !s.success()), "{status:?} {err}");
+    assert!(
+        err.contains("processor bad: Non-register message before register|ready: hello"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_program_that_exits_stops_the_daemon() {
+    // Registers, then exits at its first input after the handshake.
+    let (dir, prog, _) = setup(
+        "#!/bin/sh\nwhile read -r l; do [ \"$l\" = 'config|ready' ] && break; done\n\
+         echo 'register|report|smtp-in|link-connect'\necho 'register|ready'\nread x\nexit 3\n",
+    );
+    let conf = format!(
+        "filter \"quitter\" proc-exec \"{}\"\nlisten on 127.0.0.1 port PORT filter \"quitter\"\n{RULE}",
+        prog.display()
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", d.port));
+    assert!(
+        d.wait_log("warn: lost processor: quitter exited abnormally", 10),
+        "{}",
+        d.log()
+    );
+    let mut d = d;
+    let t = Instant::now();
+    while d.is_running() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!d.is_running(), "the daemon went on without its filter");
+}
+
+/// A program's error output is logged under its name; a relative command is looked for
+/// under /usr/libexec/opensmtpd.
+#[test]
+fn stderr_is_logged_and_relative_commands_live_in_libexec() {
+    let (dir, prog, _) = setup(
+        "#!/bin/sh\nwhile read -r l; do [ \"$l\" = 'config|ready' ] && break; done\n\
+         echo 'starting up' >&2\necho 'register|ready'\nwhile read -r l; do :; done\n",
+    );
+    let conf = format!(
+        "filter \"talk\" proc-exec \"{}\"\nlisten on 127.0.0.1 port PORT filter \"talk\"\n{RULE}",
+        prog.display()
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    assert!(d.wait_log("talk: starting up", 10), "{}", d.log());
+    let r = dialogue(d.port, &["QUIT"]);
+    assert!(r[0].starts_with("220 "), "{r:?}");
+    d.stop();
+
+    let conf = format!(
+        "filter \"missing\" proc-exec \"no-such-filter-program\"\n\
+         listen on 127.0.0.1 port PORT filter \"missing\"\n{RULE}"
+    );
+    let (status, err) = run_until_exit(dir.path(), &conf);
+    assert!(status.is_some_and(|s| !s.success()), "{status:?} {err}");
+    assert!(
+        err.contains("/usr/libexec/opensmtpd/no-such-filter-program"),
+        "{err}"
+    );
+}
