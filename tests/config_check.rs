@@ -362,6 +362,11 @@ fn diagnostics_are_opensmtpds() {
             "warn: F:2: auth-plaintext: this listener accepts passwords without TLS\nconfiguration OK\n",
         ),
         ("listen on lo auth-plaintext\n".into(), "F:1: auth-plaintext requires auth\nwarn: no rules, nothing to do\n"),
+        // Other options may follow it, and it may come before `auth`.
+        (
+            "table c { alice = \"x\" }\nlisten on lo auth <c> auth-plaintext tag t port 2626\nlisten on lo port 2627 auth-plaintext auth <c>\naction \"l\" mbox\nmatch action \"l\"\n".into(),
+            "warn: F:2: auth-plaintext: this listener accepts passwords without TLS\nwarn: F:3: auth-plaintext: this listener accepts passwords without TLS\nconfiguration OK\n",
+        ),
         // After a table-less `auth` (system accounts) or `auth-optional`, it is the option too.
         (
             "listen on lo auth auth-plaintext\naction \"l\" mbox\nmatch action \"l\"\n".into(),

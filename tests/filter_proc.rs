@@ -240,6 +240,9 @@ fn a_filter_program_rejects_rewrites_and_edits_the_message() {
     assert!(pos("report|protocol-server|550 5.7.1") < pos("report|tx-rcpt"));
     assert!(pos("filter|data-line|Received: from c.test") < pos("filter|data-line|Subject"));
     assert!(pos("filter|data-line|.") < pos("report|tx-commit"));
+    // As in OpenSMTPD, smtpd's own lines go out before the 354 is reported.
+    assert!(pos("filter|data-line|Received: ") < pos("report|protocol-server|354 "));
+    assert!(pos("report|protocol-server|354 ") < pos("report|tx-data|"));
     d.stop();
 }
 
@@ -450,5 +453,194 @@ fn stderr_is_logged_and_relative_commands_live_in_libexec() {
     assert!(
         err.contains("/usr/libexec/opensmtpd/no-such-filter-program"),
         "{err}"
+    );
+}
+
+/// A program that registers for `PHASES` (space-separated), records what it reads to its
+/// first argument, answers `proceed` to every request except at PHASE `$2` where it answers
+/// `$3` (a decision with its parameter), and on data lines adds the header `$4` before the
+/// first line and passes the rest back.
+const PROGRAM: &str = r#"#!/bin/sh
+log="$1" at="$2" answer="$3" header="$4"
+set -f
+while IFS= read -r line; do
+    [ "$line" = "config|ready" ] && break
+done
+echo "register|report|smtp-in|*"
+for p in $PHASES; do echo "register|filter|smtp-in|$p"; done
+echo "register|ready"
+first=yes
+while IFS= read -r line; do
+    printf '%s\n' "$line" >> "$log"
+    case "$line" in
+    filter\|*)
+        IFS='|'
+        set -- $line
+        IFS=' '
+        phase=$5 sid=$6 token=$7
+        if [ "$phase" = data-line ]; then
+            data=${line#*|*|*|*|*|*|*|}
+            if [ "$first" = yes ]; then
+                echo "filter-dataline|$sid|$token|$header"
+                first=no
+            fi
+            [ "$data" = "." ] && first=yes
+            printf 'filter-dataline|%s|%s|%s\n' "$sid" "$token" "$data"
+        elif [ "$phase" = "$at" ]; then
+            echo "filter-result|$sid|$token|$answer"
+        else
+            echo "filter-result|$sid|$token|proceed"
+        fi
+        ;;
+    esac
+done
+"#;
+
+/// `proc-exec` line for [`PROGRAM`].
+fn program(prog: &Path, log: &Path, phases: &str, at: &str, answer: &str, header: &str) -> String {
+    format!(
+        "\"/usr/bin/env PHASES={phases} {} {} {at} '{answer}' '{header}'\"",
+        prog.display(),
+        log.display()
+    )
+}
+
+/// Two data-line programs in a chain: the first one's output is the second one's input,
+/// and the second one's output is the message.
+#[test]
+fn data_line_programs_feed_each_other() {
+    let (dir, prog, log) = setup(PROGRAM);
+    std::fs::write(dir.path().join("second.log"), "").unwrap();
+    let log2 = dir.path().join("second.log");
+    std::fs::set_permissions(&log2, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (vmail, ids) = vmail(dir.path());
+    let conf = format!(
+        "table users {{ foo = \"{ids}:/var/empty\" }}\n\
+         filter \"one\" proc-exec {}\n\
+         filter \"two\" proc-exec {}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter {{ \"one\", \"two\" }}\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from any for domain \"example.org\" action \"local\"\n",
+        program(&prog, &log, "data-line", "-", "-", "X-One: 1"),
+        program(&prog, &log2, "data-line", "-", "-", "X-Two: 2"),
+        vmail.display()
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let body: String = (0..300).map(|i| format!("line {i}\r\n")).collect();
+    let r = dialogue(
+        d.port,
+        &[
+            "HELO c.test",
+            "MAIL FROM:<a@elsewhere.test>",
+            "RCPT TO:<foo@example.org>",
+            "DATA",
+            &format!("Subject: two\r\n\r\n{body}."),
+            "QUIT",
+        ],
+    );
+    assert!(r[5].starts_with("250 2.0.0 "), "{r:?} {}", d.log());
+    let files = files_under(&vmail.join("foo"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    let msg = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        msg.contains("\nX-Two: 2\nX-One: 1\nReceived: from c.test"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("\nline 0\n") && msg.ends_with("\nline 299\n"),
+        "{msg}"
+    );
+    // The second program read the first one's output.
+    let seen = wait_until(&log2, |s| {
+        s.lines()
+            .any(|l| l.contains("|data-line|") && l.ends_with("|."))
+    });
+    assert!(
+        seen.contains("|data-line|") && seen.contains("|X-One: 1\n"),
+        "{seen}"
+    );
+    d.stop();
+}
+
+/// A connect-phase program decides before the banner; AUTH is reported (user, result),
+/// with the credentials masked in `protocol-client`.
+#[test]
+fn connect_decisions_and_auth_reports() {
+    let (dir, prog, log) = setup(PROGRAM);
+    let conf = format!(
+        "table creds {{ joe = \"$6$Gc2S7mRxZ0tDLl7e$QNeYIgy7ps2W0ZuqpGWU0OAMfWH6z8ZvZ3b5lW9Cpsx3VJdz3pQ8cSutxsMvmTZ8sVT1R2T0r4oDDFTzYQkMN1\" }}\n\
+         filter \"gate\" proc-exec {}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test auth <creds> auth-plaintext filter \"gate\"\n{RULE}",
+        program(&prog, &log, "connect", "connect", "junk", "-")
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let r = dialogue(
+        d.port,
+        &["EHLO c.test", "AUTH PLAIN AGpvZQB3cm9uZw==", "QUIT"],
+    );
+    assert!(r[0].starts_with("220 mx.test "), "{r:?}");
+    assert!(r[2].starts_with("535 "), "{r:?}");
+    let seen = wait_file(&log, "|221 2.0.0 Bye");
+    assert!(seen.contains("|filter-response|"), "{seen}");
+    // The connect request carries `RDNS|ADDRESS`.
+    assert!(
+        seen.lines().any(|l| l.starts_with("filter|0.6|")
+            && l.contains("|smtp-in|connect|")
+            && l.ends_with("|<unknown>|127.0.0.1")),
+        "{seen}"
+    );
+    assert!(seen.contains("|connected|junk\n"), "{seen}");
+    assert!(seen.contains("|protocol-client|"), "{seen}");
+    assert!(seen.contains("|AUTH PLAIN ********\n"), "{seen}");
+    assert!(!seen.contains("AGpvZQB3cm9uZw"), "{seen}");
+    assert!(seen.contains("|link-auth|"), "{seen}");
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("|link-auth|") && l.ends_with("|joe|fail")),
+        "{seen}"
+    );
+    d.stop();
+
+    // A disconnect at connect is the greeting, and the end.
+    let conf = format!(
+        "filter \"gate\" proc-exec {}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter \"gate\"\n{RULE}",
+        program(
+            &prog,
+            &log,
+            "connect",
+            "connect",
+            "disconnect|421 4.7.0 not today",
+            "-"
+        )
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let r = dialogue(d.port, &["EHLO c.test"]);
+    assert_eq!(r[0], "421 4.7.0 not today\r\n", "{r:?}");
+    assert_eq!(r[1], "", "{r:?}");
+    d.stop();
+}
+
+/// An answer the protocol does not allow stops the daemon, with 6.8's reason.
+#[test]
+fn a_malformed_answer_stops_the_daemon() {
+    let (dir, prog, log) = setup(PROGRAM);
+    let conf = format!(
+        "filter \"bad\" proc-exec {}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter \"bad\"\n{RULE}",
+        program(&prog, &log, "helo", "helo", "proceed|extra", "-")
+    );
+    let mut d = Daemon::start(dir.path(), &conf, &[]);
+    let _ = dialogue(d.port, &["HELO c.test"]);
+    let t = Instant::now();
+    while d.is_running() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!d.is_running());
+    assert!(
+        d.log()
+            .contains("fatal: processor bad: Unexpected parameter after proceed"),
+        "{}",
+        d.log()
     );
 }

@@ -1105,6 +1105,16 @@ impl Session {
         let Some(prelude) = self.message_prelude(&stamp) else {
             return self.reply(Reply::command_not_allowed());
         };
+        let filtered = self.params.data_filtered;
+        let prelude = if filtered {
+            // smtpd's own lines are the first the data-line filters see, even before the
+            // 354 (as OpenSMTPD sends them).
+            self.actions
+                .push_back(Action::FilterData(prelude.into_bytes()));
+            String::new()
+        } else {
+            prelude
+        };
         self.reply(Reply::start_mail_input());
         let masquerade_from = if self.params.masquerade && self.authenticated {
             self.tx
@@ -1122,7 +1132,6 @@ impl Session {
             masquerade_from,
         });
         let limits = self.params.limits;
-        let filtered = self.params.data_filtered;
         if let Some(tx) = self.tx.as_mut() {
             tx.writer = Some(writer);
             tx.receiver = Some(if filtered {
@@ -1131,13 +1140,7 @@ impl Session {
                 DataReceiver::with_line_limit(limits.max_message_size, limits.max_line)
             });
         }
-        if filtered {
-            // smtpd's own lines are the first the data-line filters see.
-            self.actions
-                .push_back(Action::FilterData(prelude.into_bytes()));
-        } else {
-            self.chunk.extend_from_slice(prelude.as_bytes());
-        }
+        self.chunk.extend_from_slice(prelude.as_bytes());
         self.mode = Mode::Data;
         self.enter("STATE_BODY");
     }
