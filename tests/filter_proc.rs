@@ -644,3 +644,168 @@ fn a_malformed_answer_stops_the_daemon() {
         d.log()
     );
 }
+
+/// Debian's `opensmtpd-filter-dkimsign` (libopensmtpd, a real OpenSMTPD filter), where
+/// `.ci/run` installs it.
+const DKIMSIGN: &str = "/usr/libexec/opensmtpd/filter-dkimsign";
+
+/// OpenSMTPD's DKIM signer runs unchanged under smtpd: it gets the message over data-line
+/// and its signature (Ed25519, RFC 8463) verifies against what was delivered, headers and
+/// body, so no line was lost, added or changed on the way through the filter.
+#[test]
+fn opensmtpds_dkimsign_filter_signs_the_delivered_message() {
+    if !Path::new(DKIMSIGN).exists() {
+        eprintln!("SKIPPED: {DKIMSIGN} is not installed (package opensmtpd-filter-dkimsign)");
+        return;
+    }
+    let (dir, _, _) = setup("");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let key_file = dir.path().join("dkim.pem");
+    std::fs::write(&key_file, pkcs8_v1_pem(&key)).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (vmail, ids) = vmail(dir.path());
+    let user = if nix::unistd::User::from_name("_dkimsign")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        " user _dkimsign group _dkimsign"
+    } else {
+        ""
+    };
+    let conf = format!(
+        "table users {{ foo = \"{ids}:/var/empty\" }}\n\
+         filter \"dkimsign\" proc-exec \"filter-dkimsign -a ed25519-sha256 -d example.org -s s1 -k {}\"{user}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test filter \"dkimsign\"\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from any for domain \"example.org\" action \"local\"\n",
+        key_file.display(),
+        vmail.display()
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let r = dialogue(
+        d.port,
+        &[
+            "EHLO c.test",
+            "MAIL FROM:<a@example.org>",
+            "RCPT TO:<foo@example.org>",
+            "DATA",
+            "From: a@example.org\r\nTo: foo@example.org\r\nSubject: signed\r\n\r\n\
+             Hello.\r\n..leading dot\r\nX-Pipe: a|b\r\n\r\n.",
+            "QUIT",
+        ],
+    );
+    assert!(r[5].starts_with("250 2.0.0 "), "{r:?} {}", d.log());
+    let files = files_under(&vmail.join("foo"));
+    assert_eq!(files.len(), 1, "{files:?} {}", d.log());
+    let msg = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        msg.contains("\n\nHello.\n.leading dot\nX-Pipe: a|b\n"),
+        "{msg}"
+    );
+    verify_dkim(&msg, key.public_key_raw());
+    // The check has teeth: one changed letter in the body or a signed header fails it.
+    for (from, to) in [("Hello.", "Hallo."), ("Subject: signed", "Subject: signeD")] {
+        let changed = msg.replace(from, to);
+        let pk = key.public_key_raw().to_vec();
+        let outcome = std::panic::catch_unwind(move || verify_dkim(&changed, &pk));
+        assert!(outcome.is_err(), "a changed message ({to}) still verifies");
+    }
+    d.stop();
+}
+
+/// The Ed25519 key as a version 1 PKCS#8 PEM (rcgen writes version 2, with the public key
+/// inside, which OpenSSL 3.0's PEM reader refuses).
+fn pkcs8_v1_pem(key: &rcgen::KeyPair) -> String {
+    use base64::Engine;
+    let der = key.serialize_der();
+    // Version 2 for Ed25519: 30 51 02 01 01 30 05 06 03 2b 65 70 04 22 04 20 SEED(32) 81 21 …
+    assert_eq!(
+        &der[..16],
+        b"\x30\x51\x02\x01\x01\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20"
+    );
+    let mut v1 = b"\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20".to_vec();
+    v1.extend_from_slice(&der[16..48]);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(v1);
+    format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
+}
+
+/// Checks a `c=simple/simple` Ed25519 DKIM signature of a message stored with LF line ends.
+fn verify_dkim(msg: &str, public: &[u8]) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sha256 = |data: &[u8]| ring::digest::digest(&ring::digest::SHA256, data);
+    let (head, body) = msg.split_once("\n\n").expect("header and body");
+    // Header fields with their folding, CRLF-terminated lines as on the wire.
+    let mut fields: Vec<String> = Vec::new();
+    for line in head.split('\n') {
+        match fields.last_mut() {
+            Some(f) if line.starts_with([' ', '\t']) => {
+                f.push_str("\r\n");
+                f.push_str(line);
+            }
+            _ => fields.push(line.to_string()),
+        }
+    }
+    let name_of = |f: &str| {
+        f.split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let sig = fields
+        .iter()
+        .find(|f| name_of(f) == "dkim-signature")
+        .unwrap_or_else(|| panic!("no DKIM-Signature: {msg}"))
+        .clone();
+    let value = sig.split_once(':').unwrap().1;
+    let tag = |name: &str| -> String {
+        value
+            .split(';')
+            .filter_map(|t| t.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect())
+            .unwrap_or_else(|| panic!("no {name}= in {sig}"))
+    };
+    assert_eq!(tag("a"), "ed25519-sha256");
+    assert_eq!(tag("c"), "simple/simple");
+    // Body: CRLF lines, trailing empty lines removed.
+    let mut canon = body.replace('\n', "\r\n");
+    while canon.ends_with("\r\n\r\n") {
+        canon.truncate(canon.len() - 2);
+    }
+    assert_eq!(
+        b64.encode(sha256(canon.as_bytes())),
+        tag("bh"),
+        "body hash of {canon:?}"
+    );
+    // Header data: the signed fields (last instance first), then the signature field with
+    // its b= value emptied and no line end.
+    let mut data = String::new();
+    for name in tag("h").split(':') {
+        let field = fields
+            .iter()
+            .rev()
+            .find(|f| name_of(f) == name.to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("signed field {name} missing"));
+        data.push_str(field);
+        data.push_str("\r\n");
+    }
+    let b_at = sig
+        .match_indices("b=")
+        .map(|(i, _)| i)
+        .find(|&i| {
+            sig[..i]
+                .trim_end_matches([' ', '\t', '\r', '\n'])
+                .ends_with(';')
+        })
+        .expect("b= tag");
+    let b_end = sig[b_at..].find(';').map_or(sig.len(), |e| b_at + e);
+    data.push_str(&sig[..b_at + 2]);
+    data.push_str(&sig[b_end..]);
+    let signature = b64.decode(tag("b")).expect("b= is base64");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(sha256(data.as_bytes()).as_ref(), &signature)
+        .unwrap_or_else(|_| panic!("DKIM signature does not verify over {data:?}"));
+}
