@@ -355,3 +355,72 @@ fn started_with_smtp_paused() {
     );
     assert!(banner_within(&mut waiting, Duration::from_secs(10)).is_some());
 }
+
+/// `update table NAME` re-reads a `file:` table: a domain added to the file is accepted
+/// afterwards without a restart. Unknown and inline tables are refused with a reason.
+#[test]
+fn update_table_rereads_a_file_table() {
+    let (dir, vmail, _) = setup();
+    let domains = dir.path().join("domains");
+    std::fs::write(&domains, "mx.test\n").unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         table domains file:{}\n\
+         table users {{ alice = \"2000:2000:/var/empty\" }}\n\
+         action \"local_mail\" maildir \"{}/%{{rcpt}}\" userbase <users>\n\
+         match from any for domain <domains> action \"local_mail\"\n",
+        domains.display(),
+        vmail.display()
+    );
+    let (d, port) = start(dir.path(), &conf, &[]);
+    let spool = dir.path().join("spool");
+    let rcpt = |to: &str| {
+        common::dialogue(
+            port,
+            &[
+                "HELO c.test",
+                "MAIL FROM:<a@c.test>",
+                &format!("RCPT TO:<alice@{to}>"),
+                "QUIT",
+            ],
+        )[3]
+        .clone()
+    };
+    assert!(rcpt("new.test").starts_with("550 "), "not ours yet");
+    std::fs::write(&domains, "mx.test\nnew.test\n").unwrap();
+    let out = smtpctl(&spool, &["update", "table", "domains"]);
+    assert_eq!(stdout(&out), "command succeeded\n");
+    assert!(out.status.success());
+    assert!(d.wait_log("info: Table \"domains\" successfully updated", 10));
+    assert!(
+        rcpt("new.test").starts_with("250 "),
+        "accepted after the update"
+    );
+    assert!(rcpt("mx.test").starts_with("250 "));
+
+    // Abbreviated words, as OpenSMTPD's smtpctl takes them.
+    std::fs::write(&domains, "mx.test\n").unwrap();
+    let out = smtpctl(&spool, &["up", "t", "domains"]);
+    assert_eq!(stdout(&out), "command succeeded\n");
+    assert!(rcpt("new.test").starts_with("550 "), "removed again");
+
+    let out = smtpctl(&spool, &["update", "table", "nope"]);
+    assert_eq!(stdout(&out), "command failed: no table named \"nope\"\n");
+    assert_eq!(out.status.code(), Some(1));
+    let out = smtpctl(&spool, &["update", "table", "users"]);
+    assert_eq!(
+        stdout(&out),
+        "command failed: table \"users\" is not read from a file\n"
+    );
+    assert!(d.wait_log("info: Failed to update table \"users\"", 10));
+    // A file that cannot be read leaves the table as it was.
+    std::fs::remove_file(&domains).unwrap();
+    let out = smtpctl(&spool, &["update", "table", "domains"]);
+    assert!(
+        stdout(&out).starts_with("command failed: "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(rcpt("mx.test").starts_with("250 "));
+    d.stop();
+}

@@ -125,6 +125,13 @@ const COMMANDS: &[Word] = &[
         name: "untrace",
         next: Next::Argument("<category>"),
     },
+    Word {
+        name: "update",
+        next: Next::Words(&[Word {
+            name: "table",
+            next: Next::Argument("<name>"),
+        }]),
+    },
 ];
 
 /// OpenSMTPD's answer to a word that matches nothing (or several things): the valid

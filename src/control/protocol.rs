@@ -94,6 +94,8 @@ pub enum Request {
     LogVerbose(bool),
     /// `trace CAT` (true) / `untrace CAT` (false), with the canonical category.
     Trace(String, bool),
+    /// `update table NAME`: re-read a `file:` or `db:` table.
+    UpdateTable(String),
 }
 
 /// Why a request line is not a request.
@@ -153,6 +155,7 @@ impl Request {
                 };
                 Request::Trace(c.to_string(), *verb == "trace")
             }
+            ["update", "table", name] => Request::UpdateTable(name.to_string()),
             _ => return Err(bad()),
         })
     }
@@ -180,6 +183,7 @@ impl Request {
             Request::LogVerbose(false) => "log brief".into(),
             Request::Trace(c, true) => format!("trace {c}"),
             Request::Trace(c, false) => format!("untrace {c}"),
+            Request::UpdateTable(name) => format!("update table {name}"),
         }
     }
 }

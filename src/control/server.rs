@@ -159,6 +159,24 @@ impl Control {
                 crate::log::set_trace(&category, on);
                 Reply::succeeded()
             }
+            Request::UpdateTable(name) => {
+                let graph = self.runner.graph().clone();
+                let table = name.clone();
+                let outcome = tokio::task::spawn_blocking(move || graph.update_table(&table))
+                    .await
+                    .unwrap_or_else(|_| Err("update task failed".into()));
+                match outcome {
+                    Ok(_) => {
+                        info!("info: Table \"{name}\" successfully updated");
+                        Reply::succeeded()
+                    }
+                    Err(why) => {
+                        info!("info: Failed to update table \"{name}\"");
+                        warn!("warn: update table {name}: {why}");
+                        Reply::failed(Some(&why))
+                    }
+                }
+            }
         }
     }
 

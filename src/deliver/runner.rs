@@ -292,7 +292,7 @@ impl Runner {
         let found = match local.userbase {
             Some(id) => TableUserbase {
                 table: cfg.table(id),
-                compiled: self.graph.table(id),
+                compiled: &self.graph.table(id),
             }
             .lookup(&t.user),
             None => SystemPasswd.lookup(&t.user),
@@ -492,16 +492,14 @@ impl Runner {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
                 // `host` wins; then the `domain` mapping; else the MX of the domain.
                 let url: Option<String> = match (action.host, action.domain) {
-                    (Some(t), _) => self.entry_in_turn(t, evpid).map(str::to_string),
+                    (Some(t), _) => self.entry_in_turn(t, evpid),
                     (None, Some(t)) => self.graph.table(t).lookup(domain).map(str::to_string),
                     (None, None) => None,
                 };
                 let auth_table = action.auth;
                 let graph = self.graph.clone();
                 let auth = move |label: &str| {
-                    auth_table
-                        .and_then(|t| graph.table(t).lookup(label))
-                        .map(str::to_string)
+                    auth_table.and_then(|t| graph.table(t).lookup(label).map(str::to_string))
                 };
                 // `src`: a source address taken in turn; `helo-src`: the name announced
                 // from it.
@@ -557,14 +555,14 @@ impl Runner {
 
     /// A key of table `t` chosen in turn by envelope (`host <table>`, `src <table>`): the
     /// envelopes of a route spread over its entries.
-    fn entry_in_turn(&self, t: crate::config::model::TableId, evpid: Evpid) -> Option<&str> {
+    fn entry_in_turn(&self, t: crate::config::model::TableId, evpid: Evpid) -> Option<String> {
         let table = self.graph.table(t);
         let n = table.entries.len().max(1);
         table
             .entries
             .keys()
             .nth((evpid.get() as usize) % n)
-            .map(String::as_str)
+            .cloned()
     }
 
     /// Log the `mta delivery` line of a relay attempt (with the sender as announced to
@@ -893,6 +891,11 @@ impl Runner {
     }
 
     /// The spool the runner delivers from.
+    /// The rule graph deliveries and sessions share.
+    pub fn graph(&self) -> &Arc<RuleGraph> {
+        &self.graph
+    }
+
     pub fn spool(&self) -> &Arc<Spool> {
         &self.spool
     }

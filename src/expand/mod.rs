@@ -590,7 +590,7 @@ impl Expansion<'_, '_, '_> {
                 }
                 TableUserbase {
                     table: t,
-                    compiled: self.graph.table(id),
+                    compiled: &self.graph.table(id),
                 }
                 .lookup(user)
             }
@@ -605,7 +605,7 @@ impl Expansion<'_, '_, '_> {
         key: &str,
     ) -> Result<Option<String>, ()> {
         let t = self.graph.config.table(table);
-        traced_lookup(t, self.graph.table(table), "ALIAS", key)
+        traced_lookup(t, &self.graph.table(table), "ALIAS", key)
             .map(|v| v.map(str::to_string))
             .map_err(|_| ())
     }

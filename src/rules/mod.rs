@@ -37,7 +37,9 @@ pub struct PhaseChains {
 #[derive(Debug)]
 pub struct RuleGraph {
     pub config: Config,
-    pub tables: Vec<CompiledTable>,
+    /// Compiled tables by [`TableId`]; `smtpctl update table` swaps one for a re-read copy
+    /// (lookups already running keep the copy they started with).
+    tables: Vec<std::sync::RwLock<Arc<CompiledTable>>>,
     /// Flattened chains, by filter name (listeners and relay actions refer to them by name).
     pub chains: BTreeMap<String, PhaseChains>,
 }
@@ -87,6 +89,10 @@ impl RuleGraph {
         for id in regex_tables(&config) {
             tables[id.0].compile_regexes();
         }
+        let tables = tables
+            .into_iter()
+            .map(|t| std::sync::RwLock::new(Arc::new(t)))
+            .collect();
         let mut chains = BTreeMap::new();
         for f in &config.filters {
             chains.insert(f.name.clone(), flatten(&config, f));
@@ -98,8 +104,57 @@ impl RuleGraph {
         })
     }
 
-    pub fn table(&self, id: TableId) -> &CompiledTable {
-        &self.tables[id.0]
+    /// The table as compiled now.
+    pub fn table(&self, id: TableId) -> Arc<CompiledTable> {
+        match self.tables[id.0].read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// `smtpctl update table NAME`: re-reads a `file:` or `db:` table and puts the new
+    /// entries in effect for every lookup that starts afterwards. Returns the number of
+    /// entries. The table keeps its kind: a list that became a mapping (or the reverse)
+    /// is refused, since the configuration was checked against the kind it had.
+    pub fn update_table(&self, name: &str) -> Result<usize, String> {
+        let Some(id) = self
+            .config
+            .tables
+            .iter()
+            .position(|t| t.name == name && !t.anonymous)
+        else {
+            return Err(format!("no table named \"{name}\""));
+        };
+        let old = &self.config.tables[id];
+        let loaded = match &old.backend {
+            TableBackend::File { path, .. } => crate::table::file::load(path),
+            TableBackend::Db { path } => crate::table::db::load(path),
+            _ => return Err(format!("table \"{name}\" is not read from a file")),
+        };
+        let loaded = loaded.map_err(|e| match e {
+            crate::table::LoadError::Open(m) | crate::table::LoadError::Format(m) => m,
+        })?;
+        if loaded.kind != old.kind && !loaded.entries.is_empty() && !old.entries.is_empty() {
+            return Err(format!(
+                "table \"{name}\" changed from {:?} to {:?}",
+                old.kind, loaded.kind
+            )
+            .to_ascii_lowercase());
+        }
+        let count = loaded.entries.len();
+        let fresh = Table {
+            entries: Arc::new(loaded.entries),
+            ..old.clone()
+        };
+        let compiled = CompiledTable::compile(&fresh);
+        if regex_tables(&self.config).contains(&TableId(id)) {
+            compiled.compile_regexes();
+        }
+        match self.tables[id].write() {
+            Ok(mut t) => *t = Arc::new(compiled),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(compiled),
+        }
+        Ok(count)
     }
 
     /// The flattened chain a listener runs, if it is filtered.
