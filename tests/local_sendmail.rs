@@ -164,10 +164,18 @@ fn sendmail_submits_through_the_socket_into_a_maildir() {
 
 #[test]
 fn sendmail_without_a_daemon_is_a_temporary_failure() {
+    // No daemon and no spool at all: the message cannot be kept either (OpenSMTPD's words
+    // and status).
     let dir = tempfile::tempdir().unwrap();
     let (rc, err) = sendmail(dir.path(), &["bob"], "Subject: x\n\nx\n");
-    assert_eq!(rc, 75, "{err}");
-    assert!(err.starts_with("sendmail: cannot connect to "), "{err}");
+    assert_eq!(rc, 69, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "sendmail: cannot create temporary file {}/offline/",
+            dir.path().display()
+        )) && err.ends_with(": No such file or directory\n"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -259,4 +267,120 @@ fn sendmail_works_while_smtp_is_paused() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!((rc, err.as_str()), (0, ""));
+}
+
+/// While the daemon is down, sendmail leaves the message in `offline/` and exits 75; the
+/// next start submits every such message as the user who wrote it and removes its file.
+/// A symbolic link planted there is not followed.
+#[test]
+fn offline_messages_are_submitted_at_the_next_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let vmail = vmail(dir.path());
+    let spool = dir.path().join("spool");
+    // The spool a previous run left.
+    smtpd::queue::layout::Layout::new(&spool).create().unwrap();
+    let offline = spool.join("offline");
+    let mode = std::fs::metadata(&offline).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1733);
+
+    let (rc, err) = sendmail(
+        &spool,
+        &["-f", "alice@elsewhere.test", "bob@remote.test"],
+        "Subject: while down\n\nqueued offline\n",
+    );
+    assert_eq!((rc, err.as_str()), (75, ""));
+    let files: Vec<_> = std::fs::read_dir(&offline)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let saved = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(
+        saved,
+        "-f|alice@elsewhere.test|bob@remote.test\nSubject: while down\n\nqueued offline\n"
+    );
+    // An argument with `|` cannot be saved.
+    let (rc, err) = sendmail(&spool, &["a|b@remote.test"], "x\n");
+    assert_eq!(rc, 70);
+    assert_eq!(
+        err,
+        "sendmail: a|b@remote.test contains illegal character\n"
+    );
+
+    // As root: a message another user (nobody) left goes in as that user.
+    let root = nix::unistd::Uid::effective().is_root();
+    if root {
+        let p = offline.join("1700000000.nobodyfile");
+        std::fs::write(&p, "bob@remote.test\nSubject: from nobody\n\nhello\n").unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::os::unix::fs::symlink("/etc/passwd", offline.join("1700000000.link")).unwrap();
+
+    let port = free_port();
+    let conf = format!(
+        "table users {{ bob = \"2000:2000:/var/empty\" }}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test\n\
+         action \"mb\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from socket auth for domain \"remote.test\" action \"mb\"\n",
+        vmail.display()
+    );
+    let d = start_with_socket(dir.path(), &conf, port);
+    let want = if root { 2 } else { 1 };
+    let log = d.wait_log("info: offline: ");
+    assert!(
+        log.contains(&format!(
+            "info: offline: {want} message(s) submitted, 1 kept"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("1700000000.link: "), "{log}");
+    let new = vmail.join("bob/new");
+    let t = std::time::Instant::now();
+    let texts = loop {
+        let texts: Vec<String> = std::fs::read_dir(&new)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        if texts.len() >= want || t.elapsed() > std::time::Duration::from_secs(15) {
+            break texts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(texts.len(), want, "{texts:?}\n{log}");
+    let alice = texts
+        .iter()
+        .find(|t| t.contains("Subject: while down"))
+        .expect("the message left by sendmail");
+    assert!(
+        alice.starts_with("Return-Path: <alice@elsewhere.test>\n"),
+        "{alice}"
+    );
+    assert!(alice.contains("\nqueued offline\n"), "{alice}");
+    if root {
+        let nobody = texts
+            .iter()
+            .find(|t| t.contains("Subject: from nobody"))
+            .expect("nobody's message");
+        // Submitted as its owner: the default sender is nobody's address.
+        assert!(
+            nobody.starts_with(&format!("Return-Path: <nobody@{}>\n", hostname())),
+            "{nobody}"
+        );
+        assert!(
+            nobody.contains(&format!("From: nobody <nobody@{}>", hostname())),
+            "{nobody}"
+        );
+    }
+    // Only the link is left.
+    let left: Vec<_> = std::fs::read_dir(&offline)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("1700000000.link")]);
 }

@@ -30,8 +30,16 @@ fn main() {
         args.drain(i..i + n);
         spool = v;
     }
-    let socket = smtpd::smtp::listen::socket_path(&PathBuf::from(spool));
+    let spool = PathBuf::from(spool);
+    let socket = smtpd::smtp::listen::socket_path(&spool);
+    let offline = smtpd::queue::layout::Layout::new(&spool).offline();
     let date = smtpd::smtp::enqueue::date_now();
-    let code = smtpd::smtp::enqueue::run(&args, &socket, &mut std::io::stdin().lock(), &date);
+    let code = smtpd::smtp::enqueue::run(
+        &args,
+        &socket,
+        Some(&offline),
+        &mut std::io::stdin().lock(),
+        &date,
+    );
     std::process::exit(code);
 }

@@ -234,7 +234,8 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         close.extend(control_socket.as_ref().map(|s| s.as_raw_fd()));
         let agent = smtpd::deliver::DeliveryAgent::new()
             .with_subaddress_delimiter(graph.config.smtp.sub_addr_delim);
-        let started = match smtpd::privsep::start_broker(agent, &close) {
+        let offline = smtpd::queue::offline::Submitter::beside_current_exe(&spool_path);
+        let started = match smtpd::privsep::start_broker(agent, offline, &close) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("smtpd: {e}");
@@ -409,6 +410,25 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             );
         }
         let own_socket = local.is_some();
+        if own_socket {
+            // Messages sendmail left while smtpd was down go in now that the socket is
+            // served: as root the broker submits each as its owner.
+            let submitter = smtpd::queue::offline::Submitter::beside_current_exe(&spool_path);
+            tokio::task::spawn_blocking(move || {
+                let outcome = match smtpd::privsep::broker::client() {
+                    Some(b) => b.submit_offline(),
+                    None => Ok(smtpd::queue::offline::submit_all(&submitter)),
+                };
+                match outcome {
+                    Ok(o) if o.submitted + o.kept > 0 => info!(
+                        "info: offline: {} message(s) submitted, {} kept",
+                        o.submitted, o.kept
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("warn: offline: {e}"),
+                }
+            });
+        }
         // Local submissions are taken even with `-P smtp`, as OpenSMTPD's enqueue sessions.
         if let Some((i, s)) = local {
             match tokio::net::UnixListener::from_std(s) {

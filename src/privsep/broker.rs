@@ -75,6 +75,9 @@ pub struct Broker {
     pub forwards: Box<dyn ForwardFiles + Send + Sync>,
     /// Checks system passwords.
     pub passwords: Box<PasswordCheck>,
+    /// Submits the offline queue at start-up (fixed when the broker starts, never taken
+    /// from a request).
+    pub offline: Option<crate::queue::offline::Submitter>,
 }
 
 /// The system's password check: the hash in `/etc/shadow`.
@@ -96,6 +99,7 @@ impl Broker {
             agent,
             forwards: Box::new(HomeForwards),
             passwords: Box::new(shadow_check),
+            offline: None,
         }
     }
 
@@ -156,6 +160,13 @@ impl Broker {
                     encode_auth(&(self.passwords)(&user, &password)).into_bytes()
                 }
                 Err(e) => error(e),
+            },
+            "offline" if message.is_none() => match &self.offline {
+                Some(s) => {
+                    let o = crate::queue::offline::submit_all(s);
+                    format!("ok\nsubmitted={}\nkept={}\n", o.submitted, o.kept).into_bytes()
+                }
+                None => error("no offline queue".into()),
             },
             _ => b"error\nunknown request".to_vec(),
         };
@@ -292,6 +303,24 @@ impl BrokerClient {
             Ok(answer) => decode_result(&answer).unwrap_or_else(|e| tempfail(&e)),
             Err(e) => tempfail(&e),
         }
+    }
+
+    /// Submit the offline queue (each file as its owner); how many were submitted and kept.
+    pub fn submit_offline(&self) -> Result<crate::queue::offline::Outcome, String> {
+        let answer = self.request(b"offline\n", None, Duration::from_secs(3600))?;
+        if let Some(e) = error_of(&answer) {
+            return Err(e);
+        }
+        let text = std::str::from_utf8(&answer).map_err(|_| "malformed answer")?;
+        let f = fields(text.strip_prefix("ok\n").ok_or("malformed answer")?)
+            .ok_or("malformed answer")?;
+        let count = |k| {
+            field(&f, k).and_then(|v| v.parse::<usize>().map_err(|_| "malformed answer".into()))
+        };
+        Ok(crate::queue::offline::Outcome {
+            submitted: count("submitted")?,
+            kept: count("kept")?,
+        })
     }
 
     /// A delivery worker of identity `(uid, gid)`, started by the broker: its socket and
@@ -636,6 +665,7 @@ mod tests {
     fn fake_broker() -> Broker {
         Broker {
             agent: DeliveryAgent::new(),
+            offline: None,
             forwards: Box::new(
                 FakeForwards::new()
                     .with_file("foo", "bar@example.org\n")

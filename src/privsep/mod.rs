@@ -101,12 +101,18 @@ pub fn prepare_spool(root: &Path, user: &Unprivileged) -> Result<(), String> {
             ));
         }
     }
+    // offline/ holds files of the users who wrote them: neither it nor they change owner.
+    let offline = crate::queue::layout::Layout::new(&canonical).offline();
+    let _ = std::os::unix::fs::lchown(&offline, Some(0), Some(0));
     let mut stack = vec![canonical];
     let mut seen = 0usize;
     while let Some(path) = stack.pop() {
         seen += 1;
         if seen > MAX_SPOOL_ENTRIES {
             return Err(format!("{}: too many entries", root.display()));
+        }
+        if path == offline {
+            continue;
         }
         let meta = std::fs::symlink_metadata(&path)
             .map_err(|e| format!("{}: {}", path.display(), crate::config::diag::strerror(&e)))?;
@@ -174,6 +180,7 @@ pub struct StartedBroker {
 /// process has a single thread; refuses otherwise.
 pub fn start_broker(
     agent: DeliveryAgent,
+    offline: crate::queue::offline::Submitter,
     close_in_broker: &[RawFd],
 ) -> Result<StartedBroker, String> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -220,7 +227,9 @@ pub fn start_broker(
                     nix::sys::signal::SigHandler::SigIgn,
                 )
             };
-            broker::Broker::system(agent).serve(broker_end);
+            let mut broker = broker::Broker::system(agent);
+            broker.offline = Some(offline);
+            broker.serve(broker_end);
             std::process::exit(0);
         }
     }

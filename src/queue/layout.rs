@@ -14,7 +14,7 @@
 //!   purge/                  0700  purge/<msgid>/              removed messages being deleted
 //!   spare/                  0700  spare/<n>/message, spare/<n>/envelope.spare
 //!                                 emptied message directories kept for reuse
-//!   offline/                0770  messages queued by sendmail while smtpd was down
+//!   offline/               1733  messages queued by sendmail while smtpd was down
 //! ```
 //!
 //! `XX` is the high byte of the msgid in two hex digits, as OpenSMTPD does
@@ -157,7 +157,7 @@ impl Layout {
         ] {
             create_dir(&dir, 0o700)?;
         }
-        create_dir(&self.offline(), 0o770)
+        super::offline::prepare(&self.offline())
     }
 }
 
@@ -218,7 +218,8 @@ mod tests {
             let m = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, mode, "{}", dir.display());
         }
-        // offline/ wants group write; the umask may take it away.
-        assert!(l.offline().is_dir());
+        // offline/: anyone may leave a message, nobody but root may list them.
+        let m = std::fs::metadata(l.offline()).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(m, 0o1733);
     }
 }

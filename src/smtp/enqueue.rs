@@ -596,7 +596,13 @@ pub fn submit(
 
 /// The whole `sendmail` command: arguments (without argv\[0\]), the socket, the message
 /// reader. Returns the exit status; messages go to stderr.
-pub fn run(args: &[String], socket: &Path, input: &mut dyn std::io::Read, date: &str) -> i32 {
+pub fn run(
+    args: &[String],
+    socket: &Path,
+    offline: Option<&Path>,
+    input: &mut dyn std::io::Read,
+    date: &str,
+) -> i32 {
     let sub = match parse_args(args) {
         Ok(s) => s,
         Err(UsageError(m, code)) => {
@@ -611,6 +617,20 @@ pub fn run(args: &[String], socket: &Path, input: &mut dyn std::io::Read, date: 
     }
     match submit(socket, &sub, &Submitter::current(), &raw, date) {
         Ok(_) => 0,
+        // The daemon is down: the message waits in the offline queue for its next start
+        // (still status 75, as OpenSMTPD's sendmail).
+        Err(SubmitError::Unreachable(_)) if let Some(dir) = offline => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match crate::queue::offline::save(dir, args, &raw, now) {
+                Ok(_) => EX_TEMPFAIL,
+                Err(crate::queue::offline::SaveError(m, code)) => {
+                    eprintln!("{m}");
+                    code
+                }
+            }
+        }
         Err(e) => {
             let (m, code) = e.report(socket);
             eprintln!("{m}");
