@@ -122,6 +122,10 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
     };
     log::init(dest, args.verbose > 0, &args.traces);
     graph.trace_filter_init();
+    // `queue encryption`: queued messages and envelopes are sealed with this key.
+    if let Some(key) = &graph.config.queue.key {
+        smtpd::queue::crypto::install(smtpd::queue::crypto::Cipher::new(key));
+    }
     // Bind before going to the background, so that a taken port is reported to the caller.
     let bound = match smtpd::smtp::listen::bind_all(&graph.config) {
         Ok(b) => b,

@@ -74,7 +74,8 @@ fn run(
             diagnostics,
         };
     }
-    if let Err(msg) = check_queue_key(&config) {
+    let mut config = config;
+    if let Err(msg) = check_queue_key(&mut config) {
         diagnostics.plain(format!("smtpd: {msg}"));
         return Checked {
             config: None,
@@ -120,24 +121,26 @@ fn load_pki(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `queue encryption KEY`: 32 bytes, or 64 hex digits.
-fn check_queue_key(config: &Config) -> Result<(), String> {
+/// `queue encryption KEY`: 32 bytes, or 64 hex digits; `stdin`, `-` or no KEY read it
+/// from standard input. The key goes to `config.queue.key`.
+fn check_queue_key(config: &mut Config) -> Result<(), String> {
     let Some(key) = &config.queue.encryption else {
         return Ok(());
     };
     let key = match key.as_deref() {
-        None => {
+        None | Some("stdin") | Some("-") => {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
             line.trim_end_matches(['\r', '\n']).to_string()
         }
         Some(k) => k.to_string(),
     };
-    let ok = key.len() == 32 || (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok {
-        Ok(())
-    } else {
-        Err("crypto_setup:invalid key for queue encryption".into())
+    match crate::queue::crypto::parse_key(&key) {
+        Some(k) => {
+            config.queue.key = Some(k);
+            Ok(())
+        }
+        None => Err("crypto_setup:invalid key for queue encryption".into()),
     }
 }
 

@@ -437,6 +437,9 @@ pub struct QueueOptions {
     pub compression: bool,
     /// `queue encryption [key]`.
     pub encryption: Option<Option<String>>,
+    /// The key of `queue encryption`, once read and checked (from the configuration or,
+    /// for `stdin`, `-` or no key, from standard input).
+    pub key: Option<[u8; 32]>,
     pub ttl: Delay,
 }
 
@@ -445,6 +448,7 @@ impl Default for QueueOptions {
         QueueOptions {
             compression: false,
             encryption: None,
+            key: None,
             ttl: Delay {
                 spelled: "4d".into(),
                 seconds: 4 * 86400,

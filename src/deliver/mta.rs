@@ -381,7 +381,9 @@ impl Pool {
                 }
             }
             let msgid = batch[0].0.envelope.id.msgid();
-            let content = tokio::fs::read((spec.message_file)(msgid)).await;
+            let content = tokio::fs::read((spec.message_file)(msgid))
+                .await
+                .and_then(crate::queue::crypto::open_queue_bytes);
             let results = match &content {
                 Ok(content) => {
                     let tx = Transaction {

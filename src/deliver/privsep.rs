@@ -257,7 +257,7 @@ impl DeliveryAgent {
 
         let mut message = match request.message {
             MessageSource::File(file) => file,
-            MessageSource::Path(ref path) => match File::open(path) {
+            MessageSource::Path(ref path) => match crate::queue::crypto::open_message_file(path) {
                 Ok(file) => file,
                 Err(_) => return DeliveryResult::plain(Status::TempFail, "Cannot get message fd"),
             },

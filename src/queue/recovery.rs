@@ -152,9 +152,15 @@ pub(crate) fn envelope_name(msgid: Msgid, name: &str) -> Option<Evpid> {
 pub(crate) fn read_envelope(path: &Path, evpid: Evpid) -> Result<Envelope> {
     let file = fs::File::open(path).map_err(|e| QueueError::io("open", path, e))?;
     let mut bytes = Vec::with_capacity(1024);
-    file.take(MAX_ENVELOPE_FILE as u64 + 1)
+    // A sealed envelope is longer by its version byte, IV and tag.
+    let sealing = 1 + 12 + super::crypto::TAG_LEN;
+    file.take((MAX_ENVELOPE_FILE + sealing) as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| QueueError::io("read", path, e))?;
+    // Not decryptable is not corrupt: a wrong or missing key must not send the queue to
+    // corrupt/.
+    let bytes =
+        super::crypto::open_queue_bytes(bytes).map_err(|e| QueueError::io("decrypt", path, e))?;
     Envelope::from_file_text(evpid, &bytes).map_err(|reason: EnvelopeFormatError| {
         QueueError::Corrupt {
             path: path.to_path_buf(),

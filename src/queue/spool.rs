@@ -478,7 +478,9 @@ impl Spool {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| QueueError::io("create", &tmp, e))?;
-            f.write_all(text.as_bytes())
+            let bytes = super::crypto::queue_bytes(text.as_bytes())
+                .map_err(|e| QueueError::io("encrypt", &tmp, e))?;
+            f.write_all(&bytes)
                 .map_err(|e| QueueError::io("write", &tmp, e))?;
             sync_file(&f, &tmp)?;
             fs::rename(&tmp, &path).map_err(|e| QueueError::io("rename", &tmp, e))
@@ -645,7 +647,7 @@ impl Spool {
     /// `smtpctl show message`).
     pub fn open_message(&self, msgid: Msgid) -> Result<File> {
         let path = self.inner.layout.message_file(msgid);
-        File::open(&path).map_err(|e| {
+        super::crypto::open_message_file(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 QueueError::NoSuchMessage(msgid)
             } else {

@@ -580,6 +580,26 @@ impl Transaction {
     }
 }
 
+/// Replaces the clear body in `file` (open for writing) by its sealed form.
+fn seal_body(
+    cipher: &super::crypto::Cipher,
+    file: &mut File,
+    path: &std::path::Path,
+) -> Result<()> {
+    use std::io::Read;
+    let mut plain = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut plain))
+        .map_err(|e| QueueError::io("read", path, e))?;
+    let sealed = cipher
+        .seal(&plain)
+        .map_err(|e| QueueError::io("encrypt", path, e))?;
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| file.write_all(&sealed))
+        .map_err(|e| QueueError::io("write", path, e))
+}
+
 /// Steps 1–3: body and envelopes written and fsynced, then their directory.
 fn prepare(
     dir: &std::path::Path,
@@ -591,6 +611,10 @@ fn prepare(
     let body = dir.join(MESSAGE_FILE);
     file.write_all(tail)
         .map_err(|e| QueueError::io("write", &body, e))?;
+    if let Some(cipher) = super::crypto::active() {
+        // `queue encryption`: the body is sealed before it is made durable.
+        seal_body(cipher, &mut file, &body)?;
+    }
     sync_file(&file, &body)?;
     Counters::add(&counters.file_syncs, 1);
     drop(file);
@@ -624,7 +648,9 @@ fn prepare(
                 (f, path.clone())
             }
         };
-        f.write_all(text.as_bytes())
+        let bytes = super::crypto::queue_bytes(text.as_bytes())
+            .map_err(|e| QueueError::io("encrypt", &written_to, e))?;
+        f.write_all(&bytes)
             .map_err(|e| QueueError::io("write", &written_to, e))?;
         sync_file(&f, &written_to)?;
         Counters::add(&counters.file_syncs, 1);

@@ -1,0 +1,127 @@
+//! `queue encryption KEY` end to end: the built daemon keeps queued messages and envelopes
+//! sealed on disk (no clear text of the body or the addresses in any spool file), shows and
+//! delivers them in clear, refuses to start on a queue sealed with another key (moving
+//! nothing to `corrupt/`), and delivers after a restart with the right key.
+
+mod common;
+use common::{Daemon, dialogue, files_under, vmail};
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "0123456789abcdef0123456789abcdef";
+const BODY: &str = "The-secret-body-line-1234";
+
+fn config(vmail: &Path, ids: &str, key: &str) -> String {
+    format!(
+        "queue encryption \"{key}\"\n\
+         table users {{ alice = \"{}:/var/empty\" }}\n\
+         listen on 127.0.0.1 port PORT hostname mx.test\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from any for domain \"example.org\" action \"local\"\n",
+        ids,
+        vmail.display()
+    )
+}
+
+fn smtpctl(spool: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(spool)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_socket(spool: &Path) {
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vmail, ids) = vmail(dir.path());
+    let spool = dir.path().join("spool");
+    let conf = config(&vmail, &ids, KEY);
+    // Local delivery paused: the message stays in the queue.
+    let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
+    wait_socket(&spool);
+    let r = dialogue(
+        d.port,
+        &[
+            "HELO c.test",
+            "MAIL FROM:<bob@elsewhere.test>",
+            "RCPT TO:<alice@example.org>",
+            "DATA",
+            &format!("Subject: sealed\r\n\r\n{BODY}\r\n."),
+            "QUIT",
+        ],
+    );
+    assert!(r[5].starts_with("250 2.0.0 "), "{r:?} {}", d.log());
+    let msgid = r[5].split_whitespace().nth(2).unwrap().to_string();
+
+    let queued: Vec<_> = files_under(&spool.join("queue"));
+    assert!(queued.len() >= 2, "{queued:?}");
+    for f in &queued {
+        let bytes = std::fs::read(f).unwrap();
+        assert_eq!(bytes[0], 1, "{} is not sealed", f.display());
+        for clear in [BODY.as_bytes(), b"alice@example.org", b"bob@elsewhere.test"] {
+            assert!(
+                !bytes.windows(clear.len()).any(|w| w == clear),
+                "{} holds clear text",
+                f.display()
+            );
+        }
+    }
+    // smtpctl sees it in clear through the daemon.
+    let shown = smtpctl(&spool, &["show", "message", &msgid]);
+    assert!(shown.contains(BODY), "{shown}");
+    let queue = smtpctl(&spool, &["show", "queue"]);
+    assert!(queue.contains("alice@example.org"), "{queue}");
+    d.stop();
+
+    // Another key: the daemon refuses to start, and nothing is thrown away.
+    let wrong = config(&vmail, &ids, "fedcba9876543210fedcba9876543210");
+    std::fs::write(
+        dir.path().join("smtpd.conf"),
+        wrong.replace("PORT", &common::free_port().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-d", "-f"])
+        .arg(dir.path().join("smtpd.conf"))
+        .arg("--spool")
+        .arg(&spool)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("wrong queue key"), "{err}");
+    assert!(files_under(&spool.join("corrupt")).is_empty());
+    assert_eq!(files_under(&spool.join("queue")).len(), queued.len());
+
+    // The right key again, deliveries running: delivered in clear.
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let t = Instant::now();
+    let new = vmail.join("alice/new");
+    let text = loop {
+        if let Some(f) = files_under(&new).first() {
+            break std::fs::read_to_string(f).unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "not delivered: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains(&format!("\n{BODY}\n")), "{text}");
+    assert!(text.contains("Subject: sealed"), "{text}");
+    d.stop();
+}
