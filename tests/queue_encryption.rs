@@ -125,3 +125,78 @@ fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
     assert!(text.contains("Subject: sealed"), "{text}");
     d.stop();
 }
+
+/// `queue compression` (alone, and under `queue encryption`): queued files are stored
+/// gzip-compressed (then sealed), and delivered in clear.
+#[test]
+fn queue_compression_stores_gzip_and_delivers_in_clear() {
+    for encrypted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (vmail, ids) = vmail(dir.path());
+        let spool = dir.path().join("spool");
+        let mut conf = format!(
+            "queue compression\n\
+             table users {{ alice = \"{ids}:/var/empty\" }}\n\
+             listen on 127.0.0.1 port PORT hostname mx.test\n\
+             action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+             match from any for domain \"example.org\" action \"local\"\n",
+            vmail.display()
+        );
+        if encrypted {
+            conf = format!("queue encryption \"{KEY}\"\n{conf}");
+        }
+        let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
+        wait_socket(&spool);
+        let body = "compressible line\r\n".repeat(500);
+        let r = dialogue(
+            d.port,
+            &[
+                "HELO c.test",
+                "MAIL FROM:<bob@elsewhere.test>",
+                "RCPT TO:<alice@example.org>",
+                "DATA",
+                &format!("Subject: squeezed\r\n\r\n{body}{BODY}\r\n."),
+                "QUIT",
+            ],
+        );
+        assert!(r[5].starts_with("250 2.0.0 "), "{r:?} {}", d.log());
+        let message = files_under(&spool.join("queue"))
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "message"))
+            .expect("queued message");
+        let stored = std::fs::read(&message).unwrap();
+        let gz = if encrypted {
+            assert_eq!(stored[0], 1, "sealed");
+            let key: [u8; 32] = KEY.as_bytes().try_into().unwrap();
+            smtpd::queue::crypto::Cipher::new(&key)
+                .open(&stored)
+                .unwrap()
+        } else {
+            stored.clone()
+        };
+        assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip");
+        assert!(gz.len() < body.len() / 5, "{} bytes stored", gz.len());
+        let clear = smtpd::queue::compress::decompress(&gz).unwrap();
+        assert!(
+            String::from_utf8_lossy(&clear).contains(BODY),
+            "the stored body is the message"
+        );
+        let out = smtpctl(&spool, &["resume", "mda"]);
+        assert_eq!(out, "command succeeded\n");
+        let t = Instant::now();
+        let text = loop {
+            if let Some(f) = files_under(&vmail.join("alice/new")).first() {
+                break std::fs::read_to_string(f).unwrap();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "not delivered: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(text.contains(&format!("\n{BODY}\n")), "{text}");
+        assert_eq!(text.matches("compressible line\n").count(), 500);
+        d.stop();
+    }
+}

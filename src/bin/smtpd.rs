@@ -126,6 +126,10 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
     if let Some(key) = &graph.config.queue.key {
         smtpd::queue::crypto::install(smtpd::queue::crypto::Cipher::new(key));
     }
+    // `queue compression`: they are stored gzip-compressed (before they are sealed).
+    if graph.config.queue.compression {
+        smtpd::queue::compress::enable();
+    }
     // Bind before going to the background, so that a taken port is reported to the caller.
     let bound = match smtpd::smtp::listen::bind_all(&graph.config) {
         Ok(b) => b,

@@ -95,25 +95,45 @@ pub fn is_sealed(data: &[u8]) -> bool {
     data.first() == Some(&VERSION)
 }
 
-/// What to write to the queue for `plain`: sealed with `queue encryption`, else itself.
+/// Does the queue store files other than as they are (`queue compression`, `queue
+/// encryption`)?
+pub fn transforms() -> bool {
+    active().is_some() || super::compress::enabled()
+}
+
+/// What to write to the queue for `plain`: compressed with `queue compression`, then
+/// sealed with `queue encryption`; else itself.
 pub fn queue_bytes(plain: &[u8]) -> io::Result<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    let stage: Cow<'_, [u8]> = if super::compress::enabled() {
+        Cow::Owned(super::compress::compress(plain)?)
+    } else {
+        Cow::Borrowed(plain)
+    };
     match active() {
-        Some(c) => c.seal(plain).map(std::borrow::Cow::Owned),
-        None => Ok(std::borrow::Cow::Borrowed(plain)),
+        Some(c) => c.seal(&stage).map(Cow::Owned),
+        None => Ok(stage),
     }
 }
 
-/// The clear text of what a queue file holds.
+/// The clear text of what a queue file holds (unsealed, then uncompressed, as needed).
 pub fn open_queue_bytes(data: Vec<u8>) -> io::Result<Vec<u8>> {
-    if !is_sealed(&data) {
-        return Ok(data);
+    let data = if is_sealed(&data) {
+        match active() {
+            Some(c) => c.open(&data)?,
+            None => {
+                return Err(io::Error::other(
+                    "encrypted queue file, and no queue encryption key",
+                ));
+            }
+        }
+    } else {
+        data
+    };
+    if super::compress::is_compressed(&data) {
+        return super::compress::decompress(&data);
     }
-    match active() {
-        Some(c) => c.open(&data),
-        None => Err(io::Error::other(
-            "encrypted queue file, and no queue encryption key",
-        )),
-    }
+    Ok(data)
 }
 
 /// Opens a queued message for reading, in clear: the file itself without encryption, else
@@ -123,7 +143,7 @@ pub fn open_message_file(path: &std::path::Path) -> io::Result<std::fs::File> {
     let mut file = std::fs::File::open(path)?;
     let mut first = [0u8; 1];
     let n = file.read(&mut first)?;
-    if n == 0 || first[0] != VERSION {
+    if n == 0 || (first[0] != VERSION && first[0] != super::compress::MAGIC[0]) {
         file.rewind()?;
         return Ok(file);
     }

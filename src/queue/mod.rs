@@ -33,6 +33,7 @@
 
 pub mod bounce;
 pub mod commit;
+pub mod compress;
 pub mod crypto;
 pub mod envelope;
 pub mod envelope_file;

@@ -152,8 +152,9 @@ pub(crate) fn envelope_name(msgid: Msgid, name: &str) -> Option<Evpid> {
 pub(crate) fn read_envelope(path: &Path, evpid: Evpid) -> Result<Envelope> {
     let file = fs::File::open(path).map_err(|e| QueueError::io("open", path, e))?;
     let mut bytes = Vec::with_capacity(1024);
-    // A sealed envelope is longer by its version byte, IV and tag.
-    let sealing = 1 + 12 + super::crypto::TAG_LEN;
+    // A sealed envelope is longer by its version byte, IV and tag (a compressed one is
+    // shorter, or longer by the gzip header at most).
+    let sealing = 1 + 12 + super::crypto::TAG_LEN + 64;
     file.take((MAX_ENVELOPE_FILE + sealing) as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| QueueError::io("read", path, e))?;

@@ -580,20 +580,15 @@ impl Transaction {
     }
 }
 
-/// Replaces the clear body in `file` (open for writing) by its sealed form.
-fn seal_body(
-    cipher: &super::crypto::Cipher,
-    file: &mut File,
-    path: &std::path::Path,
-) -> Result<()> {
+/// Replaces the clear body in `file` (open for writing) by its stored form.
+fn store_body_transformed(file: &mut File, path: &std::path::Path) -> Result<()> {
     use std::io::Read;
     let mut plain = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut plain))
         .map_err(|e| QueueError::io("read", path, e))?;
-    let sealed = cipher
-        .seal(&plain)
-        .map_err(|e| QueueError::io("encrypt", path, e))?;
+    let sealed =
+        super::crypto::queue_bytes(&plain).map_err(|e| QueueError::io("encrypt", path, e))?;
     file.set_len(0)
         .and_then(|_| file.rewind())
         .and_then(|_| file.write_all(&sealed))
@@ -611,9 +606,10 @@ fn prepare(
     let body = dir.join(MESSAGE_FILE);
     file.write_all(tail)
         .map_err(|e| QueueError::io("write", &body, e))?;
-    if let Some(cipher) = super::crypto::active() {
-        // `queue encryption`: the body is sealed before it is made durable.
-        seal_body(cipher, &mut file, &body)?;
+    if super::crypto::transforms() {
+        // `queue compression`, `queue encryption`: the body is stored compressed and/or
+        // sealed before it is made durable.
+        store_body_transformed(&mut file, &body)?;
     }
     sync_file(&file, &body)?;
     Counters::add(&counters.file_syncs, 1);
