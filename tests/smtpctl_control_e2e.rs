@@ -424,3 +424,62 @@ fn update_table_rereads_a_file_table() {
     assert!(rcpt("mx.test").starts_with("250 "));
     d.stop();
 }
+
+/// `show stats` counts SMTP sessions and accepted envelopes; `monitor` prints OpenSMTPD's
+/// header and a line a second, and ends when the daemon does.
+#[test]
+fn stats_and_monitor() {
+    let (dir, _vmail, conf) = setup();
+    let (d, port) = start(dir.path(), &conf, &["-P", "mda"]);
+    let spool = dir.path().join("spool");
+    send(port, "a@client.example", "alice@mx.test");
+    let stats = stdout(&smtpctl(&spool, &["show", "stats"]));
+    let value = |k: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {k} in {stats}"))
+    };
+    // The start-up probe and the message's session.
+    assert!(value("smtp.session.inet4") >= 2, "{stats}");
+    assert_eq!(value("smtp.session.inet6"), 0);
+    assert_eq!(value("queue.envelope.enqueued"), 1);
+    assert_eq!(value("scheduler.envelope"), 1);
+
+    let monitor = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(&spool)
+        .arg("mon")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2300));
+    d.stop();
+    let out = monitor.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "--- client ---  -- envelope --   ---- relay/delivery --- ------- misc -------"
+    );
+    assert_eq!(
+        lines[1],
+        "curr conn disc  curr  enq  deq   ok tmpfail prmfail loop expire remove bounce"
+    );
+    assert!(lines.len() >= 4, "{text}");
+    // First line: totals since start; the envelope waits (mda paused).
+    let first: Vec<u64> = lines[2]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(first.len(), 13, "{}", lines[2]);
+    assert_eq!((first[3], first[4], first[5]), (1, 1, 0), "{}", lines[2]);
+    // Nothing happened since: the changes are zero.
+    let second: Vec<u64> = lines[3]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(second[4..], [0; 9], "{}", lines[3]);
+}

@@ -73,6 +73,10 @@ const COMMANDS: &[Word] = &[
         ]),
     },
     Word {
+        name: "monitor",
+        next: Next::End,
+    },
+    Word {
         name: "pause",
         next: Next::Words(AGENTS),
     },
@@ -264,6 +268,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let socket_path = socket
+        .clone()
+        .unwrap_or_else(|| smtpd::control::socket_path(spool.as_deref()));
+    if canonical == ["monitor"] {
+        return monitor(&socket_path);
+    }
     let request = match Request::parse(&canonical.join(" ")) {
         Ok(r) => r,
         Err(e) => {
@@ -287,6 +297,34 @@ fn main() -> ExitCode {
             eprintln!("smtpctl: smtpd doesn't seem to be running");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `monitor`: every second, the counters' changes, a header every 25 lines; until the
+/// daemon goes away (or the user stops it).
+fn monitor(socket: &std::path::Path) -> ExitCode {
+    use smtpd::control::show::{MONITOR_HEADER, monitor_line, parse_stats};
+    let mut prev = std::collections::HashMap::new();
+    let mut lines = 0u64;
+    loop {
+        let stats = match ask(socket, &Request::ShowStats) {
+            Ok(r) if r.ok => parse_stats(&r.text),
+            _ if lines == 0 => {
+                eprintln!("smtpctl: smtpd doesn't seem to be running");
+                return ExitCode::from(1);
+            }
+            _ => return ExitCode::SUCCESS,
+        };
+        if lines.is_multiple_of(25) {
+            print!("{MONITOR_HEADER}");
+        }
+        print!("{}", monitor_line(&prev, &stats));
+        if std::io::stdout().flush().is_err() {
+            return ExitCode::SUCCESS;
+        }
+        prev = stats;
+        lines += 1;
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -19,6 +19,7 @@ use super::protocol::{Agent, Reply, Request, envelopes_text};
 use super::show;
 use crate::deliver::runner::Runner;
 use crate::queue::DeliveryKind;
+use crate::smtp::server::SMTP_STATS;
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +83,11 @@ impl Control {
                         self.sessions.load(Ordering::Relaxed).to_string(),
                     ),
                     ("queue.bounce".into(), get(&s.bounces)),
+                    ("queue.envelope.enqueued".into(), get(&s.enqueued)),
+                    ("smtp.session".into(), get(&SMTP_STATS.current)),
+                    ("smtp.session.inet4".into(), get(&SMTP_STATS.inet4)),
+                    ("smtp.session.inet6".into(), get(&SMTP_STATS.inet6)),
+                    ("smtp.session.local".into(), get(&SMTP_STATS.local)),
                     ("scheduler.delivery.ok".into(), get(&s.ok)),
                     ("scheduler.delivery.permfail".into(), get(&s.permfail)),
                     ("scheduler.delivery.tempfail".into(), get(&s.tempfail)),

@@ -55,6 +55,60 @@ pub fn stats_text(mut pairs: Vec<(String, String)>) -> String {
     pairs.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
+/// `smtpctl monitor`'s header, printed every 25 lines.
+pub const MONITOR_HEADER: &str = "--- client ---  -- envelope --   ---- relay/delivery --- ------- misc -------\n\
+curr conn disc  curr  enq  deq   ok tmpfail prmfail loop expire remove bounce\n";
+
+/// Parses `show stats` output (`key=value` lines).
+pub fn parse_stats(text: &str) -> std::collections::HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// One `smtpctl monitor` line: the current values of the `curr` columns and the change of
+/// every other counter since `prev` (all of them for the first line, from empty counters).
+pub fn monitor_line(
+    prev: &std::collections::HashMap<String, u64>,
+    cur: &std::collections::HashMap<String, u64>,
+) -> String {
+    let now = |k: &str| cur.get(k).copied().unwrap_or(0);
+    let delta = |k: &str| now(k).saturating_sub(prev.get(k).copied().unwrap_or(0));
+    let sessions = |m: &std::collections::HashMap<String, u64>| {
+        [
+            "smtp.session.inet4",
+            "smtp.session.inet6",
+            "smtp.session.local",
+        ]
+        .iter()
+        .map(|k| m.get(*k).copied().unwrap_or(0))
+        .sum::<u64>()
+    };
+    let conn = sessions(cur).saturating_sub(sessions(prev));
+    let was = |k: &str| prev.get(k).copied().unwrap_or(0);
+    // Ended = started − growth of the open ones.
+    let disc = (conn + was("smtp.session")).saturating_sub(now("smtp.session"));
+    let enq = delta("queue.envelope.enqueued");
+    let deq = (enq + was("scheduler.envelope")).saturating_sub(now("scheduler.envelope"));
+    format!(
+        "{:4} {:4} {:4}  {:4} {:4} {:4} {:4} {:7} {:7} {:4} {:6} {:6} {:6}\n",
+        now("smtp.session"),
+        conn,
+        disc,
+        now("scheduler.envelope"),
+        enq,
+        deq,
+        delta("scheduler.delivery.ok"),
+        delta("scheduler.delivery.tempfail"),
+        delta("scheduler.delivery.permfail"),
+        delta("scheduler.delivery.loop"),
+        delta("scheduler.envelope.expired"),
+        delta("scheduler.envelope.removed"),
+        delta("queue.bounce"),
+    )
+}
+
 /// `show status`: `MDA running` / `MDA paused`, and so on.
 pub fn status_text(mda_paused: bool, mta_paused: bool, smtp_paused: bool) -> String {
     let word = |p: bool| if p { "paused" } else { "running" };
@@ -69,6 +123,39 @@ pub fn status_text(mda_paused: bool, mta_paused: bool, smtp_paused: bool) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_lines_show_current_values_and_changes() {
+        let first = parse_stats(
+            "queue.bounce=1\nqueue.envelope.enqueued=10\nscheduler.delivery.ok=7\n\
+             scheduler.envelope=3\nsmtp.session=2\nsmtp.session.inet4=5\nsmtp.session.local=1\n\
+             uptime.human=5s\n",
+        );
+        let line = monitor_line(&Default::default(), &first);
+        assert_eq!(
+            line,
+            "   2    6    4     3   10    7    7       0       0    0      0      0      1\n"
+        );
+        let mut second = first.clone();
+        second.insert("smtp.session".into(), 1);
+        second.insert("smtp.session.inet4".into(), 7);
+        second.insert("queue.envelope.enqueued".into(), 12);
+        second.insert("scheduler.envelope".into(), 1);
+        second.insert("scheduler.delivery.ok".into(), 11);
+        assert_eq!(
+            monitor_line(&first, &second),
+            "   1    2    3     1    2    4    4       0       0    0      0      0      0\n"
+        );
+        // Every number ends where its column's name ends.
+        let ends = |t: &str| -> Vec<usize> {
+            let b = t.as_bytes();
+            (0..b.len())
+                .filter(|&i| b[i] != b' ' && (i + 1 == b.len() || b[i + 1] == b' '))
+                .collect()
+        };
+        let header = MONITOR_HEADER.lines().nth(1).unwrap();
+        assert_eq!(ends(line.trim_end()), ends(header));
+    }
     use crate::queue::{DeliveryKind, Evpid, MtaTarget, Target};
 
     fn evp() -> Envelope {

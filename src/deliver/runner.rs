@@ -87,6 +87,8 @@ pub struct DeliveryStats {
     pub removed: AtomicU64,
     /// Reports (bounces) queued.
     pub bounces: AtomicU64,
+    /// Envelopes accepted (queued, or delivered before the reply).
+    pub enqueued: AtomicU64,
 }
 
 impl Runner {
@@ -139,6 +141,9 @@ impl Runner {
 
     /// Schedule envelopes that were just committed.
     pub fn submit(&self, envelopes: &[Envelope]) {
+        self.stats
+            .enqueued
+            .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
         if let Ok(mut s) = self.scheduler.lock() {
             for e in envelopes {
                 s.insert(ScheduleEntry::from_envelope(e));
@@ -1254,6 +1259,7 @@ impl Runner {
             };
             outcome.log.push(mda_delivery_line(&entry, &result));
             self.stats.ok.fetch_add(1, Ordering::Relaxed);
+            self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
             delivered[i] = true;
         }
         outcome.remaining.extend(

@@ -44,6 +44,45 @@ pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 type Stream = Box<dyn Io>;
 
+/// SMTP counters since start (`smtpctl show stats`, `smtpctl monitor`).
+#[derive(Debug, Default)]
+pub struct SmtpStats {
+    /// Sessions open now.
+    pub current: std::sync::atomic::AtomicU64,
+    /// Sessions served, by kind of client.
+    pub inet4: std::sync::atomic::AtomicU64,
+    pub inet6: std::sync::atomic::AtomicU64,
+    pub local: std::sync::atomic::AtomicU64,
+}
+
+/// The process's SMTP counters.
+pub static SMTP_STATS: SmtpStats = SmtpStats {
+    current: std::sync::atomic::AtomicU64::new(0),
+    inet4: std::sync::atomic::AtomicU64::new(0),
+    inet6: std::sync::atomic::AtomicU64::new(0),
+    local: std::sync::atomic::AtomicU64::new(0),
+};
+
+/// Counts a session from its start to its end (the guard's drop).
+struct SessionCount;
+
+impl SessionCount {
+    fn start(kind: &std::sync::atomic::AtomicU64) -> SessionCount {
+        use std::sync::atomic::Ordering::Relaxed;
+        kind.fetch_add(1, Relaxed);
+        SMTP_STATS.current.fetch_add(1, Relaxed);
+        SessionCount
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        SMTP_STATS
+            .current
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Everything sessions share.
 pub struct Server {
     pub graph: Arc<RuleGraph>,
@@ -125,6 +164,7 @@ pub async fn accept_local_loop(
 /// name, client `local` whose name is the server's own, with the socket listener's own
 /// `filter`, `tag`, `mask-src` and `received-auth`.
 pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, listener: usize) {
+    let _count = SessionCount::start(&SMTP_STATS.local);
     let sid = SessionId(rand_u64());
     let l = server.graph.config.listeners[listener].clone();
     trace_connected(&server, sid, listener, &l, 0);
@@ -1091,6 +1131,11 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
         }
     }
     let ip = canonical(peer.ip());
+    let _count = SessionCount::start(if ip.is_ipv4() {
+        &SMTP_STATS.inet4
+    } else {
+        &SMTP_STATS.inet6
+    });
     let local = stream.local_addr().map(|a| canonical(a.ip())).unwrap_or(ip);
     trace_connected(
         &server,
