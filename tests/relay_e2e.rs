@@ -924,3 +924,88 @@ async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
     assert_eq!(sink.connections(), 2);
     assert_eq!(sink.data.lock().unwrap().len(), 2);
 }
+
+/// The last result per destination domain is kept (`smtpctl show hoststats`), and once a
+/// domain takes mail again the envelopes it deferred meanwhile are tried at once instead
+/// of at their next retry (`mta max-deferred`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
+    let sink = Sink {
+        rcpt_replies: vec!["451 4.3.0 try later".into()],
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         mta limit session-keepalive 0\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let spool = dir.path().join("spool");
+    let hoststats = move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+            .arg("--spool")
+            .arg(&spool)
+            .args(["show", "hoststats"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@Far.Test",
+            "Subject: 1\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let first = daemon.wait_for("mta delivery");
+    assert!(
+        first.ends_with("result=\"TempFail\" stat=\"451 4.3.0 try later\""),
+        "{first}"
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let shown = tokio::task::spawn_blocking(hoststats.clone())
+        .await
+        .unwrap();
+    let (domain, rest) = shown.trim_end().split_once('|').expect(&shown);
+    assert_eq!(domain, "far.test", "{shown}");
+    let (time, status) = rest.split_once('|').unwrap();
+    assert!(
+        time.parse::<u64>().unwrap().abs_diff(before) <= 5,
+        "{shown}"
+    );
+    assert_eq!(status, "451 4.3.0 try later");
+
+    // The next message is accepted (a new connection): bob's envelope follows at once.
+    tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "carol@far.test",
+            "Subject: 2\r\n\r\ny\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    let ok = wait_for_n(&daemon, "result=\"Ok\"", 2, 15);
+    assert!(ok.iter().any(|l| l.contains("to=<bob@Far.Test>")), "{ok:?}");
+    assert!(
+        ok.iter().any(|l| l.contains("to=<carol@far.test>")),
+        "{ok:?}"
+    );
+    assert_eq!(sink.data.lock().unwrap().len(), 2);
+    let shown = tokio::task::spawn_blocking(hoststats).await.unwrap();
+    assert!(shown.starts_with("far.test|"), "{shown}");
+    assert!(shown.trim_end().ends_with("|250 2.0.0 queued as 42"), "{shown}");
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+}

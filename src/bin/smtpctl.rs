@@ -100,6 +100,10 @@ const COMMANDS: &[Word] = &[
                 next: Next::Argument("<evpid>"),
             },
             Word {
+                name: "hoststats",
+                next: Next::End,
+            },
+            Word {
                 name: "message",
                 next: Next::Argument("<evpid>|<msgid>"),
             },

@@ -76,6 +76,8 @@ pub enum Request {
     ShowStatus,
     /// `show routes`: the outbound routes and their penalties.
     ShowRoutes,
+    /// `show hoststats`: the last relay result per destination domain.
+    ShowHostStats,
     /// `show envelope EVPID`: the envelope file.
     ShowEnvelope(Evpid),
     /// `show message EVPID|MSGID`: the queued message.
@@ -127,6 +129,7 @@ impl Request {
             ["show", "stats"] => Request::ShowStats,
             ["show", "status"] => Request::ShowStatus,
             ["show", "routes"] => Request::ShowRoutes,
+            ["show", "hoststats"] => Request::ShowHostStats,
             ["show", "envelope", id] => match id.parse::<QueueId>() {
                 Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
                 _ => {
@@ -171,6 +174,7 @@ impl Request {
             Request::ShowStats => "show stats".into(),
             Request::ShowStatus => "show status".into(),
             Request::ShowRoutes => "show routes".into(),
+            Request::ShowHostStats => "show hoststats".into(),
             Request::ShowEnvelope(e) => format!("show envelope {e}"),
             Request::ShowMessage(m) => format!("show message {m}"),
             Request::Schedule(s) => format!("schedule {}", sel(s)),

@@ -138,6 +138,7 @@ impl Control {
                     .map(|l| l + "\n")
                     .collect::<String>(),
             ),
+            Request::ShowHostStats => Reply::ok(self.runner.hoststats_text()),
             Request::ShowStatus => Reply::ok(show::status_text(
                 self.runner.is_paused(DeliveryKind::Mda),
                 self.runner.is_paused(DeliveryKind::Mta),

@@ -61,6 +61,23 @@ pub struct Runner {
     stats: DeliveryStats,
     /// Reports being gathered: (message, kind, delay) → recipients so far.
     reports: Mutex<HashMap<(Msgid, BounceKind, u64), PendingReport>>,
+    /// The last relay result per destination domain (`smtpctl show hoststats`), with the
+    /// envelopes deferred meanwhile (`mta max-deferred`).
+    hoststats: Mutex<std::collections::BTreeMap<String, HostStat>>,
+}
+
+/// How long a domain's last relay result is kept (OpenSMTPD: 4 hours).
+const HOSTSTAT_EXPIRY: u64 = 4 * 3600;
+/// `mta max-deferred`'s default.
+const DEFAULT_MAX_DEFERRED: usize = 100;
+
+/// The last relay result for one destination domain.
+struct HostStat {
+    time: u64,
+    status: String,
+    /// Envelopes that failed temporarily since: scheduled again at once when the domain
+    /// takes mail again (at most `mta max-deferred`).
+    deferred: Vec<Evpid>,
 }
 
 /// How long the first failure of a message waits for others to share its report.
@@ -124,6 +141,7 @@ impl Runner {
             mta: Pool::new(relayer),
             stats: DeliveryStats::default(),
             reports: Mutex::new(HashMap::new()),
+            hoststats: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -596,6 +614,7 @@ impl Runner {
             super::log::duration_to_text(now().saturating_sub(e.ctime) as i64),
             outcome.stat
         );
+        self.note_host(&e, outcome.status, &outcome.stat);
         self.settle(
             e,
             outcome.status,
@@ -603,6 +622,68 @@ impl Runner {
             &outcome.stat,
         )
         .await;
+    }
+
+    /// Keeps the relay result of `e`'s destination domain. A success schedules the
+    /// envelopes that failed temporarily for that domain at once; a temporary failure
+    /// joins them (at most `mta max-deferred`).
+    fn note_host(&self, e: &Envelope, status: Status, stat: &str) {
+        let domain = e
+            .dest
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        if domain.is_empty() {
+            return;
+        }
+        let max = self
+            .graph
+            .config
+            .mta_max_deferred
+            .map_or(DEFAULT_MAX_DEFERRED, |n| usize::try_from(n).unwrap_or(0));
+        let t = now();
+        let release = {
+            let Ok(mut stats) = self.hoststats.lock() else {
+                return;
+            };
+            stats.retain(|_, h| h.time + HOSTSTAT_EXPIRY > t);
+            let h = stats.entry(domain).or_insert_with(|| HostStat {
+                time: t,
+                status: String::new(),
+                deferred: Vec::new(),
+            });
+            h.time = t;
+            h.status = stat.to_string();
+            match status {
+                Status::Ok => std::mem::take(&mut h.deferred),
+                Status::TempFail => {
+                    if h.deferred.len() < max && !h.deferred.contains(&e.id) {
+                        h.deferred.push(e.id);
+                    }
+                    Vec::new()
+                }
+                Status::PermFail => Vec::new(),
+            }
+        };
+        for evpid in release {
+            if evpid != e.id {
+                self.schedule_now(Some(QueueId::Envelope(evpid)));
+            }
+        }
+    }
+
+    /// `smtpctl show hoststats`: `DOMAIN|TIME|STATUS` per domain relayed to in the last
+    /// four hours, in domain order.
+    pub fn hoststats_text(&self) -> String {
+        let t = now();
+        let Ok(mut stats) = self.hoststats.lock() else {
+            return String::new();
+        };
+        stats.retain(|_, h| h.time + HOSTSTAT_EXPIRY > t);
+        stats
+            .iter()
+            .map(|(d, h)| format!("{d}|{}|{}\n", h.time, h.status))
+            .collect()
     }
 
     /// Record the outcome of one delivery attempt, local or relayed: delivered or failed
