@@ -1006,6 +1006,9 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
     assert_eq!(sink.data.lock().unwrap().len(), 2);
     let shown = tokio::task::spawn_blocking(hoststats).await.unwrap();
     assert!(shown.starts_with("far.test|"), "{shown}");
-    assert!(shown.trim_end().ends_with("|250 2.0.0 queued as 42"), "{shown}");
+    assert!(
+        shown.trim_end().ends_with("|250 2.0.0 queued as 42"),
+        "{shown}"
+    );
     assert_eq!(shown.lines().count(), 1, "{shown}");
 }

@@ -538,6 +538,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The value of an `mda limit` key (the last one given wins), if set.
+    pub fn mda_limit(&self, key: &str) -> Option<i64> {
+        self.mda_limits
+            .iter()
+            .flatten()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+    }
+
     pub fn table(&self, id: TableId) -> &Table {
         &self.tables[id.0]
     }

@@ -64,7 +64,17 @@ pub struct Runner {
     /// The last relay result per destination domain (`smtpctl show hoststats`), with the
     /// envelopes deferred meanwhile (`mta max-deferred`).
     hoststats: Mutex<std::collections::BTreeMap<String, HostStat>>,
+    /// Local deliveries at once (`mda limit max-session`).
+    mda_sessions: Arc<Semaphore>,
+    /// Local deliveries at once per user (`mda limit max-session-per-user`), by user.
+    mda_users: Mutex<HashMap<String, Arc<Semaphore>>>,
+    mda_per_user: usize,
 }
+
+/// `mda limit max-session`'s default (OpenSMTPD's).
+const DEFAULT_MDA_SESSIONS: usize = 50;
+/// `mda limit max-session-per-user`'s default (OpenSMTPD's).
+const DEFAULT_MDA_PER_USER: usize = 7;
 
 /// How long a domain's last relay result is kept (OpenSMTPD: 4 hours).
 const HOSTSTAT_EXPIRY: u64 = 4 * 3600;
@@ -131,6 +141,14 @@ impl Runner {
             scheduler.insert(ScheduleEntry::from_envelope(e));
         }
         let agent = DeliveryAgent::new().with_subaddress_delimiter(cfg.smtp.sub_addr_delim);
+        let limit = |key: &str, default: usize| {
+            cfg.mda_limit(key)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(default)
+        };
+        let mda_sessions = limit("max-session", DEFAULT_MDA_SESSIONS);
+        let mda_per_user = limit("max-session-per-user", DEFAULT_MDA_PER_USER);
         Arc::new(Runner {
             graph,
             spool,
@@ -142,6 +160,9 @@ impl Runner {
             stats: DeliveryStats::default(),
             reports: Mutex::new(HashMap::new()),
             hoststats: Mutex::new(std::collections::BTreeMap::new()),
+            mda_sessions: Arc::new(Semaphore::new(mda_sessions)),
+            mda_users: Mutex::new(HashMap::new()),
+            mda_per_user,
         })
     }
 
@@ -212,7 +233,12 @@ impl Runner {
                         ..
                     } => {}
                     Action::Deliver { evpid, kind } => {
-                        let permit = match self.inflight.clone().acquire_owned().await {
+                        let slots = if kind == DeliveryKind::Mda {
+                            &self.mda_sessions
+                        } else {
+                            &self.inflight
+                        };
+                        let permit = match slots.clone().acquire_owned().await {
                             Ok(p) => p,
                             Err(_) => return,
                         };
@@ -423,6 +449,8 @@ impl Runner {
             Target::Mda(t) => t.user.clone(),
             _ => String::new(),
         };
+        // `mda limit max-session-per-user`: this user's deliveries at once.
+        let _user_slot = self.user_slot(&user).acquire_owned().await;
         let result = match self.request(&e) {
             Ok(req) => self.agent.deliver(req).await,
             Err((status, text)) => super::result::DeliveryResult::refused(status, 75, &text),
@@ -444,6 +472,21 @@ impl Runner {
             &result.error,
         )
         .await;
+    }
+
+    /// The per-user delivery slots of `user` (`mda limit max-session-per-user`). Users
+    /// with no delivery running are forgotten once the table grows.
+    fn user_slot(&self, user: &str) -> Arc<Semaphore> {
+        let Ok(mut users) = self.mda_users.lock() else {
+            return Arc::new(Semaphore::new(self.mda_per_user));
+        };
+        if users.len() >= 1024 && !users.contains_key(user) {
+            users.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        users
+            .entry(user.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.mda_per_user)))
+            .clone()
     }
 
     /// Relay attempts for envelopes of one message: each goes to the session of its route,
