@@ -384,3 +384,51 @@ fn offline_messages_are_submitted_at_the_next_start() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("1700000000.link")]);
 }
+
+/// Called `mailq`, or with `-bp`, sendmail lists the queue as `smtpctl show queue` does.
+#[test]
+fn mailq_and_bp_list_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port = free_port();
+    // Mail for remote.test waits in the queue: its relay does not answer.
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         action \"out\" relay host \"smtp://127.0.0.1:{closed}\"\n\
+         match from socket auth for domain \"remote.test\" action \"out\"\n"
+    );
+    let d = start_with_socket(dir.path(), &conf, port);
+    let (rc, err) = sendmail(&d.spool(), &["carol@remote.test"], "Subject: q\n\nx\n");
+    assert_eq!((rc, err.as_str()), (0, ""));
+    d.wait_log("mta delivery");
+    let list = |program: &std::path::Path, args: &[&str]| {
+        let out = Command::new(program)
+            .arg("--spool")
+            .arg(d.spool())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let queue = list(
+        std::path::Path::new(env!("CARGO_BIN_EXE_sendmail")),
+        &["-bp"],
+    );
+    let line = queue
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("empty: {queue}"));
+    let fields: Vec<&str> = line.split('|').collect();
+    assert_eq!(fields.len(), 14, "{line}");
+    assert_eq!(fields[5], "carol@remote.test", "{line}");
+    // The same through a link named mailq.
+    let link = dir.path().join("mailq");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sendmail"), &link).unwrap();
+    assert_eq!(list(&link, &[]), queue);
+}

@@ -366,3 +366,32 @@ fn cross_check_with_debian_makemap() {
     assert_eq!(ours.status.code(), theirs.status.code());
     assert_eq!(text(&ours.stderr), text(&theirs.stderr));
 }
+
+/// The sendmail program answers to the name `newaliases` the same way (Debian links
+/// `newaliases` to whatever provides `sendmail`).
+#[test]
+fn sendmail_called_newaliases_builds_the_aliases_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("newaliases");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sendmail"), &link).unwrap();
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "abuse: root\n").unwrap();
+    let conf = dir.path().join("smtpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "table aliases file:{}\naction \"l\" maildir alias <aliases>\n\
+             match for local action \"l\"\n",
+            aliases.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&link, &["-f", conf.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: 1 aliases\n", aliases.display())
+    );
+    let loaded = smtpd::table::db::load(&format!("{}.db", aliases.display())).unwrap();
+    assert_eq!(loaded.entries["abuse"], "root");
+}
