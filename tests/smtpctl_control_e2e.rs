@@ -483,3 +483,73 @@ fn stats_and_monitor() {
         .collect();
     assert_eq!(second[4..], [0; 9], "{}", lines[3]);
 }
+
+/// `discover MSGID` schedules a message moved into the queue by hand while smtpd runs.
+#[test]
+fn discover_picks_up_a_message_moved_into_the_queue() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, vmail, conf) = setup();
+    let first = dir.path().join("first");
+    std::fs::create_dir(&first).unwrap();
+    // A message queued by one instance...
+    let (d, port) = start(&first, &conf, &["-P", "mda"]);
+    send(port, "a@client.example", "alice@mx.test");
+    let queued = files_under_dir(&first.join("spool/queue"));
+    let msg_dir = queued
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "message"))
+        .and_then(|p| p.parent())
+        .expect("queued message")
+        .to_path_buf();
+    d.stop();
+    // ... is moved by hand into another one's queue while it runs.
+    let (d, _port) = start(dir.path(), &conf, &["-P", "mda"]);
+    let spool = dir.path().join("spool");
+    let msgid = msg_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let bucket = spool.join("queue").join(&msgid[..2]);
+    std::fs::create_dir_all(&bucket).unwrap();
+    let owner = std::fs::metadata(spool.join("queue")).unwrap();
+    let moved = bucket.join(&msgid);
+    std::fs::rename(&msg_dir, &moved).unwrap();
+    for p in std::iter::once(moved.clone())
+        .chain(std::iter::once(bucket.clone()))
+        .chain(files_under_dir(&moved))
+    {
+        std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    // On disk but not scheduled: shown as offline.
+    let before = stdout(&smtpctl(&spool, &["show", "queue"]));
+    assert!(
+        before.contains("|alice@mx.test|") && before.contains("|offline|"),
+        "{before}"
+    );
+    let out = smtpctl(&spool, &["discover", &msgid]);
+    assert_eq!(stdout(&out), "1 envelope discovered\n");
+    let after = stdout(&smtpctl(&spool, &["show", "queue"]));
+    assert!(after.contains("|pending|"), "{after}");
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["discover", &msgid])),
+        "0 envelopes discovered\n"
+    );
+    assert!(smtpctl(&spool, &["resume", "mda"]).status.success());
+    wait_for("delivery", || delivered(&vmail) == 1);
+    d.stop();
+}
+
+/// Regular files under `dir`, recursively.
+fn files_under_dir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    for _ in 0..10_000 {
+        let Some(d) = stack.pop() else { break };
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -60,6 +60,10 @@ const COMMANDS: &[Word] = &[
         next: Next::End,
     },
     Word {
+        name: "discover",
+        next: Next::Argument("<evpid>|<msgid>"),
+    },
+    Word {
         name: "log",
         next: Next::Words(&[
             Word {

@@ -98,6 +98,8 @@ pub enum Request {
     Trace(String, bool),
     /// `update table NAME`: re-read a `file:` or `db:` table.
     UpdateTable(String),
+    /// `discover ID|MSGID`: schedule envelopes found on disk.
+    Discover(QueueId),
 }
 
 /// Why a request line is not a request.
@@ -159,6 +161,10 @@ impl Request {
                 Request::Trace(c.to_string(), *verb == "trace")
             }
             ["update", "table", name] => Request::UpdateTable(name.to_string()),
+            ["discover", id] => Request::Discover(
+                id.parse::<QueueId>()
+                    .map_err(|e| BadRequest(e.to_string()))?,
+            ),
             _ => return Err(bad()),
         })
     }
@@ -188,6 +194,7 @@ impl Request {
             Request::Trace(c, true) => format!("trace {c}"),
             Request::Trace(c, false) => format!("untrace {c}"),
             Request::UpdateTable(name) => format!("update table {name}"),
+            Request::Discover(id) => format!("discover {id}"),
         }
     }
 }

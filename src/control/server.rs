@@ -166,6 +166,13 @@ impl Control {
                 crate::log::set_trace(&category, on);
                 Reply::succeeded()
             }
+            Request::Discover(id) => {
+                let n = self.runner.discover(id);
+                Reply::ok(format!(
+                    "{n} envelope{} discovered\n",
+                    if n == 1 { "" } else { "s" }
+                ))
+            }
             Request::UpdateTable(name) => {
                 let graph = self.runner.graph().clone();
                 let table = name.clone();

@@ -1068,6 +1068,30 @@ impl Runner {
             .collect()
     }
 
+    /// `smtpctl discover ID|MSGID`: schedule the envelopes of the queue on disk that the
+    /// scheduler does not know (moved into `queue/` by hand, say). Returns how many.
+    pub fn discover(&self, id: QueueId) -> usize {
+        let evpids = match id {
+            QueueId::Envelope(e) => vec![e],
+            QueueId::Message(m) => self.spool.envelope_ids(m).unwrap_or_default(),
+        };
+        let mut found = 0;
+        for evpid in evpids {
+            let Ok(e) = self.spool.load_envelope(evpid) else {
+                continue;
+            };
+            if let Ok(mut s) = self.scheduler.lock()
+                && s.insert(ScheduleEntry::from_envelope(&e))
+            {
+                found += 1;
+            }
+        }
+        if found > 0 {
+            self.wake.notify_one();
+        }
+        found
+    }
+
     /// `smtpctl schedule ID|MSGID|all`: make pending envelopes due now. Returns the count.
     pub fn schedule_now(&self, id: Option<QueueId>) -> usize {
         let t = now();
