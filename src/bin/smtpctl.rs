@@ -17,7 +17,8 @@ use std::time::Duration;
 use smtpd::control::protocol::{Reply, Request};
 use smtpd::table::credentials;
 
-const USAGE: &str = "usage: smtpctl [-s socket | --spool dir] command [argument ...]";
+const USAGE: &str =
+    "usage: smtpctl [-s socket | --spool dir] [--resolv-conf file] command [argument ...]";
 
 /// A word the command line may abbreviate, and the words that may follow it.
 struct Word {
@@ -130,6 +131,13 @@ const COMMANDS: &[Word] = &[
         ]),
     },
     Word {
+        name: "spf",
+        next: Next::Words(&[Word {
+            name: "walk",
+            next: Next::End,
+        }]),
+    },
+    Word {
         name: "trace",
         next: Next::Argument("<category>"),
     },
@@ -239,9 +247,18 @@ fn main() -> ExitCode {
     }
     let mut socket: Option<PathBuf> = None;
     let mut spool: Option<PathBuf> = None;
+    let mut resolv_conf = PathBuf::from("/etc/resolv.conf");
     let mut i = 0;
     while i < args.len() {
         match args[i].as_bytes() {
+            b"--resolv-conf" => {
+                let Some(v) = args.get(i + 1) else {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(1);
+                };
+                resolv_conf = PathBuf::from(v);
+                i += 2;
+            }
             b"-s" | b"--spool" => {
                 let Some(v) = args.get(i + 1) else {
                     eprintln!("{USAGE}");
@@ -281,6 +298,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| smtpd::control::socket_path(spool.as_deref()));
     if canonical == ["monitor"] {
         return monitor(&socket_path);
+    }
+    if canonical == ["spf", "walk"] {
+        return spf_walk(&resolv_conf);
     }
     let request = match Request::parse(&canonical.join(" ")) {
         Ok(r) => r,
@@ -334,6 +354,51 @@ fn monitor(socket: &std::path::Path) -> ExitCode {
         lines += 1;
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `spf walk`: the addresses and networks the SPF records of the domains read from
+/// standard input allow, one per line (no daemon needed).
+fn spf_walk(resolv_conf: &std::path::Path) -> ExitCode {
+    use std::io::BufRead;
+    let resolver =
+        match smtpd::dns::HickoryResolver::from_file(resolv_conf, &smtpd::dns::HostsFile::System) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("smtpctl: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("smtpctl: cannot start the resolver");
+        return ExitCode::from(1);
+    };
+    let domains: Vec<String> = std::io::stdin()
+        .lock()
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let walk = runtime.block_on(async {
+        let mut walk = smtpd::dns::spf::Walk::new(&resolver);
+        for d in &domains {
+            walk.domain(d).await;
+        }
+        (walk.found, walk.failed)
+    });
+    let mut out = std::io::stdout().lock();
+    for line in &walk.0 {
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    for d in &walk.1 {
+        eprintln!("smtpctl: {d}: temporary DNS failure, its records are missing");
+    }
+    ExitCode::SUCCESS
 }
 
 /// One request, one reply over the control socket.

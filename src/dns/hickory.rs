@@ -260,6 +260,24 @@ impl Resolver for HickoryResolver {
             })
         })
     }
+
+    fn txt<'a>(&'a self, name: &'a str) -> Lookup<'a, String> {
+        Box::pin(async move {
+            let Some(question) = question_name(name) else {
+                return Answer::BadName;
+            };
+            let result = self.bounded(self.inner.txt_lookup(question), answers).await;
+            to_answer(result, |data| match data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+        })
+    }
 }
 
 /// Whether hickory would answer the PTR question for `address` itself.

@@ -24,6 +24,7 @@ pub mod name;
 mod rdns;
 mod resolv_conf;
 mod resolver;
+pub mod spf;
 mod zone;
 
 pub use answer::{Answer, TempFailure};

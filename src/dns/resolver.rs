@@ -94,4 +94,7 @@ pub trait Resolver: Send + Sync {
 
     /// The MX records of `domain`, in the order the server gave them.
     fn mx<'a>(&'a self, domain: &'a str) -> Lookup<'a, MxRecord>;
+
+    /// The TXT records of `name`, each one's strings joined (`smtpctl spf walk`).
+    fn txt<'a>(&'a self, name: &'a str) -> Lookup<'a, String>;
 }

@@ -40,6 +40,7 @@ struct Node {
     ptr: Vec<String>,
     addresses: Vec<IpAddr>,
     mx: Vec<MxRecord>,
+    txt: Vec<String>,
     fault: Option<Fault>,
 }
 
@@ -122,9 +123,15 @@ impl ZoneResolver {
                         exchange: strip_root_dot(exchange),
                     });
                 }
+                ("TXT", [_, ..]) => node.txt.push(
+                    data.iter()
+                        .map(|w| w.trim_matches('"'))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
                 ("SERVFAIL", []) => node.fault = Some(Fault::ServFail),
                 ("TIMEOUT", []) => node.fault = Some(Fault::Stall),
-                ("PTR" | "A" | "AAAA" | "MX" | "SERVFAIL" | "TIMEOUT", _) => {
+                ("PTR" | "A" | "AAAA" | "MX" | "TXT" | "SERVFAIL" | "TIMEOUT", _) => {
                     return Err(error(format!("wrong number of fields for {kind}")));
                 }
                 _ => return Err(error(format!("unsupported record type {kind}"))),
@@ -209,6 +216,15 @@ impl Resolver for ZoneResolver {
                 return Answer::BadName;
             }
             self.answer(domain, |node| node.mx.clone()).await
+        })
+    }
+
+    fn txt<'a>(&'a self, name: &'a str) -> Lookup<'a, String> {
+        Box::pin(async move {
+            if name.is_empty() {
+                return Answer::BadName;
+            }
+            self.answer(name, |node| node.txt.clone()).await
         })
     }
 }
@@ -359,7 +375,8 @@ mod tests {
             "zone line 2: not an IPv4 address: not-an-address"
         );
         assert!(ZoneResolver::from_zone("a. MX mx.example.").is_err());
-        assert!(ZoneResolver::from_zone("a. TXT \"x\"").is_err());
+        assert!(ZoneResolver::from_zone("a. CNAME b.").is_err());
+        assert!(ZoneResolver::from_zone("a. TXT").is_err());
         assert!(ZoneResolver::from_zone("a.").is_err());
         assert!(ZoneResolver::from_zone("a. AAAA 127.0.0.1").is_err());
     }
