@@ -18,6 +18,23 @@ fn links(dir: &Path) -> (PathBuf, PathBuf) {
     (makemap, newaliases)
 }
 
+/// An aliases file holding `text` and a configuration whose `aliases` table reads it.
+fn aliases_config(dir: &Path, text: &str) -> (PathBuf, PathBuf) {
+    let aliases = dir.join("aliases");
+    std::fs::write(&aliases, text).unwrap();
+    let conf = dir.join("smtpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "table aliases file:{}\naction \"l\" maildir alias <aliases>\n\
+             match for local action \"l\"\n",
+            aliases.display()
+        ),
+    )
+    .unwrap();
+    (aliases, conf)
+}
+
 fn run(program: &Path, args: &[&str], dir: &Path) -> Output {
     Command::new(program)
         .args(args)
@@ -187,18 +204,7 @@ fn makemap_errors_as_opensmtpd() {
 fn newaliases_builds_the_aliases_table_of_the_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let (_, newaliases) = links(dir.path());
-    let aliases = dir.path().join("aliases");
-    std::fs::write(&aliases, "root: foo\npostmaster: root\n").unwrap();
-    let conf = dir.path().join("smtpd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "table aliases file:{}\naction \"l\" maildir alias <aliases>\n\
-             match for local action \"l\"\n",
-            aliases.display()
-        ),
-    )
-    .unwrap();
+    let (aliases, conf) = aliases_config(dir.path(), "root: foo\npostmaster: root\n");
     let out = run(&newaliases, &["-f", conf.to_str().unwrap()], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
@@ -374,18 +380,7 @@ fn sendmail_called_newaliases_builds_the_aliases_database() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("newaliases");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sendmail"), &link).unwrap();
-    let aliases = dir.path().join("aliases");
-    std::fs::write(&aliases, "abuse: root\n").unwrap();
-    let conf = dir.path().join("smtpd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "table aliases file:{}\naction \"l\" maildir alias <aliases>\n\
-             match for local action \"l\"\n",
-            aliases.display()
-        ),
-    )
-    .unwrap();
+    let (aliases, conf) = aliases_config(dir.path(), "abuse: root\n");
     let out = run(&link, &["-f", conf.to_str().unwrap()], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(

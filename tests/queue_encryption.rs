@@ -35,6 +35,22 @@ fn smtpctl(spool: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits (at most 15 s) for alice's first delivered message; returns its text.
+fn delivered_to_alice(vmail: &Path, d: &Daemon) -> String {
+    let t = Instant::now();
+    loop {
+        if let Some(f) = files_under(&vmail.join("alice/new")).first() {
+            return std::fs::read_to_string(f).unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "not delivered: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_socket(spool: &Path) {
     let t = Instant::now();
     while !spool.join("smtpd.sock").exists() {
@@ -108,19 +124,7 @@ fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
 
     // The right key again, deliveries running: delivered in clear.
     let d = Daemon::start(dir.path(), &conf, &[]);
-    let t = Instant::now();
-    let new = vmail.join("alice/new");
-    let text = loop {
-        if let Some(f) = files_under(&new).first() {
-            break std::fs::read_to_string(f).unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "not delivered: {}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let text = delivered_to_alice(&vmail, &d);
     assert!(text.contains(&format!("\n{BODY}\n")), "{text}");
     assert!(text.contains("Subject: sealed"), "{text}");
     d.stop();
@@ -183,18 +187,7 @@ fn queue_compression_stores_gzip_and_delivers_in_clear() {
         );
         let out = smtpctl(&spool, &["resume", "mda"]);
         assert_eq!(out, "command succeeded\n");
-        let t = Instant::now();
-        let text = loop {
-            if let Some(f) = files_under(&vmail.join("alice/new")).first() {
-                break std::fs::read_to_string(f).unwrap();
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "not delivered: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let text = delivered_to_alice(&vmail, &d);
         assert!(text.contains(&format!("\n{BODY}\n")), "{text}");
         assert_eq!(text.matches("compressible line\n").count(), 500);
         d.stop();

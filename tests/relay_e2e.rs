@@ -11,15 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use hickory_server::Server;
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::LowerName;
-use hickory_server::proto::serialize::txt::Parser;
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
 use common::{Daemon, files_under};
 use relay_support::{Sink, tls_config};
@@ -325,31 +317,6 @@ mx1  IN A   127.0.0.24
 mx2  IN A   127.0.0.23
 ";
 
-/// hickory-server on a free loopback port (UDP and TCP), authoritative for `far.test.`.
-async fn loopback_dns() -> (Server<Catalog>, std::net::SocketAddr) {
-    let mut catalog = Catalog::new();
-    let (origin, records) = Parser::new(MX_ZONE, None, None).parse().unwrap();
-    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
-        origin.clone(),
-        records,
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    )
-    .unwrap();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
-    for _ in 0..50 {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
-            let mut server = Server::new(catalog);
-            server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 4096);
-            return (server, addr);
-        }
-    }
-    panic!("no free loopback port for DNS");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_follows_the_mx_records_to_port_25() {
     let sink = match Sink::default().start("127.0.0.23:25").await {
@@ -359,7 +326,7 @@ async fn mail_follows_the_mx_records_to_port_25() {
             return;
         }
     };
-    let (_dns, dns_addr) = loopback_dns().await;
+    let (_dns, dns_addr) = common::loopback_dns(MX_ZONE).await;
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(

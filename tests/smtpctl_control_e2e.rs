@@ -494,7 +494,7 @@ fn discover_picks_up_a_message_moved_into_the_queue() {
     // A message queued by one instance...
     let (d, port) = start(&first, &conf, &["-P", "mda"]);
     send(port, "a@client.example", "alice@mx.test");
-    let queued = files_under_dir(&first.join("spool/queue"));
+    let queued = common::files_under(&first.join("spool/queue"));
     let msg_dir = queued
         .iter()
         .find(|p| p.file_name().is_some_and(|n| n == "message"))
@@ -513,7 +513,7 @@ fn discover_picks_up_a_message_moved_into_the_queue() {
     std::fs::rename(&msg_dir, &moved).unwrap();
     for p in std::iter::once(moved.clone())
         .chain(std::iter::once(bucket.clone()))
-        .chain(files_under_dir(&moved))
+        .chain(common::files_under(&moved))
     {
         std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).unwrap();
     }
@@ -534,22 +534,4 @@ fn discover_picks_up_a_message_moved_into_the_queue() {
     assert!(smtpctl(&spool, &["resume", "mda"]).status.success());
     wait_for("delivery", || delivered(&vmail) == 1);
     d.stop();
-}
-
-/// Regular files under `dir`, recursively.
-fn files_under_dir(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    for _ in 0..10_000 {
-        let Some(d) = stack.pop() else { break };
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

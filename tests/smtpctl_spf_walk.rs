@@ -2,17 +2,10 @@
 //! through smtpctl's `--resolv-conf`): the domains on standard input, their includes and
 //! redirects, `a` and `mx` terms resolved, one address or network per line.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
-
-use hickory_server::Server;
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::LowerName;
-use hickory_server::proto::serialize::txt::Parser;
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
 const ZONE: &str = r#"
 $ORIGIN spf.test.
@@ -30,33 +23,9 @@ mx       IN AAAA 2001:db8::25
 other    IN TXT "v=spf1 include:spf.test +ip4:198.51.100.7 ?ip4:10.0.0.1 -all"
 "#;
 
-async fn loopback_dns() -> (Server<Catalog>, std::net::SocketAddr) {
-    let mut catalog = Catalog::new();
-    let (origin, records) = Parser::new(ZONE, None, None).parse().unwrap();
-    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
-        origin.clone(),
-        records,
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    )
-    .unwrap();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
-    for _ in 0..50 {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
-            let mut server = Server::new(catalog);
-            server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 4096);
-            return (server, addr);
-        }
-    }
-    panic!("no free loopback port for DNS");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spf_walk_follows_includes_and_resolves_a_and_mx() {
-    let (_dns, addr) = loopback_dns().await;
+    let (_dns, addr) = common::loopback_dns(ZONE).await;
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(

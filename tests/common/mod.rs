@@ -237,3 +237,41 @@ pub fn vmail(dir: &std::path::Path) -> (std::path::PathBuf, String) {
         (vmail, ids)
     }
 }
+
+/// hickory-server on a free loopback port (UDP and TCP), authoritative for the one zone in
+/// `zone` (master-file text with its `$ORIGIN`). The server answers while it is alive.
+pub async fn loopback_dns(
+    zone: &str,
+) -> (
+    hickory_server::Server<hickory_server::zone_handler::Catalog>,
+    std::net::SocketAddr,
+) {
+    use hickory_server::net::runtime::TokioRuntimeProvider;
+    use hickory_server::proto::rr::LowerName;
+    use hickory_server::proto::serialize::txt::Parser;
+    use hickory_server::store::in_memory::InMemoryZoneHandler;
+    use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+    let mut catalog = Catalog::new();
+    let (origin, records) = Parser::new(zone, None, None).parse().expect("zone");
+    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+        origin.clone(),
+        records,
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    )
+    .expect("zone handler");
+    catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(handler)]);
+    for _ in 0..50 {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        let addr = udp.local_addr().expect("address");
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            let mut server = hickory_server::Server::new(catalog);
+            server.register_socket(udp);
+            server.register_listener(tcp, std::time::Duration::from_secs(5), 4096);
+            return (server, addr);
+        }
+    }
+    panic!("no free loopback port for DNS");
+}
