@@ -853,6 +853,22 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         text.starts_with("1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout="),
         "{text}"
     );
+    // `show hosts`: the address, its name (none known), the routes to it, open sessions,
+    // and the time since the last attempt.
+    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(&spool)
+        .args(["show", "hosts"])
+        .output()
+        .unwrap();
+    let hosts = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success());
+    let line = hosts.trim_end();
+    assert!(
+        line.starts_with("127.0.0.1 - refcount=1 nconn=0 lastconn=") && line.ends_with('s'),
+        "{hosts}"
+    );
+    assert_eq!(hosts.lines().count(), 1, "{hosts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

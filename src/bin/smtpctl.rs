@@ -105,6 +105,10 @@ const COMMANDS: &[Word] = &[
                 next: Next::Argument("<evpid>"),
             },
             Word {
+                name: "hosts",
+                next: Next::End,
+            },
+            Word {
                 name: "hoststats",
                 next: Next::End,
             },

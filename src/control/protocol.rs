@@ -78,6 +78,8 @@ pub enum Request {
     ShowRoutes,
     /// `show hoststats`: the last relay result per destination domain.
     ShowHostStats,
+    /// `show hosts`: the remote hosts relayed to.
+    ShowHosts,
     /// `show envelope EVPID`: the envelope file.
     ShowEnvelope(Evpid),
     /// `show message EVPID|MSGID`: the queued message.
@@ -132,6 +134,7 @@ impl Request {
             ["show", "status"] => Request::ShowStatus,
             ["show", "routes"] => Request::ShowRoutes,
             ["show", "hoststats"] => Request::ShowHostStats,
+            ["show", "hosts"] => Request::ShowHosts,
             ["show", "envelope", id] => match id.parse::<QueueId>() {
                 Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
                 _ => {
@@ -181,6 +184,7 @@ impl Request {
             Request::ShowStatus => "show status".into(),
             Request::ShowRoutes => "show routes".into(),
             Request::ShowHostStats => "show hoststats".into(),
+            Request::ShowHosts => "show hosts".into(),
             Request::ShowEnvelope(e) => format!("show envelope {e}"),
             Request::ShowMessage(m) => format!("show message {m}"),
             Request::Schedule(s) => format!("schedule {}", sel(s)),

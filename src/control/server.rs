@@ -139,6 +139,13 @@ impl Control {
                     .collect::<String>(),
             ),
             Request::ShowHostStats => Reply::ok(self.runner.hoststats_text()),
+            Request::ShowHosts => Reply::ok(
+                self.runner
+                    .hosts_text()
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect::<String>(),
+            ),
             Request::ShowStatus => Reply::ok(show::status_text(
                 self.runner.is_paused(DeliveryKind::Mda),
                 self.runner.is_paused(DeliveryKind::Mta),

@@ -204,6 +204,8 @@ struct RouteInfo {
     disabled_until: Option<Instant>,
     nconn: usize,
     nerror: u32,
+    /// When a session was last opened on it (`smtpctl show hosts`).
+    last_conn: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +227,7 @@ impl RouteTable {
                 disabled_until: None,
                 nconn: 0,
                 nerror: 0,
+                last_conn: None,
             }
         })
     }
@@ -808,6 +811,46 @@ impl Relayer {
         lines.into_iter().map(|(_, l)| l).collect()
     }
 
+    /// `smtpctl show hosts`: per remote address of the routes, `ADDR NAME refcount=N
+    /// nconn=N lastconn=DELAY` (NAME is its PTR name, `-` until known; refcount the routes
+    /// to it; lastconn the time since a session was last opened to it, `-` if never).
+    pub fn hosts_text(&self) -> Vec<String> {
+        let Ok(table) = self.routes.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut hosts: std::collections::BTreeMap<
+            IpAddr,
+            (Option<String>, usize, usize, Option<Instant>),
+        > = std::collections::BTreeMap::new();
+        for ((_, addr), r) in &table.routes {
+            let h = hosts.entry(*addr).or_insert((None, 0, 0, None));
+            if h.0.is_none() {
+                h.0 = r.ptr.clone();
+            }
+            h.1 += 1;
+            h.2 += r.nconn;
+            h.3 = h.3.max(r.last_conn);
+        }
+        hosts
+            .into_iter()
+            .map(|(addr, (ptr, refcount, nconn, last))| {
+                let last = last.map_or_else(
+                    || "-".to_string(),
+                    |t| {
+                        super::log::duration_to_text(
+                            now.saturating_duration_since(t).as_secs() as i64
+                        )
+                    },
+                );
+                format!(
+                    "{addr} {} refcount={refcount} nconn={nconn} lastconn={last}",
+                    ptr.as_deref().unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
     /// Whether the route is disabled now.
     fn route_disabled(&self, key: RouteKey) -> bool {
         let now = Instant::now();
@@ -1145,6 +1188,9 @@ impl Relayer {
                             &mut greeted,
                         )
                         .await;
+                }
+                if let Ok(mut t) = self.routes.lock() {
+                    t.get(route).last_conn = Some(Instant::now());
                 }
                 if greeted {
                     self.route_ok(route);

@@ -1047,6 +1047,11 @@ impl Runner {
         self.mta.relayer().routes_text()
     }
 
+    /// The remote hosts of the routes, as `smtpctl show hosts` lists them.
+    pub fn hosts_text(&self) -> Vec<String> {
+        self.mta.relayer().hosts_text()
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> &DeliveryStats {
         &self.stats
