@@ -34,8 +34,10 @@ pub const PATH_LIBEXEC: &str = "/usr/libexec/opensmtpd";
 pub const PROTOCOL: &str = "0.6";
 /// The `smtpd-version` announced to processors.
 pub const ANNOUNCED_VERSION: &str = "6.8.0p2";
-/// Longest line read from a processor (OpenSMTPD 6.8 truncates at LINE_MAX).
-const MAX_LINE: usize = 64 * 1024;
+/// Longest line read from a processor: a data line of the longest message line smtpd
+/// accepts (65,535 bytes) with its `filter-dataline|SID|TOKEN|` prefix fits (OpenSMTPD
+/// 6.8 truncated at LINE_MAX, 2,048 bytes).
+const MAX_LINE: usize = 2 * 64 * 1024;
 
 /// The phases a processor may register a filter for.
 pub const FILTER_PHASES: [&str; 15] = [

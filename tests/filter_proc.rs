@@ -526,7 +526,11 @@ fn data_line_programs_feed_each_other() {
         vmail.display()
     );
     let d = Daemon::start(dir.path(), &conf, &[]);
-    let body: String = (0..300).map(|i| format!("line {i}\r\n")).collect();
+    let mut body: String = (0..300).map(|i| format!("line {i}\r\n")).collect();
+    // A line near the longest smtpd accepts goes through both programs whole.
+    let long = "x".repeat(65_500);
+    body.push_str(&long);
+    body.push_str("\r\n");
     let r = dialogue(
         d.port,
         &[
@@ -547,8 +551,12 @@ fn data_line_programs_feed_each_other() {
         "{msg}"
     );
     assert!(
-        msg.contains("\nline 0\n") && msg.ends_with("\nline 299\n"),
+        msg.contains("\nline 0\n") && msg.contains("\nline 299\n"),
         "{msg}"
+    );
+    assert!(
+        msg.ends_with(&format!("\n{long}\n")),
+        "the long line arrived whole"
     );
     // The second program read the first one's output.
     let seen = wait_until(&log2, |s| {
