@@ -259,14 +259,42 @@ pub enum Response {
     DataLine {
         proc: usize,
         token: u64,
-        line: String,
+        /// The line as the program wrote it: message lines need not be UTF-8.
+        line: Vec<u8>,
     },
 }
 
 /// A line a processor sent after `register|ready`, parsed. Errors are the fatal texts of
 /// OpenSMTPD 6.8.
-pub fn parse_answer(proc: usize, line: &str) -> Result<Option<(u64, Response)>, String> {
+pub fn parse_answer(proc: usize, raw: &[u8]) -> Result<Option<(u64, Response)>, String> {
     let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    // A data line keeps its bytes; everything else is text.
+    if let Some(rest) = raw.strip_prefix(b"filter-dataline|") {
+        let mut f = rest.splitn(3, |&b| b == b'|');
+        let (Some(sid), Some(token), Some(data)) = (f.next(), f.next(), f.next()) else {
+            return Err(format!(
+                "Missing fields in filter-dataline: {}",
+                String::from_utf8_lossy(raw)
+            ));
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let (Some(sid), Some(token)) = (hex(&text(sid)), hex(&text(token))) else {
+            return Err(format!(
+                "Invalid session or token in filter-dataline: {}",
+                String::from_utf8_lossy(raw)
+            ));
+        };
+        return Ok(Some((
+            sid,
+            Response::DataLine {
+                proc,
+                token,
+                line: data.to_vec(),
+            },
+        )));
+    }
+    let owned = String::from_utf8_lossy(raw);
+    let line: &str = &owned;
     if let Some(rest) = line.strip_prefix("filter-result|") {
         let mut f = rest.splitn(4, '|');
         let (Some(sid), Some(token), Some(what)) = (f.next(), f.next(), f.next()) else {
@@ -297,25 +325,6 @@ pub fn parse_answer(proc: usize, line: &str) -> Result<Option<(u64, Response)>, 
                 proc,
                 token,
                 decision,
-            },
-        )));
-    }
-    if let Some(rest) = line.strip_prefix("filter-dataline|") {
-        let mut f = rest.splitn(3, '|');
-        let (Some(sid), Some(token), Some(data)) = (f.next(), f.next(), f.next()) else {
-            return Err(format!("Missing fields in filter-dataline: {line}"));
-        };
-        let (Some(sid), Some(token)) = (hex(sid), hex(token)) else {
-            return Err(format!(
-                "Invalid session or token in filter-dataline: {line}"
-            ));
-        };
-        return Ok(Some((
-            sid,
-            Response::DataLine {
-                proc,
-                token,
-                line: data.to_string(),
             },
         )));
     }
@@ -385,13 +394,17 @@ impl Registration {
 pub struct Processor {
     pub name: String,
     index: usize,
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
     pub registration: Registration,
     sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<Response>>>,
 }
 
 impl Processor {
     fn send(&self, line: String) {
+        let _ = self.out.send(line.into_bytes());
+    }
+
+    fn send_bytes(&self, line: Vec<u8>) {
         let _ = self.out.send(line);
     }
 
@@ -425,7 +438,7 @@ fn timestamp() -> String {
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
-) -> io::Result<Option<String>> {
+) -> io::Result<Option<Vec<u8>>> {
     buf.clear();
     let n = (&mut *r)
         .take(MAX_LINE as u64)
@@ -437,7 +450,12 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     if buf.last() == Some(&b'\n') {
         buf.pop();
     }
-    Ok(Some(String::from_utf8_lossy(buf).into_owned()))
+    Ok(Some(buf.clone()))
+}
+
+/// A line as text (for the log and the handshake).
+fn text(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).into_owned()
 }
 
 impl Processors {
@@ -476,7 +494,7 @@ impl Processors {
                 let mut r = BufReader::new(stderr);
                 let mut buf = Vec::new();
                 while let Ok(Some(line)) = read_line(&mut r, &mut buf).await {
-                    info!("{err_name}: {line}");
+                    info!("{err_name}: {}", text(&line));
                 }
             });
             let mut reader = BufReader::new(stdout);
@@ -495,7 +513,7 @@ impl Processors {
                 // Bounded by what the program sends: every line is one registration or the end.
                 loop {
                     match read_line(&mut reader, &mut buf).await {
-                        Ok(Some(line)) => match registration.take(&line) {
+                        Ok(Some(line)) => match registration.take(&text(&line)) {
                             Ok(true) => break,
                             Ok(false) => {}
                             Err(e) => return Err(format!("processor {name}: {e}")),
@@ -540,18 +558,18 @@ impl Processors {
 async fn write_loop(
     name: String,
     mut stdin: tokio::process::ChildStdin,
-    mut rx: mpsc::UnboundedReceiver<String>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     let mut out = Vec::with_capacity(4096);
     while let Some(line) = rx.recv().await {
         out.clear();
-        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(&line);
         out.push(b'\n');
         // Everything else already queued goes in the same write.
         while out.len() < 64 * 1024 {
             match rx.try_recv() {
                 Ok(l) => {
-                    out.extend_from_slice(l.as_bytes());
+                    out.extend_from_slice(&l);
                     out.push(b'\n');
                 }
                 Err(_) => break,
@@ -728,18 +746,21 @@ impl ProcSession {
         self.early.clear();
     }
 
-    fn send_data_line(&self, p: &Processor, line: &str) {
-        p.send(format!(
-            "filter|{PROTOCOL}|{}|smtp-in|data-line|{:016x}|{:016x}|{line}",
+    fn send_data_line(&self, p: &Processor, line: &[u8]) {
+        let mut out = format!(
+            "filter|{PROTOCOL}|{}|smtp-in|data-line|{:016x}|{:016x}|",
             timestamp(),
             self.sid,
             self.data_token
-        ));
+        )
+        .into_bytes();
+        out.extend_from_slice(line);
+        p.send_bytes(out);
     }
 
-    /// Sends message lines (each without its line end, as received, dot-stuffed) to the
-    /// first data-line filter.
-    pub fn data_lines<'a>(&self, lines: impl Iterator<Item = &'a str>) {
+    /// Sends message lines (each without its line end, as received, dot-stuffed, bytes as
+    /// they came) to the first data-line filter.
+    pub fn data_lines<'a>(&self, lines: impl Iterator<Item = &'a [u8]>) {
         let Some(first) = self.procs.iter().find(|p| p.filters("data-line")) else {
             return;
         };
@@ -755,7 +776,7 @@ impl ProcSession {
         &mut self,
         limit: Duration,
         max_bytes: usize,
-    ) -> Result<Vec<String>, DataError> {
+    ) -> Result<Vec<Vec<u8>>, DataError> {
         let deadline = tokio::time::Instant::now() + limit;
         let filters: Vec<Arc<Processor>> = self
             .procs
@@ -763,13 +784,13 @@ impl ProcSession {
             .filter(|p| p.filters("data-line"))
             .cloned()
             .collect();
-        let mut lines: Vec<String> = Vec::new();
+        let mut lines: Vec<Vec<u8>> = Vec::new();
         for (n, p) in filters.iter().enumerate() {
             if n > 0 {
                 for l in &lines {
                     self.send_data_line(p, l);
                 }
-                self.send_data_line(p, ".");
+                self.send_data_line(p, b".");
             }
             lines = self.collect(p.index, deadline, max_bytes).await?;
         }
@@ -781,7 +802,7 @@ impl ProcSession {
         proc: usize,
         deadline: tokio::time::Instant,
         max_bytes: usize,
-    ) -> Result<Vec<String>, DataError> {
+    ) -> Result<Vec<Vec<u8>>, DataError> {
         let mut out = Vec::new();
         let mut size = 0usize;
         let token = self.data_token;
@@ -800,7 +821,7 @@ impl ProcSession {
                     token: t,
                     line,
                 }) if i == proc && t == token => {
-                    if line == "." {
+                    if line == b"." {
                         // Lines of a later filter that came early stay for its turn.
                         self.early.extend(early);
                         return Ok(out);
@@ -877,7 +898,7 @@ mod tests {
 
     #[test]
     fn answers_are_parsed_strictly() {
-        let r = parse_answer(3, "filter-result|00000000000000aa|0b|proceed").unwrap();
+        let r = parse_answer(3, b"filter-result|00000000000000aa|0b|proceed").unwrap();
         assert_eq!(
             r,
             Some((
@@ -889,7 +910,7 @@ mod tests {
                 }
             ))
         );
-        let r = parse_answer(0, "filter-result|1|2|reject|550 no | way").unwrap();
+        let r = parse_answer(0, b"filter-result|1|2|reject|550 no | way").unwrap();
         assert_eq!(
             r.unwrap().1,
             Response::Result {
@@ -898,32 +919,42 @@ mod tests {
                 decision: Decision::Reject("550 no | way".into())
             }
         );
-        let r = parse_answer(0, "filter-dataline|1|2|a|b|c").unwrap();
+        let r = parse_answer(0, b"filter-dataline|1|2|a|b|c").unwrap();
         assert_eq!(
             r.unwrap().1,
             Response::DataLine {
                 proc: 0,
                 token: 2,
-                line: "a|b|c".into()
+                line: b"a|b|c".to_vec()
             }
         );
-        let r = parse_answer(0, "filter-dataline|1|2|").unwrap();
+        let r = parse_answer(0, b"filter-dataline|1|2|").unwrap();
         assert_eq!(
             r.unwrap().1,
             Response::DataLine {
                 proc: 0,
                 token: 2,
-                line: String::new()
+                line: Vec::new()
             }
         );
-        assert_eq!(parse_answer(0, "report|0.6|x").unwrap(), None);
-        assert!(parse_answer(0, "filter-result|1|2|proceed|x").is_err());
-        assert!(parse_answer(0, "filter-result|1|2|junk|x").is_err());
-        assert!(parse_answer(0, "filter-result|1|2|reject").is_err());
-        assert!(parse_answer(0, "filter-result|1|2|maybe").is_err());
-        assert!(parse_answer(0, "filter-result|zz|2|proceed").is_err());
+        // Message bytes need not be UTF-8: they are kept as they are.
+        let r = parse_answer(0, b"filter-dataline|1|2|caf\xe9").unwrap();
         assert_eq!(
-            parse_answer(0, "hello"),
+            r.unwrap().1,
+            Response::DataLine {
+                proc: 0,
+                token: 2,
+                line: b"caf\xe9".to_vec()
+            }
+        );
+        assert_eq!(parse_answer(0, b"report|0.6|x").unwrap(), None);
+        assert!(parse_answer(0, b"filter-result|1|2|proceed|x").is_err());
+        assert!(parse_answer(0, b"filter-result|1|2|junk|x").is_err());
+        assert!(parse_answer(0, b"filter-result|1|2|reject").is_err());
+        assert!(parse_answer(0, b"filter-result|1|2|maybe").is_err());
+        assert!(parse_answer(0, b"filter-result|zz|2|proceed").is_err());
+        assert_eq!(
+            parse_answer(0, b"hello"),
             Err("Invalid filter message type: hello".into())
         );
     }

@@ -817,3 +817,56 @@ fn verify_dkim(msg: &str, public: &[u8]) {
         .verify(sha256(data.as_bytes()).as_ref(), &signature)
         .unwrap_or_else(|_| panic!("DKIM signature does not verify over {data:?}"));
 }
+
+/// Message bytes that are not UTF-8 (Latin-1 here) go through a data-line program and into
+/// the mailbox unchanged.
+#[test]
+fn eight_bit_message_lines_pass_through_a_program_unchanged() {
+    use std::io::{BufRead, BufReader, Write};
+    let (dir, prog, log) = setup(FILTER);
+    let (vmail, ids) = vmail(dir.path());
+    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    let s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut reply = || {
+        let mut all = String::new();
+        for _ in 0..20 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        all
+    };
+    reply();
+    for (line, want) in [
+        (&b"HELO c.test\r\n"[..], "250"),
+        (b"MAIL FROM:<a@elsewhere.test>\r\n", "250"),
+        (b"RCPT TO:<foo@example.org>\r\n", "250"),
+        (b"DATA\r\n", "354"),
+        (
+            b"Subject: latin\r\n\r\ncaf\xe9 cr\xe8me br\xfbl\xe9e\r\n.\r\n",
+            "250",
+        ),
+    ] {
+        w.write_all(line).unwrap();
+        let got = reply();
+        assert!(got.starts_with(want), "{got} {}", d.log());
+    }
+    let files = files_under(&vmail.join("foo"));
+    assert_eq!(files.len(), 1);
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let want = b"\ncaf\xe9 cr\xe8me br\xfbl\xe9e\n";
+    assert!(
+        bytes.windows(want.len()).any(|x| x == want),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    d.stop();
+}

@@ -1222,8 +1222,8 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                 Action::Event(e) => conn.log_event(&e),
                 Action::FilterData(lines) => {
                     if let Some(p) = &conn.procs {
-                        let text = String::from_utf8_lossy(&lines);
-                        p.data_lines(text.strip_suffix('\n').unwrap_or(&text).split('\n'));
+                        let body = lines.strip_suffix(b"\n").unwrap_or(&lines);
+                        p.data_lines(body.split(|&b| b == b'\n'));
                     }
                 }
                 Action::MessageData(bytes) => {
@@ -1342,7 +1342,7 @@ async fn drive(conn: &mut Conn, session: &mut Session, stream: &mut Stream) -> S
                                 Ok(lines) => {
                                     let mut bytes = Vec::new();
                                     for l in lines {
-                                        bytes.extend_from_slice(l.as_bytes());
+                                        bytes.extend_from_slice(&l);
                                         bytes.extend_from_slice(b"\r\n");
                                     }
                                     Ok(bytes)
