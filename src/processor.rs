@@ -526,7 +526,22 @@ impl Processors {
                 }
                 Ok::<(), String>(())
             };
-            if let Err(e) = handshake.await {
+            // A program that never gets ready holds the daemon back: say so, every 30 s.
+            let waiting = name.clone();
+            let reminder = tokio::spawn(async move {
+                let mut waited = 0u64;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    waited += 30;
+                    warn!(
+                        "warn: processor {waiting}: no register|ready after {waited}s; \
+                         smtpd accepts no mail until it registers"
+                    );
+                }
+            });
+            let outcome = handshake.await;
+            reminder.abort();
+            if let Err(e) = outcome {
                 // What the program said on its way out explains it best: logged first.
                 let _ = tokio::time::timeout(Duration::from_secs(1), err_task).await;
                 return Err(e);
