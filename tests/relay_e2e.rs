@@ -995,3 +995,79 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
     );
     assert_eq!(shown.lines().count(), 1, "{shown}");
 }
+
+/// With `queue encryption` and `queue compression`, the message is sealed in the queue and
+/// the next hop gets it in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_queue_relays_the_message_in_clear() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "queue compression\n\
+         queue encryption \"0123456789abcdef0123456789abcdef\"\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: sealed relay\r\n\r\nthe clear body line\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivery = daemon.wait_for("mta delivery");
+    assert!(
+        delivery.ends_with("result=\"Ok\" stat=\"250 2.0.0 queued as 42\""),
+        "{delivery}"
+    );
+    let data = sink.data.lock().unwrap().clone();
+    assert_eq!(data.len(), 1);
+    let text = String::from_utf8_lossy(&data[0]);
+    assert!(text.contains("Subject: sealed relay\r\n"), "{text}");
+    assert!(text.contains("\r\nthe clear body line\r\n.\r\n"), "{text}");
+}
+
+/// With `queue encryption`, a refused message's bounce quotes it in clear (the bounce reads
+/// the sealed message, and is sealed in turn before it is relayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_queue_bounces_in_clear() {
+    let sink = Sink {
+        refuse_rcpt: Some("bob".into()),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "queue encryption \"0123456789abcdef0123456789abcdef\"\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: will bounce\r\n\r\nquoted body line\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let ok = wait_for_n(&daemon, "result=\"Ok\"", 1, 15);
+    assert!(ok[0].contains("to=<alice@client.test>"), "{ok:?}");
+    let data = sink.data.lock().unwrap().clone();
+    assert_eq!(data.len(), 1, "the bounce only");
+    let text = String::from_utf8_lossy(&data[0]);
+    assert!(text.contains("Subject: will bounce"), "{text}");
+    assert!(text.contains("550 5.1.1 no such user"), "{text}");
+}
