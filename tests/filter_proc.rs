@@ -870,3 +870,42 @@ fn eight_bit_message_lines_pass_through_a_program_unchanged() {
     );
     d.stop();
 }
+
+/// Started as root, a program runs as its `user` and `group`, inside its `chroot`, in a
+/// session of its own.
+#[test]
+fn a_program_runs_as_its_user_and_group_in_its_chroot() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (dir, prog, log) = setup(
+        "#!/bin/sh\n\
+         printf 'uid=%s gid=%s groups=%s pwd=%s sid=%s pid=%s\\n' \"$(id -u)\" \"$(id -g)\" \
+         \"$(id -G)\" \"$(pwd)\" \"$(cut -d' ' -f6 /proc/$$/stat)\" \"$$\" > \"$1\"\n\
+         while read -r l; do [ \"$l\" = 'config|ready' ] && break; done\n\
+         echo 'register|ready'\nwhile read -r l; do :; done\n",
+    );
+    let conf = format!(
+        "filter \"who\" proc-exec \"{} {}\" user nobody group nogroup chroot \"/\"\n\
+         listen on 127.0.0.1 port PORT filter \"who\"\n{RULE}",
+        prog.display(),
+        log.display()
+    );
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let seen = wait_file(&log, "pid=");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    let field = |k: &str| {
+        seen.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {seen}"))
+            .to_string()
+    };
+    assert_eq!(field("uid"), nobody.uid.to_string(), "{seen}");
+    assert_eq!(field("gid"), nogroup.gid.to_string(), "{seen}");
+    assert_eq!(field("groups"), nogroup.gid.to_string(), "{seen}");
+    assert_eq!(field("pwd"), "/", "{seen}");
+    assert_eq!(field("sid"), field("pid"), "a session leader: {seen}");
+    d.stop();
+}
