@@ -822,7 +822,7 @@ fn verify_dkim(msg: &str, public: &[u8]) {
 /// the mailbox unchanged.
 #[test]
 fn eight_bit_message_lines_pass_through_a_program_unchanged() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let (dir, prog, log) = setup(FILTER);
     let (vmail, ids) = vmail(dir.path());
     let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
@@ -830,20 +830,7 @@ fn eight_bit_message_lines_pass_through_a_program_unchanged() {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    let mut reply = || {
-        let mut all = String::new();
-        for _ in 0..20 {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                break;
-            }
-            all.push_str(&l);
-            if l.len() < 4 || l.as_bytes()[3] != b'-' {
-                break;
-            }
-        }
-        all
-    };
+    let mut reply = || common::read_reply(&mut r);
     reply();
     for (line, want) in [
         (&b"HELO c.test\r\n"[..], "250"),

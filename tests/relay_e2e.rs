@@ -451,6 +451,25 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
     }
 }
 
+/// Starts smtpd relaying all local mail to `smtp://127.0.0.1:NEXT_HOP` (`head` lines first
+/// in its configuration), submits one message from alice to `to`, and checks that it was
+/// accepted. Returns the daemon and its work directory.
+async fn relay_one(head: &str, next_hop: u16, to: &str, body: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "{head}listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\"\n\
+         match from local for any action \"relay\"\n"
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let (to, body) = (to.to_string(), body.to_string());
+    let reply = tokio::task::spawn_blocking(move || submit(port, "alice@client.test", &to, &body))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    (daemon, dir)
+}
+
 /// Waits (bounded) until the log holds `n` lines containing `needle`; returns them.
 fn wait_for_n(daemon: &Daemon, needle: &str, n: usize, secs: u64) -> Vec<String> {
     let t = Instant::now();
@@ -809,24 +828,7 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{closed}\"\n\
-         match from local for any action \"relay\"\n"
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@far.test",
-            "Subject: x\r\n\r\nhi\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let (daemon, dir) = relay_one("", closed, "bob@far.test", "Subject: x\r\n\r\nhi\r\n").await;
     let delivery = daemon.wait_for("mta delivery");
     assert!(
         delivery.ends_with("result=\"TempFail\" stat=\"Network error on destination MXs\""),
@@ -1001,27 +1003,13 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_queue_relays_the_message_in_clear() {
     let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "queue compression\n\
-         queue encryption \"0123456789abcdef0123456789abcdef\"\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@far.test",
-            "Subject: sealed relay\r\n\r\nthe clear body line\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let (daemon, _dir) = relay_one(
+        "queue compression\nqueue encryption \"0123456789abcdef0123456789abcdef\"\n",
+        addr.port(),
+        "bob@far.test",
+        "Subject: sealed relay\r\n\r\nthe clear body line\r\n",
+    )
+    .await;
     let delivery = daemon.wait_for("mta delivery");
     assert!(
         delivery.ends_with("result=\"Ok\" stat=\"250 2.0.0 queued as 42\""),
@@ -1043,26 +1031,13 @@ async fn an_encrypted_queue_bounces_in_clear() {
         ..Sink::default()
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "queue encryption \"0123456789abcdef0123456789abcdef\"\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@far.test",
-            "Subject: will bounce\r\n\r\nquoted body line\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let (daemon, _dir) = relay_one(
+        "queue encryption \"0123456789abcdef0123456789abcdef\"\n",
+        addr.port(),
+        "bob@far.test",
+        "Subject: will bounce\r\n\r\nquoted body line\r\n",
+    )
+    .await;
     let ok = wait_for_n(&daemon, "result=\"Ok\"", 1, 15);
     assert!(ok[0].contains("to=<alice@client.test>"), "{ok:?}");
     let data = sink.data.lock().unwrap().clone();
