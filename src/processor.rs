@@ -25,7 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::model::{Config, FilterKind};
+use crate::config::model::{Config, FilterKind, Proc};
+use crate::rules::filter::ProgramDecision;
 
 /// Where a processor command that is not an absolute path is looked for (the directory
 /// OpenSMTPD's filter packages install into).
@@ -82,30 +83,10 @@ pub const REPORT_EVENTS: [&str; 20] = [
     "link-reconnect",
 ];
 
-/// One processor definition of the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcSpec {
-    pub name: String,
-    pub command: String,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub chroot: Option<String>,
-}
-
 /// Every processor the configuration defines, in order: `proc` lines first, then the
-/// `proc-exec` filters.
-pub fn specs(config: &Config) -> Vec<ProcSpec> {
-    let mut out: Vec<ProcSpec> = config
-        .procs
-        .iter()
-        .map(|p| ProcSpec {
-            name: p.name.clone(),
-            command: p.command.clone(),
-            user: p.user.clone(),
-            group: p.group.clone(),
-            chroot: p.chroot.clone(),
-        })
-        .collect();
+/// `proc-exec` filters (each a processor named after its filter).
+pub fn specs(config: &Config) -> Vec<Proc> {
+    let mut out = config.procs.clone();
     for f in &config.filters {
         if let FilterKind::ProcExec {
             command,
@@ -114,12 +95,13 @@ pub fn specs(config: &Config) -> Vec<ProcSpec> {
             chroot,
         } = &f.kind
         {
-            out.push(ProcSpec {
+            out.push(Proc {
                 name: f.name.clone(),
                 command: command.clone(),
                 user: user.clone(),
                 group: group.clone(),
                 chroot: chroot.clone(),
+                span: f.span.clone(),
             });
         }
     }
@@ -137,7 +119,7 @@ pub fn shell_command(command: &str) -> String {
 
 /// A processor started but not yet registered.
 pub struct Spawned {
-    spec: ProcSpec,
+    spec: Proc,
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
@@ -145,7 +127,7 @@ pub struct Spawned {
 }
 
 /// The identity a processor runs as when the daemon is root.
-fn identity(spec: &ProcSpec) -> Result<(u32, u32), String> {
+fn identity(spec: &Proc) -> Result<(u32, u32), String> {
     let user_name = match &spec.user {
         Some(u) => u.clone(),
         None => crate::privsep::unprivileged_user()?.name,
@@ -170,7 +152,7 @@ fn identity(spec: &ProcSpec) -> Result<(u32, u32), String> {
 /// Starts every processor. Run while still privileged: as root each program gets its own
 /// user, group and chroot; otherwise it runs as the daemon's user (and a `chroot` is
 /// refused).
-pub fn spawn_all(specs: &[ProcSpec]) -> Result<Vec<Spawned>, String> {
+pub fn spawn_all(specs: &[Proc]) -> Result<Vec<Spawned>, String> {
     let root = nix::unistd::geteuid().is_root();
     let mut out = Vec::new();
     for spec in specs {
@@ -236,25 +218,13 @@ pub fn spawn_all(specs: &[ProcSpec]) -> Result<Vec<Spawned>, String> {
     Ok(out)
 }
 
-/// A processor's decision on one filter request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Proceed,
-    Junk,
-    Reject(String),
-    Disconnect(String),
-    Rewrite(String),
-    /// Protocol 0.7: report a message, then proceed.
-    Report(String),
-}
-
 /// A line from a processor, for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Result {
         proc: usize,
         token: u64,
-        decision: Decision,
+        decision: ProgramDecision,
     },
     DataLine {
         proc: usize,
@@ -277,7 +247,6 @@ pub fn parse_answer(proc: usize, raw: &[u8]) -> Result<Option<(u64, Response)>, 
                 String::from_utf8_lossy(raw)
             ));
         };
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let (Some(sid), Some(token)) = (hex(&text(sid)), hex(&text(token))) else {
             return Err(format!(
                 "Invalid session or token in filter-dataline: {}",
@@ -305,15 +274,15 @@ pub fn parse_answer(proc: usize, raw: &[u8]) -> Result<Option<(u64, Response)>, 
         };
         let param = f.next();
         let decision = match (what, param) {
-            ("proceed", None) => Decision::Proceed,
-            ("junk", None) => Decision::Junk,
+            ("proceed", None) => ProgramDecision::Proceed,
+            ("junk", None) => ProgramDecision::Junk,
             ("proceed" | "junk", Some(_)) => {
                 return Err(format!("Unexpected parameter after {what}: {line}"));
             }
-            ("reject", Some(p)) => Decision::Reject(p.to_string()),
-            ("disconnect", Some(p)) => Decision::Disconnect(p.to_string()),
-            ("rewrite", Some(p)) => Decision::Rewrite(p.to_string()),
-            ("report", Some(p)) => Decision::Report(p.to_string()),
+            ("reject", Some(p)) => ProgramDecision::Reject(p.to_string()),
+            ("disconnect", Some(p)) => ProgramDecision::Disconnect(p.to_string()),
+            ("rewrite", Some(p)) => ProgramDecision::Rewrite(p.to_string()),
+            ("report", Some(p)) => ProgramDecision::Report(p.to_string()),
             ("reject" | "disconnect" | "rewrite" | "report", None) => {
                 return Err(format!("Missing parameter: {line}"));
             }
@@ -400,12 +369,8 @@ pub struct Processor {
 }
 
 impl Processor {
-    fn send(&self, line: String) {
-        let _ = self.out.send(line.into_bytes());
-    }
-
-    fn send_bytes(&self, line: Vec<u8>) {
-        let _ = self.out.send(line);
+    fn send(&self, line: impl Into<Vec<u8>>) {
+        let _ = self.out.send(line.into());
     }
 
     /// Does it filter this phase?
@@ -464,14 +429,9 @@ impl Processors {
         Arc::new(Processors::default())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
-    }
-
     /// Sends the `config|…` handshake to every spawned processor and waits until each has
-    /// sent `register|ready`; then starts their reader, writer and reaper tasks. `subsystems`
-    /// names, per processor, whether a listener (smtp-in) uses it. Must run inside the
-    /// runtime.
+    /// sent `register|ready`; then starts their reader, writer and reaper tasks. Must run
+    /// inside the runtime.
     pub async fn register(
         spawned: Vec<Spawned>,
         hostname: &str,
@@ -702,13 +662,6 @@ impl ProcSession {
         }
     }
 
-    /// Is any processor of the chain subscribed to this event?
-    pub fn reports(&self, event: &str) -> bool {
-        self.procs
-            .iter()
-            .any(|p| p.registration.wants_report(event))
-    }
-
     /// Does the named processor filter this phase?
     pub fn hooks(&self, proc: &str, phase: &str) -> bool {
         self.procs
@@ -723,7 +676,7 @@ impl ProcSession {
         phase: &str,
         params: &str,
         limit: Duration,
-    ) -> Option<Decision> {
+    ) -> Option<ProgramDecision> {
         let p = self.procs.iter().find(|p| p.name == proc)?.clone();
         let token = crate::smtp::server::rand_u64();
         p.send(format!(
@@ -746,13 +699,9 @@ impl ProcSession {
         }
     }
 
-    /// The chain's processors that filter data lines, in order.
-    pub fn data_filters(&self) -> Vec<String> {
-        self.procs
-            .iter()
-            .filter(|p| p.filters("data-line"))
-            .map(|p| p.name.clone())
-            .collect()
+    /// Does a processor of the chain filter data lines?
+    pub fn filters_data_lines(&self) -> bool {
+        self.procs.iter().any(|p| p.filters("data-line"))
     }
 
     /// Starts a message's data-line stream.
@@ -770,7 +719,7 @@ impl ProcSession {
         )
         .into_bytes();
         out.extend_from_slice(line);
-        p.send_bytes(out);
+        p.send(out);
     }
 
     /// Sends message lines (each without its line end, as received, dot-stuffed, bytes as
@@ -921,7 +870,7 @@ mod tests {
                 Response::Result {
                     proc: 3,
                     token: 0xb,
-                    decision: Decision::Proceed
+                    decision: ProgramDecision::Proceed
                 }
             ))
         );
@@ -931,7 +880,7 @@ mod tests {
             Response::Result {
                 proc: 0,
                 token: 2,
-                decision: Decision::Reject("550 no | way".into())
+                decision: ProgramDecision::Reject("550 no | way".into())
             }
         );
         let r = parse_answer(0, b"filter-dataline|1|2|a|b|c").unwrap();

@@ -4,10 +4,9 @@
 //! then `smtpctl resume mda` lets it go together.
 
 mod common;
-use common::{Daemon, dialogue, vmail};
+use common::{Daemon, vmail};
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Marks itself running in `$1`, notes how many run, stays a moment, then leaves.
@@ -43,26 +42,16 @@ fn most_at_once(per_user: Option<u32>, n: usize) -> usize {
     );
     let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
     for i in 0..n {
-        let r = dialogue(
+        let r = common::send_mail(
             d.port,
-            &[
-                "HELO c.test",
-                "MAIL FROM:<bob@elsewhere.test>",
-                "RCPT TO:<alice@example.org>",
-                "DATA",
-                &format!("Subject: {i}\r\n\r\nx\r\n."),
-                "QUIT",
-            ],
+            "bob@elsewhere.test",
+            "alice@example.org",
+            &format!("Subject: {i}\r\n\r\nx\r\n"),
         );
         assert!(r[5].starts_with("250 "), "{r:?}");
     }
     let spool = dir.path().join("spool");
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-        .arg("--spool")
-        .arg(&spool)
-        .args(["resume", "mda"])
-        .output()
-        .unwrap();
+    let out = common::smtpctl(&spool, &["resume", "mda"]);
     assert!(out.status.success(), "{out:?}");
     let done = work.join("done");
     let t = Instant::now();

@@ -4,7 +4,7 @@
 //! nothing to `corrupt/`), and delivers after a restart with the right key.
 
 mod common;
-use common::{Daemon, dialogue, files_under, vmail};
+use common::{Daemon, files_under, vmail};
 
 use std::path::Path;
 use std::process::Command;
@@ -26,13 +26,7 @@ fn config(vmail: &Path, ids: &str, key: &str) -> String {
 }
 
 fn smtpctl(spool: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-        .arg("--spool")
-        .arg(spool)
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&common::smtpctl(spool, args).stdout).into_owned()
 }
 
 /// Waits (at most 15 s) for alice's first delivered message; returns its text.
@@ -68,16 +62,11 @@ fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
     // Local delivery paused: the message stays in the queue.
     let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
     wait_socket(&spool);
-    let r = dialogue(
+    let r = common::send_mail(
         d.port,
-        &[
-            "HELO c.test",
-            "MAIL FROM:<bob@elsewhere.test>",
-            "RCPT TO:<alice@example.org>",
-            "DATA",
-            &format!("Subject: sealed\r\n\r\n{BODY}\r\n."),
-            "QUIT",
-        ],
+        "bob@elsewhere.test",
+        "alice@example.org",
+        &format!("Subject: sealed\r\n\r\n{BODY}\r\n"),
     );
     assert!(r[5].starts_with("250 2.0.0 "), "{r:?} {}", d.log());
     let msgid = r[5].split_whitespace().nth(2).unwrap().to_string();
@@ -152,16 +141,11 @@ fn queue_compression_stores_gzip_and_delivers_in_clear() {
         let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
         wait_socket(&spool);
         let body = "compressible line\r\n".repeat(500);
-        let r = dialogue(
+        let r = common::send_mail(
             d.port,
-            &[
-                "HELO c.test",
-                "MAIL FROM:<bob@elsewhere.test>",
-                "RCPT TO:<alice@example.org>",
-                "DATA",
-                &format!("Subject: squeezed\r\n\r\n{body}{BODY}\r\n."),
-                "QUIT",
-            ],
+            "bob@elsewhere.test",
+            "alice@example.org",
+            &format!("Subject: squeezed\r\n\r\n{body}{BODY}\r\n"),
         );
         assert!(r[5].starts_with("250 2.0.0 "), "{r:?} {}", d.log());
         let message = files_under(&spool.join("queue"))

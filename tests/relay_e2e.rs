@@ -842,12 +842,7 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-        .arg("--spool")
-        .arg(&spool)
-        .args(["show", "routes"])
-        .output()
-        .unwrap();
+    let out = common::smtpctl(&spool, &["show", "routes"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
@@ -857,12 +852,7 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
     );
     // `show hosts`: the address, its name (none known), the routes to it, open sessions,
     // and the time since the last attempt.
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-        .arg("--spool")
-        .arg(&spool)
-        .args(["show", "hosts"])
-        .output()
-        .unwrap();
+    let out = common::smtpctl(&spool, &["show", "hosts"]);
     let hosts = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success());
     let line = hosts.trim_end();
@@ -931,12 +921,7 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
     let (daemon, port) = start(dir.path(), &conf);
     let spool = dir.path().join("spool");
     let hoststats = move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-            .arg("--spool")
-            .arg(&spool)
-            .args(["show", "hoststats"])
-            .output()
-            .unwrap();
+        let out = common::smtpctl(&spool, &["show", "hoststats"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let reply = tokio::task::spawn_blocking(move || {

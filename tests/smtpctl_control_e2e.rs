@@ -57,12 +57,7 @@ fn send(port: u16, from: &str, to: &str) {
 }
 
 fn smtpctl(spool: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-        .arg("--spool")
-        .arg(spool)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::smtpctl(spool, args);
     println!(
         "smtpctl {}: status {:?}\n{}{}",
         args.join(" "),

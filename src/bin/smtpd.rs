@@ -242,7 +242,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         close.extend(control_socket.as_ref().map(|s| s.as_raw_fd()));
         let agent = smtpd::deliver::DeliveryAgent::new()
             .with_subaddress_delimiter(graph.config.smtp.sub_addr_delim);
-        let offline = smtpd::queue::offline::Submitter::beside_current_exe(&spool_path);
+        let offline = smtpd::privsep::offline::Submitter::beside_current_exe(&spool_path);
         let started = match smtpd::privsep::start_broker(agent, offline, &close) {
             Ok(s) => s,
             Err(e) => {
@@ -421,11 +421,11 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         if own_socket {
             // Messages sendmail left while smtpd was down go in now that the socket is
             // served: as root the broker submits each as its owner.
-            let submitter = smtpd::queue::offline::Submitter::beside_current_exe(&spool_path);
+            let submitter = smtpd::privsep::offline::Submitter::beside_current_exe(&spool_path);
             tokio::task::spawn_blocking(move || {
                 let outcome = match smtpd::privsep::broker::client() {
                     Some(b) => b.submit_offline(),
-                    None => Ok(smtpd::queue::offline::submit_all(&submitter)),
+                    None => Ok(smtpd::privsep::offline::submit_all(&submitter)),
                 };
                 match outcome {
                     Ok(o) if o.submitted + o.kept > 0 => info!(

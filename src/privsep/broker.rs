@@ -77,7 +77,7 @@ pub struct Broker {
     pub passwords: Box<PasswordCheck>,
     /// Submits the offline queue at start-up (fixed when the broker starts, never taken
     /// from a request).
-    pub offline: Option<crate::queue::offline::Submitter>,
+    pub offline: Option<crate::privsep::offline::Submitter>,
 }
 
 /// The system's password check: the hash in `/etc/shadow`.
@@ -163,7 +163,7 @@ impl Broker {
             },
             "offline" if message.is_none() => match &self.offline {
                 Some(s) => {
-                    let o = crate::queue::offline::submit_all(s);
+                    let o = crate::privsep::offline::submit_all(s);
                     format!("ok\nsubmitted={}\nkept={}\n", o.submitted, o.kept).into_bytes()
                 }
                 None => error("no offline queue".into()),
@@ -306,7 +306,7 @@ impl BrokerClient {
     }
 
     /// Submit the offline queue (each file as its owner); how many were submitted and kept.
-    pub fn submit_offline(&self) -> Result<crate::queue::offline::Outcome, String> {
+    pub fn submit_offline(&self) -> Result<crate::privsep::offline::Outcome, String> {
         let answer = self.request(b"offline\n", None, Duration::from_secs(3600))?;
         if let Some(e) = error_of(&answer) {
             return Err(e);
@@ -317,7 +317,7 @@ impl BrokerClient {
         let count = |k| {
             field(&f, k).and_then(|v| v.parse::<usize>().map_err(|_| "malformed answer".into()))
         };
-        Ok(crate::queue::offline::Outcome {
+        Ok(crate::privsep::offline::Outcome {
             submitted: count("submitted")?,
             kept: count("kept")?,
         })

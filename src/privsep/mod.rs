@@ -8,7 +8,8 @@
 //!    below 1024 included), TLS certificates and keys read, the spool created and handed to
 //!    the unprivileged user ([`prepare_spool`]), the enqueue and control sockets bound;
 //! 2. [`start_broker`] forks the privileged broker ([`broker`]), which stays root and serves
-//!    deliveries, `.forward` files and system-password checks over a socket pair;
+//!    deliveries, `.forward` files, system-password checks and, at start-up, the offline
+//!    queue ([`offline`]) over a socket pair;
 //! 3. the daemon process drops to the unprivileged user ([`drop_privileges`]): the first of
 //!    [`UNPRIVILEGED_USERS`] that exists, else [`FALLBACK_USER`] with a warning; it then
 //!    opens the spool and runs the SMTP server, the queue, the scheduler, the relay client
@@ -18,6 +19,7 @@
 //! deliveries run as that user, as before.
 
 pub mod broker;
+pub mod offline;
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
@@ -180,7 +182,7 @@ pub struct StartedBroker {
 /// process has a single thread; refuses otherwise.
 pub fn start_broker(
     agent: DeliveryAgent,
-    offline: crate::queue::offline::Submitter,
+    offline: offline::Submitter,
     close_in_broker: &[RawFd],
 ) -> Result<StartedBroker, String> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};

@@ -150,12 +150,7 @@ pub fn open_message_file(path: &std::path::Path) -> io::Result<std::fs::File> {
     let mut data = vec![first[0]];
     file.read_to_end(&mut data)?;
     let plain = open_queue_bytes(data)?;
-    let fd = nix::sys::memfd::memfd_create(
-        c"smtpd-message",
-        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    let mut memory = std::fs::File::from(fd);
+    let mut memory = super::writer::memory_file()?;
     memory.write_all(&plain)?;
     memory.rewind()?;
     Ok(memory)

@@ -157,7 +157,7 @@ impl Layout {
         ] {
             create_dir(&dir, 0o700)?;
         }
-        super::offline::prepare(&self.offline())
+        prepare_offline(&self.offline())
     }
 }
 
@@ -170,6 +170,24 @@ pub(crate) fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
     }
 }
 
+/// `offline/`'s mode: sticky, writable and searchable by all, listable by its owner only
+/// (messages `sendmail` leaves while the daemon is down; see `privsep::offline`).
+pub const OFFLINE_MODE: u32 = 0o1733;
+
+/// Creates `offline/` with [`OFFLINE_MODE`], or puts an existing one to that mode.
+fn prepare_offline(dir: &Path) -> io::Result<()> {
+    create_dir(dir, 0o700)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("not a directory"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o7777 != OFFLINE_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(OFFLINE_MODE))?;
+    }
+    Ok(())
+}
+
 /// True for a two-digit lower-case hex bucket name.
 pub(crate) fn is_bucket_name(name: &str) -> bool {
     name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -178,6 +196,19 @@ pub(crate) fn is_bucket_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn prepare_sets_the_sticky_world_writable_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let off = dir.path().join("offline");
+        prepare_offline(&off).unwrap();
+        let mode = std::fs::metadata(&off).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1733);
+        std::fs::set_permissions(&off, std::fs::Permissions::from_mode(0o770)).unwrap();
+        prepare_offline(&off).unwrap();
+        let mode = std::fs::metadata(&off).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1733);
+    }
 
     #[test]
     fn paths_follow_opensmtpd() {

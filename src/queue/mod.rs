@@ -40,7 +40,6 @@ pub mod envelope_file;
 pub mod error;
 pub mod id;
 pub mod layout;
-pub mod offline;
 pub mod recovery;
 pub mod scheduler;
 pub mod spool;

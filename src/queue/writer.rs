@@ -456,8 +456,9 @@ fn reopen(file: &File) -> std::io::Result<File> {
     ))
 }
 
-/// An anonymous memory file for a body kept in memory.
-fn memory_file() -> std::io::Result<File> {
+/// An anonymous memory file for a body kept in memory (or read back in clear from a
+/// sealed or compressed queue file).
+pub(crate) fn memory_file() -> std::io::Result<File> {
     let fd = nix::sys::memfd::memfd_create(
         c"smtpd-message",
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,

@@ -256,10 +256,10 @@ impl RuleGraph {
         truth != rule.negate
     }
 
-    /// Run the builtin members of `chain` hooked on `phase`. `query` is the phase's
-    /// parameter as OpenSMTPD's filter layer sees it: the client address at connect, the
-    /// HELO name, the MAIL FROM / RCPT TO address without brackets and parameters, empty
-    /// at data and commit.
+    /// Run the builtin members of `chain` hooked on `phase` (its filter programs, if any,
+    /// are not asked: see [`ChainWalk`]). `query` is the phase's parameter as OpenSMTPD's
+    /// filter layer sees it: the client address at connect, the HELO name, the MAIL FROM /
+    /// RCPT TO address without brackets and parameters, empty at data and commit.
     pub fn run_filters(
         &self,
         chain: &PhaseChains,
@@ -267,25 +267,13 @@ impl RuleGraph {
         query: &str,
         facts: &FilterFacts,
     ) -> FilterRun {
-        let mut notes = Vec::new();
-        let steps = chain.phases.get(&phase).map(Vec::as_slice).unwrap_or(&[]);
-        for step in steps {
-            // Filter programs are asked by the session's driver, not here.
-            let ChainStep::Builtin { filter, rule } = step else {
-                continue;
-            };
-            let resume = !notes.is_empty();
-            if let Some(outcome) =
-                self.run_builtin(filter, rule, phase, query, facts, resume, &mut notes)
-            {
-                return FilterRun { outcome, notes };
+        let mut walk = ChainWalk::new(chain, phase.keyword(), Some(phase), query);
+        // Bounded: every step moves the walk forward, and nothing is asked here.
+        loop {
+            match walk.step(self, facts, &|_, _| false) {
+                WalkStep::Done(run) => return run,
+                WalkStep::Ask { .. } => walk.answer("", ProgramDecision::Proceed),
             }
-        }
-        let resume = !notes.is_empty();
-        notes.push(FilterNote::end_of_chain(phase.keyword(), resume));
-        FilterRun {
-            outcome: FilterOutcome::Proceed,
-            notes,
         }
     }
 
@@ -421,6 +409,199 @@ impl FilterSessionTrace {
 impl Drop for FilterSessionTrace {
     fn drop(&mut self) {
         tracing::trace!(target: "filters", "{} filters session-end", self.id);
+    }
+}
+
+/// A filter program's decision on one request (`filter-result|…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramDecision {
+    Proceed,
+    Junk,
+    Reject(String),
+    Disconnect(String),
+    Rewrite(String),
+    /// Protocol 0.7: report a message, then proceed.
+    Report(String),
+}
+
+/// What a [`ChainWalk`] needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkStep {
+    /// Ask the program `proc` (member `filter` of the chain); give its decision to
+    /// [`ChainWalk::answer`].
+    Ask { filter: String, proc: String },
+    /// The chain decided for this phase.
+    Done(FilterRun),
+}
+
+/// One phase of a listener's chain, member by member: builtin members are evaluated here,
+/// and at a member served by a filter program the walk stops and asks for the program's
+/// answer (sans I/O: the SMTP driver talks to the program). Builds the `-T filters` notes,
+/// with OpenSMTPD 6.8's quirk of naming the phase `connect` on every line after a program
+/// answered.
+#[derive(Debug)]
+pub struct ChainWalk {
+    phase: &'static str,
+    builtin: Option<Phase>,
+    query: String,
+    steps: Vec<ChainStep>,
+    next: usize,
+    notes: Vec<FilterNote>,
+    answered_at: Option<usize>,
+    asked: Option<String>,
+    outcome: Option<FilterOutcome>,
+    builtin_reports: Vec<(String, String)>,
+}
+
+impl ChainWalk {
+    /// A walk of `chain` at the phase named `phase`: its builtin members when it is a
+    /// builtin phase (`builtin`), and filter programs at every phase (the chain lists each
+    /// program at connect).
+    pub fn new(
+        chain: &PhaseChains,
+        phase: &'static str,
+        builtin: Option<Phase>,
+        query: &str,
+    ) -> ChainWalk {
+        let steps = match builtin {
+            Some(p) => chain.phases.get(&p).cloned().unwrap_or_default(),
+            None => chain
+                .phases
+                .get(&Phase::Connect)
+                .map(|s| {
+                    s.iter()
+                        .filter(|s| matches!(s, ChainStep::Proc { .. }))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        ChainWalk {
+            phase,
+            builtin,
+            query: query.to_string(),
+            steps,
+            next: 0,
+            notes: Vec::new(),
+            answered_at: None,
+            asked: None,
+            outcome: None,
+            builtin_reports: Vec::new(),
+        }
+    }
+
+    /// Goes on until a program must be asked or the chain decided. `hooks(proc, phase)`
+    /// says whether a program registered for the phase; members whose program did not are
+    /// passed over.
+    pub fn step(
+        &mut self,
+        graph: &RuleGraph,
+        facts: &FilterFacts,
+        hooks: &dyn Fn(&str, &str) -> bool,
+    ) -> WalkStep {
+        while self.outcome.is_none() {
+            let Some(step) = self.steps.get(self.next).cloned() else {
+                break;
+            };
+            self.next += 1;
+            let resume = !self.notes.is_empty();
+            match step {
+                ChainStep::Builtin { filter, rule } => {
+                    let Some(p) = self.builtin else { continue };
+                    let before = self.notes.len();
+                    self.outcome = graph.run_builtin(
+                        &filter,
+                        &rule,
+                        p,
+                        &self.query,
+                        facts,
+                        resume,
+                        &mut self.notes,
+                    );
+                    for n in &self.notes[before..] {
+                        if let (FilterAction::Report, Some(m)) = (n.action, &n.response) {
+                            self.builtin_reports.push((filter.clone(), m.clone()));
+                        }
+                    }
+                }
+                ChainStep::Proc { filter, proc } => {
+                    if !hooks(&proc, self.phase) {
+                        continue;
+                    }
+                    self.notes.push(FilterNote {
+                        phase: self.phase,
+                        resume,
+                        action: FilterAction::Deferred,
+                        filter: Some(filter.clone()),
+                        query: String::new(),
+                        response: None,
+                    });
+                    self.asked = Some(filter.clone());
+                    return WalkStep::Ask { filter, proc };
+                }
+            }
+        }
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            let resume = !self.notes.is_empty();
+            self.notes
+                .push(FilterNote::end_of_chain(self.phase, resume));
+            FilterOutcome::Proceed
+        });
+        let mut notes = std::mem::take(&mut self.notes);
+        if let Some(from) = self.answered_at {
+            for n in &mut notes[from..] {
+                n.phase = "connect";
+            }
+        }
+        WalkStep::Done(FilterRun { outcome, notes })
+    }
+
+    /// The asked program's decision on the request it got with `params`.
+    pub fn answer(&mut self, params: &str, decision: ProgramDecision) {
+        let filter = self.asked.take();
+        self.answered_at.get_or_insert(self.notes.len());
+        let (action, outcome, response) = match decision {
+            ProgramDecision::Proceed => return,
+            ProgramDecision::Report(m) => (FilterAction::Report, None, Some(m)),
+            ProgramDecision::Junk => (FilterAction::Junk, Some(FilterOutcome::Junk), None),
+            ProgramDecision::Reject(m) => (
+                FilterAction::Reject,
+                Some(FilterOutcome::Reject(m.clone())),
+                Some(m),
+            ),
+            ProgramDecision::Disconnect(m) => (
+                FilterAction::Disconnect,
+                Some(FilterOutcome::Disconnect(m.clone())),
+                Some(m),
+            ),
+            ProgramDecision::Rewrite(m) => (
+                FilterAction::Rewrite,
+                Some(FilterOutcome::Rewrite(m.clone())),
+                Some(m),
+            ),
+        };
+        self.notes.push(FilterNote {
+            phase: self.phase,
+            resume: true,
+            action,
+            filter,
+            query: params.to_string(),
+            response,
+        });
+        self.outcome = outcome;
+    }
+
+    /// The asked program gave no answer in time: the session ends with `reply`.
+    pub fn no_answer(&mut self, reply: String) {
+        self.asked = None;
+        self.answered_at.get_or_insert(self.notes.len());
+        self.outcome = Some(FilterOutcome::Disconnect(reply));
+    }
+
+    /// The `report` messages of the builtin members walked so far, as `(filter, message)`
+    /// (`filter-report` events for the session's programs).
+    pub fn builtin_reports(&self) -> &[(String, String)] {
+        &self.builtin_reports
     }
 }
 

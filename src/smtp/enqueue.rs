@@ -623,9 +623,9 @@ pub fn run(
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            match crate::queue::offline::save(dir, args, &raw, now) {
+            match save_offline(dir, args, &raw, now) {
                 Ok(_) => EX_TEMPFAIL,
-                Err(crate::queue::offline::SaveError(m, code)) => {
+                Err(SaveError(m, code)) => {
                     eprintln!("{m}");
                     code
                 }
@@ -637,6 +637,90 @@ pub fn run(
             code
         }
     }
+}
+
+/// Why sendmail could not save a message in the offline queue; the line it prints and its
+/// exit status.
+#[derive(Debug)]
+pub struct SaveError(pub String, pub i32);
+
+/// Writes a message to the offline queue (`dir`) for the daemon's next start: a first line
+/// with the arguments joined by `|`, then the message (mode 0600, the caller's file).
+/// Returns the file's path.
+pub fn save_offline(
+    dir: &Path,
+    args: &[String],
+    message: &[u8],
+    now: u64,
+) -> Result<std::path::PathBuf, SaveError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(bad) = args.iter().find(|a| a.contains('|') || a.contains('\n')) {
+        return Err(SaveError(
+            format!("sendmail: {bad} contains illegal character"),
+            EX_SOFTWARE,
+        ));
+    }
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // Bounded: a name is taken only if it is new; 100 tries of 62^10 names.
+    let mut last = None;
+    for _ in 0..100 {
+        let mut random = [0u8; 10];
+        if getrandom::fill(&mut random).is_err() {
+            random = (super::server::rand_u64() as u128).to_le_bytes()[..10]
+                .try_into()
+                .unwrap_or([b'x'; 10]);
+        }
+        let suffix: String = random
+            .iter()
+            .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+            .collect();
+        let path = dir.join(format!("{now}.{suffix}"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        match file {
+            Ok(mut f) => {
+                let mut head = args.join("|");
+                head.push('\n');
+                let written = f
+                    .write_all(head.as_bytes())
+                    .and_then(|_| f.write_all(message))
+                    .and_then(|_| f.sync_all());
+                return match written {
+                    Ok(()) => Ok(path),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        Err(SaveError(
+                            format!("sendmail: cannot write {}: {e}", path.display()),
+                            EX_UNAVAILABLE,
+                        ))
+                    }
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(path),
+            Err(e) => {
+                return Err(SaveError(
+                    format!(
+                        "sendmail: cannot create temporary file {}: {}",
+                        path.display(),
+                        crate::config::diag::strerror(&e)
+                    ),
+                    EX_UNAVAILABLE,
+                ));
+            }
+        }
+    }
+    Err(SaveError(
+        format!(
+            "sendmail: cannot create temporary file {}: File exists",
+            last.unwrap_or_else(|| dir.to_path_buf()).display()
+        ),
+        EX_UNAVAILABLE,
+    ))
 }
 
 /// The current date as in an added `Date:` header.
@@ -652,6 +736,35 @@ pub fn date_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn saved_files_hold_the_arguments_then_the_message() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let args = vec!["-f".to_string(), "a@b.test".into(), "carol".into()];
+        let p = save_offline(dir.path(), &args, b"Subject: x\n\nbody\n", 1700000000).unwrap();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.starts_with("1700000000."), "{name}");
+        assert_eq!(name.len(), "1700000000.".len() + 10);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "-f|a@b.test|carol\nSubject: x\n\nbody\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let e = save_offline(dir.path(), &["a|b".to_string()], b"x", 1).unwrap_err();
+        assert_eq!(e.0, "sendmail: a|b contains illegal character");
+        assert_eq!(e.1, 70);
+        let e = save_offline(&dir.path().join("missing"), &[], b"x", 1).unwrap_err();
+        assert!(
+            e.0.starts_with("sendmail: cannot create temporary file ")
+                && e.0.ends_with(": No such file or directory"),
+            "{}",
+            e.0
+        );
+        assert_eq!(e.1, 69);
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

@@ -31,13 +31,13 @@ use super::session::Session;
 use crate::config::model::{self as cfg, Phase};
 use crate::dns::{self, Resolver};
 use crate::expand;
-use crate::processor::{Decision, ProcSession, Processors};
+use crate::processor::{ProcSession, Processors};
 use crate::queue::{self, Spool};
+use crate::rules::RuleGraph;
 use crate::rules::filter::{
-    FilterAction, FilterFacts, FilterNote, FilterOutcome, FilterSessionTrace,
+    ChainWalk, FilterFacts, FilterOutcome, FilterSessionTrace, ProgramDecision, WalkStep,
 };
 use crate::rules::route::Facts;
-use crate::rules::{ChainStep, RuleGraph};
 
 /// A connection: plain TCP, or TLS over it after STARTTLS or on an SMTPS listener.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -185,7 +185,7 @@ pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, li
     params.local_enqueue = true;
     params.local_listener = true;
     let procs = open_procs(&server, &l, sid);
-    params.data_filtered = procs.as_ref().is_some_and(|p| !p.data_filters().is_empty());
+    params.data_filtered = procs.as_ref().is_some_and(ProcSession::filters_data_lines);
     let mut session = Session::new(params);
     let mut conn = Conn::new(server.clone(), sid, listener, client, loopback, None);
     conn.procs = procs;
@@ -484,8 +484,9 @@ impl Conn {
     }
 
     /// Runs the listener's filter chain for one phase, as OpenSMTPD's lookup process does:
-    /// builtin members here, filter programs by asking them. Traces every step under
-    /// `-T filters` and reports the decision (`filter-response`) to the programs.
+    /// the rule graph walks it ([`ChainWalk`]) and this asks the filter programs it names.
+    /// Traces every step under `-T filters` and reports the decision (`filter-response`)
+    /// to the programs.
     async fn filter(&mut self, phase: FilterPhase, param: &str, query: &str) -> FilterVerdict {
         let graph = self.server.graph.clone();
         let Some(chain) = graph.listener_chain(self.listener()) else {
@@ -510,21 +511,6 @@ impl Conn {
             FilterPhase::MailFrom => self.mail_from = query.to_string(),
             _ => {}
         }
-        // Builtin members where the phase has them; filter programs at every phase they
-        // registered for (the chain lists each program at connect).
-        let steps: Vec<ChainStep> = match builtin {
-            Some(p) => chain.phases.get(&p).cloned().unwrap_or_default(),
-            None => chain
-                .phases
-                .get(&Phase::Connect)
-                .map(|s| {
-                    s.iter()
-                        .filter(|s| matches!(s, ChainStep::Proc { .. }))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
         let source = self.client.address.text();
         let rdns = self.client.rdns.clone();
         let helo = self.helo.clone();
@@ -543,108 +529,49 @@ impl Conn {
             mail_from: sender_known.then_some(mail_from.as_str()),
         };
         let name = phase.as_str();
-        let mut notes: Vec<FilterNote> = Vec::new();
-        let mut outcome = None;
-        // OpenSMTPD's trace names the phase `connect` on every line after a program answered.
-        let mut answered_at = None;
-        for step in &steps {
-            let resume = !notes.is_empty();
-            match step {
-                ChainStep::Builtin { filter, rule } => {
-                    let Some(p) = builtin else { continue };
-                    if let Some(o) =
-                        graph.run_builtin(filter, rule, p, query, &facts, resume, &mut notes)
-                    {
-                        outcome = Some(o);
-                        break;
+        // The parameter programs get: `RDNS|ADDRESS` at connect, the address at mail-from
+        // and rcpt-to, the command's argument otherwise.
+        let params = match phase {
+            FilterPhase::Connect => format!("{rdns}|{source}"),
+            FilterPhase::MailFrom | FilterPhase::RcptTo => query.to_string(),
+            _ => param.to_string(),
+        };
+        let mut walk = ChainWalk::new(chain, name, builtin, query);
+        // Bounded: every step moves the walk forward by one member at least.
+        let run = loop {
+            let procs = self.procs.as_ref();
+            let hooks = |proc: &str, phase: &str| procs.is_some_and(|p| p.hooks(proc, phase));
+            let (filter, proc) = match walk.step(&graph, &facts, &hooks) {
+                WalkStep::Done(run) => break run,
+                WalkStep::Ask { filter, proc } => (filter, proc),
+            };
+            let timeout = self.server.timeout;
+            let decision = match self.procs.as_mut() {
+                Some(ps) => ps.query(&proc, name, &params, timeout).await,
+                None => None,
+            };
+            match decision {
+                Some(d) => {
+                    if let ProgramDecision::Report(m) = &d {
+                        self.report("filter-report", Some(&format!("proc|{filter}|{m}")));
                     }
+                    walk.answer(&params, d);
                 }
-                ChainStep::Proc { filter, proc } => {
-                    let Some(ps) = self.procs.as_mut() else {
-                        continue;
-                    };
-                    if !ps.hooks(proc, name) {
-                        continue;
-                    }
-                    notes.push(FilterNote {
-                        phase: name,
-                        resume,
-                        action: FilterAction::Deferred,
-                        filter: Some(filter.clone()),
-                        query: String::new(),
-                        response: None,
-                    });
-                    let params = match phase {
-                        FilterPhase::Connect => format!("{rdns}|{source}"),
-                        FilterPhase::MailFrom | FilterPhase::RcptTo => query.to_string(),
-                        _ => param.to_string(),
-                    };
-                    let decision = ps.query(proc, name, &params, self.server.timeout).await;
-                    answered_at.get_or_insert(notes.len());
-                    let note = |action: FilterAction, response: Option<&String>| FilterNote {
-                        phase: name,
-                        resume: true,
-                        action,
-                        filter: Some(filter.clone()),
-                        query: params.clone(),
-                        response: response.cloned(),
-                    };
-                    let o = match &decision {
-                        None => {
-                            warn!("warn: smtp: {}: filter {filter} did not answer", self.sid);
-                            FilterOutcome::Disconnect(Reply::temporary_failure().to_string())
-                        }
-                        Some(Decision::Proceed) => continue,
-                        Some(Decision::Report(m)) => {
-                            notes.push(note(FilterAction::Report, Some(m)));
-                            self.report("filter-report", Some(&format!("proc|{filter}|{m}")));
-                            continue;
-                        }
-                        Some(Decision::Junk) => {
-                            notes.push(note(FilterAction::Junk, None));
-                            FilterOutcome::Junk
-                        }
-                        Some(Decision::Reject(m)) => {
-                            notes.push(note(FilterAction::Reject, Some(m)));
-                            FilterOutcome::Reject(m.clone())
-                        }
-                        Some(Decision::Disconnect(m)) => {
-                            notes.push(note(FilterAction::Disconnect, Some(m)));
-                            FilterOutcome::Disconnect(m.clone())
-                        }
-                        Some(Decision::Rewrite(m)) => {
-                            notes.push(note(FilterAction::Rewrite, Some(m)));
-                            FilterOutcome::Rewrite(m.clone())
-                        }
-                    };
-                    outcome = Some(o);
-                    break;
+                None => {
+                    warn!("warn: smtp: {}: filter {filter} did not answer", self.sid);
+                    walk.no_answer(Reply::temporary_failure().to_string());
                 }
             }
-        }
-        let outcome = outcome.unwrap_or_else(|| {
-            notes.push(FilterNote::end_of_chain(name, !notes.is_empty()));
-            FilterOutcome::Proceed
-        });
-        if let Some(from) = answered_at {
-            for n in &mut notes[from..] {
-                n.phase = "connect";
-            }
-        }
-        for note in &notes {
+        };
+        for note in &run.notes {
             trace!(target: "filters", "{} {note}", self.sid);
-            // A builtin `report` goes to the programs as `filter-report` (a program's own
-            // report was sent when it answered).
-            if note.action == FilterAction::Report
-                && let (Some(f), Some(m)) = (&note.filter, &note.response)
-                && graph
-                    .config
-                    .filter_named(f)
-                    .is_some_and(|x| matches!(x.kind, cfg::FilterKind::Builtin(_)))
-            {
-                self.report("filter-report", Some(&format!("builtin|{f}|{m}")));
-            }
         }
+        // A builtin `report` goes to the programs as `filter-report` (a program's own
+        // report was sent when it answered).
+        for (f, m) in walk.builtin_reports() {
+            self.report("filter-report", Some(&format!("builtin|{f}|{m}")));
+        }
+        let outcome = run.outcome;
         let verdict = match outcome {
             FilterOutcome::Proceed => FilterVerdict::Proceed,
             FilterOutcome::Junk => FilterVerdict::Junk,
@@ -1177,7 +1104,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
     let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
     let mut params = session_params(&server, sid, &l, client.clone(), local);
     let procs = open_procs(&server, &l, sid);
-    params.data_filtered = procs.as_ref().is_some_and(|p| !p.data_filters().is_empty());
+    params.data_filtered = procs.as_ref().is_some_and(ProcSession::filters_data_lines);
     let local_end = stream.local_addr().ok();
     let mut session = Session::new(params);
     let mut conn = Conn::new(server.clone(), sid, listener, client, ip, pending);

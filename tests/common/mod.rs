@@ -193,6 +193,33 @@ pub fn dialogue(port: u16, lines: &[&str]) -> Vec<String> {
     replies
 }
 
+/// One message on a fresh connection (`HELO c.test`, MAIL, RCPT, DATA with `message` — its
+/// lines CRLF-ended, without the final dot — QUIT). Returns every reply; `[5]` answers the
+/// message.
+pub fn send_mail(port: u16, from: &str, to: &str, message: &str) -> Vec<String> {
+    dialogue(
+        port,
+        &[
+            "HELO c.test",
+            &format!("MAIL FROM:<{from}>"),
+            &format!("RCPT TO:<{to}>"),
+            "DATA",
+            &format!("{message}."),
+            "QUIT",
+        ],
+    )
+}
+
+/// The built smtpctl, run on the daemon of `spool` (`--spool`).
+pub fn smtpctl(spool: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+        .arg("--spool")
+        .arg(spool)
+        .args(args)
+        .output()
+        .expect("run smtpctl")
+}
+
 /// Regular files under `dir`, recursively (at most 10,000 directories read).
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
