@@ -304,6 +304,20 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             }
         };
     }
+    // External tables' programs run as the daemon's own (unprivileged) user, as
+    // OpenSMTPD's lookup process starts them after its privilege drop.
+    match graph.open_tables() {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!("debug: smtpd: {n} table program(s) started"),
+        Err(e) => {
+            if args.debug || args.foreground {
+                eprintln!("smtpd: {e}");
+            } else {
+                tracing::error!("smtpd: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    }
     let (spool, recovery) = match smtpd::queue::Spool::open(&spool_path) {
         Ok(x) => x,
         Err(e) => {

@@ -132,14 +132,7 @@ impl System for RealSystem {
     }
 
     fn table_helper_exists(&self, backend: &str) -> bool {
-        [
-            "/usr/libexec/opensmtpd",
-            "/usr/lib/x86_64-linux-gnu/opensmtpd",
-            "/usr/local/libexec/smtpd",
-            "/usr/libexec/smtpd",
-        ]
-        .iter()
-        .any(|d| std::path::Path::new(&format!("{d}/table-{backend}")).exists())
+        crate::table::proc::find_program(backend).is_some()
     }
 
     fn local_addresses(&self) -> Vec<IpAddr> {

@@ -37,6 +37,7 @@ use crate::queue::{
     StatusCode, Target,
 };
 use crate::rules::RuleGraph;
+use crate::table::proc::Service;
 
 /// How many deliveries run at once (OpenSMTPD's `mda limit max-session` default is 50).
 const MAX_INFLIGHT: usize = 50;
@@ -558,26 +559,44 @@ impl Runner {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
                 // `host` wins; then the `domain` mapping; else the MX of the domain.
                 let url: Option<String> = match (action.host, action.domain) {
-                    (Some(t), _) => self.entry_in_turn(t, evpid),
-                    (None, Some(t)) => self.graph.table(t).lookup(domain).map(str::to_string),
+                    (Some(t), _) => self.entry_in_turn(t, evpid, Service::Relayhost),
+                    (None, Some(t)) => match self.graph.table(t).get(Service::Relayhost, domain) {
+                        Ok(v) => v.map(std::borrow::Cow::into_owned),
+                        Err(crate::table::LookupError(e)) => {
+                            return Err(RelayOutcome {
+                                status: Status::TempFail,
+                                stat: format!("could not look up the relay of {domain}: {e}"),
+                                relay: "-".into(),
+                                session: super::relay::NO_SESSION.into(),
+                            });
+                        }
+                    },
                     (None, None) => None,
                 };
                 let auth_table = action.auth;
                 let graph = self.graph.clone();
                 let auth = move |label: &str| {
-                    auth_table.and_then(|t| graph.table(t).lookup(label).map(str::to_string))
+                    auth_table.and_then(|t| {
+                        graph
+                            .table(t)
+                            .get(Service::Credentials, label)
+                            .ok()
+                            .flatten()
+                            .map(std::borrow::Cow::into_owned)
+                    })
                 };
                 // `src`: a source address taken in turn; `helo-src`: the name announced
                 // from it.
                 let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
-                    self.entry_in_turn(t, evpid)
+                    self.entry_in_turn(t, evpid, Service::Source)
                         .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
                 });
                 let mut action = action.clone();
                 if let (Some(src), Some(t)) = (source, action.helo_src)
-                    && let Some(name) = self.graph.table(t).lookup(&src.to_string())
+                    && let Ok(Some(name)) =
+                        self.graph.table(t).get(Service::Addrname, &src.to_string())
                 {
-                    action.helo = Some(name.to_string());
+                    action.helo = Some(name.into_owned());
                 }
                 // Limits follow the smarthost's name, or the destination domain.
                 let limit_domain = url
@@ -620,9 +639,24 @@ impl Runner {
     }
 
     /// A key of table `t` chosen in turn by envelope (`host <table>`, `src <table>`): the
-    /// envelopes of a route spread over its entries.
-    fn entry_in_turn(&self, t: crate::config::model::TableId, evpid: Evpid) -> Option<String> {
+    /// envelopes of a route spread over its entries. An external table's program hands
+    /// out its entries in turn itself (`FETCH`).
+    fn entry_in_turn(
+        &self,
+        t: crate::config::model::TableId,
+        evpid: Evpid,
+        service: Service,
+    ) -> Option<String> {
         let table = self.graph.table(t);
+        if table.is_external() {
+            return match table.program().and_then(|p| p.fetch(service)) {
+                Ok(v) => v,
+                Err(crate::table::LookupError(e)) => {
+                    tracing::warn!("warn: table {}: fetch failed: {e}", table.name);
+                    None
+                }
+            };
+        }
         let n = table.entries.len().max(1);
         table
             .entries

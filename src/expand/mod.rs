@@ -605,9 +605,14 @@ impl Expansion<'_, '_, '_> {
         key: &str,
     ) -> Result<Option<String>, ()> {
         let t = self.graph.config.table(table);
-        traced_lookup(t, &self.graph.table(table), "ALIAS", key)
-            .map(|v| v.map(str::to_string))
-            .map_err(|_| ())
+        traced_lookup(
+            t,
+            &self.graph.table(table),
+            crate::table::proc::Service::Alias,
+            key,
+        )
+        .map(|v| v.map(std::borrow::Cow::into_owned))
+        .map_err(|_| ())
     }
 
     /// `aliases_get`: the user with its tag, then without. Returns how many aliases were

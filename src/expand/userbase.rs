@@ -6,10 +6,12 @@
 //! `table_lookup` does, writes the `-T lookup` trace line and parses the value, so that a
 //! table, the password database and a test fake behave alike.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::config::model::{Table, TableBackend, TableKind};
 use crate::rules::matching::CompiledTable;
+use crate::table::proc::Service;
 
 /// What a userbase knows of a user: the name (the lower-cased key), ids and home directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,8 +52,7 @@ impl UserInfo {
 }
 
 /// A userbase lookup that could not be answered (the RCPT is refused temporarily).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LookupError(pub String);
+pub use crate::table::LookupError;
 
 /// The backend word of lookup trace lines for a table (`static` for inline and file tables,
 /// as OpenSMTPD names its backend for both).
@@ -71,25 +72,22 @@ pub fn backend_name(t: &Table) -> &'static str {
 pub fn traced_lookup<'t>(
     table: &Table,
     compiled: &'t CompiledTable,
-    service: &str,
+    service: Service,
     key: &str,
-) -> Result<Option<&'t str>, LookupError> {
-    let answer = match (&table.backend, table.kind) {
-        // Entries of external tables live in their helper process, which smtpd does not run;
-        // an unusable table has no entries to trust. Either way: no answer, not "no user".
-        (TableBackend::External { .. }, _) | (_, TableKind::Unusable) => {
-            Err(LookupError("Operation not supported".into()))
-        }
-        _ => Ok(compiled.lookup(key)),
+) -> Result<Option<Cow<'t, str>>, LookupError> {
+    let answer = match table.kind {
+        // An unusable table has no entries to trust: no answer, not "no user".
+        TableKind::Unusable => Err(LookupError("Operation not supported".into())),
+        _ => compiled.get_untraced(service, key),
     };
     trace_answer(
         backend_name(table),
         &table.name,
-        service,
+        service.name(),
         key,
         answer
             .as_ref()
-            .map(|v| v.map(str::to_string))
+            .map(|v| v.as_deref().map(str::to_string))
             .map_err(Clone::clone),
     );
     answer
@@ -163,11 +161,12 @@ impl Userbase for TableUserbase<'_> {
         &self.table.name
     }
     fn value(&self, key: &str) -> Result<Option<String>, LookupError> {
-        match (&self.table.backend, self.table.kind) {
-            (TableBackend::External { .. }, _) | (_, TableKind::Unusable) => {
-                Err(LookupError("Operation not supported".into()))
-            }
-            _ => Ok(self.compiled.lookup(key).map(str::to_string)),
+        match self.table.kind {
+            TableKind::Unusable => Err(LookupError("Operation not supported".into())),
+            _ => Ok(self
+                .compiled
+                .get_untraced(Service::Userinfo, key)?
+                .map(Cow::into_owned)),
         }
     }
 }

@@ -234,24 +234,24 @@ impl RuleGraph {
                     // Not evaluated outside rcpt-to: false whatever the negation.
                     return false;
                 }
-                self.table_match(t, query, Service::Mailaddr)
+                self.table_match(t, query, Service::Mailaddr) == Some(true)
             }
             Condition::Fcrdns => f.fcrdns,
             Condition::Rdns(None) => f.rdns.is_some_and(|name| !looks_like_address(name)),
             Condition::Rdns(Some(t)) => {
-                self.table_match(t, f.rdns.unwrap_or(UNKNOWN_HOST), Service::Domain)
+                self.table_match(t, f.rdns.unwrap_or(UNKNOWN_HOST), Service::Domain) == Some(true)
             }
-            Condition::Src(t) => self.table_match(t, f.source, Service::Netaddr),
+            Condition::Src(t) => self.table_match(t, f.source, Service::Netaddr) == Some(true),
             Condition::Helo(t) => f
                 .helo
-                .is_some_and(|h| self.table_match(t, h, Service::Domain)),
+                .is_some_and(|h| self.table_match(t, h, Service::Domain) == Some(true)),
             Condition::Auth(None) => f.auth_user.is_some(),
             Condition::Auth(Some(t)) => f
                 .auth_user
-                .is_some_and(|u| self.table_match(t, u, Service::String)),
+                .is_some_and(|u| self.table_match(t, u, Service::String) == Some(true)),
             Condition::MailFrom(t) => f
                 .mail_from
-                .is_some_and(|m| self.table_match(t, m, Service::Mailaddr)),
+                .is_some_and(|m| self.table_match(t, m, Service::Mailaddr) == Some(true)),
         };
         truth != rule.negate
     }

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use regex::Regex;
 
-use crate::config::model::{Table, TableKind};
+use crate::config::model::{Table, TableBackend, TableKind};
+use crate::table::LookupError;
+use crate::table::proc::{ProcTable, Service};
 
 /// A table ready for lookups: the entries, plus indexes built at load time so that large
 /// tables are not scanned per lookup.
@@ -27,6 +29,10 @@ pub struct CompiledTable {
     /// regex: compiled patterns in key order, built on first use (most tables are never
     /// used as regular expressions); `None` never matches (invalid pattern).
     regexes: std::sync::OnceLock<Vec<Option<Regex>>>,
+    /// An external table (`sqlite:`, `passwd:`...): its entries live in its program.
+    external: bool,
+    /// The external table's program, once the daemon started it (`RuleGraph::open_tables`).
+    program: std::sync::OnceLock<std::sync::Arc<ProcTable>>,
 }
 
 fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
@@ -195,7 +201,87 @@ impl CompiledTable {
             networks,
             wild_domains,
             regexes: std::sync::OnceLock::new(),
+            external: matches!(&t.backend, TableBackend::External { backend, .. } if backend != "getpwnam"),
+            program: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Is this an external table, answered by a program?
+    pub fn is_external(&self) -> bool {
+        self.external
+    }
+
+    /// Give an external table its running program.
+    pub fn attach(&self, program: std::sync::Arc<ProcTable>) {
+        let _ = self.program.set(program);
+    }
+
+    /// The program of an external table; without one (as under `smtpd -n`), lookups fail.
+    pub fn program(&self) -> Result<&ProcTable, LookupError> {
+        self.program
+            .get()
+            .map(|p| p.as_ref())
+            .ok_or_else(|| LookupError("Operation not supported".into()))
+    }
+
+    /// The value stored for `key` (looked up lower-cased), for a service: from the entries,
+    /// or asked of an external table's program (traced as OpenSMTPD traces lookups).
+    pub fn get(
+        &self,
+        service: Service,
+        key: &str,
+    ) -> Result<Option<std::borrow::Cow<'_, str>>, LookupError> {
+        if !self.external {
+            return Ok(self.lookup(key).map(std::borrow::Cow::Borrowed));
+        }
+        let answer = self.get_untraced(service, key);
+        let shown = match &answer {
+            Ok(Some(v)) => format!("\"{v}\""),
+            Ok(None) => "none".into(),
+            Err(LookupError(e)) => format!("error: {e}"),
+        };
+        tracing::trace!(
+            target: "lookup",
+            "lookup: lookup \"{}\" as {} in table proc:{} -> {}",
+            key,
+            service.name(),
+            self.name,
+            shown
+        );
+        answer
+    }
+
+    /// [`CompiledTable::get`] without the trace line, for callers that write their own.
+    pub fn get_untraced(
+        &self,
+        service: Service,
+        key: &str,
+    ) -> Result<Option<std::borrow::Cow<'_, str>>, LookupError> {
+        if !self.external {
+            return Ok(self.lookup(key).map(std::borrow::Cow::Borrowed));
+        }
+        Ok(self
+            .program()?
+            .lookup(service, key)?
+            .map(std::borrow::Cow::Owned))
+    }
+
+    /// Does `subject` match, for a service? External tables only: the program decides.
+    pub fn check(&self, service: Service, subject: &str) -> Result<bool, LookupError> {
+        let answer = self.program().and_then(|p| p.check(service, subject));
+        let shown = match &answer {
+            Ok(b) => b.to_string(),
+            Err(LookupError(e)) => format!("error: {e}"),
+        };
+        tracing::trace!(
+            target: "lookup",
+            "lookup: match \"{}\" as {} in table proc:{} -> {}",
+            subject,
+            service.name(),
+            self.name,
+            shown
+        );
+        answer
     }
 
     /// Exact lookup (alias, credentials, userinfo, string services).

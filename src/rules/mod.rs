@@ -65,21 +65,68 @@ pub(crate) enum Service {
 }
 
 impl RuleGraph {
-    /// Does `subject` match the table as `service` does (or as a regex table)?
-    pub(crate) fn table_match(&self, tm: &TableMatch, subject: &str, service: Service) -> bool {
+    /// Does `subject` match the table as `service` does (or as a regex table)? `None` when
+    /// an external table could not answer.
+    pub(crate) fn table_match(
+        &self,
+        tm: &TableMatch,
+        subject: &str,
+        service: Service,
+    ) -> Option<bool> {
         let t = self.table(tm.table);
+        if t.is_external() {
+            use crate::table::proc::Service as K;
+            let k = match service {
+                _ if tm.regex => K::Regex,
+                Service::Netaddr => K::Netaddr,
+                Service::Domain => K::Domain,
+                Service::Mailaddr => K::Mailaddr,
+                Service::Auth if subject.contains('@') => K::Mailaddr,
+                Service::String | Service::Auth => K::String,
+            };
+            return match t.check(k, subject) {
+                Ok(b) => Some(b),
+                Err(crate::table::LookupError(e)) => {
+                    tracing::warn!(
+                        "warn: failure to perform a table lookup on table {}: {e}",
+                        t.name
+                    );
+                    None
+                }
+            };
+        }
         if tm.regex {
-            return t.match_regex(subject);
+            return Some(t.match_regex(subject));
         }
         let delim = self.config.smtp.sub_addr_delim;
-        match service {
+        Some(match service {
             Service::Netaddr => t.match_netaddr(subject),
             Service::Domain => t.match_domain(subject),
             Service::Mailaddr => t.match_mailaddr(subject, delim),
             Service::String => t.contains(subject),
             Service::Auth if subject.contains('@') => t.match_mailaddr(subject, delim),
             Service::Auth => t.contains(subject),
+        })
+    }
+
+    /// Start the programs of the external tables (`sqlite:`, `passwd:`...), each once, as
+    /// the daemon's own user; a program that cannot open its table stops the start, as in
+    /// OpenSMTPD. Returns how many were started.
+    pub fn open_tables(&self) -> Result<usize, String> {
+        let mut started = 0;
+        for (i, t) in self.config.tables.iter().enumerate() {
+            let TableBackend::External { backend, config } = &t.backend else {
+                continue;
+            };
+            let compiled = self.table(TableId(i));
+            if !compiled.is_external() || compiled.program().is_ok() {
+                continue;
+            }
+            let program = crate::table::proc::ProcTable::open(&t.name, backend, config)?;
+            compiled.attach(Arc::new(program));
+            started += 1;
         }
+        Ok(started)
     }
 
     /// Compile a checked configuration.
@@ -113,8 +160,9 @@ impl RuleGraph {
     }
 
     /// `smtpctl update table NAME`: re-reads a `file:` or `db:` table and puts the new
-    /// entries in effect for every lookup that starts afterwards. Returns the number of
-    /// entries. The table keeps its kind: a list that became a mapping (or the reverse)
+    /// entries in effect for every lookup that starts afterwards, or has an external
+    /// table's program re-read its configuration (`UPDATE`). Returns the number of
+    /// entries (0 for an external table). The table keeps its kind: a list that became a mapping (or the reverse)
     /// is refused, since the configuration was checked against the kind it had.
     pub fn update_table(&self, name: &str) -> Result<usize, String> {
         let Some(id) = self
@@ -126,6 +174,18 @@ impl RuleGraph {
             return Err(format!("no table named \"{name}\""));
         };
         let old = &self.config.tables[id];
+        let compiled = self.table(TableId(id));
+        if compiled.is_external() {
+            // The program re-reads its own configuration and keeps its old one on failure.
+            let program = compiled
+                .program()
+                .map_err(|crate::table::LookupError(e)| e)?;
+            return match program.update() {
+                Ok(true) => Ok(0),
+                Ok(false) => Err(format!("table \"{name}\": the backend could not update")),
+                Err(crate::table::LookupError(e)) => Err(format!("table \"{name}\": {e}")),
+            };
+        }
         let loaded = match &old.backend {
             TableBackend::File { path, .. } => crate::table::file::load(path),
             TableBackend::Db { path } => crate::table::db::load(path),

@@ -83,7 +83,10 @@ impl RuleGraph {
         let neg = |n: bool, v: bool| if n { !v } else { v };
         let (_, rcpt_domain) = split(rcpt);
         if let Some(t) = &rule.tag
-            && !neg(t.negate, self.table_match(&t.value, f.tag, Service::String))
+            && !neg(
+                t.negate,
+                self.table_match(&t.value, f.tag, Service::String)?,
+            )
         {
             return Some(false);
         }
@@ -102,10 +105,10 @@ impl RuleGraph {
             }
             FromCriterion::Local => neg(
                 from.negate,
-                self.builtin_match("<localhost>", source, Service::Netaddr),
+                self.builtin_match("<localhost>", source, Service::Netaddr)?,
             ),
             FromCriterion::Any | FromCriterion::Auth(_) | FromCriterion::MailFrom(_) => {
-                let any = self.builtin_match("<anyhost>", source, Service::Netaddr);
+                let any = self.builtin_match("<anyhost>", source, Service::Netaddr)?;
                 if matches!(from.value, FromCriterion::Any) {
                     neg(from.negate, any)
                 } else {
@@ -113,7 +116,7 @@ impl RuleGraph {
                 }
             }
             FromCriterion::Src(tm) => {
-                neg(from.negate, self.table_match(tm, source, Service::Netaddr))
+                neg(from.negate, self.table_match(tm, source, Service::Netaddr)?)
             }
             FromCriterion::Rdns(None) => {
                 if f.expanded {
@@ -123,7 +126,7 @@ impl RuleGraph {
             }
             FromCriterion::Rdns(Some(tm)) => match f.rdns {
                 None => false,
-                Some(name) => neg(from.negate, self.table_match(tm, name, Service::Domain)),
+                Some(name) => neg(from.negate, self.table_match(tm, name, Service::Domain)?),
             },
         };
         if !from_ok {
@@ -137,18 +140,18 @@ impl RuleGraph {
         let for_ok = match &for_.value {
             ForCriterion::Local => neg(
                 for_.negate,
-                self.builtin_match("<localnames>", rcpt_domain, Service::Domain),
+                self.builtin_match("<localnames>", rcpt_domain, Service::Domain)?,
             ),
             ForCriterion::Any => neg(
                 for_.negate,
-                self.builtin_match("<anydestination>", rcpt_domain, Service::Domain),
+                self.builtin_match("<anydestination>", rcpt_domain, Service::Domain)?,
             ),
             ForCriterion::RcptTo(_) => {
-                self.builtin_match("<anydestination>", rcpt_domain, Service::Domain)
+                self.builtin_match("<anydestination>", rcpt_domain, Service::Domain)?
             }
             ForCriterion::Domain(tm) => neg(
                 for_.negate,
-                self.table_match(tm, rcpt_domain, Service::Domain),
+                self.table_match(tm, rcpt_domain, Service::Domain)?,
             ),
         };
         if !for_ok {
@@ -157,7 +160,7 @@ impl RuleGraph {
         if let Some(h) = &rule.helo
             && !neg(
                 h.negate,
-                self.table_match(&h.value, f.helo, Service::Domain),
+                self.table_match(&h.value, f.helo, Service::Domain)?,
             )
         {
             return Some(false);
@@ -166,7 +169,9 @@ impl RuleGraph {
             let v = match (&a.value, f.authenticated) {
                 (None, authed) => authed,
                 (Some(_), false) => false,
-                (Some(tm), true) => self.table_match(tm, f.auth_user.unwrap_or(""), Service::Auth),
+                (Some(tm), true) => {
+                    self.table_match(tm, f.auth_user.unwrap_or(""), Service::Auth)?
+                }
             };
             if !neg(a.negate, v) {
                 return Some(false);
@@ -178,7 +183,7 @@ impl RuleGraph {
         if let Some(m) = &rule.mail_from
             && !neg(
                 m.negate,
-                self.table_match(&m.value, f.sender, Service::Mailaddr),
+                self.table_match(&m.value, f.sender, Service::Mailaddr)?,
             )
         {
             return Some(false);
@@ -186,7 +191,7 @@ impl RuleGraph {
         if let Some(m) = &rule.rcpt_to
             && !neg(
                 m.negate,
-                self.table_match(&m.value, rcpt, Service::Mailaddr),
+                self.table_match(&m.value, rcpt, Service::Mailaddr)?,
             )
         {
             return Some(false);
@@ -194,10 +199,10 @@ impl RuleGraph {
         Some(true)
     }
 
-    fn builtin_match(&self, name: &str, subject: &str, service: Service) -> bool {
+    fn builtin_match(&self, name: &str, subject: &str, service: Service) -> Option<bool> {
         match self.builtin(name) {
             Some(tm) => self.table_match(&tm, subject, service),
-            None => false,
+            None => Some(false),
         }
     }
 

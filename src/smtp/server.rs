@@ -625,7 +625,12 @@ impl Conn {
         self.write_failed = false;
         self.mail_from = addr_text(&sender);
         if let Some(refusal) = self.senders_refusal(&sender) {
-            return SenderVerdict::Refuse(refusal);
+            // A table that could not answer ends the session, as OpenSMTPD's 421 does.
+            return if refusal.code() == 421 {
+                SenderVerdict::Disconnect(refusal)
+            } else {
+                SenderVerdict::Refuse(refusal)
+            };
         }
         match self.server.spool.begin_message().await {
             Ok(w) => {
@@ -658,7 +663,18 @@ impl Conn {
             .map(|m| m.to_string())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let allowed = graph.table(table).lookup(user).is_some_and(|patterns| {
+        let compiled = graph.table(table);
+        let patterns = match compiled.get(crate::table::proc::Service::Mailaddrmap, user) {
+            Ok(p) => p,
+            Err(crate::table::LookupError(e)) => {
+                warn!(
+                    "warn: {} senders table {} could not answer: {e}",
+                    self.sid, compiled.name
+                );
+                return Some(Reply::temporary_error());
+            }
+        };
+        let allowed = patterns.is_some_and(|patterns| {
             patterns
                 .split(|c: char| c == ',' || c.is_ascii_whitespace())
                 .filter(|p| !p.is_empty())
@@ -813,7 +829,10 @@ impl Conn {
         let user = c.user.clone();
         let check = tokio::task::spawn_blocking(move || match table {
             Some(id) => authenticate(&c.user, &c.password, |key| {
-                Ok(graph.table(id).lookup(key).map(String::from))
+                Ok(graph
+                    .table(id)
+                    .get(crate::table::proc::Service::Credentials, key)?
+                    .map(std::borrow::Cow::into_owned))
             }),
             // System accounts: the hash in the shadow file, which only root reads; an
             // unprivileged daemon has its privileged broker check it.
@@ -945,8 +964,10 @@ fn session_params(
                 server
                     .graph
                     .table(t)
-                    .lookup(&local.to_string())
-                    .map(String::from)
+                    .get(crate::table::proc::Service::Addrname, &local.to_string())
+                    .ok()
+                    .flatten()
+                    .map(std::borrow::Cow::into_owned)
             })
         })
         .unwrap_or_else(|| cfg.hostname.clone());

@@ -233,9 +233,7 @@ fn verify_yescrypt(password: &[u8], stored: &str) -> Result<bool, HashError> {
     }
 }
 
-/// Why a credentials lookup failed (the table could not answer).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LookupError(pub String);
+pub use super::LookupError;
 
 /// The outcome of a listener's credentials check, in OpenSMTPD's three results
 /// (`smtp authentication user=… result=ok|permfail|tempfail`).

@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod db;
 pub mod file;
 pub mod makemap;
+pub mod proc;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,11 @@ pub const EXTERNAL_BACKENDS: &[&str] = &[
     "socketmap",
     "sqlite",
 ];
+
+/// A lookup the table could not answer (its backend failed): the caller answers with a
+/// temporary failure, never as if the key were absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupError(pub String);
 
 /// Entries read from a table source.
 #[derive(Debug, Clone, PartialEq, Eq)]
