@@ -78,7 +78,10 @@ fn sqlite_setup(dir: &Path, ids: &str) -> (PathBuf, PathBuf) {
              CREATE TABLE users (name TEXT, uid INT, gid INT, home TEXT);
              INSERT INTO users VALUES ('bob', {uid}, {gid}, '{home}'), ('alice', {uid}, {gid}, '{home}');
              CREATE TABLE credentials (email TEXT NOT NULL, password TEXT NOT NULL);
-             INSERT INTO credentials VALUES ('bob@example.com', '{hash}');",
+             INSERT INTO credentials VALUES ('bob@example.com', '{hash}');
+             CREATE TABLE senders (email TEXT NOT NULL, sender TEXT NOT NULL);
+             INSERT INTO senders VALUES ('bob@example.com', 'bob@example.com'),
+                 ('bob@example.com', '@example.org');",
             home = home.display(),
             hash = hash("bob's secret"),
         ),
@@ -91,7 +94,8 @@ fn sqlite_setup(dir: &Path, ids: &str) -> (PathBuf, PathBuf) {
              query_alias SELECT destination FROM virtuals WHERE email=?;\n\
              query_domain SELECT domain FROM domains WHERE domain=?;\n\
              query_userinfo SELECT uid, gid, home FROM users WHERE name=?;\n\
-             query_credentials SELECT email, password FROM credentials WHERE email=?;\n",
+             query_credentials SELECT email, password FROM credentials WHERE email=?;\n\
+             query_mailaddrmap SELECT sender FROM senders WHERE email=?;\n",
             db.display()
         ),
     );
@@ -104,7 +108,9 @@ fn sqlite_config(conf: &Path, vmail: &Path) -> String {
          table virtuals sqlite:{c}\n\
          table users sqlite:{c}\n\
          table credentials sqlite:{c}\n\
-         listen on 127.0.0.1 port PORT auth-optional <credentials> auth-plaintext\n\
+         table owners sqlite:{c}\n\
+         listen on 127.0.0.1 port PORT auth-optional <credentials> auth-plaintext \
+         senders <owners>\n\
          action \"vm\" maildir \"{v}/%{{user.username}}\" virtual <virtuals> userbase <users>\n\
          match from any for domain <domains> action \"vm\"\n",
         c = conf.display(),
@@ -196,7 +202,8 @@ fn sqlite_tables_route_and_deliver() {
 }
 
 /// AUTH against sqlite credentials: the right password is accepted, a wrong one and an
-/// unknown user are refused; an authenticated user may relay.
+/// unknown user are refused; the authenticated user may send as the addresses the
+/// `senders` table lists for them, and as no other.
 #[test]
 fn sqlite_credentials_authenticate() {
     if !have(&[SQLITE_PROGRAM]) {
@@ -215,11 +222,27 @@ fn sqlite_credentials_authenticate() {
     let good = plain("bob@example.com", "bob's secret");
     let wrong = plain("bob@example.com", "bob's secreT");
     let unknown = plain("carol@example.com", "bob's secret");
-    let r = dialogue(d.port, &["EHLO c.test", &wrong, &unknown, &good, "QUIT"]);
+    let r = dialogue(
+        d.port,
+        &[
+            "EHLO c.test",
+            &wrong,
+            &unknown,
+            &good,
+            "MAIL FROM:<alice@example.net>",
+            "MAIL FROM:<bob@example.com>",
+            "RSET",
+            "MAIL FROM:<anyone@example.org>",
+            "QUIT",
+        ],
+    );
     assert!(r[1].contains("AUTH PLAIN LOGIN"), "{r:?}");
     assert_eq!(r[2], "535 Authentication failed\r\n");
     assert_eq!(r[3], "535 Authentication failed\r\n");
     assert_eq!(r[4], "235 2.0.0 Authentication succeeded\r\n");
+    assert_eq!(r[5], "530 Sender rejected\r\n");
+    assert_eq!(r[6], "250 2.0.0 Ok\r\n");
+    assert_eq!(r[8], "250 2.0.0 Ok\r\n");
     let log = d.stop();
     assert!(
         log.contains("smtp authentication user=bob@example.com result=ok"),

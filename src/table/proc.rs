@@ -124,6 +124,8 @@ fn find_program_in(dirs: &[&str], backend: &str) -> Option<PathBuf> {
 struct Running {
     child: Child,
     socket: UnixStream,
+    /// The thread that logs the program's standard error.
+    stderr: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -233,10 +235,11 @@ impl ProcTable {
         // The command holds the program's end of the pair: closed here, so that the end of
         // the program is the end of our input.
         drop(cmd);
+        let mut logger = None;
         if let Some(stderr) = child.stderr.take() {
             let label = self.program_name();
             // The program's own lines (`NAME[PID]: warn: ...`) go to the log, at their level.
-            let _ = std::thread::Builder::new()
+            logger = std::thread::Builder::new()
                 .name("smtpd-table-stderr".into())
                 .spawn(move || {
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -248,13 +251,15 @@ impl ProcTable {
                             tracing::warn!("{label}: {line}");
                         }
                     }
-                });
+                })
+                .ok();
         }
         ours.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         ours.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         let mut running = Running {
             child,
             socket: ours,
+            stderr: logger,
         };
         let mut body = Vec::with_capacity(4 + NAME_FIELD);
         body.extend_from_slice(&API_VERSION.to_ne_bytes());
@@ -473,17 +478,35 @@ fn call(socket: &mut UnixStream, msg: Msg, body: &[u8]) -> Result<Vec<u8>, Broke
 /// say how it ended.
 fn stop(mut r: Running) -> String {
     drop(r.socket);
+    let mut status = None;
     for _ in 0..20 {
-        if let Ok(Some(status)) = r.child.try_wait() {
-            return describe(status);
+        if let Ok(Some(s)) = r.child.try_wait() {
+            status = Some(s);
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = r.child.kill();
-    match r.child.wait() {
-        Ok(status) => describe(status),
-        Err(e) => format!("could not be reaped: {e}"),
+    let said = match status {
+        Some(s) => describe(s),
+        None => {
+            let _ = r.child.kill();
+            match r.child.wait() {
+                Ok(s) => describe(s),
+                Err(e) => format!("could not be reaped: {e}"),
+            }
+        }
+    };
+    // The program's last words are logged before ours (at most 0.5 s is waited for them).
+    if let Some(logger) = r.stderr.take() {
+        for _ in 0..50 {
+            if logger.is_finished() {
+                let _ = logger.join();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
+    said
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
