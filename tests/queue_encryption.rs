@@ -177,3 +177,72 @@ fn queue_compression_stores_gzip_and_delivers_in_clear() {
         d.stop();
     }
 }
+
+/// One damaged sealed envelope beside good ones: the key opens the others, so the file is
+/// damaged, not sealed with another key. It goes to `corrupt/` with the body of its message
+/// (nothing deleted), and the rest of the queue is delivered.
+#[test]
+fn a_damaged_sealed_envelope_is_quarantined_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vmail, ids) = vmail(dir.path());
+    let spool = dir.path().join("spool");
+    let conf = config(&vmail, &ids, KEY);
+    let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
+    wait_socket(&spool);
+    let mut msgids = Vec::new();
+    for subject in ["kept", "damaged"] {
+        let r = common::send_mail(
+            d.port,
+            "bob@elsewhere.test",
+            "alice@example.org",
+            &format!("Subject: {subject}\r\n\r\n{BODY}\r\n"),
+        );
+        assert!(r[5].starts_with("250 2.0.0 "), "{r:?}");
+        msgids.push(r[5].split_whitespace().nth(2).unwrap().to_string());
+    }
+    d.stop();
+    // Flip one byte inside the sealed text of the second message's envelope.
+    let envelope = files_under(&spool.join("queue"))
+        .into_iter()
+        .find(|p| {
+            p.parent().is_some_and(|d| d.ends_with(&msgids[1]))
+                && p.file_name().is_some_and(|n| n != "message")
+        })
+        .expect("the second message's envelope");
+    let mut bytes = std::fs::read(&envelope).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&envelope, &bytes).unwrap();
+
+    let d = Daemon::start(dir.path(), &conf, &[]);
+    let text = delivered_to_alice(&vmail, &d);
+    assert!(text.contains("Subject: kept"), "{text}");
+    let log = d.stop();
+    assert!(
+        log.contains("cannot be decrypted although the queue key opens 1 other(s): damaged"),
+        "{log}"
+    );
+    let corrupt: Vec<String> = files_under(&spool.join("corrupt"))
+        .iter()
+        .map(|p| {
+            p.strip_prefix(spool.join("corrupt"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let evpid = envelope.file_name().unwrap().to_string_lossy().into_owned();
+    let mut want = vec![
+        format!("{}/{evpid}", msgids[1]),
+        format!("{}/message", msgids[1]),
+    ];
+    want.sort();
+    let mut got = corrupt.clone();
+    got.sort();
+    assert_eq!(got, want);
+    // Kept byte for byte for a human to look at.
+    assert_eq!(
+        std::fs::read(spool.join("corrupt").join(&msgids[1]).join(&evpid)).unwrap(),
+        bytes
+    );
+    assert_eq!(files_under(&vmail.join("alice/new")).len(), 1);
+}

@@ -43,6 +43,20 @@ pub struct Recovery {
     pub purged: Vec<Msgid>,
     /// Where quarantined files and directories now are (under `corrupt/`).
     pub quarantined: Vec<PathBuf>,
+    /// Sealed envelopes the queue key opened.
+    sealed_opened: usize,
+    /// Envelopes the queue key did not open, by message: decided once the whole queue
+    /// was read.
+    undecryptable: Vec<Undecryptable>,
+}
+
+/// The envelopes of one message that the queue key did not open.
+#[derive(Debug)]
+struct Undecryptable {
+    msgid: Msgid,
+    files: Vec<(PathBuf, QueueError)>,
+    /// Other envelopes of the message were read.
+    kept_others: bool,
 }
 
 /// Runs recovery on an existing, locked spool.
@@ -86,8 +100,66 @@ pub(crate) fn recover(layout: &Layout) -> Result<Recovery> {
             }
         }
     }
+    settle_undecryptable(layout, &mut report)?;
     report.envelopes.sort_by_key(|e| e.id);
     Ok(report)
+}
+
+/// Envelopes the queue key did not open. When the key opened none at all, it is the wrong
+/// key (or none was given): the start stops and nothing is moved. When it opened others,
+/// these files are damaged: each goes to `corrupt/` with a warning, and so does the body
+/// of a message left without envelopes, so that the rest of the queue is delivered.
+fn settle_undecryptable(layout: &Layout, report: &mut Recovery) -> Result<()> {
+    let pending = std::mem::take(&mut report.undecryptable);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if report.sealed_opened == 0 {
+        let first = pending
+            .into_iter()
+            .flat_map(|u| u.files)
+            .map(|(_, e)| e)
+            .next();
+        return match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+    }
+    for Undecryptable {
+        msgid,
+        files,
+        kept_others,
+    } in pending
+    {
+        for (path, e) in files {
+            tracing::warn!(
+                "queue: envelope {} cannot be decrypted although the queue key opens {} \
+                 other(s): damaged ({e}); moved to corrupt/",
+                path.display(),
+                report.sealed_opened
+            );
+            report
+                .quarantined
+                .push(quarantine(layout, &path, Some(msgid))?);
+        }
+        if !kept_others {
+            keep_orphaned_body(layout, msgid, report)?;
+        }
+    }
+    Ok(())
+}
+
+/// A message none of whose envelopes could be read: its body goes to `corrupt/<msgid>/`
+/// beside them (never deleted), and its directory is removed.
+fn keep_orphaned_body(layout: &Layout, msgid: Msgid, report: &mut Recovery) -> Result<()> {
+    tracing::warn!(
+        "queue: message {msgid} has no readable envelope; its body is moved to corrupt/"
+    );
+    let body = layout.message_dir(msgid).join(MESSAGE_FILE);
+    report
+        .quarantined
+        .push(quarantine(layout, &body, Some(msgid))?);
+    remove_tree(&layout.message_dir(msgid))
 }
 
 /// Recovery of one `queue/<XX>/<msgid>/`.
@@ -115,10 +187,13 @@ fn recover_message(layout: &Layout, msgid: Msgid, report: &mut Recovery) -> Resu
         return Ok(());
     }
     let mut loaded = 0;
+    let mut corrupt = 0;
+    let mut undecryptable = Vec::new();
     for (evpid, path) in candidates {
-        match read_envelope(&path, evpid) {
-            Ok(envelope) => {
+        match read_envelope_sealed(&path, evpid) {
+            Ok((envelope, sealed)) => {
                 report.envelopes.push(envelope);
+                report.sealed_opened += usize::from(sealed);
                 loaded += 1;
             }
             Err(QueueError::Corrupt { reason, .. }) => {
@@ -126,15 +201,30 @@ fn recover_message(layout: &Layout, msgid: Msgid, report: &mut Recovery) -> Resu
                 report
                     .quarantined
                     .push(quarantine(layout, &path, Some(msgid))?);
+                corrupt += 1;
             }
+            Err(e @ QueueError::Io { op: "decrypt", .. }) => undecryptable.push((path, e)),
             Err(e) => return Err(e),
         }
     }
-    if loaded == 0 {
+    if !undecryptable.is_empty() {
+        // Left in place until the whole queue shows whether the key is the right one.
+        report.undecryptable.push(Undecryptable {
+            msgid,
+            files: undecryptable,
+            kept_others: loaded > 0,
+        });
+        if loaded == 0 {
+            return Ok(());
+        }
+    }
+    if loaded > 0 {
+        report.messages += 1;
+    } else if corrupt > 0 {
+        keep_orphaned_body(layout, msgid, report)?;
+    } else {
         remove_tree(&dir)?;
         report.purged.push(msgid);
-    } else {
-        report.messages += 1;
     }
     Ok(())
 }
@@ -150,6 +240,11 @@ pub(crate) fn envelope_name(msgid: Msgid, name: &str) -> Option<Evpid> {
 /// Reads and parses one envelope file; a file that does not parse is
 /// reported as [`QueueError::Corrupt`] (not moved: the caller decides).
 pub(crate) fn read_envelope(path: &Path, evpid: Evpid) -> Result<Envelope> {
+    read_envelope_sealed(path, evpid).map(|(e, _)| e)
+}
+
+/// [`read_envelope`], also saying whether the file was sealed (`queue encryption`).
+fn read_envelope_sealed(path: &Path, evpid: Evpid) -> Result<(Envelope, bool)> {
     let file = fs::File::open(path).map_err(|e| QueueError::io("open", path, e))?;
     let mut bytes = Vec::with_capacity(1024);
     // A sealed envelope is longer by its version byte, IV and tag (a compressed one is
@@ -160,14 +255,27 @@ pub(crate) fn read_envelope(path: &Path, evpid: Evpid) -> Result<Envelope> {
         .map_err(|e| QueueError::io("read", path, e))?;
     // Not decryptable is not corrupt: a wrong or missing key must not send the queue to
     // corrupt/.
-    let bytes =
-        super::crypto::open_queue_bytes(bytes).map_err(|e| QueueError::io("decrypt", path, e))?;
-    Envelope::from_file_text(evpid, &bytes).map_err(|reason: EnvelopeFormatError| {
-        QueueError::Corrupt {
+    let sealed = super::crypto::is_sealed(&bytes);
+    let bytes = super::crypto::open_queue_bytes(bytes).map_err(|e| {
+        if sealed {
+            QueueError::io("decrypt", path, e)
+        } else {
+            // Not sealed: a compressed file that does not inflate is simply damaged.
+            QueueError::Corrupt {
+                path: path.to_path_buf(),
+                reason: EnvelopeFormatError {
+                    line: 0,
+                    message: e.to_string(),
+                },
+            }
+        }
+    })?;
+    Envelope::from_file_text(evpid, &bytes)
+        .map(|e| (e, sealed))
+        .map_err(|reason: EnvelopeFormatError| QueueError::Corrupt {
             path: path.to_path_buf(),
             reason,
-        }
-    })
+        })
 }
 
 /// Moves `path` into `corrupt/` (into `corrupt/<msgid>/` when it belongs to
