@@ -949,3 +949,31 @@ fn readers_of_a_body_in_memory_have_their_own_offsets() {
     w.discard_blocking();
     assert!(names(&tmp.path().join("spare")).is_empty());
 }
+
+#[test]
+fn a_message_whose_envelopes_are_all_corrupt_keeps_its_body_in_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layout = Layout::new(root);
+    let (msgid, bad) = {
+        let (spool, _) = Spool::open(root).unwrap();
+        let (msgid, envs) = commit_message(&spool, b"the body", 1);
+        std::fs::write(layout.envelope_file(envs[0].id), b"garbage\n").unwrap();
+        (msgid, envs[0].id)
+    };
+    let (spool, recovery) = Spool::open(root).unwrap();
+    assert!(recovery.envelopes.is_empty());
+    assert!(recovery.purged.is_empty());
+    assert_eq!(spool.messages().unwrap(), vec![]);
+    assert!(!layout.message_dir(msgid).exists());
+    let kept = root.join(format!("corrupt/{msgid}"));
+    assert_eq!(
+        std::fs::read(kept.join(bad.to_string())).unwrap(),
+        b"garbage\n"
+    );
+    assert!(
+        std::fs::read(kept.join("message"))
+            .unwrap()
+            .ends_with(b"the body")
+    );
+}
