@@ -468,9 +468,25 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                     return;
                 }
             };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        // SIGHUP does not stop smtpd (OpenSMTPD ignores it too); the configuration is read
+        // at start only, so the log says how to apply a change.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    info!(
+                        "info: smtpd: SIGHUP received: the configuration is not reloaded; \
+                         restart smtpd to apply changes (smtpctl update table NAME re-reads a table)"
+                    );
+                }
+            }
         }
         info!("Exiting");
         if own_socket {

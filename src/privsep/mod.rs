@@ -221,14 +221,16 @@ pub fn start_broker(
                 let _ = nix::unistd::close(*fd);
             }
             // ^C in a terminal reaches the whole process group: the daemon's orderly exit
-            // closes the channel, which ends the broker.
-            // SAFETY: SIG_IGN installs no handler code; changing a disposition is sound.
-            let _ = unsafe {
-                nix::sys::signal::signal(
-                    nix::sys::signal::Signal::SIGINT,
-                    nix::sys::signal::SigHandler::SigIgn,
-                )
-            };
+            // closes the channel, which ends the broker. A hangup (SIGHUP) does not stop
+            // the daemon, so it must not stop the broker either.
+            for sig in [
+                nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::Signal::SIGHUP,
+            ] {
+                // SAFETY: SIG_IGN installs no handler code; changing a disposition is sound.
+                let _ =
+                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
+            }
             let mut broker = broker::Broker::system(agent);
             broker.offline = Some(offline);
             broker.serve(broker_end);

@@ -141,6 +141,11 @@ impl Daemon {
         false
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the daemon is still running.
     #[allow(dead_code)]
     pub fn is_running(&mut self) -> bool {

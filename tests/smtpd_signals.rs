@@ -1,0 +1,98 @@
+//! Signals an administrator sends the running daemon. SIGHUP (a `reload`, or the terminal of
+//! `smtpd -d` hanging up) stops neither smtpd nor its privileged broker, as OpenSMTPD
+//! ignores it too: the log says the configuration is not reloaded, and mail is still
+//! received and delivered. SIGTERM ends both.
+
+mod common;
+
+use common::{Daemon, files_under, send_mail, vmail};
+use std::time::{Duration, Instant};
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces, so read after the last `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn hangup(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("send SIGHUP");
+}
+
+fn delivered(dir: &std::path::Path, n: usize) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        if files_under(dir).len() >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn sighup_stops_neither_the_daemon_nor_its_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vmail, ids) = vmail(dir.path());
+    let conf = format!(
+        "table users {{ alice = \"{ids}:/var/empty\" }}\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"local\" maildir \"{}/%{{user.username}}\" userbase <users>\n\
+         match from any for domain \"example.org\" action \"local\"\n",
+        vmail.display()
+    );
+    let mut d = Daemon::start(dir.path(), &conf, &[]);
+    let r = send_mail(
+        d.port,
+        "bob@remote.test",
+        "alice@example.org",
+        "Subject: one\r\n\r\n",
+    );
+    assert!(r[5].starts_with("250 2.0.0"), "{r:?}");
+    assert!(delivered(&vmail.join("alice/new"), 1), "{}", d.log());
+    // The daemon and every process it started (the broker when run as root), as a
+    // terminal's hangup would reach them.
+    let mut targets = vec![d.pid()];
+    targets.extend(children(d.pid()));
+    for pid in &targets {
+        hangup(*pid);
+    }
+    assert!(
+        d.wait_log("SIGHUP received: the configuration is not reloaded", 10),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.is_running(), "smtpd ended on SIGHUP: {}", d.log());
+    // Still receiving and delivering (through the broker, when there is one).
+    let r = send_mail(
+        d.port,
+        "bob@remote.test",
+        "alice@example.org",
+        "Subject: two\r\n\r\n",
+    );
+    assert!(r[5].starts_with("250 2.0.0"), "{r:?}");
+    assert!(delivered(&vmail.join("alice/new"), 2), "{}", d.log());
+    let log = d.stop();
+    assert!(!log.contains("broker exited"), "{log}");
+    assert!(log.contains("Exiting"), "{log}");
+}
