@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use local_support::*;
 
 fn sendmail(spool: &std::path::Path, args: &[&str], message: &str) -> (i32, String) {
+    // dead.letter goes to $HOME: the test's directory, beside the spool.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sendmail"))
+        .env("HOME", spool.parent().unwrap())
         .arg("--spool")
         .arg(spool)
         .args(args)
@@ -152,14 +154,28 @@ fn sendmail_submits_through_the_socket_into_a_maildir() {
         assert!(text.contains("Return-Path: <list@remote.test>\n"), "{text}");
     }
 
-    // A refused recipient: OpenSMTPD's message and status.
+    // A refused recipient: OpenSMTPD's message and status, and the message kept in
+    // $HOME/dead.letter (appended: an earlier dead letter stays).
+    let dead = d.spool().parent().unwrap().join("dead.letter");
+    std::fs::write(&dead, "an earlier dead letter\n").unwrap();
     let (rc, err) = sendmail(&d.spool(), &["x@elsewhere.test"], "Subject: no\n\nx\n");
     println!("refused: rc={rc} {}", err.trim_end());
     assert_eq!(rc, 70);
     assert_eq!(
         err,
-        "sendmail: command failed: 550 Invalid recipient: <x@elsewhere.test>\n"
+        format!(
+            "sendmail: command failed: 550 Invalid recipient: <x@elsewhere.test>\n\
+             sendmail: the message was saved in {}\n",
+            dead.display()
+        )
     );
+    let kept = std::fs::read_to_string(&dead).unwrap();
+    let from = format!("From: {}", login());
+    assert!(
+        kept.starts_with("an earlier dead letter\nFrom: ") && kept.contains(&from),
+        "{kept}"
+    );
+    assert!(kept.ends_with("\nSubject: no\n\nx\n\n"), "{kept}");
 }
 
 #[test]
@@ -223,10 +239,20 @@ fn socket_listener_filters_apply_to_sendmail() {
         "Subject: s\n\nx\n",
     );
     println!("filtered: rc={rc} {}", err.trim_end());
+    let dead = d.spool().parent().unwrap().join("dead.letter");
     assert_eq!(
-        (rc, err.as_str()),
-        (70, "sendmail: command failed: 550 no spam here\n")
+        (rc, err),
+        (
+            70,
+            format!(
+                "sendmail: command failed: 550 no spam here\n\
+                 sendmail: the message was saved in {}\n",
+                dead.display()
+            )
+        )
     );
+    let kept = std::fs::read_to_string(&dead).unwrap();
+    assert!(kept.starts_with("From: <spam@x.test>\nDate: "), "{kept}");
     let (rc, err) = sendmail(
         &d.spool(),
         &["-f", "ham@x.test", "bob@remote.test"],

@@ -169,6 +169,29 @@ pub struct Envelope {
     pub recipients: Vec<String>,
     /// The message as sent after DATA: CRLF lines, dot-stuffed, without the final dot.
     pub data: Vec<u8>,
+    /// How many bytes at the head of `data` are header lines sendmail added (`From:`,
+    /// `Date:`, MIME fields, the blank line before a header-less body).
+    pub added: usize,
+}
+
+impl Envelope {
+    /// The text of `dead.letter` for a message that could not be submitted, as OpenSMTPD's
+    /// enqueue writes it: the header lines sendmail added, then the message exactly as it
+    /// was read (not dot-stuffed, not re-encoded), then an empty line.
+    pub fn dead_letter(&self, raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.added + raw.len() + 2);
+        for line in self.data[..self.added.min(self.data.len())].split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+            out.push(b'\n');
+        }
+        out.extend_from_slice(raw);
+        if !raw.is_empty() && !raw.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        out
+    }
 }
 
 /// Who runs sendmail: login name and full name (from the password file).
@@ -178,6 +201,8 @@ pub struct Submitter {
     pub login: String,
     /// Full name (the first GECOS field), if any.
     pub gecos: Option<String>,
+    /// Home directory, where `dead.letter` goes.
+    pub home: Option<std::path::PathBuf>,
 }
 
 impl Submitter {
@@ -191,12 +216,17 @@ impl Submitter {
             let first = g.split(',').next().unwrap_or("").trim().to_string();
             (!first.is_empty()).then_some(first)
         });
+        // `$HOME` when set (as mail(1) does for dead.letter), else the account's.
+        let home = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .filter(|h| h.is_absolute())
+            .or_else(|| user.as_ref().map(|u| u.dir.clone()));
         let login = user
             .map(|u| u.name)
             .or_else(|| std::env::var("LOGNAME").ok())
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| uid.to_string());
-        Submitter { login, gecos }
+        Submitter { login, gecos, home }
     }
 }
 
@@ -418,6 +448,7 @@ pub fn prepare(
         put(&mut out, b"");
         in_headers = false;
     }
+    let added = out.len();
     for (line, keep) in lines.iter().zip(keep) {
         if !keep
             || (in_headers
@@ -441,7 +472,17 @@ pub fn prepare(
         sender,
         recipients,
         data: out,
+        added,
     })
+}
+
+/// A submission that failed during the dialogue: why, and the message it was sending.
+#[derive(Debug)]
+pub struct Undelivered {
+    /// What went wrong.
+    pub error: SubmitError,
+    /// The message as prepared, for `dead.letter`.
+    pub envelope: Box<Envelope>,
 }
 
 /// Why a submission failed.
@@ -453,9 +494,20 @@ pub enum SubmitError {
     Io(std::io::Error),
     /// The daemon refused a command; the reply line.
     Refused(String),
+    /// The message cannot be sent as given (no recipients); what is wrong.
+    Invalid(String),
+    /// The dialogue failed after the message was prepared.
+    Undelivered(Box<Undelivered>),
 }
 
 impl SubmitError {
+    fn with_envelope(self, env: Envelope) -> SubmitError {
+        SubmitError::Undelivered(Box::new(Undelivered {
+            error: self,
+            envelope: Box::new(env),
+        }))
+    }
+
     /// The message and exit status of sendmail for this error.
     pub fn report(&self, socket: &Path) -> (String, i32) {
         match self {
@@ -465,6 +517,8 @@ impl SubmitError {
             ),
             SubmitError::Io(e) => (format!("sendmail: {e}"), EX_TEMPFAIL),
             SubmitError::Refused(r) => (format!("sendmail: command failed: {r}"), EX_SOFTWARE),
+            SubmitError::Invalid(m) => (m.clone(), EX_SOFTWARE),
+            SubmitError::Undelivered(u) => u.error.report(socket),
         }
     }
 }
@@ -558,7 +612,41 @@ pub fn submit(
 ) -> Result<Envelope, SubmitError> {
     let (mut c, host) = connect(socket, sub.verbose)?;
     let env =
-        prepare(sub, who, raw, &host, date).map_err(|UsageError(m, _)| SubmitError::Refused(m))?;
+        prepare(sub, who, raw, &host, date).map_err(|UsageError(m, _)| SubmitError::Invalid(m))?;
+    match dialogue(&mut c, sub, &env) {
+        Ok(()) => Ok(env),
+        Err(e) => Err(e.with_envelope(env)),
+    }
+}
+
+/// Keeps what the daemon did not take in the user's `dead.letter` (appended to, where
+/// OpenSMTPD's enqueue replaces the file). Returns the line sendmail prints about it.
+pub fn save_dead_letter(who: &Submitter, env: &Envelope, raw: &[u8]) -> Option<String> {
+    let home = who.home.as_ref()?;
+    let path = home.join("dead.letter");
+    Some(match append_private(&path, &env.dead_letter(raw)) {
+        Ok(()) => format!("sendmail: the message was saved in {}", path.display()),
+        Err(why) => format!("sendmail: cannot save {}: {why}", path.display()),
+    })
+}
+
+/// Appends `bytes` to the file at `path`, created mode 0600 if new; a symbolic link there
+/// is refused.
+fn append_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// EHLO, MAIL, RCPT..., DATA, the message, QUIT.
+fn dialogue(c: &mut Client, sub: &Submission, env: &Envelope) -> Result<(), SubmitError> {
     c.command("EHLO localhost", 2)?;
     // Exactly as OpenSMTPD's enqueue words them, trailing spaces included:
     // `MAIL FROM:<s> [RET=r] [ENVID=e]` and `RCPT TO:<r> [NOTIFY=n]`.
@@ -591,7 +679,7 @@ pub fn submit(
         return Err(SubmitError::Refused(line));
     }
     let _ = c.command("QUIT", 2);
-    Ok(env)
+    Ok(())
 }
 
 /// The whole `sendmail` command: arguments (without argv\[0\]), the socket, the message
@@ -615,7 +703,8 @@ pub fn run(
         eprintln!("sendmail: read error on stdin: {e}");
         return EX_UNAVAILABLE;
     }
-    match submit(socket, &sub, &Submitter::current(), &raw, date) {
+    let who = Submitter::current();
+    match submit(socket, &sub, &who, &raw, date) {
         Ok(_) => 0,
         // The daemon is down: the message waits in the offline queue for its next start
         // (still status 75, as OpenSMTPD's sendmail).
@@ -634,6 +723,12 @@ pub fn run(
         Err(e) => {
             let (m, code) = e.report(socket);
             eprintln!("{m}");
+            // As OpenSMTPD's enqueue: a message the daemon did not take is kept.
+            if let SubmitError::Undelivered(u) = &e
+                && let Some(note) = save_dead_letter(&who, &u.envelope, &raw)
+            {
+                eprintln!("{note}");
+            }
             code
         }
     }
@@ -774,7 +869,28 @@ mod tests {
         Submitter {
             login: "root".into(),
             gecos: Some("Charlie Root".into()),
+            home: None,
         }
+    }
+
+    #[test]
+    fn a_dead_letter_holds_the_added_headers_and_the_message_as_read() {
+        let sub = parse_args(&args(&["bob@example.org"])).unwrap();
+        // Not dot-stuffed, line ends as read, a last line without its newline completed.
+        let raw = b"Subject: hi\r\n\r\n.dot line\nlast";
+        let env = prepare(&sub, &who(), raw, "host.test", "DATE").unwrap();
+        assert_eq!(
+            String::from_utf8(env.dead_letter(raw)).unwrap(),
+            "From: Charlie Root <root@host.test>\nDate: DATE\n\
+             Subject: hi\r\n\r\n.dot line\nlast\n\n"
+        );
+        // A message without header fields: the blank line before its body is added too.
+        let raw = b"just text\n";
+        let env = prepare(&sub, &who(), raw, "host.test", "DATE").unwrap();
+        assert_eq!(
+            String::from_utf8(env.dead_letter(raw)).unwrap(),
+            "From: Charlie Root <root@host.test>\nDate: DATE\n\njust text\n\n"
+        );
     }
 
     #[test]
