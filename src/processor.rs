@@ -434,7 +434,7 @@ impl Processors {
     /// inside the runtime.
     pub async fn register(
         spawned: Vec<Spawned>,
-        hostname: &str,
+        admd: &str,
         session_timeout: Duration,
     ) -> Result<Arc<Processors>, String> {
         let mut procs = Vec::new();
@@ -462,7 +462,7 @@ impl Processors {
             let handshake = async {
                 let hello = format!(
                     "config|smtpd-version|{ANNOUNCED_VERSION}\nconfig|smtp-session-timeout|{}\n\
-                     config|subsystem|smtp-in\nconfig|admd|{hostname}\nconfig|ready\n",
+                     config|subsystem|smtp-in\nconfig|admd|{admd}\nconfig|ready\n",
                     session_timeout.as_secs()
                 );
                 stdin

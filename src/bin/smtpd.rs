@@ -396,7 +396,12 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         } else {
             match smtpd::processor::Processors::register(
                 spawned,
-                &graph.config.hostname,
+                // `config|admd|`: the `admd` name, else the server name (as 6.8).
+                graph
+                    .config
+                    .admd
+                    .as_deref()
+                    .unwrap_or(&graph.config.hostname),
                 session_timeout,
             )
             .await
