@@ -310,6 +310,9 @@ pub struct Registration {
     pub filters: HashSet<String>,
     pub reports: HashSet<String>,
     pub all_reports: bool,
+    /// `smtp-out` report events (relay sessions of actions with a `filter`).
+    pub out_reports: HashSet<String>,
+    pub all_out_reports: bool,
 }
 
 impl Registration {
@@ -329,11 +332,18 @@ impl Registration {
                 if *dir != "smtp-in" && *dir != "smtp-out" {
                     return Err(format!("Invalid message direction: {dir}"));
                 }
+                let inbound = *dir == "smtp-in";
                 if *event == "*" {
-                    self.all_reports |= *dir == "smtp-in";
+                    if inbound {
+                        self.all_reports = true;
+                    } else {
+                        self.all_out_reports = true;
+                    }
                 } else if REPORT_EVENTS.contains(event) {
-                    if *dir == "smtp-in" {
+                    if inbound {
                         self.reports.insert(event.to_string());
+                    } else {
+                        self.out_reports.insert(event.to_string());
                     }
                 } else {
                     return Err(format!("Unrecognized report name: {event}"));
@@ -356,6 +366,66 @@ impl Registration {
 
     fn wants_report(&self, event: &str) -> bool {
         self.all_reports || self.reports.contains(event)
+    }
+
+    fn wants_out_report(&self, event: &str) -> bool {
+        self.all_out_reports || self.out_reports.contains(event)
+    }
+}
+
+/// Sends `report|…|DIRECTION|EVENT|SID[|PARAMS]` to those of `procs` that want it.
+fn send_report(
+    procs: &[Arc<Processor>],
+    direction: &str,
+    sid: u64,
+    event: &str,
+    params: Option<&str>,
+) {
+    let mut line = None;
+    for p in procs {
+        let wanted = if direction == "smtp-in" {
+            p.registration.wants_report(event)
+        } else {
+            p.registration.wants_out_report(event)
+        };
+        if wanted {
+            let l = line.get_or_insert_with(|| {
+                let head = format!(
+                    "report|{PROTOCOL}|{}|{direction}|{event}|{sid:016x}",
+                    timestamp()
+                );
+                match params {
+                    Some(x) => format!("{head}|{x}"),
+                    None => head,
+                }
+            });
+            p.send(l.clone());
+        }
+    }
+}
+
+/// An outbound (relay) session's link to the programs of its action's `filter` chain that
+/// subscribed to `smtp-out` reports. As in 6.8, relay sessions send these programs reports
+/// only, never filter requests.
+pub struct OutReports {
+    sid: u64,
+    procs: Vec<Arc<Processor>>,
+}
+
+impl OutReports {
+    /// The chain's programs with `smtp-out` report subscriptions; `None` without any.
+    pub fn open(all: &Arc<Processors>, chain: &[String], sid: u64) -> Option<OutReports> {
+        let procs: Vec<Arc<Processor>> = chain
+            .iter()
+            .filter_map(|n| all.named(n).cloned())
+            .filter(|p| p.registration.all_out_reports || !p.registration.out_reports.is_empty())
+            .collect();
+        (!procs.is_empty()).then_some(OutReports { sid, procs })
+    }
+
+    /// Sends an `smtp-out` report event to the programs that subscribed to it.
+    pub fn report(&self, event: &str, params: Option<&str>) {
+        send_report(&self.procs, "smtp-out", self.sid, event, params);
     }
 }
 
@@ -643,23 +713,7 @@ impl ProcSession {
 
     /// Sends a report event to the chain's processors that subscribed to it.
     pub fn report(&self, event: &str, params: Option<&str>) {
-        let mut line = None;
-        for p in &self.procs {
-            if p.registration.wants_report(event) {
-                let l = line.get_or_insert_with(|| {
-                    let head = format!(
-                        "report|{PROTOCOL}|{}|smtp-in|{event}|{:016x}",
-                        timestamp(),
-                        self.sid
-                    );
-                    match params {
-                        Some(x) => format!("{head}|{x}"),
-                        None => head,
-                    }
-                });
-                p.send(l.clone());
-            }
-        }
+        send_report(&self.procs, "smtp-in", self.sid, event, params);
     }
 
     /// Does the named processor filter this phase?
@@ -839,6 +893,15 @@ mod tests {
         assert_eq!(r.take("register|ready"), Ok(true));
         assert!(r.wants_report("link-connect"));
         assert!(!r.wants_report("tx-begin"), "smtp-out's * is not smtp-in's");
+        assert!(r.wants_out_report("tx-begin"));
+        assert!(!r.wants_out_report("link-connect") || r.all_out_reports);
+        let mut only = Registration::default();
+        only.take("register|report|smtp-out|tx-mail").unwrap();
+        assert!(only.wants_out_report("tx-mail") && !only.wants_out_report("tx-rcpt"));
+        assert!(
+            !only.wants_report("tx-mail"),
+            "smtp-in's tx-mail is not smtp-out's"
+        );
         assert!(r.filters.contains("data-line"));
         assert_eq!(
             r.take("hello"),

@@ -490,6 +490,7 @@ async fn one_session_carries_several_transactions_with_per_recipient_results() {
     .unwrap()
     .unwrap_or_else(|o| panic!("{o:?}"));
     let tx = |rcpts: Vec<&'static str>| Transaction {
+        msgid: String::new(),
         sender: "alice@origin.test",
         ret: None,
         envid: "",
@@ -639,6 +640,7 @@ async fn a_session_that_breaks_fails_its_transaction_temporarily() {
     .unwrap()
     .unwrap_or_else(|o| panic!("{o:?}"));
     let tx = Transaction {
+        msgid: String::new(),
         sender: "alice@origin.test",
         ret: None,
         envid: "",

@@ -9,6 +9,7 @@ mod relay_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -1030,4 +1031,144 @@ async fn an_encrypted_queue_bounces_in_clear() {
     let text = String::from_utf8_lossy(&data[0]);
     assert!(text.contains("Subject: will bounce"), "{text}");
     assert!(text.contains("550 5.1.1 no such user"), "{text}");
+}
+
+/// A relay action with `filter`: the chain's program, registered for `smtp-out` reports,
+/// is told about the outbound session in 6.8's order — link, identify, transaction events
+/// (a refused recipient after a rollback and reset), commit, disconnect — with the client
+/// lines it sent (AUTH hidden) and the server lines it read. It gets no `smtp-in` report,
+/// since it asked for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_filter_programs_get_smtp_out_reports() {
+    let (sink, addr) = Sink {
+        refuse_rcpt: Some("nobody".into()),
+        ..Sink::default()
+    }
+    .start("127.0.0.1:0")
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = dir.path().join("reports.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let prog = dir.path().join("out.sh");
+    std::fs::write(
+        &prog,
+        "#!/bin/sh\n\
+         while IFS= read -r line; do [ \"$line\" = \"config|ready\" ] && break; done\n\
+         echo 'register|report|smtp-out|*'\n\
+         echo 'register|ready'\n\
+         while IFS= read -r line; do printf '%s\\n' \"$line\" >> \"$1\"; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = format!(
+        "filter \"out\" proc-exec \"{} {}\"\n\
+         mta limit session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\" helo out.example filter \"out\"\n\
+         match from local for any action \"relay\"\n",
+        prog.display(),
+        log.display(),
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_rcpts(
+            port,
+            "alice@client.test",
+            &["bob@far.test", "nobody@far.test"],
+            "Subject: s\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    daemon.wait_for("mta disconnected");
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("|link-disconnect") || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The session of the message (the bounce for nobody@ goes out on one of its own).
+    let sid = text.lines().next().unwrap().split('|').nth(5).unwrap();
+    // `report|0.6|TIME|smtp-out|EVENT|SID|PARAMS`: the event and its parameters.
+    let events: Vec<String> = text
+        .lines()
+        .filter(|l| l.split('|').nth(5) == Some(sid))
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(7, '|').collect();
+            assert_eq!(&f[..2], &["report", "0.6"], "{l}");
+            assert_eq!(f[3], "smtp-out", "{l}");
+            match f.get(6) {
+                Some(p) => format!("{}|{p}", f[4]),
+                None => f[4].to_string(),
+            }
+        })
+        .collect();
+    let delivery = daemon.wait_for("mta delivery");
+    let msgid = delivery
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("evpid="))
+        .map(|e| e[..8].to_string())
+        .unwrap_or_else(|| delivery[..8].to_string());
+    let port = addr.port();
+    let head: Vec<&str> = events.iter().take(6).map(String::as_str).collect();
+    assert!(
+        head[0].starts_with("link-connect|127.0.0.1|pass|127.0.0.1:")
+            && head[0].ends_with(&format!("|127.0.0.1:{port}")),
+        "{events:#?}"
+    );
+    assert!(head[1].starts_with("protocol-server|220 "), "{events:#?}");
+    assert!(head[2].starts_with("link-greeting|"), "{events:#?}");
+    assert_eq!(head[3], "protocol-client|EHLO out.example");
+    assert_eq!(head[4], "link-identify|EHLO|out.example");
+    let pos = |e: &str| {
+        events
+            .iter()
+            .position(|x| x == e)
+            .unwrap_or_else(|| panic!("no {e} in {events:#?}"))
+    };
+    let begin = pos(&format!("tx-begin|{msgid}"));
+    let mail = pos(&format!("tx-mail|{msgid}|ok|alice@client.test"));
+    let envelopes: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].starts_with(&format!("tx-envelope|{msgid}|{msgid}")))
+        .collect();
+    assert_eq!(envelopes.len(), 2, "{events:#?}");
+    let bob = pos(&format!("tx-rcpt|{msgid}|ok|bob@far.test"));
+    let nobody = pos(&format!("tx-rcpt|{msgid}|permfail|nobody@far.test"));
+    let data = pos(&format!("tx-data|{msgid}|ok"));
+    let commit = events
+        .iter()
+        .position(|x| x.starts_with(&format!("tx-commit|{msgid}|")))
+        .expect("tx-commit");
+    let quit = pos("protocol-client|QUIT");
+    let bye = pos("link-disconnect");
+    // The recipients go in envelope order; each RCPT is reported as sent, with its
+    // envelope, then with its result.
+    assert!(
+        begin < mail && mail < envelopes[0] && bob.max(nobody) < data,
+        "{events:#?}"
+    );
+    for rcpt in [bob, nobody] {
+        assert!(
+            envelopes.iter().any(|&e| e < rcpt && rcpt - e <= 4),
+            "{events:#?}"
+        );
+    }
+    assert!(data < commit && commit < quit && quit < bye, "{events:#?}");
+    assert_eq!(
+        &events[nobody - 2..nobody],
+        &[format!("tx-rollback|{msgid}"), format!("tx-reset|{msgid}")]
+    );
+    assert_eq!(events[commit + 1], format!("tx-reset|{msgid}"));
+    assert!(events.contains(&"protocol-client|DATA".to_string()));
+    assert!(
+        sink.commands()
+            .contains(&"RCPT TO:<bob@far.test>".to_string())
+    );
 }

@@ -413,6 +413,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                 }
             }
         };
+        runner.set_filter_reports(processors.clone());
         let server = Arc::new(smtpd::smtp::server::Server {
             processors,
             delivery: Some(runner),

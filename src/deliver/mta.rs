@@ -387,6 +387,7 @@ impl Pool {
             let results = match &content {
                 Ok(content) => {
                     let tx = Transaction {
+                        msgid: msgid.to_string(),
                         sender: &batch[0].1,
                         ret: batch[0].0.envelope.dsn.ret,
                         envid: &batch[0].0.envelope.dsn.envid,
@@ -396,6 +397,7 @@ impl Pool {
                                 dest: &j.envelope.dest,
                                 notify: j.envelope.dsn.notify,
                                 orcpt: &j.envelope.dsn.orcpt,
+                                evpid: j.envelope.id.to_string(),
                             })
                             .collect(),
                         content,

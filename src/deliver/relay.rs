@@ -183,6 +183,16 @@ pub struct Relayer {
     routes: SharedRoutes,
     /// The first penalty of a route (OpenSMTPD's 15 s; tests may shorten it).
     penalty_base: Duration,
+    /// Filter programs that take `smtp-out` reports, once they registered (shared by
+    /// clones).
+    reports: Arc<std::sync::OnceLock<OutReportSetup>>,
+}
+
+/// The running filter programs, and the programs of each filter chain by the chain's name
+/// (a relay action's `filter`).
+struct OutReportSetup {
+    processors: Arc<crate::processor::Processors>,
+    chains: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// A route: from a source address (`None`: any) to a remote address.
@@ -274,6 +284,8 @@ struct Conn {
     tag: String,
     /// OpenSMTPD's name of the session state, for the `-T mta` transition lines.
     state: &'static str,
+    /// `smtp-out` reports to filter programs, when the action has some.
+    reports: Option<Arc<crate::processor::OutReports>>,
 }
 
 impl Conn {
@@ -285,6 +297,14 @@ impl Conn {
             buf: Vec::new(),
             tag: format!("0x{sid}"),
             state,
+            reports: None,
+        }
+    }
+
+    /// An `smtp-out` report event, when filter programs take them.
+    fn report(&self, event: &str, params: Option<&str>) {
+        if let Some(r) = &self.reports {
+            r.report(event, params);
         }
     }
 
@@ -304,6 +324,7 @@ impl Conn {
                 }
                 let line = String::from_utf8_lossy(&line).into_owned();
                 tracing::trace!(target: "mta", "mta: {}: <<< {}", self.tag, line);
+                self.report("protocol-server", Some(&line));
                 return Ok(line);
             }
             if self.buf.len() > MAX_LINE {
@@ -311,7 +332,10 @@ impl Conn {
             }
             let mut chunk = [0u8; 4096];
             let n = match timeout(REPLY_TIMEOUT, self.io.read(&mut chunk)).await {
-                Err(_) => return Err("Timeout".into()),
+                Err(_) => {
+                    self.report("timeout", None);
+                    return Err("Timeout".into());
+                }
                 Ok(Err(e)) => return Err(format!("IO Error: {e}")),
                 Ok(Ok(n)) => n,
             };
@@ -364,11 +388,27 @@ impl Conn {
         self.command_shown(line, shown).await
     }
 
-    /// Sends `line`, traced as `shown` (credentials are never written to the trace).
+    /// Sends `line`, traced and reported as `shown` (credentials are never written to the
+    /// trace or reported), and reads the reply.
     async fn command_shown(&mut self, line: &str, shown: &str) -> Result<Reply, String> {
-        tracing::trace!(target: "mta", "mta: {}: >>> {}", self.tag, shown);
-        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.send_command(line, shown).await?;
         self.reply().await
+    }
+
+    /// EHLO, HELO or LHLO: the command, then `link-identify` (as 6.8 reports it, before
+    /// the reply), then the reply.
+    async fn identify(&mut self, verb: &str, helo: &str) -> Result<Reply, String> {
+        let line = format!("{verb} {helo}");
+        self.send_command(&line, &line).await?;
+        self.report("link-identify", Some(&format!("{verb}|{helo}")));
+        self.reply().await
+    }
+
+    /// Sends `line` (traced and reported as `shown`) without reading the reply.
+    async fn send_command(&mut self, line: &str, shown: &str) -> Result<(), String> {
+        tracing::trace!(target: "mta", "mta: {}: >>> {}", self.tag, shown);
+        self.report("protocol-client", Some(shown));
+        self.send(format!("{line}\r\n").as_bytes()).await
     }
 }
 
@@ -497,12 +537,16 @@ pub struct Recipient<'a> {
     pub notify: crate::queue::DsnNotify,
     /// `ORCPT` address, empty when none was given.
     pub orcpt: &'a str,
+    /// The envelope id (16 hex digits) reports name, empty when there is none.
+    pub evpid: String,
 }
 
 /// One mail transaction: the reverse path (already rewritten by `mail-from` or SRS), the
 /// DSN parameters of MAIL, the recipients, and the queued content.
 #[derive(Debug, Clone)]
 pub struct Transaction<'a> {
+    /// The message id (8 hex digits) reports name, empty when there is none.
+    pub msgid: String,
     pub sender: &'a str,
     pub ret: Option<crate::queue::DsnRet>,
     pub envid: &'a str,
@@ -651,6 +695,21 @@ impl Session {
             self.rset().await;
             return vec![(r.status(), r.text()); n];
         }
+        let msgid = tx.msgid.as_str();
+        self.conn.report("tx-begin", Some(msgid));
+        self.conn
+            .report("tx-mail", Some(&format!("{msgid}|ok|{}", tx.sender)));
+        let end = |conn: &Conn| {
+            conn.report("tx-rollback", Some(msgid));
+            conn.report("tx-reset", Some(msgid));
+        };
+        let result_word = |r: &Reply| {
+            if r.code / 100 == 5 {
+                "permfail"
+            } else {
+                "tempfail"
+            }
+        };
         let mut accepted = Vec::new();
         for (i, rcpt) in tx.rcpts.iter().enumerate() {
             let mut line = format!("RCPT TO:<{}>", rcpt.dest);
@@ -665,9 +724,28 @@ impl Session {
                 }
             }
             self.conn.enter("MTA_RCPT");
-            match self.conn.command(&line).await {
-                Ok(r) if r.code / 100 == 2 => accepted.push(i),
-                Ok(r) => results[i] = Some((r.status(), r.text())),
+            let sent = self.conn.send_command(&line, &line).await;
+            self.conn
+                .report("tx-envelope", Some(&format!("{msgid}|{}", rcpt.evpid)));
+            let reply = match sent {
+                Ok(()) => self.conn.reply().await,
+                Err(e) => Err(e),
+            };
+            match reply {
+                Ok(r) if r.code / 100 == 2 => {
+                    self.conn
+                        .report("tx-rcpt", Some(&format!("{msgid}|ok|{}", rcpt.dest)));
+                    accepted.push(i);
+                }
+                Ok(r) => {
+                    // As 6.8: a refused recipient is reported after a rollback and reset.
+                    end(&self.conn);
+                    self.conn.report(
+                        "tx-rcpt",
+                        Some(&format!("{msgid}|{}|{}", result_word(&r), rcpt.dest)),
+                    );
+                    results[i] = Some((r.status(), r.text()));
+                }
                 Err(e) => {
                     let why = self.broke(e);
                     return finish(results, &why);
@@ -687,12 +765,16 @@ impl Session {
             }
         };
         if r.code != 354 {
+            self.conn
+                .report("tx-data", Some(&format!("{msgid}|{}", result_word(&r))));
+            end(&self.conn);
             for &i in &accepted {
                 results[i] = Some((r.status(), r.text()));
             }
             self.rset().await;
             return finish(results, "");
         }
+        self.conn.report("tx-data", Some(&format!("{msgid}|ok")));
         self.conn.enter("MTA_BODY");
         if let Err(e) = self.conn.send(&data_payload(tx.content)).await {
             let why = self.broke(e);
@@ -713,8 +795,12 @@ impl Session {
             };
             let status = if r.code / 100 == 2 {
                 any_ok = true;
+                self.conn
+                    .report("tx-commit", Some(&format!("{msgid}|{}", tx.content.len())));
+                self.conn.report("tx-reset", Some(msgid));
                 Status::Ok
             } else {
+                end(&self.conn);
                 r.status()
             };
             let text = r.text();
@@ -749,6 +835,7 @@ impl Session {
                 self.sid, self.sent
             );
         }
+        self.conn.report("link-disconnect", None);
     }
 }
 
@@ -763,7 +850,31 @@ impl Relayer {
             mx_port: 25,
             routes: Arc::default(),
             penalty_base: Duration::from_secs(15),
+            reports: Arc::default(),
         }
+    }
+
+    /// Relay sessions of actions with a `filter` send `smtp-out` reports to that chain's
+    /// programs (`chains`: the programs of each chain, by name). Set once.
+    pub fn set_reports(
+        &self,
+        processors: Arc<crate::processor::Processors>,
+        chains: std::collections::HashMap<String, Vec<String>>,
+    ) {
+        let _ = self.reports.set(OutReportSetup { processors, chains });
+    }
+
+    /// The `smtp-out` reports of a new session of `action`, if its filter chain has
+    /// programs that take them.
+    fn out_reports(
+        &self,
+        action: &RelayAction,
+        sid: &str,
+    ) -> Option<Arc<crate::processor::OutReports>> {
+        let setup = self.reports.get()?;
+        let chain = setup.chains.get(action.filter.as_deref()?)?;
+        let id = u64::from_str_radix(sid, 16).ok()?;
+        crate::processor::OutReports::open(&setup.processors, chain, id).map(Arc::new)
     }
 
     /// Disable failing routes for `base` × penalty² instead of 15 s × penalty² (tests).
@@ -961,6 +1072,7 @@ impl Relayer {
         };
         let sender = mail_from(action.mail_from.as_deref(), mail.sender);
         let tx = Transaction {
+            msgid: String::new(),
             sender: &sender,
             ret: None,
             envid: "",
@@ -1286,8 +1398,22 @@ impl Relayer {
         let verify =
             action.tls != Some(true) && matches!(scheme, RelayScheme::SmtpTls | RelayScheme::Smtps);
         let mut conn = Conn::new(Box::new(tcp), sid, "MTA_INIT");
+        conn.reports = self.out_reports(action, sid);
+        if conn.reports.is_some() {
+            // `link-connect`: the remote name (its PTR when known), the FCrDNS result 6.8
+            // always reports for relays, the local and the remote address.
+            let rdns = self
+                .routes
+                .lock()
+                .ok()
+                .and_then(|mut t| t.get((source, addr.ip())).ptr.clone())
+                .unwrap_or_else(|| host.to_string());
+            let src = local.map(|l| l.to_string()).unwrap_or_default();
+            conn.report("link-connect", Some(&format!("{rdns}|pass|{src}|{addr}")));
+        }
         conn.enter("MTA_INIT");
         let mut secure = false;
+        let reports = conn.reports.clone();
         if scheme == RelayScheme::Smtps {
             conn = match self.handshake(sid, action, helo, host, conn, verify).await {
                 Ok(c) => c,
@@ -1296,6 +1422,9 @@ impl Relayer {
                         info!("{sid} mta error reason={reason}");
                     }
                     info!("{sid} mta disconnected reason=error messages=0");
+                    if let Some(r) = &reports {
+                        r.report("link-disconnect", None);
+                    }
                     return Err(f);
                 }
             };
@@ -1330,6 +1459,7 @@ impl Relayer {
                         "quit"
                     }
                 );
+                conn.report("link-disconnect", None);
                 Err((status, why))
             }
         }
@@ -1345,6 +1475,7 @@ impl Relayer {
         verify: bool,
     ) -> Result<Conn, Failure> {
         let state = conn.state;
+        let reports = conn.reports.clone();
         let tls = ClientTls::for_relay(&self.tls, action, helo, verify)
             .map_err(|e| temp(format!("!TLS setup: {e}")))?;
         let up = match timeout(TLS_TIMEOUT, tls.connect(host, conn.io)).await {
@@ -1353,11 +1484,16 @@ impl Relayer {
             Err(_) => return Err(temp("!TLS handshake timeout")),
         };
         info!("{sid} mta tls ciphers={}", up.facts.ciphers());
+        if let Some(r) = &reports {
+            r.report("link-tls", Some(&up.facts.ciphers()));
+        }
         if let Some(why) = up.refusal() {
             info!("{sid} mta server-cert-check result=\"failure\"");
             return Err(temp(format!("!{why}")));
         }
-        Ok(Conn::new(Box::new(up.stream), sid, state))
+        let mut conn = Conn::new(Box::new(up.stream), sid, state);
+        conn.reports = reports;
+        Ok(conn)
     }
 
     /// Greeting, EHLO (LHLO, HELO), STARTTLS and AUTH; the capabilities of the last EHLO.
@@ -1382,19 +1518,27 @@ impl Relayer {
         if greeting.code != 220 {
             return Err((greeting.status(), greeting.text()));
         }
+        if conn.reports.is_some() {
+            // `link-greeting`: the name the banner gives, when it is a domain.
+            let name = greeting
+                .lines
+                .first()
+                .and_then(|l| l.get(4..))
+                .and_then(|r| r.split(' ').next())
+                .filter(|n| crate::smtp::address::valid_domainpart(n))
+                .unwrap_or("");
+            conn.report("link-greeting", Some(name));
+        }
         let (hello, hello_state) = if scheme == RelayScheme::Lmtp {
             ("LHLO", "MTA_LHLO")
         } else {
             ("EHLO", "MTA_EHLO")
         };
         conn.enter(hello_state);
-        let mut ehlo = conn
-            .command(&format!("{hello} {helo}"))
-            .await
-            .map_err(net)?;
+        let mut ehlo = conn.identify(hello, helo).await.map_err(net)?;
         if ehlo.code != 250 {
             conn.enter("MTA_HELO");
-            ehlo = conn.command(&format!("HELO {helo}")).await.map_err(net)?;
+            ehlo = conn.identify("HELO", helo).await.map_err(net)?;
             if ehlo.code != 250 {
                 return Err((ehlo.status(), ehlo.text()));
             }
@@ -1421,10 +1565,7 @@ impl Relayer {
                     .await?;
                 secure = true;
                 conn.enter(hello_state);
-                let again = conn
-                    .command(&format!("{hello} {helo}"))
-                    .await
-                    .map_err(net)?;
+                let again = conn.identify(hello, helo).await.map_err(net)?;
                 if again.code != 250 {
                     return Err((again.status(), again.text()));
                 }
@@ -1441,12 +1582,17 @@ impl Relayer {
             if !secure {
                 return Err(temp("Refuse to AUTH over unsecure channel"));
             }
+            let auth_result = |conn: &Conn, ok: bool| {
+                let result = if ok { "pass" } else { "fail" };
+                conn.report("link-auth", Some(&format!("{}|{result}", c.username)));
+            };
             if caps.auth_plain {
                 conn.enter("MTA_AUTH_PLAIN");
                 let r = conn
                     .command(&format!("AUTH PLAIN {}", c.plain_response()))
                     .await
                     .map_err(net)?;
+                auth_result(conn, r.code == 235);
                 if r.code != 235 {
                     return Err((r.status(), r.text()));
                 }
@@ -1454,6 +1600,7 @@ impl Relayer {
                 conn.enter("MTA_AUTH_LOGIN");
                 let r = conn.command("AUTH LOGIN").await.map_err(net)?;
                 if r.code != 334 {
+                    auth_result(conn, false);
                     return Err((r.status(), r.text()));
                 }
                 conn.enter("MTA_AUTH_LOGIN_USER");
@@ -1462,6 +1609,7 @@ impl Relayer {
                     .await
                     .map_err(net)?;
                 if r.code != 334 {
+                    auth_result(conn, false);
                     return Err((r.status(), r.text()));
                 }
                 conn.enter("MTA_AUTH_LOGIN_PASS");
@@ -1469,6 +1617,7 @@ impl Relayer {
                     .command_shown(&c.login_password(), "********")
                     .await
                     .map_err(net)?;
+                auth_result(conn, r.code == 235);
                 if r.code != 235 {
                     return Err((r.status(), r.text()));
                 }

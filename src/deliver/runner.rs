@@ -1059,6 +1059,18 @@ impl Runner {
         &self.graph
     }
 
+    /// Relay sessions of actions with a `filter` send `smtp-out` reports to the programs of
+    /// that chain (6.8 sends them nothing else).
+    pub fn set_filter_reports(&self, processors: Arc<crate::processor::Processors>) {
+        let chains = self
+            .graph
+            .chains
+            .iter()
+            .map(|(name, chain)| (name.clone(), chain.procs.clone()))
+            .collect();
+        self.mta.relayer().set_reports(processors, chains);
+    }
+
     pub fn spool(&self) -> &Arc<Spool> {
         &self.spool
     }
