@@ -862,6 +862,24 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         "{hosts}"
     );
     assert_eq!(hosts.lines().count(), 1, "{hosts}");
+    // `resume route 1` enables it at once, errors and penalty forgotten; an unknown
+    // route is an error.
+    let out = common::smtpctl(&spool, &["resume", "route", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    daemon.wait_for("smtp-out: Enabling route [] <-> 127.0.0.1 per admin request");
+    let out = common::smtpctl(&spool, &["show", "routes"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("1. [] <-> 127.0.0.1 N--- nconn=0 nerror=0 penalty=0 timeout=-"),
+        "{text}"
+    );
+    let out = common::smtpctl(&spool, &["resume", "route", "9"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no route 9")
+            || String::from_utf8_lossy(&out.stdout).contains("no route 9"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

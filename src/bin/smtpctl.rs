@@ -55,6 +55,30 @@ const AGENTS: &[Word] = &[
     },
 ];
 
+/// What `resume` takes: the agents of `pause`, and a route.
+const RESUMABLE: &[Word] = &[
+    Word {
+        name: "envelope",
+        next: Next::Argument("<evpid>|<msgid>|all"),
+    },
+    Word {
+        name: "mda",
+        next: Next::End,
+    },
+    Word {
+        name: "mta",
+        next: Next::End,
+    },
+    Word {
+        name: "route",
+        next: Next::Argument("<routeid>"),
+    },
+    Word {
+        name: "smtp",
+        next: Next::End,
+    },
+];
+
 const COMMANDS: &[Word] = &[
     Word {
         name: "encrypt",
@@ -91,7 +115,7 @@ const COMMANDS: &[Word] = &[
     },
     Word {
         name: "resume",
-        next: Next::Words(AGENTS),
+        next: Next::Words(RESUMABLE),
     },
     Word {
         name: "schedule",

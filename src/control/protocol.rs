@@ -102,6 +102,8 @@ pub enum Request {
     UpdateTable(String),
     /// `discover ID|MSGID`: schedule envelopes found on disk.
     Discover(QueueId),
+    /// `resume route ID`: enable a route disabled after errors (the id of `show routes`).
+    ResumeRoute(u64),
 }
 
 /// Why a request line is not a request.
@@ -153,6 +155,12 @@ impl Request {
             ["remove", id] => Request::Remove(selection(id)?),
             ["pause", "envelope", id] => Request::Suspend(selection(id)?, true),
             ["resume", "envelope", id] => Request::Suspend(selection(id)?, false),
+            ["resume", "route", id] => Request::ResumeRoute(
+                id.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| BadRequest(format!("invalid route id: {id}")))?,
+            ),
             ["pause", a] => Request::Pause(Agent::parse(a).ok_or_else(bad)?),
             ["resume", a] => Request::Resume(Agent::parse(a).ok_or_else(bad)?),
             ["log", "verbose"] => Request::LogVerbose(true),
@@ -199,6 +207,7 @@ impl Request {
             Request::Trace(c, false) => format!("untrace {c}"),
             Request::UpdateTable(name) => format!("update table {name}"),
             Request::Discover(id) => format!("discover {id}"),
+            Request::ResumeRoute(id) => format!("resume route {id}"),
         }
     }
 }
@@ -289,6 +298,7 @@ mod tests {
             "pause envelope all",
             "resume envelope 1a2b3c4d",
             "resume smtp",
+            "resume route 3",
             "log verbose",
             "log brief",
             "trace expand",
@@ -308,6 +318,8 @@ mod tests {
         assert!(Request::parse("pause everything").is_err());
         assert!(Request::parse("schedule xyz").is_err());
         assert!(Request::parse("schedule 0").is_err());
+        assert!(Request::parse("resume route 0").is_err());
+        assert!(Request::parse("resume route x").is_err());
         assert_eq!(
             Request::parse("trace nonsense").unwrap_err().0,
             "unknown trace flag \"nonsense\""

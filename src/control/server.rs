@@ -173,6 +173,11 @@ impl Control {
                 crate::log::set_trace(&category, on);
                 Reply::succeeded()
             }
+            Request::ResumeRoute(id) => match self.runner.resume_route(id) {
+                // As 6.8, resuming a route that is not disabled succeeds and does nothing.
+                Some(_) => Reply::succeeded(),
+                None => Reply::failed(Some(&format!("no route {id}"))),
+            },
             Request::Discover(id) => {
                 let n = self.runner.discover(id);
                 Reply::ok(format!(

@@ -962,6 +962,29 @@ impl Relayer {
             .collect()
     }
 
+    /// `smtpctl resume route ID`: enables route `id` if it is disabled, with
+    /// `smtp-out: Enabling route … per admin request`, its errors and penalty forgotten.
+    /// `None` when there is no such route; `Some(false)` when it was not disabled.
+    pub fn resume_route(&self, id: u64) -> Option<bool> {
+        let Ok(mut table) = self.routes.lock() else {
+            return None;
+        };
+        let now = Instant::now();
+        let (key, r) = table.routes.iter_mut().find(|(_, r)| r.id == id)?;
+        if r.disabled_until.is_none_or(|u| u <= now) {
+            return Some(false);
+        }
+        info!(
+            "smtp-out: Enabling route {} per admin request",
+            route_text(*key, r.ptr.as_deref())
+        );
+        r.disabled_until = None;
+        r.fresh = true;
+        r.nerror = 0;
+        r.penalty = 0;
+        Some(true)
+    }
+
     /// Whether the route is disabled now.
     fn route_disabled(&self, key: RouteKey) -> bool {
         let now = Instant::now();

@@ -1093,6 +1093,11 @@ impl Runner {
         self.mta.relayer().routes_text()
     }
 
+    /// `smtpctl resume route ID` (see [`super::relay::Relayer::resume_route`]).
+    pub fn resume_route(&self, id: u64) -> Option<bool> {
+        self.mta.relayer().resume_route(id)
+    }
+
     /// The remote hosts of the routes, as `smtpctl show hosts` lists them.
     pub fn hosts_text(&self) -> Vec<String> {
         self.mta.relayer().hosts_text()
