@@ -53,15 +53,29 @@ fn wait_socket(spool: &Path) {
     }
 }
 
-#[test]
-fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
+/// The daemon on [`config`] with [`KEY`], local delivery paused (`-P mda`: messages stay
+/// queued), its control socket up. Returns the directory, the maildirs' root, the delivery
+/// user's ids, the spool, the configuration and the daemon.
+fn paused_daemon() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    String,
+    std::path::PathBuf,
+    String,
+    Daemon,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (vmail, ids) = vmail(dir.path());
     let spool = dir.path().join("spool");
     let conf = config(&vmail, &ids, KEY);
-    // Local delivery paused: the message stays in the queue.
     let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
     wait_socket(&spool);
+    (dir, vmail, ids, spool, conf, d)
+}
+
+#[test]
+fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
+    let (dir, vmail, ids, spool, conf, d) = paused_daemon();
     let r = common::send_mail(
         d.port,
         "bob@elsewhere.test",
@@ -183,12 +197,7 @@ fn queue_compression_stores_gzip_and_delivers_in_clear() {
 /// (nothing deleted), and the rest of the queue is delivered.
 #[test]
 fn a_damaged_sealed_envelope_is_quarantined_and_the_rest_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let (vmail, ids) = vmail(dir.path());
-    let spool = dir.path().join("spool");
-    let conf = config(&vmail, &ids, KEY);
-    let d = Daemon::start(dir.path(), &conf, &["-P", "mda"]);
-    wait_socket(&spool);
+    let (dir, vmail, _, spool, conf, d) = paused_daemon();
     let mut msgids = Vec::new();
     for subject in ["kept", "damaged"] {
         let r = common::send_mail(

@@ -118,6 +118,20 @@ fn sqlite_config(conf: &Path, vmail: &Path) -> String {
     )
 }
 
+/// The daemon on [`sqlite_config`], with `extra` arguments; `None` (and a SKIPPED line)
+/// without table-sqlite or sqlite3. Returns the directory (kept while the daemon runs) and
+/// the maildirs' root.
+fn sqlite_daemon(extra: &[&str]) -> Option<(tempfile::TempDir, PathBuf, Daemon)> {
+    if !have(&[SQLITE_PROGRAM]) {
+        return None;
+    }
+    let dir = readable_dir();
+    let (vmail, ids) = vmail(dir.path());
+    let (_, conf) = sqlite_setup(dir.path(), &ids);
+    let d = Daemon::start(dir.path(), &sqlite_config(&conf, &vmail), extra);
+    Some((dir, vmail, d))
+}
+
 fn wait_for_files(dir: &Path, n: usize) -> Vec<PathBuf> {
     for _ in 0..500 {
         let files: Vec<PathBuf> = files_under(dir)
@@ -137,13 +151,9 @@ fn wait_for_files(dir: &Path, n: usize) -> Vec<PathBuf> {
 /// `-T lookup` trace shows each question the program answered.
 #[test]
 fn sqlite_tables_route_and_deliver() {
-    if !have(&[SQLITE_PROGRAM]) {
+    let Some((_dir, vmail, d)) = sqlite_daemon(&["-T", "lookup"]) else {
         return;
-    }
-    let dir = readable_dir();
-    let (vmail, ids) = vmail(dir.path());
-    let (_, conf) = sqlite_setup(dir.path(), &ids);
-    let d = Daemon::start(dir.path(), &sqlite_config(&conf, &vmail), &["-T", "lookup"]);
+    };
     let r = dialogue(
         d.port,
         &[
@@ -206,13 +216,9 @@ fn sqlite_tables_route_and_deliver() {
 /// `senders` table lists for them, and as no other.
 #[test]
 fn sqlite_credentials_authenticate() {
-    if !have(&[SQLITE_PROGRAM]) {
+    let Some((_dir, _vmail, d)) = sqlite_daemon(&[]) else {
         return;
-    }
-    let dir = readable_dir();
-    let (vmail, ids) = vmail(dir.path());
-    let (_, conf) = sqlite_setup(dir.path(), &ids);
-    let d = Daemon::start(dir.path(), &sqlite_config(&conf, &vmail), &[]);
+    };
     let plain = |user: &str, pass: &str| {
         format!(
             "AUTH PLAIN {}",
@@ -258,13 +264,9 @@ fn sqlite_credentials_authenticate() {
 /// lookup starts it again and mail flows on.
 #[test]
 fn a_dead_table_program_is_started_again() {
-    if !have(&[SQLITE_PROGRAM]) {
+    let Some((_dir, _vmail, d)) = sqlite_daemon(&[]) else {
         return;
-    }
-    let dir = readable_dir();
-    let (vmail, ids) = vmail(dir.path());
-    let (_, conf) = sqlite_setup(dir.path(), &ids);
-    let d = Daemon::start(dir.path(), &sqlite_config(&conf, &vmail), &[]);
+    };
     let first = send_mail(
         d.port,
         "s@remote.test",

@@ -36,47 +36,36 @@ enum Next {
     Argument(&'static str),
 }
 
-const AGENTS: &[Word] = &[
-    Word {
-        name: "envelope",
-        next: Next::Argument("<evpid>|<msgid>|all"),
-    },
-    Word {
-        name: "mda",
-        next: Next::End,
-    },
-    Word {
-        name: "mta",
-        next: Next::End,
-    },
-    Word {
-        name: "smtp",
-        next: Next::End,
-    },
-];
+const ENVELOPE: Word = Word {
+    name: "envelope",
+    next: Next::Argument("<evpid>|<msgid>|all"),
+};
+const MDA: Word = Word {
+    name: "mda",
+    next: Next::End,
+};
+const MTA: Word = Word {
+    name: "mta",
+    next: Next::End,
+};
+const SMTP: Word = Word {
+    name: "smtp",
+    next: Next::End,
+};
+
+/// What `pause` takes.
+const AGENTS: &[Word] = &[ENVELOPE, MDA, MTA, SMTP];
 
 /// What `resume` takes: the agents of `pause`, and a route.
 const RESUMABLE: &[Word] = &[
-    Word {
-        name: "envelope",
-        next: Next::Argument("<evpid>|<msgid>|all"),
-    },
-    Word {
-        name: "mda",
-        next: Next::End,
-    },
-    Word {
-        name: "mta",
-        next: Next::End,
-    },
+    ENVELOPE,
+    MDA,
+    MTA,
     Word {
         name: "route",
         next: Next::Argument("<routeid>"),
     },
-    Word {
-        name: "smtp",
-        next: Next::End,
-    },
+    SMTP,
 ];
 
 const COMMANDS: &[Word] = &[

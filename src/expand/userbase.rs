@@ -85,37 +85,12 @@ pub fn traced_lookup<'t>(
         &table.name,
         service.name(),
         key,
-        answer
-            .as_ref()
-            .map(|v| v.as_deref().map(str::to_string))
-            .map_err(Clone::clone),
+        &answer,
     );
     answer
 }
 
-/// Write a lookup trace line.
-pub fn trace_answer(
-    backend: &str,
-    table: &str,
-    service: &str,
-    key: &str,
-    answer: Result<Option<String>, LookupError>,
-) {
-    let result = match answer {
-        Ok(Some(v)) => format!("\"{v}\""),
-        Ok(None) => "none".to_string(),
-        Err(LookupError(e)) => format!("error: {e}"),
-    };
-    tracing::trace!(
-        target: "lookup",
-        "lookup: lookup \"{}\" as {} in table {}:{} -> {}",
-        key,
-        service,
-        backend,
-        table,
-        result
-    );
-}
+pub use crate::table::trace_answer;
 
 /// A source of local users.
 pub trait Userbase {
@@ -131,13 +106,7 @@ pub trait Userbase {
     fn lookup(&self, user: &str) -> Result<Option<UserInfo>, LookupError> {
         let key = user.to_ascii_lowercase();
         let answer = self.value(&key);
-        trace_answer(
-            self.backend(),
-            self.table_name(),
-            "USERINFO",
-            user,
-            answer.clone(),
-        );
+        trace_answer(self.backend(), self.table_name(), "USERINFO", user, &answer);
         match answer? {
             None => Ok(None),
             Some(v) => UserInfo::parse(&key, &v)

@@ -225,29 +225,17 @@ impl CompiledTable {
     }
 
     /// The value stored for `key` (looked up lower-cased), for a service: from the entries,
-    /// or asked of an external table's program (traced as OpenSMTPD traces lookups).
+    /// or asked of an external table's program (whose answers are traced as OpenSMTPD
+    /// traces lookups).
     pub fn get(
         &self,
         service: Service,
         key: &str,
     ) -> Result<Option<std::borrow::Cow<'_, str>>, LookupError> {
-        if !self.external {
-            return Ok(self.lookup(key).map(std::borrow::Cow::Borrowed));
-        }
         let answer = self.get_untraced(service, key);
-        let shown = match &answer {
-            Ok(Some(v)) => format!("\"{v}\""),
-            Ok(None) => "none".into(),
-            Err(LookupError(e)) => format!("error: {e}"),
-        };
-        tracing::trace!(
-            target: "lookup",
-            "lookup: lookup \"{}\" as {} in table proc:{} -> {}",
-            key,
-            service.name(),
-            self.name,
-            shown
-        );
+        if self.external {
+            crate::table::trace_answer("proc", &self.name, service.name(), key, &answer);
+        }
         answer
     }
 

@@ -29,6 +29,31 @@ pub const EXTERNAL_BACKENDS: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LookupError(pub String);
 
+/// Writes OpenSMTPD's lookup trace line (`-T lookup`): `lookup: lookup "KEY" as SERVICE in
+/// table BACKEND:NAME -> "VALUE"|none|error: WHY`.
+pub fn trace_answer<T: AsRef<str>>(
+    backend: &str,
+    table: &str,
+    service: &str,
+    key: &str,
+    answer: &Result<Option<T>, LookupError>,
+) {
+    let result = match answer {
+        Ok(Some(v)) => format!("\"{}\"", v.as_ref()),
+        Ok(None) => "none".to_string(),
+        Err(LookupError(e)) => format!("error: {e}"),
+    };
+    tracing::trace!(
+        target: "lookup",
+        "lookup: lookup \"{}\" as {} in table {}:{} -> {}",
+        key,
+        service,
+        backend,
+        table,
+        result
+    );
+}
+
 /// Entries read from a table source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
