@@ -530,3 +530,48 @@ fn discover_picks_up_a_message_moved_into_the_queue() {
     wait_for("delivery", || delivered(&vmail) == 1);
     d.stop();
 }
+
+/// Garbage on the control socket (CVE-2025-62875 made OpenSMTPD die of a malformed
+/// request): binary bytes, a line far past the request limit, an unknown command, a client
+/// that hangs up at once. Each client gets at most a refusal; the daemon keeps serving
+/// smtpctl and SMTP.
+#[test]
+fn garbage_on_the_control_socket_only_ends_that_client() {
+    use std::os::unix::net::UnixStream;
+    let (dir, _vmail, conf) = setup();
+    let (d, port) = start(dir.path(), &conf, &[]);
+    let spool = dir.path().join("spool");
+    let socket = spool.join("smtpd.sock");
+    let answer = |bytes: &[u8]| -> String {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut binary: Vec<u8> = (0u8..=255).cycle().take(4096).collect();
+    binary.push(b'\n');
+    for garbage in [
+        binary,
+        vec![b'x'; 1 << 20],
+        b"\xff\xfe\x00show status\n".to_vec(),
+        b"launch missiles\n".to_vec(),
+        Vec::new(),
+    ] {
+        let a = answer(&garbage);
+        assert!(!a.contains("succeeded"), "{a:?}");
+        assert!(
+            d.log().lines().all(|l| !l.contains("panicked")),
+            "{}",
+            d.log()
+        );
+    }
+    // A client that connects and leaves without a word.
+    drop(UnixStream::connect(&socket).unwrap());
+    let s = smtpctl(&spool, &["show", "status"]);
+    assert!(s.status.success(), "{s:?}");
+    assert!(stdout(&s).contains("MDA running"), "{}", stdout(&s));
+    send(port, "bob@remote.test", "alice@mx.test");
+}
