@@ -1190,3 +1190,67 @@ async fn relay_filter_programs_get_smtp_out_reports() {
             .contains(&"RCPT TO:<bob@far.test>".to_string())
     );
 }
+
+/// CVE-2020-8794's trigger: a next hop whose replies have a last line of three characters,
+/// or a bare CR inside a line followed by envelope-looking lines. Nothing of it reaches
+/// the envelope file but one sanitized error line: no `type: mda`, no `mda-exec:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_replies_of_the_next_hop_never_reach_the_envelope() {
+    let (_sink, addr) = Sink {
+        rcpt_replies: vec![
+            "451-4.7.1 first\r\n451".into(),
+            "451-x\r\n451\rtype: mda\r\nmda-exec: /bin/sh -c 'touch /tmp/pwned'\r\n451 end".into(),
+        ],
+        ..Sink::default()
+    }
+    .start("127.0.0.1:0")
+    .await
+    .unwrap();
+    let (daemon, dir) = relay_one(
+        "mta limit session-keepalive 1\n",
+        addr.port(),
+        "bob@far.test",
+        "Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
+    // The first attempt ends on the bare `451`: a well-formed (if short) last line.
+    let first = daemon.wait_for("mta delivery");
+    assert!(first.contains("result=\"TempFail\""), "{first}");
+    assert!(first.contains("stat=\"451-4.7.1 first 451\""), "{first}");
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The second attempt, on a new session once the first one closed, meets the CR and
+    // the injected lines.
+    daemon.wait_for("mta disconnected");
+    let out = common::smtpctl(&spool, &["schedule", "all"]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+    assert!(lines[1].contains("result=\"TempFail\""), "{lines:?}");
+    assert!(
+        lines[1].ends_with("stat=\"Bad response: 451\\rtype: mda\""),
+        "{lines:?}"
+    );
+    let envelopes: Vec<_> = files_under(&spool.join("queue"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "message"))
+        .collect();
+    assert_eq!(envelopes.len(), 1, "{envelopes:?}");
+    let text = std::fs::read_to_string(&envelopes[0]).unwrap();
+    assert!(!text.contains('\r'), "{text:?}");
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("type:")).collect();
+    assert_eq!(types, ["type: mta"], "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("mda-exec")), "{text}");
+    let errorline = text
+        .lines()
+        .find(|l| l.starts_with("errorline:"))
+        .unwrap_or_default();
+    assert!(
+        errorline.starts_with("errorline: Bad response: 451\\rtype: mda"),
+        "{text}"
+    );
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}

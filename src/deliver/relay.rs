@@ -355,13 +355,13 @@ impl Conn {
                 .get(..3)
                 .and_then(|c| c.parse::<u16>().ok())
                 .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| format!("Bad response: {line}"))?;
+                .ok_or_else(|| bad_response(&line))?;
             let sep = line.as_bytes().get(3).copied();
             lines.push(line.clone());
             match sep {
                 None | Some(b' ') => return Ok(Reply { code, lines }),
                 Some(b'-') => continue,
-                _ => return Err(format!("Bad response: {line}")),
+                _ => return Err(bad_response(&line)),
             }
         }
         Err("Reply too long".into())
@@ -410,6 +410,15 @@ impl Conn {
         self.report("protocol-client", Some(shown));
         self.send(format!("{line}\r\n").as_bytes()).await
     }
+}
+
+/// A reply line that breaks the protocol, named in the log and the envelope with its
+/// control characters escaped (`vis`), so that a hostile next hop cannot forge lines.
+fn bad_response(line: &str) -> String {
+    format!(
+        "Bad response: {}",
+        crate::smtp::server::vis(line.as_bytes())
+    )
 }
 
 /// The message body for DATA: CRLF line ends, leading dots doubled, ends with `.`.
