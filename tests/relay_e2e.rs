@@ -1254,3 +1254,41 @@ async fn hostile_replies_of_the_next_hop_never_reach_the_envelope() {
     );
     assert!(!std::path::Path::new("/tmp/pwned").exists());
 }
+
+/// `mta limit session-transaction-delay N`: a session rests N seconds after each
+/// transaction before it carries the next one (still one connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_rest_between_transactions() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit session-transaction-delay 2 session-keepalive 5 max-conn-per-route 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start_with_args(dir.path(), &conf, Path::new("/nonexistent"), &["-v"]);
+    let t = Instant::now();
+    submit_numbered(port, 1, "first");
+    daemon.wait_for("mta delivery");
+    submit_numbered(port, 1, "second");
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "the second transaction did not wait: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("debug: mta: waiting for 2s before next transaction"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(sink.connections(), 1);
+}

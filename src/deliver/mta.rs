@@ -37,6 +37,8 @@ pub struct MtaLimits {
     pub session_mail_max: usize,
     pub session_keepalive: Duration,
     pub conn_delay_relay: Duration,
+    /// Pause between two transactions of one session (`session-transaction-delay`).
+    pub session_transaction_delay: Duration,
     pub family: Family,
 }
 
@@ -48,6 +50,7 @@ impl Default for MtaLimits {
             session_mail_max: 100,
             session_keepalive: Duration::from_secs(10),
             conn_delay_relay: Duration::from_secs(2),
+            session_transaction_delay: Duration::ZERO,
             family: Family::Any,
         }
     }
@@ -86,6 +89,9 @@ impl MtaLimits {
                 "session-mail-max" => self.session_mail_max = n.max(1) as usize,
                 "session-keepalive" => self.session_keepalive = Duration::from_secs(n),
                 "conn-delay-relay" => self.conn_delay_relay = Duration::from_secs(n),
+                "session-transaction-delay" => {
+                    self.session_transaction_delay = Duration::from_secs(n)
+                }
                 _ => {}
             }
         }
@@ -445,6 +451,15 @@ impl Pool {
             {
                 s.close().await;
             }
+            // `session-transaction-delay`: the session rests before its next transaction.
+            let rest = spec.limits.session_transaction_delay;
+            if session.is_some() && !rest.is_zero() {
+                tracing::debug!(
+                    "debug: mta: waiting for {}s before next transaction",
+                    rest.as_secs()
+                );
+                tokio::time::sleep(rest).await;
+            }
         }
     }
 
@@ -522,8 +537,19 @@ mod tests {
                 session_mail_max: 100,
                 session_keepalive: Duration::from_secs(10),
                 conn_delay_relay: Duration::from_secs(2),
+                session_transaction_delay: Duration::ZERO,
                 family: Family::Any,
             }
+        );
+        let cfg = config(
+            "mta limit session-transaction-delay 3
+             action \"r\" relay
+             match for any action \"r\"
+",
+        );
+        assert_eq!(
+            MtaLimits::for_domain(&cfg, "x.test").session_transaction_delay,
+            Duration::from_secs(3)
         );
     }
 
