@@ -1292,3 +1292,58 @@ async fn sessions_rest_between_transactions() {
     );
     assert_eq!(sink.connections(), 1);
 }
+
+/// `mta limit max-failures-per-session N`: after N recipients in a row are refused, the
+/// session gives up; the recipients not tried yet are deferred with 6.8's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_refused_recipients_end_the_session() {
+    let (sink, addr) = Sink {
+        refuse_rcpt: Some("nobody".into()),
+        ..Sink::default()
+    }
+    .start("127.0.0.1:0")
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mta limit max-failures-per-session 2 session-keepalive 1\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
+         match from local for any action \"relay\"\n",
+        addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_rcpts(
+            port,
+            "alice@client.test",
+            &["nobody1@far.test", "nobody2@far.test", "nobody3@far.test"],
+            "Subject: s\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let lines = wait_for_n(&daemon, "mta delivery", 3, 20);
+    let refused = lines
+        .iter()
+        .filter(|l| l.contains("result=\"PermFail\" stat=\"550 5.1.1 no such user\""))
+        .count();
+    let deferred = lines
+        .iter()
+        .filter(|l| {
+            l.ends_with(
+                "result=\"TempFail\" stat=\"Too many consecutive errors, closing connection\"",
+            )
+        })
+        .count();
+    assert_eq!((refused, deferred), (2, 1), "{lines:#?}");
+    // The first session (the bounces for nobody1 and nobody2 may follow on another one):
+    // two RCPTs, no DATA, QUIT.
+    let cmds = sink.commands();
+    let first: Vec<&String> = cmds.iter().take_while(|c| c.as_str() != "QUIT").collect();
+    let rcpts = first.iter().filter(|c| c.starts_with("RCPT TO:")).count();
+    assert_eq!(rcpts, 2, "{cmds:?}");
+    assert!(first.len() < cmds.len(), "no QUIT: {cmds:?}");
+    assert!(!first.iter().any(|c| c.as_str() == "DATA"), "{cmds:?}");
+}

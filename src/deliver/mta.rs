@@ -39,6 +39,8 @@ pub struct MtaLimits {
     pub conn_delay_relay: Duration,
     /// Pause between two transactions of one session (`session-transaction-delay`).
     pub session_transaction_delay: Duration,
+    /// Consecutive refused recipients that end a session (`max-failures-per-session`).
+    pub max_failures_per_session: usize,
     pub family: Family,
 }
 
@@ -51,6 +53,7 @@ impl Default for MtaLimits {
             session_keepalive: Duration::from_secs(10),
             conn_delay_relay: Duration::from_secs(2),
             session_transaction_delay: Duration::ZERO,
+            max_failures_per_session: 25,
             family: Family::Any,
         }
     }
@@ -92,6 +95,7 @@ impl MtaLimits {
                 "session-transaction-delay" => {
                     self.session_transaction_delay = Duration::from_secs(n)
                 }
+                "max-failures-per-session" => self.max_failures_per_session = n as usize,
                 _ => {}
             }
         }
@@ -477,9 +481,12 @@ impl Pool {
             family: spec.limits.family,
             per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
         };
-        self.relayer
+        let mut session = self
+            .relayer
             .connect(&spec.action, &hops, spec.auth.as_ref(), spec.source, limits)
-            .await
+            .await?;
+        session.set_max_failures(spec.limits.max_failures_per_session);
+        Ok(session)
     }
 }
 
@@ -538,6 +545,7 @@ mod tests {
                 session_keepalive: Duration::from_secs(10),
                 conn_delay_relay: Duration::from_secs(2),
                 session_transaction_delay: Duration::ZERO,
+                max_failures_per_session: 25,
                 family: Family::Any,
             }
         );

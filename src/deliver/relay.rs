@@ -594,6 +594,10 @@ pub struct Session {
     broken: Option<String>,
     /// The connection broke on the MAIL command of a transaction.
     lost_at_mail: bool,
+    /// Consecutive refused recipients, and how many end the session
+    /// (`max-failures-per-session`; 0: no bound).
+    failures: usize,
+    max_failures: usize,
     /// The local address of the connection (`source=` of `mta delivery`).
     local: Option<SocketAddr>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -637,6 +641,12 @@ impl Session {
     /// The local address the connection was made from.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local
+    }
+
+    /// `max-failures-per-session`: after this many consecutive refused recipients the
+    /// session gives up (the rest of the transaction is deferred) and QUITs; 0: no bound.
+    pub fn set_max_failures(&mut self, n: usize) {
+        self.max_failures = n;
     }
 
     fn broke(&mut self, why: String) -> String {
@@ -742,6 +752,7 @@ impl Session {
             };
             match reply {
                 Ok(r) if r.code / 100 == 2 => {
+                    self.failures = 0;
                     self.conn
                         .report("tx-rcpt", Some(&format!("{msgid}|ok|{}", rcpt.dest)));
                     accepted.push(i);
@@ -754,6 +765,18 @@ impl Session {
                         Some(&format!("{msgid}|{}|{}", result_word(&r), rcpt.dest)),
                     );
                     results[i] = Some((r.status(), r.text()));
+                    self.failures += 1;
+                    if self.max_failures > 0 && self.failures == self.max_failures {
+                        // The rest of the transaction waits for another session.
+                        const TOO_MANY: &str = "Too many consecutive errors, closing connection";
+                        for &j in &accepted {
+                            results[j] = Some((Status::TempFail, TOO_MANY.to_string()));
+                        }
+                        self.broken = Some(TOO_MANY.to_string());
+                        self.conn.enter("MTA_QUIT");
+                        let _ = timeout(Duration::from_secs(10), self.conn.command("QUIT")).await;
+                        return finish(results, TOO_MANY);
+                    }
                 }
                 Err(e) => {
                     let why = self.broke(e);
@@ -1360,6 +1383,8 @@ impl Relayer {
                             sent: 0,
                             broken: None,
                             lost_at_mail: false,
+                            failures: 0,
+                            max_failures: 25,
                             local,
                             _slot: slot,
                         });
