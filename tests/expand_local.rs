@@ -372,6 +372,11 @@ fn forward_file_with_self_command_and_remote_address() {
         "expand: lka_expand: same user, submitting",
         "expand: lka_expand: filter: /usr/bin/vacation foo [depth=2]",
         "expand: lka_expand: address: friend@remote.example [depth=2]",
+        // The address is routed again: rule #1 does not match, rule #2 does.
+        "lookup: match \"local\" as NETADDR in table static:<anyhost> -> true",
+        "lookup: match \"remote.example\" as DOMAIN in table static:<dynamic:0> -> false",
+        "lookup: match \"local\" as NETADDR in table static:<localhost> -> true",
+        "lookup: match \"remote.example\" as DOMAIN in table static:<anydestination> -> true",
         "rule #2 matched: match from local for any action outbound",
         "expand: 0x1000: clearing expand tree",
     ];
@@ -552,9 +557,12 @@ fn sub_addresses_with_aliases() {
     ));
     let (outcome, lines) = w.expand(&g, "alice+news@example.org");
     assert_eq!(mailbox_users(&outcome), ["bob"]);
+    // The rule's matches come first (`from any`, `for domain`), then the alias lookups.
     assert_eq!(
-        starting_with(&lines, "lookup:")[..2],
+        starting_with(&lines, "lookup:")[..4],
         [
+            "lookup: match \"203.0.113.5\" as NETADDR in table static:<anyhost> -> true",
+            "lookup: match \"example.org\" as DOMAIN in table static:<dynamic:0> -> true",
             "lookup: lookup \"alice+news\" as ALIAS in table static:aliases -> none",
             "lookup: lookup \"alice\" as ALIAS in table static:aliases -> \"bob\"",
         ]

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crate::config::model::{Table, TableBackend, TableKind};
+use crate::config::model::{Table, TableKind};
 use crate::rules::matching::CompiledTable;
 use crate::table::proc::Service;
 
@@ -54,17 +54,7 @@ impl UserInfo {
 /// A userbase lookup that could not be answered (the RCPT is refused temporarily).
 pub use crate::table::LookupError;
 
-/// The backend word of lookup trace lines for a table (`static` for inline and file tables,
-/// as OpenSMTPD names its backend for both).
-pub fn backend_name(t: &Table) -> &'static str {
-    match &t.backend {
-        TableBackend::Inline | TableBackend::File { .. } => "static",
-        TableBackend::Db { .. } => "db",
-        TableBackend::External { .. } => "proc",
-        TableBackend::Builtin if t.name == "<getpwnam>" => "getpwnam",
-        TableBackend::Builtin => "static",
-    }
-}
+pub use crate::table::backend_name;
 
 /// Look a key up in a table for a service, writing OpenSMTPD's lookup trace line
 /// (`lookup: lookup "KEY" as SERVICE in table BACKEND:NAME -> "VALUE"|none|error: ...`).

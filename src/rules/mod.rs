@@ -95,18 +95,29 @@ impl RuleGraph {
                 }
             };
         }
-        if tm.regex {
-            return Some(t.match_regex(subject));
-        }
         let delim = self.config.smtp.sub_addr_delim;
-        Some(match service {
-            Service::Netaddr => t.match_netaddr(subject),
-            Service::Domain => t.match_domain(subject),
-            Service::Mailaddr => t.match_mailaddr(subject, delim),
-            Service::String => t.contains(subject),
-            Service::Auth if subject.contains('@') => t.match_mailaddr(subject, delim),
-            Service::Auth => t.contains(subject),
-        })
+        let (found, name) = match service {
+            _ if tm.regex => (t.match_regex(subject), "REGEX"),
+            Service::Netaddr => (t.match_netaddr(subject), "NETADDR"),
+            Service::Domain => (t.match_domain(subject), "DOMAIN"),
+            Service::Mailaddr => (t.match_mailaddr(subject, delim), "MAILADDR"),
+            Service::String => (t.contains(subject), "STRING"),
+            Service::Auth if subject.contains('@') => {
+                (t.match_mailaddr(subject, delim), "MAILADDR")
+            }
+            Service::Auth => (t.contains(subject), "STRING"),
+        };
+        // `-T lookup`, as 6.8 traces every match of a rule or filter criterion.
+        tracing::trace!(
+            target: "lookup",
+            "lookup: match \"{}\" as {} in table {}:{} -> {}",
+            subject,
+            name,
+            crate::table::backend_name(self.config.table(tm.table)),
+            t.name,
+            found
+        );
+        Some(found)
     }
 
     /// Start the programs of the external tables (`sqlite:`, `passwd:`...), each once, as

@@ -29,6 +29,20 @@ pub const EXTERNAL_BACKENDS: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LookupError(pub String);
 
+/// The backend word of lookup trace lines for a table (`static` for inline and file tables,
+/// as OpenSMTPD names its backend for both).
+pub fn backend_name(t: &crate::config::model::Table) -> &'static str {
+    use crate::config::model::TableBackend;
+    match &t.backend {
+        TableBackend::Inline | TableBackend::File { .. } => "static",
+        TableBackend::Db { .. } => "db",
+        TableBackend::External { backend, .. } if backend == "getpwnam" => "getpwnam",
+        TableBackend::External { .. } => "proc",
+        TableBackend::Builtin if t.name == "<getpwnam>" => "getpwnam",
+        TableBackend::Builtin => "static",
+    }
+}
+
 /// Writes OpenSMTPD's lookup trace line (`-T lookup`): `lookup: lookup "KEY" as SERVICE in
 /// table BACKEND:NAME -> "VALUE"|none|error: WHY`.
 pub fn trace_answer<T: AsRef<str>>(
