@@ -31,6 +31,8 @@ pub struct CompiledTable {
     regexes: std::sync::OnceLock<Vec<Option<Regex>>>,
     /// An external table (`sqlite:`, `passwd:`...): its entries live in its program.
     external: bool,
+    /// The backend word of lookup traces (`static`, `db`, `proc`...).
+    backend: &'static str,
     /// The external table's program, once the daemon started it (`RuleGraph::open_tables`).
     program: std::sync::OnceLock<std::sync::Arc<ProcTable>>,
 }
@@ -202,6 +204,7 @@ impl CompiledTable {
             wild_domains,
             regexes: std::sync::OnceLock::new(),
             external: matches!(&t.backend, TableBackend::External { backend, .. } if backend != "getpwnam"),
+            backend: crate::table::backend_name(t),
             program: std::sync::OnceLock::new(),
         }
     }
@@ -225,17 +228,20 @@ impl CompiledTable {
     }
 
     /// The value stored for `key` (looked up lower-cased), for a service: from the entries,
-    /// or asked of an external table's program (whose answers are traced as OpenSMTPD
-    /// traces lookups).
+    /// or asked of an external table's program; traced (`-T lookup`) as OpenSMTPD traces
+    /// lookups, except that credentials are shown as `********`.
     pub fn get(
         &self,
         service: Service,
         key: &str,
     ) -> Result<Option<std::borrow::Cow<'_, str>>, LookupError> {
         let answer = self.get_untraced(service, key);
-        if self.external {
-            crate::table::trace_answer("proc", &self.name, service.name(), key, &answer);
-        }
+        let shown = match (&answer, service) {
+            (Ok(Some(_)), Service::Credentials) => Ok(Some("********")),
+            (Ok(v), _) => Ok(v.as_deref()),
+            (Err(e), _) => Err(e.clone()),
+        };
+        crate::table::trace_answer(self.backend, &self.name, service.name(), key, &shown);
         answer
     }
 
