@@ -198,11 +198,6 @@ impl ProcTable {
         Ok(table)
     }
 
-    /// The table's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     fn program_name(&self) -> String {
         format!("table-{}", self.backend)
     }
@@ -212,11 +207,6 @@ impl ProcTable {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
-    }
-
-    /// The program's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.lock().running.as_ref().map(|r| r.child.id())
     }
 
     /// Start the program and send `OPEN`.
