@@ -232,7 +232,18 @@ impl ProcTable {
             logger = std::thread::Builder::new()
                 .name("smtpd-table-stderr".into())
                 .spawn(move || {
-                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut r = BufReader::new(stderr);
+                    let mut buf = Vec::new();
+                    loop {
+                        // A line is read 8 KiB at most at a time: a program that writes
+                        // without newlines cannot make smtpd hold all of it.
+                        buf.clear();
+                        match (&mut r).take(8192).read_until(b'\n', &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                        let text = String::from_utf8_lossy(&buf);
+                        let line = text.trim_end_matches(['\n', '\r']);
                         if line.contains(": debug: ") {
                             tracing::debug!("{label}: {line}");
                         } else if line.contains(": info: ") {
