@@ -182,6 +182,16 @@ impl ProcTable {
                 HELPER_DIRS.join(", ")
             )
         })?;
+        ProcTable::open_program(name, backend, config, program)
+    }
+
+    /// [`ProcTable::open`] with the program given.
+    fn open_program(
+        name: &str,
+        backend: &str,
+        config: &str,
+        program: PathBuf,
+    ) -> Result<ProcTable, String> {
         let table = ProcTable {
             name: name.to_string(),
             backend: backend.to_string(),
@@ -574,6 +584,76 @@ mod tests {
             seen
         });
         (ours, h)
+    }
+
+    /// A table program in Python speaking the protocol: OPEN and CHECK answered, LOOKUP
+    /// answers `good` with a value, `bad` without its NUL, and exits at `exit`; UPDATE
+    /// fails.
+    const FAKE: &str = r#"#!/usr/bin/env python3
+import struct, sys, os
+i, o = sys.stdin.buffer, os.fdopen(0, "wb", buffering=0)
+def reply(body):
+    o.write(struct.pack("=IHHII", 0, 16 + len(body), 0, 0, os.getpid()) + body)
+while True:
+    head = i.read(16)
+    if len(head) < 16:
+        sys.exit(0)
+    kind, length = struct.unpack("=IH", head[:6])
+    body = i.read(length - 16)
+    if kind == 2:
+        reply(b"")
+    elif kind == 5:
+        reply(struct.pack("=i", 1))
+    elif kind == 6:
+        key = body[12:-1]
+        if key == b"good":
+            reply(struct.pack("=i", 1) + b"value\0")
+        elif key == b"bad":
+            reply(struct.pack("=i", 1) + b"x")
+        elif key == b"exit":
+            sys.exit(3)
+        else:
+            reply(struct.pack("=i", 0))
+    elif kind == 4:
+        reply(struct.pack("=i", 0))
+"#;
+
+    #[test]
+    fn a_program_that_breaks_the_protocol_is_started_again() {
+        if std::process::Command::new("python3")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: python3 is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("table-fake");
+        std::fs::write(&program, FAKE).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t = ProcTable::open_program("t", "fake", "", program).unwrap();
+        assert_eq!(t.check(Service::Domain, "a"), Ok(true));
+        assert_eq!(t.lookup(Service::Alias, "GOOD"), Ok(Some("value".into())));
+        assert_eq!(t.lookup(Service::Alias, "nope"), Ok(None));
+        assert_eq!(
+            t.lookup(Service::Alias, "bad"),
+            Err(LookupError("not NUL-terminated".into()))
+        );
+        // Stopped; started again at most once a second.
+        assert!(t.lock().running.is_none());
+        std::thread::sleep(RESPAWN_DELAY + Duration::from_millis(100));
+        assert_eq!(t.lookup(Service::Alias, "good"), Ok(Some("value".into())));
+        assert_eq!(t.update(), Ok(false));
+        assert_eq!(
+            t.lookup(Service::Alias, "exit"),
+            Err(LookupError("pipe closed".into()))
+        );
+        assert_eq!(
+            t.lookup(Service::Alias, "good"),
+            Err(LookupError("table-fake is not running".into()))
+        );
     }
 
     #[test]
