@@ -1,7 +1,8 @@
 //! Signals an administrator sends the running daemon. SIGHUP (a `reload`, or the terminal of
 //! `smtpd -d` hanging up) stops neither smtpd nor its privileged broker, as OpenSMTPD
 //! ignores it too: the log says the configuration is not reloaded, and mail is still
-//! received and delivered. SIGTERM ends both.
+//! received and delivered. SIGTERM ends both, in order, also when it reaches every process
+//! at once (a service manager's stop).
 
 mod common;
 
@@ -95,4 +96,46 @@ fn sighup_stops_neither_the_daemon_nor_its_broker() {
     let log = d.stop();
     assert!(!log.contains("broker exited"), "{log}");
     assert!(log.contains("Exiting"), "{log}");
+}
+
+/// SIGTERM to the daemon and its broker at once, as `systemctl stop` sends it: the daemon
+/// exits in order, with status 0, and does not take the broker's end for a crash.
+#[test]
+fn sigterm_to_every_process_is_an_orderly_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = "listen on 127.0.0.1 port PORT\n\
+                action \"l\" mbox\n\
+                match from local for local action \"l\"\n";
+    let mut d = Daemon::start(dir.path(), conf, &[]);
+    let mut targets = children(d.pid());
+    targets.insert(0, d.pid());
+    for pid in &targets {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("send SIGTERM");
+    }
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = d.try_status() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = d.stop();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("Exiting"), "{log}");
+    assert!(!log.contains("broker exited"), "{log}");
+    // The broker is gone too.
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in &targets[1..] {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "process {pid} is still running"
+        );
+    }
 }

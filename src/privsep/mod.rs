@@ -220,11 +220,14 @@ pub fn start_broker(
                 // make anything use or close them again.
                 let _ = nix::unistd::close(*fd);
             }
-            // ^C in a terminal reaches the whole process group: the daemon's orderly exit
-            // closes the channel, which ends the broker. A hangup (SIGHUP) does not stop
-            // the daemon, so it must not stop the broker either.
+            // ^C in a terminal, or a service manager's stop (SIGTERM to every process of
+            // the service), reaches the broker too: the daemon's orderly exit closes the
+            // channel, which ends the broker, so the broker waits for it rather than dying
+            // first (the daemon would take that for a crash). A hangup (SIGHUP) does not
+            // stop the daemon, so it must not stop the broker either.
             for sig in [
                 nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::Signal::SIGTERM,
                 nix::sys::signal::Signal::SIGHUP,
             ] {
                 // SAFETY: SIG_IGN installs no handler code; changing a disposition is sound.

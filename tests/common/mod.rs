@@ -146,6 +146,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The daemon's exit status, once it has ended.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Whether the daemon is still running.
     #[allow(dead_code)]
     pub fn is_running(&mut self) -> bool {
