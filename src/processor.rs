@@ -665,8 +665,23 @@ async fn read_loop(
     })
     .await
     .unwrap_or_else(|_| "lost".to_string());
+    // A stop signal sent to every process (a service manager's stop) may end the program
+    // a moment before the daemon starts its own orderly exit: that is no failure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+        info!("info: processor {name} {cause} while smtpd stops");
+        return;
+    }
     warn!("warn: lost processor: {name} {cause}");
     std::process::exit(1);
+}
+
+/// Set once smtpd has begun its orderly exit (SIGTERM or SIGINT).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// smtpd is stopping: a filter program that ends now is not lost.
+pub fn set_stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// A session's link to the processors of its listener's chain.

@@ -139,3 +139,59 @@ fn sigterm_to_every_process_is_an_orderly_stop() {
         );
     }
 }
+
+/// The same stop with a filter program running: the program ends with the others, which is
+/// not the `lost processor` failure it would be while smtpd runs.
+#[test]
+fn sigterm_to_every_process_with_a_filter_program() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prog = dir.path().join("f.sh");
+    std::fs::write(
+        &prog,
+        "#!/bin/sh\n\
+         while IFS= read -r l; do [ \"$l\" = \"config|ready\" ] && break; done\n\
+         echo 'register|report|smtp-in|link-connect'\n\
+         echo 'register|ready'\n\
+         while IFS= read -r l; do :; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = format!(
+        "filter \"f\" proc-exec \"{}\"\n\
+         listen on 127.0.0.1 port PORT filter \"f\"\n\
+         action \"l\" mbox\n\
+         match from local for local action \"l\"\n",
+        prog.display()
+    );
+    let mut d = Daemon::start(dir.path(), &conf, &[]);
+    // The daemon, the broker, the program (and the broker's children, if any).
+    let mut targets = vec![d.pid()];
+    for _ in 0..3 {
+        let more: Vec<u32> = targets.iter().flat_map(|p| children(*p)).collect();
+        for p in more {
+            if !targets.contains(&p) {
+                targets.push(p);
+            }
+        }
+    }
+    assert!(targets.len() >= 2, "no filter program among {targets:?}");
+    for pid in &targets {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = d.try_status() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = d.stop();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(!log.contains("lost processor"), "{log}");
+}

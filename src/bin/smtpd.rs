@@ -494,6 +494,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                 }
             }
         }
+        smtpd::processor::set_stopping();
         info!("Exiting");
         if own_socket {
             let _ = std::fs::remove_file(&socket_path);
