@@ -195,3 +195,71 @@ fn sigterm_to_every_process_with_a_filter_program() {
     assert!(status.success(), "{status:?}: {log}");
     assert!(!log.contains("lost processor"), "{log}");
 }
+
+/// Started as a daemon (no `-d`), smtpd writes its pid file, as init scripts expect
+/// (`start-stop-daemon --stop --pidfile`); SIGTERM to that pid stops it, and the pid file
+/// goes with it.
+#[test]
+fn the_pid_file_names_the_daemon_until_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = dir.path().join("smtpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen on 127.0.0.1 port {port}\n\
+             action \"l\" mbox\n\
+             match from local for local action \"l\"\n"
+        ),
+    )
+    .unwrap();
+    let pidfile = dir.path().join("smtpd.pid");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .arg("-f")
+        .arg(&conf)
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .arg("--resolv-conf")
+        .arg("/nonexistent")
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The parent returned; the daemon answers and its pid is in the file.
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(text.ends_with('\n'), "{text:?}");
+    let pid: i32 = text.trim().parse().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("smtpd"),
+        "{cmdline:?}"
+    );
+    let r = common::dialogue(port, &["QUIT"]);
+    assert!(r[0].starts_with("220 "), "{r:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    // Ended: gone, or a zombie waiting for whatever reaps orphans here.
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    while running(pid) || pidfile.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "smtpd did not end, or left its pid file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -6,7 +6,7 @@ use clap::{ArgAction, Parser};
 use smtpd::config::{self, parse::Options, system::RealSystem};
 use smtpd::rules::RuleGraph;
 
-const USAGE: &str = "usage: smtpd [-dFhnv] [-D macro=value] [-f file] [-P system] [-T trace] [--spool dir] [--resolv-conf file]";
+const USAGE: &str = "usage: smtpd [-dFhnv] [-D macro=value] [-f file] [-P system] [-T trace] [--spool dir] [--resolv-conf file] [--pidfile file]";
 
 #[derive(Parser, Debug)]
 #[command(name = "smtpd", disable_help_flag = true, disable_version_flag = true, override_usage = USAGE)]
@@ -41,6 +41,9 @@ struct Args {
     /// Spool directory.
     #[arg(long = "spool", value_name = "dir", default_value = "/var/spool/smtpd")]
     spool: String,
+    /// Pid file (default: /run/smtpd.pid when started as root without -d).
+    #[arg(long = "pidfile", value_name = "file")]
+    pidfile: Option<String>,
     /// resolv.conf-format file naming the DNS servers.
     #[arg(
         long = "resolv-conf",
@@ -232,6 +235,21 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    // The pid file init scripts stop smtpd with (OpenSMTPD writes /run/smtpd.pid too): the
+    // pid of this process, which runs the network side and ends everything on SIGTERM.
+    let pidfile = args
+        .pidfile
+        .clone()
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            (!args.debug && nix::unistd::geteuid().is_root()).then(smtpd::privsep::default_pidfile)
+        });
+    if let Some(p) = &pidfile
+        && let Err(e) = smtpd::privsep::write_pidfile(p)
+    {
+        eprintln!("smtpd: pidfile {}: {e}", p.display());
+        tracing::warn!("warn: smtpd: pidfile {}: {e}", p.display());
+    }
     let proc_specs = smtpd::processor::specs(&graph.config);
     let mut spawned = Vec::new();
     if let Some(user) = &unprivileged {
@@ -336,6 +354,8 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // With a broker, the broker (still root) removes the pid file when smtpd ends.
+    let broker_running = unprivileged.is_some();
     runtime.block_on(async move {
         info!("info: smtpd {} starting", env!("CARGO_PKG_VERSION"));
         let resolver: Arc<dyn smtpd::dns::Resolver> = match smtpd::dns::HickoryResolver::from_file(
@@ -496,6 +516,9 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         }
         smtpd::processor::set_stopping();
         info!("Exiting");
+        if !broker_running {
+            smtpd::privsep::remove_pidfile();
+        }
         if own_socket {
             let _ = std::fs::remove_file(&socket_path);
         }

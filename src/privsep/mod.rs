@@ -21,6 +21,44 @@
 pub mod broker;
 pub mod offline;
 
+/// The pid file written at start-up, removed when smtpd ends (by the broker, which stays
+/// root and may remove it from the root-owned directory, or by the daemon without one).
+static PIDFILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Where init scripts look for the daemon's pid (`/run/smtpd.pid`, as OpenSMTPD's
+/// `pidfile(3)` writes it on Debian; `/var/run/smtpd.pid` where there is no `/run`).
+pub fn default_pidfile() -> std::path::PathBuf {
+    if std::path::Path::new("/run").is_dir() {
+        "/run/smtpd.pid".into()
+    } else {
+        "/var/run/smtpd.pid".into()
+    }
+}
+
+/// Writes this process's id to `path` (`PID` and a newline, mode 0644) and remembers the
+/// path for [`remove_pidfile`].
+pub fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    let _ = PIDFILE.set(path.to_path_buf());
+    Ok(())
+}
+
+/// Removes the pid file written at start-up, if any.
+pub fn remove_pidfile() {
+    if let Some(p) = PIDFILE.get() {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -237,6 +275,8 @@ pub fn start_broker(
             let mut broker = broker::Broker::system(agent);
             broker.offline = Some(offline);
             broker.serve(broker_end);
+            // The daemon has ended (its channel closed): its pid file goes with it.
+            remove_pidfile();
             std::process::exit(0);
         }
     }
