@@ -1347,3 +1347,65 @@ async fn too_many_refused_recipients_end_the_session() {
     assert!(first.len() < cmds.len(), "no QUIT: {cmds:?}");
     assert!(!first.iter().any(|c| c.as_str() == "DATA"), "{cmds:?}");
 }
+
+/// `smtpctl show relays` while a message is on its way: the destination as 6.8 names its
+/// relays, with its session and waiting envelopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_relays_lists_the_destination_being_relayed_to() {
+    let (_sink, addr) = Sink {
+        data_delay: Some(Duration::from_secs(3)),
+        ..Sink::default()
+    }
+    .start("127.0.0.1:0")
+    .await
+    .unwrap();
+    let (daemon, dir) = relay_one_with_helo(addr.port()).await;
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    let text = loop {
+        let out = common::smtpctl(&spool, &["show", "relays"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("nconn=1") || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        text.trim_end(),
+        format!(
+            "[relay:127.0.0.1,port={},smtp,mx,heloname=out.example] refcount=1 ntask=0 nconn=1 lastconn=0s timeout=- wait=",
+            addr.port()
+        ),
+        "{}",
+        daemon.log()
+    );
+    daemon.wait_for("mta delivery");
+}
+
+async fn relay_one_with_helo(next_hop: u16) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\" helo out.example\n\
+         match from local for any action \"relay\"\n"
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "alice@client.test",
+            "bob@far.test",
+            "Subject: s\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    (daemon, dir)
+}

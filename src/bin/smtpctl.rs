@@ -134,6 +134,10 @@ const COMMANDS: &[Word] = &[
                 next: Next::End,
             },
             Word {
+                name: "relays",
+                next: Next::End,
+            },
+            Word {
                 name: "routes",
                 next: Next::End,
             },

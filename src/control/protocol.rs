@@ -80,6 +80,8 @@ pub enum Request {
     ShowHostStats,
     /// `show hosts`: the remote hosts relayed to.
     ShowHosts,
+    /// `show relays`: the destinations with mail or sessions.
+    ShowRelays,
     /// `show envelope EVPID`: the envelope file.
     ShowEnvelope(Evpid),
     /// `show message EVPID|MSGID`: the queued message.
@@ -137,6 +139,7 @@ impl Request {
             ["show", "routes"] => Request::ShowRoutes,
             ["show", "hoststats"] => Request::ShowHostStats,
             ["show", "hosts"] => Request::ShowHosts,
+            ["show", "relays"] => Request::ShowRelays,
             ["show", "envelope", id] => match id.parse::<QueueId>() {
                 Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
                 _ => {
@@ -193,6 +196,7 @@ impl Request {
             Request::ShowRoutes => "show routes".into(),
             Request::ShowHostStats => "show hoststats".into(),
             Request::ShowHosts => "show hosts".into(),
+            Request::ShowRelays => "show relays".into(),
             Request::ShowEnvelope(e) => format!("show envelope {e}"),
             Request::ShowMessage(m) => format!("show message {m}"),
             Request::Schedule(s) => format!("schedule {}", sel(s)),
@@ -289,6 +293,7 @@ mod tests {
             "show stats",
             "show status",
             "show routes",
+            "show relays",
             "show envelope 1a2b3c4d00000001",
             "show message 1a2b3c4d",
             "schedule all",

@@ -139,6 +139,13 @@ impl Control {
                     .collect::<String>(),
             ),
             Request::ShowHostStats => Reply::ok(self.runner.hoststats_text()),
+            Request::ShowRelays => Reply::ok(
+                self.runner
+                    .relays_text()
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect::<String>(),
+            ),
             Request::ShowHosts => Reply::ok(
                 self.runner
                     .hosts_text()

@@ -190,6 +190,84 @@ impl Pool {
         &self.relayer
     }
 
+    /// `smtpctl show relays`: each destination with mail or sessions, as 6.8 names its
+    /// relays (`[relay:NAME,port=N,SCHEME,auth=TABLE:LABEL,mx,sourcetable=T,helotable=T,
+    /// heloname=H]`), then `refcount=` (sessions and waiting envelopes), `ntask=` (waiting
+    /// envelopes), `nconn=` (sessions open or opening), `lastconn=` (since the last session
+    /// was opened), `timeout=-` and `wait=`.
+    pub fn relays_text(&self, cfg: &Config) -> Vec<String> {
+        let Ok(routes) = self.routes.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let table =
+            |t: Option<crate::config::model::TableId>| t.map(|id| cfg.table(id).name.clone());
+        let mut lines: Vec<String> = routes
+            .iter()
+            .map(|(key, state)| {
+                let action = &state.spec.action;
+                let url = key.url.as_deref().and_then(super::relay::parse_relay_url);
+                let mut words = Vec::new();
+                match &url {
+                    Some(u) => {
+                        words.push(format!("relay:{}", u.host));
+                        if u.port != 25 {
+                            words.push(format!("port={}", u.port));
+                        }
+                        words.push(u.scheme.url_text().to_string());
+                        if let (Some(t), Some(label)) = (table(action.auth), &u.label) {
+                            words.push(format!("auth={t}:{label}"));
+                        }
+                    }
+                    None => {
+                        words.push(format!("relay:{}", key.domain));
+                        words.push(
+                            if action.tls.is_some() {
+                                "smtp+tls"
+                            } else {
+                                "smtp"
+                            }
+                            .into(),
+                        );
+                    }
+                }
+                if let Some(p) = &action.pki {
+                    words.push(format!("pki_name={p}"));
+                }
+                if url.is_some() {
+                    // 6.8 marks a relay whose name is a host, not a domain, this way.
+                    words.push("mx".into());
+                }
+                if let Some(t) = table(action.src) {
+                    words.push(format!("sourcetable={t}"));
+                }
+                if let Some(t) = table(action.helo_src) {
+                    words.push(format!("helotable={t}"));
+                }
+                if let Some(h) = &action.helo {
+                    words.push(format!("heloname={h}"));
+                }
+                let lastconn = state.last_connect.map_or_else(
+                    || "-".to_string(),
+                    |t| {
+                        super::log::duration_to_text(
+                            now.saturating_duration_since(t).as_secs() as i64
+                        )
+                    },
+                );
+                format!(
+                    "[{}] refcount={} ntask={} nconn={} lastconn={lastconn} timeout=- wait=",
+                    words.join(","),
+                    state.workers + state.queue.len(),
+                    state.queue.len(),
+                    state.workers,
+                )
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// Queue `job` on the route `key`; its outcome arrives on the job's channel.
     pub fn enqueue(self: &Arc<Self>, key: RouteKey, spec: Arc<RouteSpec>, job: Job) {
         self.enqueue_all(vec![(key, spec, job)]);

@@ -52,6 +52,14 @@ pub enum RelayScheme {
 }
 
 impl RelayScheme {
+    /// The scheme as a relay URL spells it (`smtp+tls` for STARTTLS required).
+    pub fn url_text(self) -> &'static str {
+        match self {
+            RelayScheme::SmtpTls => "smtp+tls",
+            other => other.text(),
+        }
+    }
+
     fn text(self) -> &'static str {
         match self {
             RelayScheme::Smtp | RelayScheme::SmtpTls => "smtp",

@@ -1093,6 +1093,11 @@ impl Runner {
         self.mta.relayer().routes_text()
     }
 
+    /// The destinations with mail or sessions, as `smtpctl show relays` lists them.
+    pub fn relays_text(&self) -> Vec<String> {
+        self.mta.relays_text(&self.graph.config)
+    }
+
     /// `smtpctl resume route ID` (see [`super::relay::Relayer::resume_route`]).
     pub fn resume_route(&self, id: u64) -> Option<bool> {
         self.mta.relayer().resume_route(id)
