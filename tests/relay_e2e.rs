@@ -456,13 +456,29 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
 /// in its configuration), submits one message from alice to `to`, and checks that it was
 /// accepted. Returns the daemon and its work directory.
 async fn relay_one(head: &str, next_hop: u16, to: &str, body: &str) -> (Daemon, tempfile::TempDir) {
+    relay_with(
+        &format!(
+            "{head}listen on 127.0.0.1 port PORT\n\
+             action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\"\n\
+             match from local for any action \"relay\"\n"
+        ),
+        to,
+        body,
+    )
+    .await
+}
+
+/// Starts the daemon on `conf`, waits for its control socket, and submits one message from
+/// alice to `to`, which must be accepted.
+async fn relay_with(conf: &str, to: &str, body: &str) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "{head}listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\"\n\
-         match from local for any action \"relay\"\n"
-    );
-    let (daemon, port) = start(dir.path(), &conf);
+    let (daemon, port) = start(dir.path(), conf);
+    let spool = dir.path().join("spool");
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (to, body) = (to.to_string(), body.to_string());
     let reply = tokio::task::spawn_blocking(move || submit(port, "alice@client.test", &to, &body))
         .await
@@ -1359,7 +1375,17 @@ async fn show_relays_lists_the_destination_being_relayed_to() {
     .start("127.0.0.1:0")
     .await
     .unwrap();
-    let (daemon, dir) = relay_one_with_helo(addr.port()).await;
+    let (daemon, dir) = relay_with(
+        &format!(
+            "listen on 127.0.0.1 port PORT\n\
+             action \"relay\" relay host \"smtp://127.0.0.1:{}\" helo out.example\n\
+             match from local for any action \"relay\"\n",
+            addr.port()
+        ),
+        "bob@far.test",
+        "Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
     let spool = dir.path().join("spool");
     let t = Instant::now();
     let text = loop {
@@ -1380,32 +1406,4 @@ async fn show_relays_lists_the_destination_being_relayed_to() {
         daemon.log()
     );
     daemon.wait_for("mta delivery");
-}
-
-async fn relay_one_with_helo(next_hop: u16) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\" helo out.example\n\
-         match from local for any action \"relay\"\n"
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    let spool = dir.path().join("spool");
-    let t = Instant::now();
-    while !spool.join("smtpd.sock").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@far.test",
-            "Subject: s\r\n\r\nx\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
-    (daemon, dir)
 }

@@ -39,6 +39,26 @@ fn hangup(pid: u32) {
     .expect("send SIGHUP");
 }
 
+/// SIGTERM to every process of `targets` (as a service manager's stop sends it); the
+/// daemon's exit status, waited for (at most 10 s).
+fn terminate_all(d: &mut Daemon, targets: &[u32]) -> std::process::ExitStatus {
+    for pid in targets {
+        // A process may be gone already (a program that ended first).
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let t = Instant::now();
+    loop {
+        if let Some(s) = d.try_status() {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn delivered(dir: &std::path::Path, n: usize) -> bool {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(15) {
@@ -109,21 +129,7 @@ fn sigterm_to_every_process_is_an_orderly_stop() {
     let mut d = Daemon::start(dir.path(), conf, &[]);
     let mut targets = children(d.pid());
     targets.insert(0, d.pid());
-    for pid in &targets {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("send SIGTERM");
-    }
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = d.try_status() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate_all(&mut d, &targets);
     let log = d.stop();
     assert!(status.success(), "{status:?}: {log}");
     assert!(log.contains("Exiting"), "{log}");
@@ -177,20 +183,7 @@ fn sigterm_to_every_process_with_a_filter_program() {
         }
     }
     assert!(targets.len() >= 2, "no filter program among {targets:?}");
-    for pid in &targets {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = d.try_status() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate_all(&mut d, &targets);
     let log = d.stop();
     assert!(status.success(), "{status:?}: {log}");
     assert!(!log.contains("lost processor"), "{log}");
