@@ -557,6 +557,7 @@ async fn address_family_restriction_skips_other_addresses() {
         panic!("an IPv4 smarthost was used under inet6")
     };
     assert_eq!(out.status, Status::TempFail);
+    assert_eq!(out.stat, "Address family mismatch on destination MXs");
     assert_eq!(sink.connections(), 0);
     let only4 = ConnectLimits {
         family: Family::Inet4,
@@ -568,6 +569,24 @@ async fn address_family_restriction_skips_other_addresses() {
         .unwrap_or_else(|o| panic!("{o:?}"));
     s.close().await;
     assert_eq!(sink.connections(), 1);
+}
+
+/// A next hop without any address is a temporary failure with 6.8's words for it.
+#[tokio::test]
+async fn a_host_without_addresses_is_no_mx_found() {
+    let r = relayer("");
+    let action = RelayAction::default();
+    let out = send(
+        &r,
+        &action,
+        Some("smtp://nowhere.test"),
+        &no_auth,
+        "b@far.test",
+        b"x\n",
+    )
+    .await;
+    assert_eq!(out.status, Status::TempFail);
+    assert_eq!(out.stat, "No MX found for destination");
 }
 
 #[tokio::test]

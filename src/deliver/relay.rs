@@ -1296,6 +1296,8 @@ impl Relayer {
             "Network error on destination MXs",
             hops.first().map_or("-", |h| h.host.as_str()),
         );
+        // Why no connection was tried, when none was (6.8's connector errors).
+        let (mut seen, mut other_family, mut disabled, mut tried) = (0usize, 0usize, 0usize, 0);
         for Hop {
             host,
             port,
@@ -1304,6 +1306,8 @@ impl Relayer {
         } in hops.iter().take(16)
         {
             let addrs = self.addresses(host).await;
+            seen += addrs.len();
+            other_family += addrs.iter().filter(|a| !limits.family.allows(**a)).count();
             for addr in addrs
                 .into_iter()
                 .filter(|a| limits.family.allows(*a))
@@ -1312,8 +1316,10 @@ impl Relayer {
                 let sa = SocketAddr::new(addr, *port);
                 let route = (source, addr);
                 if self.route_disabled(route) {
+                    disabled += 1;
                     continue;
                 }
+                tried += 1;
                 let credentials = match (label, action.auth) {
                     (Some(l), Some(_)) => match auth(l).map(|v| RelayCredentials::parse(l, &v)) {
                         Some(Ok(c)) => Some(c),
@@ -1411,6 +1417,26 @@ impl Relayer {
                     }
                 }
             }
+        }
+        if tried == 0 {
+            // Nothing to connect to: say why, as 6.8's `mta_find_route` does.
+            let relay = hops.first().map_or_else(String::new, |h| {
+                format!("[relay:{},{}]", h.host, h.scheme.url_text())
+            });
+            let first = hops.first().map_or("-", |h| h.host.as_str());
+            let why = if seen == 0 {
+                info!("smtp-out: No MX found for {relay}");
+                "No MX found for destination"
+            } else if other_family == seen {
+                info!("smtp-out: Address family mismatch on {relay}");
+                "Address family mismatch on destination MXs"
+            } else if disabled > 0 {
+                info!("smtp-out: No valid route for {relay}");
+                "Network error on destination MXs"
+            } else {
+                "No valid route to destination"
+            };
+            return Err(RelayOutcome::new(Status::TempFail, why, first));
         }
         Err(last)
     }
