@@ -667,7 +667,7 @@ async fn read_loop(
     .unwrap_or_else(|_| "lost".to_string());
     // A stop signal sent to every process (a service manager's stop) may end the program
     // a moment before the daemon starts its own orderly exit: that is no failure.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
         info!("info: processor {name} {cause} while smtpd stops");
         return;

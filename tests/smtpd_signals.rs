@@ -219,10 +219,11 @@ fn the_pid_file_names_the_daemon_until_it_stops() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    // The parent returned; the daemon answers and its pid is in the file.
+    // The parent returned; the daemon writes its pid (whole: the file appears complete)
+    // and answers.
     let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+    while !pidfile.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no pid file");
         std::thread::sleep(Duration::from_millis(20));
     }
     let text = std::fs::read_to_string(&pidfile).unwrap();
@@ -233,6 +234,10 @@ fn the_pid_file_names_the_daemon_until_it_stops() {
         String::from_utf8_lossy(&cmdline).contains("smtpd"),
         "{cmdline:?}"
     );
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "smtpd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = common::dialogue(port, &["QUIT"]);
     assert!(r[0].starts_with("220 "), "{r:?}");
     nix::sys::signal::kill(

@@ -35,19 +35,24 @@ pub fn default_pidfile() -> std::path::PathBuf {
     }
 }
 
-/// Writes this process's id to `path` (`PID` and a newline, mode 0644) and remembers the
-/// path for [`remove_pidfile`].
+/// Writes this process's id to `path` (`PID` and a newline, mode 0644), whole or not at all
+/// (written beside it, then renamed), and remembers the path for [`remove_pidfile`].
 pub fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
     let _ = PIDFILE.set(path.to_path_buf());
     Ok(())
 }
