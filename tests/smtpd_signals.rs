@@ -127,6 +127,8 @@ fn sigterm_to_every_process_is_an_orderly_stop() {
                 action \"l\" mbox\n\
                 match from local for local action \"l\"\n";
     let mut d = Daemon::start(dir.path(), conf, &[]);
+    // Serving: a banner comes only once the daemon has taken its signals over.
+    assert!(common::dialogue(d.port, &["QUIT"])[0].starts_with("220 "));
     let mut targets = children(d.pid());
     targets.insert(0, d.pid());
     let status = terminate_all(&mut d, &targets);
@@ -172,6 +174,7 @@ fn sigterm_to_every_process_with_a_filter_program() {
         prog.display()
     );
     let mut d = Daemon::start(dir.path(), &conf, &[]);
+    assert!(common::dialogue(d.port, &["QUIT"])[0].starts_with("220 "));
     // The daemon, the broker, the program (and the broker's children, if any).
     let mut targets = vec![d.pid()];
     for _ in 0..3 {

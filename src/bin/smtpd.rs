@@ -358,6 +358,22 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
     let broker_running = unprivileged.is_some();
     runtime.block_on(async move {
         info!("info: smtpd {} starting", env!("CARGO_PKG_VERSION"));
+        // Signals are taken over first: a stop that comes while smtpd is still starting is
+        // an orderly stop too, not the default action's sudden death.
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("warn: signal: {e}");
+                return;
+            }
+        };
+        // SIGHUP does not stop smtpd (OpenSMTPD ignores it too); the configuration is read
+        // at start only, so the log says how to apply a change.
+        let mut hup = signal(SignalKind::hangup()).ok();
         let resolver: Arc<dyn smtpd::dns::Resolver> = match smtpd::dns::HickoryResolver::from_file(
             std::path::Path::new(&args.resolv_conf),
             &smtpd::dns::HostsFile::System,
@@ -486,21 +502,10 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                 Err(e) => tracing::warn!("warn: smtp: {}: {e}", socket_path.display()),
             }
         }
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("warn: signal: {e}");
-                    return;
-                }
-            };
-        // SIGHUP does not stop smtpd (OpenSMTPD ignores it too); the configuration is read
-        // at start only, so the log says how to apply a change.
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 Some(()) = async {
                     match hup.as_mut() {
                         Some(h) => h.recv().await,
