@@ -176,9 +176,36 @@ pub fn init(dest: Destination, verbose: bool, traces: &[String]) {
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
+/// `vis(3)` with VIS_SAFE | VIS_CSTYLE, as OpenSMTPD escapes commands in its logs.
+pub fn vis(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push('\t'),
+            0 => s.push_str("\\0"),
+            0x07 => s.push_str("\\a"),
+            0x08 => s.push_str("\\b"),
+            0x0b => s.push_str("\\v"),
+            0x0c => s.push_str("\\f"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vis_escapes_like_opensmtpd() {
+        assert_eq!(vis(b"RCPT TO:<a@b> "), "RCPT TO:<a@b> ");
+        assert_eq!(vis(b"A\r\nB\\\x01"), "A\\r\\nB\\\\\\001");
+    }
 
     #[test]
     fn categories() {

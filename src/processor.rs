@@ -304,15 +304,33 @@ pub fn parse_answer(proc: usize, raw: &[u8]) -> Result<Option<(u64, Response)>, 
     Err(format!("Invalid filter message type: {line}"))
 }
 
+/// The report events of one direction a processor subscribed to (`*`: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    pub all: bool,
+    pub events: HashSet<String>,
+}
+
+impl Subscriptions {
+    /// Does the processor want this event?
+    pub fn wants(&self, event: &str) -> bool {
+        self.all || self.events.contains(event)
+    }
+
+    /// Did it subscribe to anything?
+    pub fn any(&self) -> bool {
+        self.all || !self.events.is_empty()
+    }
+}
+
 /// What a processor registered for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registration {
     pub filters: HashSet<String>,
-    pub reports: HashSet<String>,
-    pub all_reports: bool,
+    /// `smtp-in` report events.
+    pub reports: Subscriptions,
     /// `smtp-out` report events (relay sessions of actions with a `filter`).
-    pub out_reports: HashSet<String>,
-    pub all_out_reports: bool,
+    pub out_reports: Subscriptions,
 }
 
 impl Registration {
@@ -332,19 +350,15 @@ impl Registration {
                 if *dir != "smtp-in" && *dir != "smtp-out" {
                     return Err(format!("Invalid message direction: {dir}"));
                 }
-                let inbound = *dir == "smtp-in";
+                let subscriptions = if *dir == "smtp-in" {
+                    &mut self.reports
+                } else {
+                    &mut self.out_reports
+                };
                 if *event == "*" {
-                    if inbound {
-                        self.all_reports = true;
-                    } else {
-                        self.all_out_reports = true;
-                    }
+                    subscriptions.all = true;
                 } else if REPORT_EVENTS.contains(event) {
-                    if inbound {
-                        self.reports.insert(event.to_string());
-                    } else {
-                        self.out_reports.insert(event.to_string());
-                    }
+                    subscriptions.events.insert(event.to_string());
                 } else {
                     return Err(format!("Unrecognized report name: {event}"));
                 }
@@ -364,12 +378,13 @@ impl Registration {
         }
     }
 
-    fn wants_report(&self, event: &str) -> bool {
-        self.all_reports || self.reports.contains(event)
-    }
-
-    fn wants_out_report(&self, event: &str) -> bool {
-        self.all_out_reports || self.out_reports.contains(event)
+    /// The subscriptions of a direction (`smtp-in`, `smtp-out`).
+    fn reports_for(&self, direction: &str) -> &Subscriptions {
+        if direction == "smtp-in" {
+            &self.reports
+        } else {
+            &self.out_reports
+        }
     }
 }
 
@@ -383,12 +398,7 @@ fn send_report(
 ) {
     let mut line = None;
     for p in procs {
-        let wanted = if direction == "smtp-in" {
-            p.registration.wants_report(event)
-        } else {
-            p.registration.wants_out_report(event)
-        };
-        if wanted {
+        if p.registration.reports_for(direction).wants(event) {
             let l = line.get_or_insert_with(|| {
                 let head = format!(
                     "report|{PROTOCOL}|{}|{direction}|{event}|{sid:016x}",
@@ -418,7 +428,7 @@ impl OutReports {
         let procs: Vec<Arc<Processor>> = chain
             .iter()
             .filter_map(|n| all.named(n).cloned())
-            .filter(|p| p.registration.all_out_reports || !p.registration.out_reports.is_empty())
+            .filter(|p| p.registration.out_reports.any())
             .collect();
         (!procs.is_empty()).then_some(OutReports { sid, procs })
     }
@@ -906,15 +916,18 @@ mod tests {
         assert_eq!(r.take("register|report|smtp-out|*"), Ok(false));
         assert_eq!(r.take("register|filter|smtp-in|data-line"), Ok(false));
         assert_eq!(r.take("register|ready"), Ok(true));
-        assert!(r.wants_report("link-connect"));
-        assert!(!r.wants_report("tx-begin"), "smtp-out's * is not smtp-in's");
-        assert!(r.wants_out_report("tx-begin"));
-        assert!(!r.wants_out_report("link-connect") || r.all_out_reports);
+        assert!(r.reports.wants("link-connect"));
+        assert!(
+            !r.reports.wants("tx-begin"),
+            "smtp-out's * is not smtp-in's"
+        );
+        assert!(r.out_reports.wants("tx-begin"));
+        assert!(!r.out_reports.wants("link-connect") || r.out_reports.all);
         let mut only = Registration::default();
         only.take("register|report|smtp-out|tx-mail").unwrap();
-        assert!(only.wants_out_report("tx-mail") && !only.wants_out_report("tx-rcpt"));
+        assert!(only.out_reports.wants("tx-mail") && !only.out_reports.wants("tx-rcpt"));
         assert!(
-            !only.wants_report("tx-mail"),
+            !only.reports.wants("tx-mail"),
             "smtp-in's tx-mail is not smtp-out's"
         );
         assert!(r.filters.contains("data-line"));
@@ -935,7 +948,7 @@ mod tests {
             Err("Invalid register line received: register|filter|smtp-in|nope".into())
         );
         r.take("register|report|smtp-in|*").unwrap();
-        assert!(r.wants_report("tx-begin"));
+        assert!(r.reports.wants("tx-begin"));
     }
 
     #[test]

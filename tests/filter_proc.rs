@@ -98,6 +98,15 @@ fn config(prog: &Path, log: &Path, vmail: &Path, ids: &str) -> String {
     )
 }
 
+/// The daemon on [`config`] with the [`FILTER`] program. Returns the directory (kept while
+/// the daemon runs), the program's log, the maildirs' root and the daemon.
+fn filter_daemon() -> (tempfile::TempDir, PathBuf, PathBuf, Daemon) {
+    let (dir, prog, log) = setup(FILTER);
+    let (vmail, ids) = vmail(dir.path());
+    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    (dir, log, vmail, d)
+}
+
 /// Waits (at most 10 s) until `file` contains `text`.
 fn wait_file(file: &Path, text: &str) -> String {
     wait_until(file, |s| s.contains(text))
@@ -117,9 +126,7 @@ fn wait_until(file: &Path, done: impl Fn(&str) -> bool) -> String {
 
 #[test]
 fn a_filter_program_rejects_rewrites_and_edits_the_message() {
-    let (dir, prog, log) = setup(FILTER);
-    let (vmail, ids) = vmail(dir.path());
-    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    let (_dir, log, vmail, d) = filter_daemon();
     let r = dialogue(
         d.port,
         &[
@@ -248,9 +255,7 @@ fn a_filter_program_rejects_rewrites_and_edits_the_message() {
 
 #[test]
 fn filter_junk_goes_to_the_junk_folder_and_disconnect_closes() {
-    let (dir, prog, log) = setup(FILTER);
-    let (vmail, ids) = vmail(dir.path());
-    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    let (_dir, _log, vmail, d) = filter_daemon();
     let r = dialogue(
         d.port,
         &[
@@ -823,9 +828,7 @@ fn verify_dkim(msg: &str, public: &[u8]) {
 #[test]
 fn eight_bit_message_lines_pass_through_a_program_unchanged() {
     use std::io::{BufReader, Write};
-    let (dir, prog, log) = setup(FILTER);
-    let (vmail, ids) = vmail(dir.path());
-    let d = Daemon::start(dir.path(), &config(&prog, &log, &vmail, &ids), &[]);
+    let (_dir, _log, vmail, d) = filter_daemon();
     let s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());

@@ -13,23 +13,14 @@ use local_support::*;
 
 fn sendmail(spool: &std::path::Path, args: &[&str], message: &str) -> (i32, String) {
     // dead.letter goes to $HOME: the test's directory, beside the spool.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sendmail"))
-        .env("HOME", spool.parent().unwrap())
-        .arg("--spool")
-        .arg(spool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_sendmail"))
+            .env("HOME", spool.parent().unwrap())
+            .arg("--spool")
+            .arg(spool)
+            .args(args),
+        message.as_bytes(),
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -270,12 +270,7 @@ async fn permanent_refusal_is_logged_and_the_envelope_removed() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
+    let conf = relay_conf("", addr.port(), "");
     let (daemon, port) = start(dir.path(), &conf);
     let reply = tokio::task::spawn_blocking(move || {
         submit(
@@ -375,11 +370,10 @@ async fn mail_follows_the_mx_records_to_port_25() {
 async fn source_address_and_its_helo_name() {
     let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\" src \"127.0.0.5\" helo-src {{ \"127.0.0.5\" = \"five.example\" }}\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
+    let conf = relay_conf(
+        "",
+        addr.port(),
+        " src \"127.0.0.5\" helo-src { \"127.0.0.5\" = \"five.example\" }",
     );
     let (daemon, port) = start(dir.path(), &conf);
     let reply = tokio::task::spawn_blocking(move || {
@@ -410,12 +404,7 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
     };
     let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
+    let conf = relay_conf("", addr.port(), "");
     let (daemon, port) = start(dir.path(), &conf);
     let reply = tokio::task::spawn_blocking(move || {
         submit(
@@ -456,16 +445,18 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
 /// in its configuration), submits one message from alice to `to`, and checks that it was
 /// accepted. Returns the daemon and its work directory.
 async fn relay_one(head: &str, next_hop: u16, to: &str, body: &str) -> (Daemon, tempfile::TempDir) {
-    relay_with(
-        &format!(
-            "{head}listen on 127.0.0.1 port PORT\n\
-             action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\"\n\
-             match from local for any action \"relay\"\n"
-        ),
-        to,
-        body,
+    relay_with(&relay_conf(head, next_hop, ""), to, body).await
+}
+
+/// The usual configuration of these tests: `head` lines (limits), a listener on loopback,
+/// and one `relay` action to the sink at `next_hop` (with `extra` options), for mail from
+/// local senders to any domain.
+fn relay_conf(head: &str, next_hop: u16, extra: &str) -> String {
+    format!(
+        "{head}listen on 127.0.0.1 port PORT\n\
+         action \"relay\" relay host \"smtp://127.0.0.1:{next_hop}\"{extra}\n\
+         match from local for any action \"relay\"\n"
     )
-    .await
 }
 
 /// Starts the daemon on `conf`, waits for its control socket, and submits one message from
@@ -517,13 +508,7 @@ async fn queued_messages_share_one_session_and_one_transaction_per_message() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mta limit session-keepalive 3\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
+    let conf = relay_conf("mta limit session-keepalive 3\n", addr.port(), "");
     let (daemon, port) = start(dir.path(), &conf);
     tokio::task::spawn_blocking(move || {
         submit_numbered(port, 5, "message ");
@@ -616,12 +601,10 @@ async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
+    let conf = relay_conf(
+        "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n",
+        addr.port(),
+        "",
     );
     let (daemon, port) = start(dir.path(), &conf);
     tokio::task::spawn_blocking(move || submit_numbered(port, 8, "message "))
@@ -795,13 +778,7 @@ async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
         };
         let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let conf = format!(
-            "mta limit session-keepalive 1\n\
-             listen on 127.0.0.1 port PORT\n\
-             action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-             match from local for any action \"relay\"\n",
-            addr.port()
-        );
+        let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
         let (daemon, port) = start(dir.path(), &conf);
         let reply = tokio::task::spawn_blocking(move || {
             submit_rcpts(
@@ -906,13 +883,7 @@ async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mta limit session-keepalive 1\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
+    let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
     let (daemon, port) = start(dir.path(), &conf);
     tokio::task::spawn_blocking(move || submit_numbered(port, 2, ""))
         .await
@@ -946,13 +917,7 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "listen on 127.0.0.1 port PORT\n\
-         mta limit session-keepalive 0\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
-    );
+    let conf = relay_conf("mta limit session-keepalive 0\n", addr.port(), "");
     let (daemon, port) = start(dir.path(), &conf);
     let spool = dir.path().join("spool");
     let hoststats = move || {
@@ -1097,15 +1062,14 @@ async fn relay_filter_programs_get_smtp_out_reports() {
     )
     .unwrap();
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = format!(
-        "filter \"out\" proc-exec \"{} {}\"\n\
-         mta limit session-keepalive 1\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\" helo out.example filter \"out\"\n\
-         match from local for any action \"relay\"\n",
-        prog.display(),
-        log.display(),
-        addr.port()
+    let conf = relay_conf(
+        &format!(
+            "filter \"out\" proc-exec \"{} {}\"\nmta limit session-keepalive 1\n",
+            prog.display(),
+            log.display()
+        ),
+        addr.port(),
+        " helo out.example filter \"out\"",
     );
     let (daemon, port) = start(dir.path(), &conf);
     let reply = tokio::task::spawn_blocking(move || {
@@ -1277,12 +1241,10 @@ async fn hostile_replies_of_the_next_hop_never_reach_the_envelope() {
 async fn sessions_rest_between_transactions() {
     let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mta limit session-transaction-delay 2 session-keepalive 5 max-conn-per-route 1\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
+    let conf = relay_conf(
+        "mta limit session-transaction-delay 2 session-keepalive 5 max-conn-per-route 1\n",
+        addr.port(),
+        "",
     );
     let (daemon, port) = start_with_args(dir.path(), &conf, Path::new("/nonexistent"), &["-v"]);
     let t = Instant::now();
@@ -1321,12 +1283,10 @@ async fn too_many_refused_recipients_end_the_session() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mta limit max-failures-per-session 2 session-keepalive 1\n\
-         listen on 127.0.0.1 port PORT\n\
-         action \"relay\" relay host \"smtp://127.0.0.1:{}\"\n\
-         match from local for any action \"relay\"\n",
-        addr.port()
+    let conf = relay_conf(
+        "mta limit max-failures-per-session 2 session-keepalive 1\n",
+        addr.port(),
+        "",
     );
     let (daemon, port) = start(dir.path(), &conf);
     let reply = tokio::task::spawn_blocking(move || {
@@ -1376,12 +1336,7 @@ async fn show_relays_lists_the_destination_being_relayed_to() {
     .await
     .unwrap();
     let (daemon, dir) = relay_with(
-        &format!(
-            "listen on 127.0.0.1 port PORT\n\
-             action \"relay\" relay host \"smtp://127.0.0.1:{}\" helo out.example\n\
-             match from local for any action \"relay\"\n",
-            addr.port()
-        ),
+        &relay_conf("", addr.port(), " helo out.example"),
         "bob@far.test",
         "Subject: s\r\n\r\nx\r\n",
     )

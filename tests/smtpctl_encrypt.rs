@@ -2,25 +2,17 @@
 //! (`$6$` + 16 salt characters + 86 digest characters) and verify as credentials-table
 //! entries; other commands are still refused.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output};
 
 use smtpd::table::credentials::{AuthCheck, authenticate, verify_password};
 
 fn smtpctl(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    common::run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_smtpctl")).args(args),
+        stdin.unwrap_or_default(),
+    )
 }
 
 /// `$6$` + 16 characters of `./0-9A-Za-z` + `$` + 86 of them.

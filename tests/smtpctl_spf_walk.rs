@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const ZONE: &str = r#"
 $ORIGIN spf.test.
@@ -34,22 +33,13 @@ async fn spf_walk_follows_includes_and_resolves_a_and_mx() {
     )
     .unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
-            .arg("--resolv-conf")
-            .arg(&resolv)
-            .args(["spf", "walk"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"SPF.test\n\n# a comment\nnone.spf.test\n")
-            .unwrap();
-        child.wait_with_output().unwrap()
+        common::run_with_input(
+            Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+                .arg("--resolv-conf")
+                .arg(&resolv)
+                .args(["spf", "walk"]),
+            b"SPF.test\n\n# a comment\nnone.spf.test\n",
+        )
     })
     .await
     .unwrap();

@@ -50,6 +50,14 @@ fn sqlite(db: &Path, sql: &str) {
     std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
+/// `AUTH PLAIN` with the initial response for `user` and `pass`.
+fn auth_plain(user: &str, pass: &str) -> String {
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))
+    )
+}
+
 /// The hash `smtpctl encrypt` prints for a password.
 fn hash(password: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
@@ -219,12 +227,7 @@ fn sqlite_credentials_authenticate() {
     let Some((_dir, _vmail, d)) = sqlite_daemon(&["-T", "lookup"]) else {
         return;
     };
-    let plain = |user: &str, pass: &str| {
-        format!(
-            "AUTH PLAIN {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))
-        )
-    };
+    let plain = auth_plain;
     let good = plain("bob@example.com", "bob's secret");
     let wrong = plain("bob@example.com", "bob's secreT");
     let unknown = plain("carol@example.com", "bob's secret");
@@ -410,12 +413,7 @@ fn passwd_table_serves_users_and_credentials_and_updates() {
         v = vmail.display()
     );
     let d = Daemon::start(dir.path(), &config, &[]);
-    let auth = |user: &str, pass: &str| {
-        format!(
-            "AUTH PLAIN {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))
-        )
-    };
+    let auth = auth_plain;
     let r = dialogue(
         d.port,
         &[

@@ -423,10 +423,7 @@ impl Conn {
 /// A reply line that breaks the protocol, named in the log and the envelope with its
 /// control characters escaped (`vis`), so that a hostile next hop cannot forge lines.
 fn bad_response(line: &str) -> String {
-    format!(
-        "Bad response: {}",
-        crate::smtp::server::vis(line.as_bytes())
-    )
+    format!("Bad response: {}", crate::log::vis(line.as_bytes()))
 }
 
 /// The message body for DATA: CRLF line ends, leading dots doubled, ends with `.`.

@@ -37,7 +37,7 @@ use crate::queue::{
     StatusCode, Target,
 };
 use crate::rules::RuleGraph;
-use crate::table::proc::Service;
+use crate::table::Service;
 
 /// How many deliveries run at once (OpenSMTPD's `mda limit max-session` default is 50).
 const MAX_INFLIGHT: usize = 50;
@@ -341,7 +341,6 @@ impl Runner {
         // The user's record comes from the action's userbase, or the system.
         let found = match local.userbase {
             Some(id) => TableUserbase {
-                table: cfg.table(id),
                 compiled: &self.graph.table(id),
             }
             .lookup(&t.user),

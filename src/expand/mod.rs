@@ -34,7 +34,7 @@ use node::{
     EXPAND_DEPTH, FORWARD_SYNTAX, Heap, INCLUDE_SYNTAX, MAX_FORWARD_NODES, Mailaddr, Node, Tree,
     ValueTree, logical_lines, parse_line,
 };
-use userbase::{LookupError, SystemPasswd, TableUserbase, UserInfo, Userbase, traced_lookup};
+use userbase::{LookupError, SystemPasswd, TableUserbase, UserInfo, Userbase};
 
 /// The unprivileged user commands and files from aliases run as (Debian's name for
 /// OpenSMTPD's `_smtpd`).
@@ -589,7 +589,6 @@ impl Expansion<'_, '_, '_> {
                     return self.sources.passwd.lookup(user);
                 }
                 TableUserbase {
-                    table: t,
                     compiled: &self.graph.table(id),
                 }
                 .lookup(user)
@@ -604,15 +603,11 @@ impl Expansion<'_, '_, '_> {
         table: crate::config::model::TableId,
         key: &str,
     ) -> Result<Option<String>, ()> {
-        let t = self.graph.config.table(table);
-        traced_lookup(
-            t,
-            &self.graph.table(table),
-            crate::table::proc::Service::Alias,
-            key,
-        )
-        .map(|v| v.map(std::borrow::Cow::into_owned))
-        .map_err(|_| ())
+        self.graph
+            .table(table)
+            .get(crate::table::Service::Alias, key)
+            .map(|v| v.map(std::borrow::Cow::into_owned))
+            .map_err(|_| ())
     }
 
     /// `aliases_get`: the user with its tag, then without. Returns how many aliases were

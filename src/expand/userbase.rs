@@ -9,9 +9,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crate::config::model::{Table, TableKind};
 use crate::rules::matching::CompiledTable;
-use crate::table::proc::Service;
+use crate::table::Service;
 
 /// What a userbase knows of a user: the name (the lower-cased key), ids and home directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,33 +53,7 @@ impl UserInfo {
 /// A userbase lookup that could not be answered (the RCPT is refused temporarily).
 pub use crate::table::LookupError;
 
-pub use crate::table::backend_name;
-
-/// Look a key up in a table for a service, writing OpenSMTPD's lookup trace line
-/// (`lookup: lookup "KEY" as SERVICE in table BACKEND:NAME -> "VALUE"|none|error: ...`).
-/// The key is printed as given and looked up lower-cased.
-pub fn traced_lookup<'t>(
-    table: &Table,
-    compiled: &'t CompiledTable,
-    service: Service,
-    key: &str,
-) -> Result<Option<Cow<'t, str>>, LookupError> {
-    let answer = match table.kind {
-        // An unusable table has no entries to trust: no answer, not "no user".
-        TableKind::Unusable => Err(LookupError("Operation not supported".into())),
-        _ => compiled.get_untraced(service, key),
-    };
-    trace_answer(
-        backend_name(table),
-        &table.name,
-        service.name(),
-        key,
-        &answer,
-    );
-    answer
-}
-
-pub use crate::table::trace_answer;
+use crate::table::trace_answer;
 
 /// A source of local users.
 pub trait Userbase {
@@ -108,25 +81,21 @@ pub trait Userbase {
 
 /// A userinfo table of the configuration (`table users { foo = "2000:2000:/var/empty" }`).
 pub struct TableUserbase<'a> {
-    pub table: &'a Table,
     pub compiled: &'a CompiledTable,
 }
 
 impl Userbase for TableUserbase<'_> {
     fn backend(&self) -> &str {
-        backend_name(self.table)
+        self.compiled.backend()
     }
     fn table_name(&self) -> &str {
-        &self.table.name
+        &self.compiled.name
     }
     fn value(&self, key: &str) -> Result<Option<String>, LookupError> {
-        match self.table.kind {
-            TableKind::Unusable => Err(LookupError("Operation not supported".into())),
-            _ => Ok(self
-                .compiled
-                .get_untraced(Service::Userinfo, key)?
-                .map(Cow::into_owned)),
-        }
+        Ok(self
+            .compiled
+            .get_untraced(Service::Userinfo, key)?
+            .map(Cow::into_owned))
     }
 }
 

@@ -13,7 +13,8 @@ use regex::Regex;
 
 use crate::config::model::{Table, TableBackend, TableKind};
 use crate::table::LookupError;
-use crate::table::proc::{ProcTable, Service};
+use crate::table::Service;
+use crate::table::proc::ProcTable;
 
 /// A table ready for lookups: the entries, plus indexes built at load time so that large
 /// tables are not scanned per lookup.
@@ -251,6 +252,10 @@ impl CompiledTable {
         service: Service,
         key: &str,
     ) -> Result<Option<std::borrow::Cow<'_, str>>, LookupError> {
+        if self.kind == TableKind::Unusable {
+            // A table that failed to load has no entries to trust: no answer, not "none".
+            return Err(LookupError("Operation not supported".into()));
+        }
         if !self.external {
             return Ok(self.lookup(key).map(std::borrow::Cow::Borrowed));
         }
@@ -260,22 +265,30 @@ impl CompiledTable {
             .map(std::borrow::Cow::Owned))
     }
 
-    /// Does `subject` match, for a service? External tables only: the program decides.
-    pub fn check(&self, service: Service, subject: &str) -> Result<bool, LookupError> {
-        let answer = self.program().and_then(|p| p.check(service, subject));
-        let shown = match &answer {
-            Ok(b) => b.to_string(),
-            Err(LookupError(e)) => format!("error: {e}"),
-        };
-        tracing::trace!(
-            target: "lookup",
-            "lookup: match \"{}\" as {} in table proc:{} -> {}",
-            subject,
-            service.name(),
-            self.name,
-            shown
-        );
-        answer
+    /// Does `subject` match the table for a lookup service (OpenSMTPD's `table_match`)?
+    /// Static tables use the service's match function; an external table's program
+    /// decides. `delim` is the sub-address delimiter of mailaddr matching.
+    pub fn matches(
+        &self,
+        service: Service,
+        subject: &str,
+        delim: char,
+    ) -> Result<bool, LookupError> {
+        if self.external {
+            return self.program()?.check(service, subject);
+        }
+        Ok(match service {
+            Service::Regex => self.match_regex(subject),
+            Service::Netaddr => self.match_netaddr(subject),
+            Service::Domain => self.match_domain(subject),
+            Service::Mailaddr => self.match_mailaddr(subject, delim),
+            _ => self.contains(subject),
+        })
+    }
+
+    /// The backend word of lookup traces (`static`, `db`, `proc`, `getpwnam`).
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 
     /// Exact lookup (alias, credentials, userinfo, string services).

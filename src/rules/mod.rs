@@ -66,58 +66,36 @@ pub(crate) enum Service {
 
 impl RuleGraph {
     /// Does `subject` match the table as `service` does (or as a regex table)? `None` when
-    /// an external table could not answer.
+    /// an external table could not answer. Traced (`-T lookup`) as 6.8 traces every match
+    /// of a rule or filter criterion.
     pub(crate) fn table_match(
         &self,
         tm: &TableMatch,
         subject: &str,
         service: Service,
     ) -> Option<bool> {
+        use crate::table::Service as K;
         let t = self.table(tm.table);
-        if t.is_external() {
-            use crate::table::proc::Service as K;
-            let k = match service {
-                _ if tm.regex => K::Regex,
-                Service::Netaddr => K::Netaddr,
-                Service::Domain => K::Domain,
-                Service::Mailaddr => K::Mailaddr,
-                Service::Auth if subject.contains('@') => K::Mailaddr,
-                Service::String | Service::Auth => K::String,
-            };
-            return match t.check(k, subject) {
-                Ok(b) => Some(b),
-                Err(crate::table::LookupError(e)) => {
-                    tracing::warn!(
-                        "warn: failure to perform a table lookup on table {}: {e}",
-                        t.name
-                    );
-                    None
-                }
-            };
-        }
-        let delim = self.config.smtp.sub_addr_delim;
-        let (found, name) = match service {
-            _ if tm.regex => (t.match_regex(subject), "REGEX"),
-            Service::Netaddr => (t.match_netaddr(subject), "NETADDR"),
-            Service::Domain => (t.match_domain(subject), "DOMAIN"),
-            Service::Mailaddr => (t.match_mailaddr(subject, delim), "MAILADDR"),
-            Service::String => (t.contains(subject), "STRING"),
-            Service::Auth if subject.contains('@') => {
-                (t.match_mailaddr(subject, delim), "MAILADDR")
-            }
-            Service::Auth => (t.contains(subject), "STRING"),
+        let k = match service {
+            _ if tm.regex => K::Regex,
+            Service::Netaddr => K::Netaddr,
+            Service::Domain => K::Domain,
+            Service::Mailaddr => K::Mailaddr,
+            Service::Auth if subject.contains('@') => K::Mailaddr,
+            Service::String | Service::Auth => K::String,
         };
-        // `-T lookup`, as 6.8 traces every match of a rule or filter criterion.
-        tracing::trace!(
-            target: "lookup",
-            "lookup: match \"{}\" as {} in table {}:{} -> {}",
-            subject,
-            name,
-            crate::table::backend_name(self.config.table(tm.table)),
-            t.name,
-            found
-        );
-        Some(found)
+        let found = t.matches(k, subject, self.config.smtp.sub_addr_delim);
+        crate::table::trace_match(t.backend(), &t.name, k.name(), subject, &found);
+        match found {
+            Ok(b) => Some(b),
+            Err(crate::table::LookupError(e)) => {
+                tracing::warn!(
+                    "warn: failure to perform a table lookup on table {}: {e}",
+                    t.name
+                );
+                None
+            }
+        }
     }
 
     /// Start the programs of the external tables (`sqlite:`, `passwd:`...), each once, as

@@ -476,15 +476,6 @@ pub fn prepare(
     })
 }
 
-/// A submission that failed during the dialogue: why, and the message it was sending.
-#[derive(Debug)]
-pub struct Undelivered {
-    /// What went wrong.
-    pub error: SubmitError,
-    /// The message as prepared, for `dead.letter`.
-    pub envelope: Box<Envelope>,
-}
-
 /// Why a submission failed.
 #[derive(Debug)]
 pub enum SubmitError {
@@ -496,18 +487,9 @@ pub enum SubmitError {
     Refused(String),
     /// The message cannot be sent as given (no recipients); what is wrong.
     Invalid(String),
-    /// The dialogue failed after the message was prepared.
-    Undelivered(Box<Undelivered>),
 }
 
 impl SubmitError {
-    fn with_envelope(self, env: Envelope) -> SubmitError {
-        SubmitError::Undelivered(Box::new(Undelivered {
-            error: self,
-            envelope: Box::new(env),
-        }))
-    }
-
     /// The message and exit status of sendmail for this error.
     pub fn report(&self, socket: &Path) -> (String, i32) {
         match self {
@@ -518,7 +500,6 @@ impl SubmitError {
             SubmitError::Io(e) => (format!("sendmail: {e}"), EX_TEMPFAIL),
             SubmitError::Refused(r) => (format!("sendmail: command failed: {r}"), EX_SOFTWARE),
             SubmitError::Invalid(m) => (m.clone(), EX_SOFTWARE),
-            SubmitError::Undelivered(u) => u.error.report(socket),
         }
     }
 }
@@ -603,19 +584,20 @@ fn connect(socket: &Path, verbose: bool) -> Result<(Client, String), SubmitError
 
 /// Submit the message read from `raw`, as `sendmail` with `sub` does: connect, build the
 /// envelope (qualifying with the server's name), then EHLO, MAIL, RCPT..., DATA, QUIT.
+/// A failure of the dialogue comes with the message it was sending (for `dead.letter`).
 pub fn submit(
     socket: &Path,
     sub: &Submission,
     who: &Submitter,
     raw: &[u8],
     date: &str,
-) -> Result<Envelope, SubmitError> {
-    let (mut c, host) = connect(socket, sub.verbose)?;
-    let env =
-        prepare(sub, who, raw, &host, date).map_err(|UsageError(m, _)| SubmitError::Invalid(m))?;
+) -> Result<Envelope, (SubmitError, Option<Envelope>)> {
+    let (mut c, host) = connect(socket, sub.verbose).map_err(|e| (e, None))?;
+    let env = prepare(sub, who, raw, &host, date)
+        .map_err(|UsageError(m, _)| (SubmitError::Invalid(m), None))?;
     match dialogue(&mut c, sub, &env) {
         Ok(()) => Ok(env),
-        Err(e) => Err(e.with_envelope(env)),
+        Err(e) => Err((e, Some(env))),
     }
 }
 
@@ -708,7 +690,7 @@ pub fn run(
         Ok(_) => 0,
         // The daemon is down: the message waits in the offline queue for its next start
         // (still status 75, as OpenSMTPD's sendmail).
-        Err(SubmitError::Unreachable(_)) if let Some(dir) = offline => {
+        Err((SubmitError::Unreachable(_), _)) if let Some(dir) = offline => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -720,12 +702,12 @@ pub fn run(
                 }
             }
         }
-        Err(e) => {
+        Err((e, undelivered)) => {
             let (m, code) = e.report(socket);
             eprintln!("{m}");
             // As OpenSMTPD's enqueue: a message the daemon did not take is kept.
-            if let SubmitError::Undelivered(u) = &e
-                && let Some(note) = save_dead_letter(&who, &u.envelope, &raw)
+            if let Some(env) = &undelivered
+                && let Some(note) = save_dead_letter(&who, env, &raw)
             {
                 eprintln!("{note}");
             }

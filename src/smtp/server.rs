@@ -31,6 +31,7 @@ use super::session::Session;
 use crate::config::model::{self as cfg, Phase};
 use crate::dns::{self, Resolver};
 use crate::expand;
+use crate::log::vis;
 use crate::processor::{ProcSession, Processors};
 use crate::queue::{self, Spool};
 use crate::rules::RuleGraph;
@@ -259,27 +260,6 @@ pub(crate) fn local_offset(t: i64) -> (i32, String) {
             .into_owned()
     };
     (tm.tm_gmtoff as i32, zone)
-}
-
-/// `vis(3)` with VIS_SAFE | VIS_CSTYLE, as OpenSMTPD escapes commands in its logs.
-pub fn vis(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'\\' => s.push_str("\\\\"),
-            b'\n' => s.push_str("\\n"),
-            b'\r' => s.push_str("\\r"),
-            b'\t' => s.push('\t'),
-            0 => s.push_str("\\0"),
-            0x07 => s.push_str("\\a"),
-            0x08 => s.push_str("\\b"),
-            0x0b => s.push_str("\\v"),
-            0x0c => s.push_str("\\f"),
-            0x20..=0x7e => s.push(b as char),
-            _ => s.push_str(&format!("\\{b:03o}")),
-        }
-    }
-    s
 }
 
 fn addr_text(a: &Option<Mailaddr>) -> String {
@@ -625,12 +605,7 @@ impl Conn {
         self.write_failed = false;
         self.mail_from = addr_text(&sender);
         if let Some(refusal) = self.senders_refusal(&sender) {
-            // A table that could not answer ends the session, as OpenSMTPD's 421 does.
-            return if refusal.code() == 421 {
-                SenderVerdict::Disconnect(refusal)
-            } else {
-                SenderVerdict::Refuse(refusal)
-            };
+            return refusal;
         }
         match self.server.spool.begin_message().await {
             Ok(w) => {
@@ -649,7 +624,8 @@ impl Conn {
     /// `senders <table>`: an authenticated user may only use the sender addresses the table
     /// lists for them (comma-separated mailaddr patterns); an unknown user may use none. As
     /// in OpenSMTPD, a local enqueue session counts as authenticated, with an empty name.
-    fn senders_refusal(&self, sender: &Option<Mailaddr>) -> Option<Reply> {
+    /// A table that cannot answer ends the session with OpenSMTPD's 421.
+    fn senders_refusal(&self, sender: &Option<Mailaddr>) -> Option<SenderVerdict> {
         let (table, _) = self.listener().senders?;
         let user = match (&self.auth_user, self.client.address) {
             (Some(u), _) => u.as_str(),
@@ -664,14 +640,14 @@ impl Conn {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let compiled = graph.table(table);
-        let patterns = match compiled.get(crate::table::proc::Service::Mailaddrmap, user) {
+        let patterns = match compiled.get(crate::table::Service::Mailaddrmap, user) {
             Ok(p) => p,
             Err(crate::table::LookupError(e)) => {
                 warn!(
                     "warn: {} senders table {} could not answer: {e}",
                     self.sid, compiled.name
                 );
-                return Some(Reply::temporary_error());
+                return Some(SenderVerdict::Disconnect(Reply::temporary_error()));
             }
         };
         let allowed = patterns.is_some_and(|patterns| {
@@ -682,7 +658,7 @@ impl Conn {
                     crate::rules::matching::mailaddr_match(&subject, &p.to_ascii_lowercase(), delim)
                 })
         });
-        (!allowed).then(Reply::sender_rejected)
+        (!allowed).then(|| SenderVerdict::Refuse(Reply::sender_rejected()))
     }
 
     fn recipient(
@@ -831,7 +807,7 @@ impl Conn {
             Some(id) => authenticate(&c.user, &c.password, |key| {
                 Ok(graph
                     .table(id)
-                    .get(crate::table::proc::Service::Credentials, key)?
+                    .get(crate::table::Service::Credentials, key)?
                     .map(std::borrow::Cow::into_owned))
             }),
             // System accounts: the hash in the shadow file, which only root reads; an
@@ -964,7 +940,7 @@ fn session_params(
                 server
                     .graph
                     .table(t)
-                    .get(crate::table::proc::Service::Addrname, &local.to_string())
+                    .get(crate::table::Service::Addrname, &local.to_string())
                     .ok()
                     .flatten()
                     .map(std::borrow::Cow::into_owned)
@@ -1413,15 +1389,4 @@ pub fn rand_u64() -> u64 {
             .unwrap_or(1);
     }
     u64::from_le_bytes(b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vis_escapes_like_opensmtpd() {
-        assert_eq!(vis(b"RCPT TO:<a@b> "), "RCPT TO:<a@b> ");
-        assert_eq!(vis(b"A\r\nB\\\x01"), "A\\r\\nB\\\\\\001");
-    }
 }

@@ -1,5 +1,7 @@
-//! Table backends: how the entries of `file:` and `db:` tables are read. Lookup services
-//! (domain, netaddr, mailaddr, regex matching) live with the rule graph that uses them.
+//! Table backends: how the entries of `file:` and `db:` tables are read, and how external
+//! tables' programs are asked (`proc`); the lookup services every use names, and the
+//! lookup trace lines. The match functions of static tables live with the rule graph that
+//! compiles them.
 
 pub mod credentials;
 pub mod db;
@@ -23,6 +25,50 @@ pub const EXTERNAL_BACKENDS: &[&str] = &[
     "socketmap",
     "sqlite",
 ];
+
+/// A lookup service (OpenSMTPD's `enum table_service`, `K_*`): what the caller wants to
+/// know, and so which match function a static table uses, or which query an external
+/// table's program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Alias,
+    Domain,
+    Credentials,
+    Netaddr,
+    Userinfo,
+    Source,
+    Mailaddr,
+    Addrname,
+    Mailaddrmap,
+    Relayhost,
+    String,
+    Regex,
+}
+
+impl Service {
+    /// The service's bit (`K_ALIAS` = 0x001 ... `K_REGEX` = 0x800).
+    pub fn bit(self) -> i32 {
+        1 << self as i32
+    }
+
+    /// The name lookup traces print (`table_service_name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Alias => "ALIAS",
+            Service::Domain => "DOMAIN",
+            Service::Credentials => "CREDENTIALS",
+            Service::Netaddr => "NETADDR",
+            Service::Userinfo => "USERINFO",
+            Service::Source => "SOURCE",
+            Service::Mailaddr => "MAILADDR",
+            Service::Addrname => "ADDRNAME",
+            Service::Mailaddrmap => "MAILADDRMAP",
+            Service::Relayhost => "RELAYHOST",
+            Service::String => "STRING",
+            Service::Regex => "REGEX",
+        }
+    }
+}
 
 /// A lookup the table could not answer (its backend failed): the caller answers with a
 /// temporary failure, never as if the key were absent.
@@ -60,6 +106,30 @@ pub fn trace_answer<T: AsRef<str>>(
     tracing::trace!(
         target: "lookup",
         "lookup: lookup \"{}\" as {} in table {}:{} -> {}",
+        key,
+        service,
+        backend,
+        table,
+        result
+    );
+}
+
+/// Writes OpenSMTPD's match trace line (`-T lookup`): `lookup: match "KEY" as SERVICE in
+/// table BACKEND:NAME -> true|false|error: WHY`.
+pub fn trace_match(
+    backend: &str,
+    table: &str,
+    service: &str,
+    key: &str,
+    answer: &Result<bool, LookupError>,
+) {
+    let result = match answer {
+        Ok(b) => b.to_string(),
+        Err(LookupError(e)) => format!("error: {e}"),
+    };
+    tracing::trace!(
+        target: "lookup",
+        "lookup: match \"{}\" as {} in table {}:{} -> {}",
         key,
         service,
         backend,

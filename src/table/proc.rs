@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::LookupError;
+use super::{LookupError, Service};
 
 /// The table API version of OpenSMTPD 6.x (`PROC_TABLE_API_VERSION`).
 pub const API_VERSION: u32 = 2;
@@ -61,49 +61,6 @@ enum Msg {
     Check = 5,
     Lookup = 6,
     Fetch = 7,
-}
-
-/// A lookup service (OpenSMTPD's `enum table_service`, `K_*`): what the caller wants to
-/// know, and so which query the program runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
-    Alias,
-    Domain,
-    Credentials,
-    Netaddr,
-    Userinfo,
-    Source,
-    Mailaddr,
-    Addrname,
-    Mailaddrmap,
-    Relayhost,
-    String,
-    Regex,
-}
-
-impl Service {
-    /// The service's bit (`K_ALIAS` = 0x001 ... `K_REGEX` = 0x800).
-    pub fn bit(self) -> i32 {
-        1 << self as i32
-    }
-
-    /// The name lookup traces print (`table_service_name`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Alias => "ALIAS",
-            Service::Domain => "DOMAIN",
-            Service::Credentials => "CREDENTIALS",
-            Service::Netaddr => "NETADDR",
-            Service::Userinfo => "USERINFO",
-            Service::Source => "SOURCE",
-            Service::Mailaddr => "MAILADDR",
-            Service::Addrname => "ADDRNAME",
-            Service::Mailaddrmap => "MAILADDRMAP",
-            Service::Relayhost => "RELAYHOST",
-            Service::String => "STRING",
-            Service::Regex => "REGEX",
-        }
-    }
 }
 
 /// The program of a backend: `table-BACKEND` in the first helper directory that has it.

@@ -312,3 +312,20 @@ pub async fn loopback_dns(
     }
     panic!("no free loopback port for DNS");
 }
+
+/// Runs `cmd` with `input` on its standard input; its status and output.
+pub fn run_with_input(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that exits without reading all of it is not an error here.
+        let _ = stdin.write_all(input);
+    }
+    child.wait_with_output().expect("wait for the command")
+}

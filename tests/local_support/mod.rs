@@ -47,7 +47,8 @@ impl Daemon {
     }
 }
 
-pub use common::free_port;
+#[allow(unused_imports)] // Not every test binary that includes this module sends input.
+pub use common::{free_port, run_with_input};
 
 /// Start smtpd on `conf` (`PORT` replaced by `port`); waits for the TCP port.
 pub fn start(dir: &Path, conf: &str, port: u16) -> Daemon {
