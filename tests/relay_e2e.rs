@@ -269,20 +269,12 @@ async fn permanent_refusal_is_logged_and_the_envelope_removed() {
         ..Sink::default()
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("", addr.port(), "");
-    let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "ghost@far.test",
-            "Subject: x\r\n\r\nhi\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let (daemon, dir) = relay_with(
+        &relay_conf("", addr.port(), ""),
+        "ghost@far.test",
+        "Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
     let delivery = daemon.wait_for("mta delivery");
     println!("{delivery}");
     assert!(delivery.ends_with("result=\"PermFail\" stat=\"550 5.1.1 unknown user\""));
@@ -369,24 +361,16 @@ async fn mail_follows_the_mx_records_to_port_25() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_address_and_its_helo_name() {
     let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
-        "",
-        addr.port(),
-        " src \"127.0.0.5\" helo-src { \"127.0.0.5\" = \"five.example\" }",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@far.test",
-            "Subject: s\r\n\r\nx\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let (daemon, _dir) = relay_with(
+        &relay_conf(
+            "",
+            addr.port(),
+            " src \"127.0.0.5\" helo-src { \"127.0.0.5\" = \"five.example\" }",
+        ),
+        "bob@far.test",
+        "Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
     let delivery = daemon.wait_for("mta delivery");
     println!("{delivery}");
     assert!(delivery.contains("source=\"127.0.0.5\""), "{delivery}");
@@ -403,20 +387,12 @@ async fn temporary_refusal_keeps_the_envelope_with_its_error() {
         ..Sink::default()
     };
     let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("", addr.port(), "");
-    let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@far.test",
-            "Subject: t\r\n\r\nx\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let (daemon, dir) = relay_with(
+        &relay_conf("", addr.port(), ""),
+        "bob@far.test",
+        "Subject: t\r\n\r\nx\r\n",
+    )
+    .await;
     let delivery = daemon.wait_for("mta delivery");
     println!("{delivery}");
     assert!(delivery.ends_with("result=\"TempFail\" stat=\"451 4.3.0 try later\""));
