@@ -9,8 +9,9 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -65,6 +66,14 @@ pub fn set_verbose(on: bool) {
 }
 
 pub fn set_trace(category: &str, on: bool) {
+    let bit = profile_bit(category);
+    if bit != 0 {
+        if on {
+            PROFILING.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            PROFILING.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
     if let Ok(mut t) = SETTINGS.traces.write() {
         if on {
             t.insert(category.to_string());
@@ -81,6 +90,69 @@ pub fn tracing(category: &str) -> bool {
         .read()
         .map(|t| t.contains(category) || t.contains("all"))
         .unwrap_or(false)
+}
+
+/// What is being profiled (`-T profile-imsg|profile-queue`, `smtpctl profile imsg|queue`).
+/// As in 6.8, `-T all` does not turn profiling on.
+static PROFILING: AtomicU8 = AtomicU8::new(0);
+const PROFILE_IMSG: u8 = 1;
+const PROFILE_QUEUE: u8 = 2;
+
+fn profile_bit(category: &str) -> u8 {
+    match category {
+        "profile-imsg" => PROFILE_IMSG,
+        "profile-queue" => PROFILE_QUEUE,
+        _ => 0,
+    }
+}
+
+/// The trace category of a `smtpctl profile` keyword (`imsg`, `queue`).
+pub fn profile_category(keyword: &str) -> Option<&'static str> {
+    match keyword {
+        "imsg" => Some("profile-imsg"),
+        "queue" => Some("profile-queue"),
+        _ => None,
+    }
+}
+
+/// `S.NNNNNNNNN`, as 6.8 prints a duration in its profile lines.
+fn seconds_text(d: Duration) -> String {
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// Times one queue operation for `profile queue`: when dropped, writes 6.8's debug line
+/// `profile-queue: NAME S.NNNNNNNNN` (shown with `-v` or `smtpctl log verbose`).
+pub struct QueueTimer(Option<(&'static str, Instant)>);
+
+/// Starts timing the queue operation `name` (6.8's names: `queue_message_create`,
+/// `queue_envelope_load`, ...) if queue profiling is on.
+pub fn queue_timer(name: &'static str) -> QueueTimer {
+    QueueTimer(
+        (PROFILING.load(Ordering::Relaxed) & PROFILE_QUEUE != 0).then(|| (name, Instant::now())),
+    )
+}
+
+impl Drop for QueueTimer {
+    fn drop(&mut self) {
+        if let Some((name, t0)) = self.0.take() {
+            tracing::debug!("profile-queue: {name} {}", seconds_text(t0.elapsed()));
+        }
+    }
+}
+
+/// Whether messages between smtpd's processes are profiled (`profile imsg`).
+pub fn profiling_imsg() -> bool {
+    PROFILING.load(Ordering::Relaxed) & PROFILE_IMSG != 0
+}
+
+/// 6.8's `profile-imsg: PROCESS PEER MESSAGE LENGTH S.NNNNNNNNN` debug line for one
+/// round trip of the network side (`smtpd`) with the privileged broker (`parent`) or a
+/// delivery worker (`worker`).
+pub fn profile_imsg(peer: &str, message: &str, len: usize, took: Duration) {
+    tracing::debug!(
+        "profile-imsg: smtpd {peer} {message} {len} {}",
+        seconds_text(took)
+    );
 }
 
 struct Message(String);
@@ -205,6 +277,22 @@ mod tests {
     fn vis_escapes_like_opensmtpd() {
         assert_eq!(vis(b"RCPT TO:<a@b> "), "RCPT TO:<a@b> ");
         assert_eq!(vis(b"A\r\nB\\\x01"), "A\\r\\nB\\\\\\001");
+    }
+
+    #[test]
+    fn profiling_follows_its_categories_only() {
+        assert_eq!(seconds_text(Duration::new(1, 2_500)), "1.000002500");
+        assert!(queue_timer("queue_message_create").0.is_none());
+        assert_eq!(profile_bit("all"), 0);
+        set_trace(profile_category("queue").unwrap(), true);
+        assert!(queue_timer("queue_message_create").0.is_some());
+        assert!(!profiling_imsg());
+        set_trace("profile-imsg", true);
+        assert!(profiling_imsg());
+        set_trace("profile-queue", false);
+        set_trace("profile-imsg", false);
+        assert!(queue_timer("queue_message_create").0.is_none() && !profiling_imsg());
+        assert_eq!(profile_category("stat"), None);
     }
 
     #[test]

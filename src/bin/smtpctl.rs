@@ -34,6 +34,10 @@ enum Next {
     Words(&'static [Word]),
     /// A free argument (an id, a trace category), named for the error text.
     Argument(&'static str),
+    /// The command may end here, or go on with one of these words.
+    EndOr(&'static [Word]),
+    /// A free argument, then one of these words.
+    ArgumentThen(&'static str, &'static [Word]),
 }
 
 const ENVELOPE: Word = Word {
@@ -44,9 +48,19 @@ const MDA: Word = Word {
     name: "mda",
     next: Next::End,
 };
+/// `pause|resume mta from <addr> for <domain>`.
 const MTA: Word = Word {
     name: "mta",
-    next: Next::End,
+    next: Next::EndOr(&[Word {
+        name: "from",
+        next: Next::ArgumentThen(
+            "<addr>",
+            &[Word {
+                name: "for",
+                next: Next::Argument("<domain>"),
+            }],
+        ),
+    }]),
 };
 const SMTP: Word = Word {
     name: "smtp",
@@ -99,6 +113,10 @@ const COMMANDS: &[Word] = &[
         next: Next::Words(AGENTS),
     },
     Word {
+        name: "profile",
+        next: Next::Argument("<str>"),
+    },
+    Word {
         name: "remove",
         next: Next::Argument("<evpid>|<msgid>|all"),
     },
@@ -128,6 +146,13 @@ const COMMANDS: &[Word] = &[
             Word {
                 name: "message",
                 next: Next::Argument("<evpid>|<msgid>"),
+            },
+            Word {
+                name: "mta",
+                next: Next::Words(&[Word {
+                    name: "paused",
+                    next: Next::End,
+                }]),
             },
             Word {
                 name: "queue",
@@ -165,6 +190,10 @@ const COMMANDS: &[Word] = &[
     Word {
         name: "untrace",
         next: Next::Argument("<category>"),
+    },
+    Word {
+        name: "unprofile",
+        next: Next::Argument("<str>"),
     },
     Word {
         name: "update",
@@ -221,6 +250,22 @@ fn resolve(args: &[String]) -> Result<Vec<String>, ExitCode> {
                 return Ok(out);
             }
             Next::Words(next) => level = next,
+            Next::EndOr(next) => {
+                if i == args.len() {
+                    return Ok(out);
+                }
+                level = next;
+            }
+            Next::ArgumentThen(what, next) => {
+                let Some(arg) = args.get(i) else {
+                    eprintln!("smtpctl: {} needs one argument: {what}", word.name);
+                    eprintln!("{USAGE}");
+                    return Err(ExitCode::from(1));
+                };
+                out.push(arg.clone());
+                i += 1;
+                level = next;
+            }
             Next::Argument(what) => {
                 let (Some(arg), true) = (args.get(i), args.len() == i + 1) else {
                     eprintln!("smtpctl: {} needs one argument: {what}", word.name);

@@ -106,6 +106,13 @@ pub enum Request {
     Discover(QueueId),
     /// `resume route ID`: enable a route disabled after errors (the id of `show routes`).
     ResumeRoute(u64),
+    /// `pause mta from ADDR for DOMAIN` (true) / `resume mta from ADDR for DOMAIN`
+    /// (false): no new session from a source address to a destination.
+    BlockMta(std::net::IpAddr, String, bool),
+    /// `show mta paused`: the source addresses paused per destination.
+    ShowMtaBlocks,
+    /// `profile imsg|queue` (true) / `unprofile imsg|queue` (false), with the keyword.
+    Profile(String, bool),
 }
 
 /// Why a request line is not a request.
@@ -127,6 +134,18 @@ fn selection(word: &str) -> Result<Selection, BadRequest> {
         .map_err(|e| BadRequest(e.to_string()))
 }
 
+/// A source address as `pause mta from` takes it: IPv4 or IPv6, the latter bracketed or
+/// not.
+fn source_address(word: &str) -> Result<std::net::IpAddr, BadRequest> {
+    let bare = word
+        .strip_prefix('[')
+        .and_then(|w| w.strip_suffix(']'))
+        .unwrap_or(word);
+    let bare = bare.strip_prefix("IPv6:").unwrap_or(bare);
+    bare.parse()
+        .map_err(|_| BadRequest(format!("invalid address: {}", word.escape_debug())))
+}
+
 impl Request {
     /// Parse canonical words (as [`Request::line`] writes them).
     pub fn parse(line: &str) -> Result<Request, BadRequest> {
@@ -140,6 +159,15 @@ impl Request {
             ["show", "hoststats"] => Request::ShowHostStats,
             ["show", "hosts"] => Request::ShowHosts,
             ["show", "relays"] => Request::ShowRelays,
+            ["show", "mta", "paused"] => Request::ShowMtaBlocks,
+            [
+                verb @ ("pause" | "resume"),
+                "mta",
+                "from",
+                addr,
+                "for",
+                domain,
+            ] => Request::BlockMta(source_address(addr)?, domain.to_string(), *verb == "pause"),
             ["show", "envelope", id] => match id.parse::<QueueId>() {
                 Ok(QueueId::Envelope(e)) => Request::ShowEnvelope(e),
                 _ => {
@@ -173,6 +201,15 @@ impl Request {
                     return Err(BadRequest(format!("unknown trace flag \"{cat}\"")));
                 };
                 Request::Trace(c.to_string(), *verb == "trace")
+            }
+            [verb @ ("profile" | "unprofile"), keyword] => {
+                if crate::log::profile_category(keyword).is_none() {
+                    return Err(BadRequest(format!(
+                        "invalid profile keyword: {}",
+                        keyword.escape_debug()
+                    )));
+                }
+                Request::Profile(keyword.to_string(), *verb == "profile")
             }
             ["update", "table", name] => Request::UpdateTable(name.to_string()),
             ["discover", id] => Request::Discover(
@@ -212,6 +249,13 @@ impl Request {
             Request::UpdateTable(name) => format!("update table {name}"),
             Request::Discover(id) => format!("discover {id}"),
             Request::ResumeRoute(id) => format!("resume route {id}"),
+            Request::BlockMta(addr, domain, on) => format!(
+                "{} mta from {addr} for {domain}",
+                if *on { "pause" } else { "resume" }
+            ),
+            Request::ShowMtaBlocks => "show mta paused".into(),
+            Request::Profile(k, true) => format!("profile {k}"),
+            Request::Profile(k, false) => format!("unprofile {k}"),
         }
     }
 }
@@ -304,6 +348,11 @@ mod tests {
             "resume envelope 1a2b3c4d",
             "resume smtp",
             "resume route 3",
+            "pause mta from 192.0.2.1 for example.org",
+            "resume mta from 2001:db8::1 for Example.ORG",
+            "show mta paused",
+            "profile queue",
+            "unprofile imsg",
             "log verbose",
             "log brief",
             "trace expand",
@@ -325,6 +374,21 @@ mod tests {
         assert!(Request::parse("schedule 0").is_err());
         assert!(Request::parse("resume route 0").is_err());
         assert!(Request::parse("resume route x").is_err());
+        assert_eq!(
+            Request::parse("pause mta from mx.example.org for example.org")
+                .unwrap_err()
+                .0,
+            "invalid address: mx.example.org"
+        );
+        assert!(Request::parse("pause mta from 192.0.2.1").is_err());
+        assert_eq!(
+            Request::parse("profile stat").unwrap_err().0,
+            "invalid profile keyword: stat"
+        );
+        assert_eq!(
+            Request::parse("pause mta from [IPv6:2001:db8::1] for example.org").unwrap(),
+            Request::BlockMta("2001:db8::1".parse().unwrap(), "example.org".into(), true)
+        );
         assert_eq!(
             Request::parse("trace nonsense").unwrap_err().0,
             "unknown trace flag \"nonsense\""

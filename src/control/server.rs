@@ -185,6 +185,23 @@ impl Control {
                 Some(_) => Reply::succeeded(),
                 None => Reply::failed(Some(&format!("no route {id}"))),
             },
+            Request::BlockMta(addr, domain, on) => {
+                self.runner.set_mta_blocked(addr, &domain, on);
+                Reply::succeeded()
+            }
+            Request::Profile(keyword, on) => {
+                if let Some(c) = crate::log::profile_category(&keyword) {
+                    crate::log::set_trace(c, on);
+                }
+                Reply::succeeded()
+            }
+            Request::ShowMtaBlocks => Reply::ok(
+                self.runner
+                    .mta_blocks_text()
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect::<String>(),
+            ),
             Request::Discover(id) => {
                 let n = self.runner.discover(id);
                 Reply::ok(format!(

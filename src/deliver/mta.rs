@@ -154,6 +154,9 @@ pub struct Pool {
     relayer: Relayer,
     routes: Mutex<HashMap<RouteKey, RouteState>>,
     hosts: HostLimiter,
+    /// Source addresses paused for a destination (`smtpctl pause mta from ADDR for
+    /// DOMAIN`): the address and the domain as given, compared without case.
+    blocks: Mutex<Vec<(IpAddr, String)>>,
 }
 
 fn now_secs() -> u64 {
@@ -182,7 +185,52 @@ impl Pool {
             relayer,
             routes: Mutex::new(HashMap::new()),
             hosts: HostLimiter::default(),
+            blocks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// `smtpctl pause mta from ADDR for DOMAIN` (`on`) and `resume mta from ADDR for
+    /// DOMAIN`: no new session from `source` for the relay `domain` (the destination
+    /// domain, or the smarthost's name) while paused. As in 6.8, pausing twice or resuming
+    /// what is not paused changes nothing.
+    pub fn set_blocked(&self, source: IpAddr, domain: &str, on: bool) {
+        let Ok(mut blocks) = self.blocks.lock() else {
+            return;
+        };
+        let at = blocks
+            .iter()
+            .position(|(a, d)| *a == source && d.eq_ignore_ascii_case(domain));
+        match (at, on) {
+            (None, true) => blocks.push((source, domain.to_string())),
+            (Some(i), false) => {
+                blocks.remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether relaying to `domain` from `source` is paused.
+    pub fn is_blocked(&self, source: IpAddr, domain: &str) -> bool {
+        self.blocks.lock().is_ok_and(|b| {
+            b.iter()
+                .any(|(a, d)| *a == source && d.eq_ignore_ascii_case(domain))
+        })
+    }
+
+    /// `smtpctl show mta paused`: `ADDR -> DOMAIN` a line (IPv6 addresses in brackets,
+    /// as 6.8 prints a source), ordered by address, then domain.
+    pub fn blocks_text(&self) -> Vec<String> {
+        let mut list = self.blocks.lock().map(|b| b.clone()).unwrap_or_default();
+        list.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.to_ascii_lowercase().cmp(&b.1.to_ascii_lowercase()))
+        });
+        list.into_iter()
+            .map(|(a, d)| match a {
+                IpAddr::V4(v4) => format!("{v4} -> {d}"),
+                IpAddr::V6(v6) => format!("[{v6}] -> {d}"),
+            })
+            .collect()
     }
 
     /// The SMTP client the sessions use.

@@ -558,7 +558,7 @@ impl Runner {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
                 // `host` wins; then the `domain` mapping; else the MX of the domain.
                 let url: Option<String> = match (action.host, action.domain) {
-                    (Some(t), _) => self.entry_in_turn(t, evpid, Service::Relayhost),
+                    (Some(t), _) => self.entry_in_turn(t, evpid.get(), Service::Relayhost),
                     (None, Some(t)) => match self.graph.table(t).get(Service::Relayhost, domain) {
                         Ok(v) => v.map(std::borrow::Cow::into_owned),
                         Err(crate::table::LookupError(e)) => {
@@ -584,12 +584,17 @@ impl Runner {
                             .map(std::borrow::Cow::into_owned)
                     })
                 };
-                // `src`: a source address taken in turn; `helo-src`: the name announced
-                // from it.
-                let source: Option<std::net::IpAddr> = action.src.and_then(|t| {
-                    self.entry_in_turn(t, evpid, Service::Source)
-                        .and_then(|k| k.trim_matches(['[', ']']).parse().ok())
-                });
+                // Limits and pauses follow the smarthost's name, or the destination domain.
+                let limit_domain = url
+                    .as_deref()
+                    .and_then(super::relay::parse_relay_url)
+                    .map_or_else(|| domain.to_ascii_lowercase(), |u| u.host);
+                // `src`: a source address taken in turn, passing over those paused for
+                // this destination; `helo-src`: the name announced from it.
+                let source = match action.src {
+                    None => None,
+                    Some(t) => self.source_in_turn(t, evpid, &limit_domain)?,
+                };
                 let mut action = action.clone();
                 if let (Some(src), Some(t)) = (source, action.helo_src)
                     && let Ok(Some(name)) =
@@ -597,11 +602,6 @@ impl Runner {
                 {
                     action.helo = Some(name.into_owned());
                 }
-                // Limits follow the smarthost's name, or the destination domain.
-                let limit_domain = url
-                    .as_deref()
-                    .and_then(super::relay::parse_relay_url)
-                    .map_or_else(|| domain.to_ascii_lowercase(), |u| u.host);
                 let srs = if action.srs {
                     crate::srs::SrsKeys::from_config(&cfg.srs)
                 } else {
@@ -637,13 +637,53 @@ impl Runner {
         }
     }
 
+    /// The source address of a relayed envelope from the `src` table `t`: its entries
+    /// taken in turn, skipping those paused for `domain` (`smtpctl pause mta from ADDR for
+    /// DOMAIN`). When every one is paused, the envelope waits, as 6.8's `All routes to
+    /// destination blocked`.
+    fn source_in_turn(
+        &self,
+        t: crate::config::model::TableId,
+        evpid: Evpid,
+        domain: &str,
+    ) -> Result<Option<std::net::IpAddr>, RelayOutcome> {
+        let table = self.graph.table(t);
+        let tries = if table.is_external() {
+            8
+        } else {
+            table.entries.len().clamp(1, 64)
+        };
+        let mut chosen = None;
+        for k in 0..tries as u64 {
+            let Some(addr) = self
+                .entry_in_turn(t, evpid.get().wrapping_add(k), Service::Source)
+                .and_then(|k| k.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+            else {
+                continue;
+            };
+            if !self.mta.is_blocked(addr, domain) {
+                return Ok(Some(addr));
+            }
+            chosen = Some(addr);
+        }
+        match chosen {
+            None => Ok(None),
+            Some(_) => Err(RelayOutcome {
+                status: Status::TempFail,
+                stat: "All routes to destination blocked".into(),
+                relay: domain.to_string(),
+                session: super::relay::NO_SESSION.into(),
+            }),
+        }
+    }
+
     /// A key of table `t` chosen in turn by envelope (`host <table>`, `src <table>`): the
     /// envelopes of a route spread over its entries. An external table's program hands
     /// out its entries in turn itself (`FETCH`).
     fn entry_in_turn(
         &self,
         t: crate::config::model::TableId,
-        evpid: Evpid,
+        turn: u64,
         service: Service,
     ) -> Option<String> {
         let table = self.graph.table(t);
@@ -660,7 +700,7 @@ impl Runner {
         table
             .entries
             .keys()
-            .nth((evpid.get() as usize) % n)
+            .nth((turn % n as u64) as usize)
             .cloned()
     }
 
@@ -1095,6 +1135,16 @@ impl Runner {
     /// The destinations with mail or sessions, as `smtpctl show relays` lists them.
     pub fn relays_text(&self) -> Vec<String> {
         self.mta.relays_text(&self.graph.config)
+    }
+
+    /// `smtpctl pause|resume mta from ADDR for DOMAIN`.
+    pub fn set_mta_blocked(&self, source: std::net::IpAddr, domain: &str, on: bool) {
+        self.mta.set_blocked(source, domain, on);
+    }
+
+    /// `smtpctl show mta paused`.
+    pub fn mta_blocks_text(&self) -> Vec<String> {
+        self.mta.blocks_text()
     }
 
     /// `smtpctl resume route ID` (see [`super::relay::Relayer::resume_route`]).

@@ -213,6 +213,7 @@ impl Spool {
         &self,
         mut draw: impl FnMut() -> Result<Msgid>,
     ) -> Result<MessageWriter> {
+        let _profile = crate::log::queue_timer("queue_message_create");
         let layout = &self.inner.layout;
         for _ in 0..MSGID_ATTEMPTS {
             let msgid = draw()?;
@@ -325,6 +326,7 @@ impl Spool {
 
     /// Every committed message, in id order.
     pub fn messages(&self) -> Result<Vec<Msgid>> {
+        let _profile = crate::log::queue_timer("queue_message_walk");
         let layout = &self.inner.layout;
         let mut out = Vec::new();
         for bucket in recovery::list(&layout.queue())? {
@@ -365,6 +367,7 @@ impl Spool {
     /// `smtpctl show queue`). Corrupt ones are quarantined and skipped;
     /// envelopes removed while the walk runs are skipped.
     pub fn envelopes(&self) -> Result<Vec<Envelope>> {
+        let _profile = crate::log::queue_timer("queue_envelope_walk");
         let mut out = Vec::new();
         for msgid in self.messages()? {
             let ids = match self.envelope_ids(msgid) {
@@ -387,6 +390,7 @@ impl Spool {
     /// Reads one committed envelope. A corrupt one is moved to `corrupt/`
     /// and reported as [`QueueError::Corrupt`].
     pub fn load_envelope(&self, evpid: Evpid) -> Result<Envelope> {
+        let _profile = crate::log::queue_timer("queue_envelope_load");
         let path = self.inner.layout.envelope_file(evpid);
         match read_envelope(&path, evpid) {
             Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -419,6 +423,7 @@ impl Spool {
     /// over the envelope, and the directory is fsynced. A crash leaves the
     /// old or the new envelope, never a mix.
     pub fn update_envelope(&self, envelope: &Envelope) -> Result<()> {
+        let _profile = crate::log::queue_timer("queue_envelope_update");
         self.store_envelope(envelope, true)
     }
 
@@ -445,6 +450,7 @@ impl Spool {
     /// Adds a new envelope (a bounce, usually) to a committed message,
     /// durably, the same way [`Spool::update_envelope`] writes.
     pub fn add_envelope(&self, envelope: &Envelope) -> Result<()> {
+        let _profile = crate::log::queue_timer("queue_envelope_create");
         self.store_envelope(envelope, false)
     }
 
@@ -497,6 +503,7 @@ impl Spool {
     /// the message goes too. Durable on return, so a crash cannot deliver
     /// it again.
     pub fn remove_envelope(&self, evpid: Evpid) -> Result<Removed> {
+        let _profile = crate::log::queue_timer("queue_envelope_delete");
         let layout = &self.inner.layout;
         let msgid = evpid.msgid();
         let _guard = self.stripe(msgid);
@@ -531,6 +538,7 @@ impl Spool {
     /// Removes a committed message with all its envelopes; returns how many
     /// envelopes it had.
     pub fn remove_message(&self, msgid: Msgid) -> Result<usize> {
+        let _profile = crate::log::queue_timer("queue_message_delete");
         let count = self.envelope_ids(msgid)?.len();
         let _guard = self.stripe(msgid);
         self.purge_locked(msgid)?;
@@ -646,6 +654,7 @@ impl Spool {
     /// Opens a committed message's body for reading (delivery, bounces,
     /// `smtpctl show message`).
     pub fn open_message(&self, msgid: Msgid) -> Result<File> {
+        let _profile = crate::log::queue_timer("queue_message_fd_r");
         let path = self.inner.layout.message_file(msgid);
         super::crypto::open_message_file(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

@@ -231,6 +231,7 @@ impl MessageWriter {
     /// this message and be distinct). On error everything is rolled back.
     /// See [`super::commit`] for the steps and the durability argument.
     pub async fn commit(mut self, envelopes: Vec<Envelope>) -> Result<Msgid> {
+        let _profile = crate::log::queue_timer("queue_message_commit");
         let cancelled = Arc::new(AtomicBool::new(false));
         let transaction = self.take_transaction(envelopes, Arc::clone(&cancelled))?;
         let dir = self.dir.clone();
@@ -253,6 +254,7 @@ impl MessageWriter {
 
     /// Like [`MessageWriter::commit`], for callers outside tokio.
     pub fn commit_blocking(mut self, envelopes: Vec<Envelope>) -> Result<Msgid> {
+        let _profile = crate::log::queue_timer("queue_message_commit");
         let cancelled = Arc::new(AtomicBool::new(false));
         self.take_transaction(envelopes, cancelled)?.run()
     }
