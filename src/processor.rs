@@ -516,7 +516,7 @@ impl Processors {
         spawned: Vec<Spawned>,
         admd: &str,
         session_timeout: Duration,
-    ) -> Result<Arc<Processors>, String> {
+    ) -> Result<Arc<Processors>, RegisterError> {
         let mut procs = Vec::new();
         let mut by_name = HashMap::new();
         let mut readers = Vec::new();
@@ -584,7 +584,28 @@ impl Processors {
             if let Err(e) = outcome {
                 // What the program said on its way out explains it best: logged first.
                 let _ = tokio::time::timeout(Duration::from_secs(1), err_task).await;
-                return Err(e);
+                // A program that ended (could not start, refused its configuration) is
+                // lost, as 6.8 says it; one that broke the protocol is stopped.
+                let mut child = s.child;
+                let ended = tokio::task::spawn_blocking(move || {
+                    for _ in 0..50 {
+                        match child.try_wait() {
+                            Ok(Some(st)) => return Some(exit_cause(st)),
+                            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                            Err(_) => return None,
+                        }
+                    }
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    None
+                })
+                .await
+                .ok()
+                .flatten();
+                return Err(match ended {
+                    Some(cause) => RegisterError::Lost(format!("{name} {cause}")),
+                    None => RegisterError::Failed(e),
+                });
             }
             let (tx, rx) = mpsc::unbounded_channel();
             let p = Arc::new(Processor {
@@ -660,16 +681,7 @@ async fn read_loop(
     let cause = tokio::task::spawn_blocking(move || {
         let mut child = child;
         match child.wait() {
-            Ok(st) => {
-                use std::os::unix::process::ExitStatusExt;
-                if let Some(sig) = st.signal() {
-                    format!("terminated; signal {sig}")
-                } else if st.code() == Some(0) {
-                    "exited okay".to_string()
-                } else {
-                    "exited abnormally".to_string()
-                }
-            }
+            Ok(st) => exit_cause(st),
             Err(e) => format!("wait: {e}"),
         }
     })
@@ -684,6 +696,42 @@ async fn read_loop(
     }
     warn!("warn: lost processor: {name} {cause}");
     std::process::exit(1);
+}
+
+/// How a program ended, in 6.8's words.
+fn exit_cause(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = st.signal() {
+        format!("terminated; signal {sig}")
+    } else if st.code() == Some(0) {
+        "exited okay".to_string()
+    } else {
+        "exited abnormally".to_string()
+    }
+}
+
+/// Why the processors could not all register.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// A program ended before it registered: `NAME CAUSE` (6.8's `lost processor`).
+    Lost(String),
+    /// A program broke the protocol or could not be talked to.
+    Failed(String),
+}
+
+impl From<String> for RegisterError {
+    fn from(why: String) -> Self {
+        RegisterError::Failed(why)
+    }
+}
+
+impl std::fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterError::Lost(what) => write!(f, "warn: lost processor: {what}"),
+            RegisterError::Failed(why) => write!(f, "fatal: {why}"),
+        }
+    }
 }
 
 /// Set once smtpd has begun its orderly exit (SIGTERM or SIGINT).

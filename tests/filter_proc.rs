@@ -899,3 +899,44 @@ fn a_program_runs_as_its_user_and_group_in_its_chroot() {
     assert_eq!(field("sid"), field("pid"), "a session leader: {seen}");
     d.stop();
 }
+
+/// A filter program that cannot start (here: not installed) ends the start, as in 6.8:
+/// the shell's words first, then `warn: lost processor: NAME exited abnormally`.
+#[test]
+fn a_filter_program_that_cannot_start_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("smtpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "filter \"rspamd\" proc-exec \"{}/filter-rspamd\"\n\
+             listen on 127.0.0.1 port {} filter \"rspamd\"\n{RULE}",
+            dir.path().display(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let out = common::run_with_input(
+        std::process::Command::new(env!("CARGO_BIN_EXE_smtpd"))
+            .arg("-d")
+            .arg("-f")
+            .arg(&conf)
+            .arg("--spool")
+            .arg(dir.path().join("spool"))
+            .arg("--resolv-conf")
+            .arg("/nonexistent"),
+        b"",
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    let said = log
+        .lines()
+        .position(|l| l.starts_with("rspamd: ") && l.contains("filter-rspamd"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let lost = log
+        .lines()
+        .position(|l| l == "warn: lost processor: rspamd exited abnormally")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(said < lost, "{log}");
+    assert!(!log.contains("Broken pipe"), "{log}");
+}

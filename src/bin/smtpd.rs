@@ -444,7 +444,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::error!("fatal: {e}");
+                    tracing::error!("{e}");
                     std::process::exit(1);
                 }
             }
