@@ -1501,3 +1501,69 @@ async fn profile_lines_time_queue_operations_and_process_round_trips() {
     wait_for_n(&daemon, "mta delivery", 2, 20);
     assert_eq!(daemon.log().matches("profile-").count(), before);
 }
+
+/// `max-conn-per-domain` bounds the sessions to a destination whatever their source
+/// address: two sources of a `src` table would open two sessions each
+/// (`max-conn-per-route 2`), the domain allows three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_conn_per_domain_bounds_the_sessions_of_all_sources() {
+    let sink = Sink {
+        data_delay: Some(Duration::from_millis(400)),
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = relay_conf(
+        "table sources { 127.0.0.5, 127.0.0.6 }\n\
+         mta limit max-conn-per-route 2 max-conn-per-domain 3 session-mail-max 1 conn-delay-relay 0\n",
+        addr.port(),
+        " src <sources>",
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || submit_numbered(port, 12, "message "))
+        .await
+        .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", 12, 60);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    let sources: std::collections::BTreeSet<String> = sink
+        .peers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.ip().to_string())
+        .collect();
+    assert_eq!(sources.len(), 2, "{sources:?}");
+    let most = sink.open_max.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 3, "{most} sessions at once");
+}
+
+/// `conn-delay-domain`: sessions to one destination open at least that far apart, even
+/// from different source addresses and after the previous session ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conn_delay_domain_spaces_the_sessions() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = relay_conf(
+        "table sources { 127.0.0.5, 127.0.0.6 }\n\
+         mta limit conn-delay-domain 2 session-mail-max 1\n",
+        addr.port(),
+        " src <sources>",
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    tokio::task::spawn_blocking(move || submit_numbered(port, 3, "message "))
+        .await
+        .unwrap();
+    wait_for_n(&daemon, "mta delivery", 3, 30);
+    let times = sink.accepted_at.lock().unwrap().clone();
+    assert_eq!(times.len(), 3, "{times:?}");
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(1900),
+            "{gap:?} between sessions"
+        );
+    }
+}

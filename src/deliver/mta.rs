@@ -8,6 +8,8 @@
 //! `session-keepalive` seconds for more mail before QUIT. A route opens at most
 //! `max-conn-per-route` sessions, a new one no sooner than `conn-delay-relay` seconds after
 //! the previous one, and at most `max-conn-per-host` sessions are open to one address.
+//! Bounds shared between routes (`max-conn-per-relay`, `-domain`, `-source`) and the
+//! `conn-delay-connector`, `-domain`, `-source` spacings are checked before a session opens.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -41,6 +43,20 @@ pub struct MtaLimits {
     pub session_transaction_delay: Duration,
     /// Consecutive refused recipients that end a session (`max-failures-per-session`).
     pub max_failures_per_session: usize,
+    /// Sessions of one route and source address together (`max-conn-per-connector`).
+    pub max_conn_per_connector: usize,
+    /// Sessions of one relay, whatever their source (`max-conn-per-relay`).
+    pub max_conn_per_relay: usize,
+    /// Sessions to one destination domain or smarthost (`max-conn-per-domain`).
+    pub max_conn_per_domain: usize,
+    /// Sessions from one source address, to any destination (`max-conn-per-source`).
+    pub max_conn_per_source: usize,
+    /// Least time between two sessions opened on one route and source
+    /// (`conn-delay-connector`), to one domain (`conn-delay-domain`), from one source
+    /// address (`conn-delay-source`).
+    pub conn_delay_connector: Duration,
+    pub conn_delay_domain: Duration,
+    pub conn_delay_source: Duration,
     pub family: Family,
 }
 
@@ -54,6 +70,13 @@ impl Default for MtaLimits {
             conn_delay_relay: Duration::from_secs(2),
             session_transaction_delay: Duration::ZERO,
             max_failures_per_session: 25,
+            max_conn_per_connector: 20,
+            max_conn_per_relay: 100,
+            max_conn_per_domain: 100,
+            max_conn_per_source: 100,
+            conn_delay_connector: Duration::ZERO,
+            conn_delay_domain: Duration::ZERO,
+            conn_delay_source: Duration::ZERO,
             family: Family::Any,
         }
     }
@@ -96,6 +119,13 @@ impl MtaLimits {
                     self.session_transaction_delay = Duration::from_secs(n)
                 }
                 "max-failures-per-session" => self.max_failures_per_session = n as usize,
+                "max-conn-per-connector" => self.max_conn_per_connector = n.max(1) as usize,
+                "max-conn-per-relay" => self.max_conn_per_relay = n.max(1) as usize,
+                "max-conn-per-domain" => self.max_conn_per_domain = n.max(1) as usize,
+                "max-conn-per-source" => self.max_conn_per_source = n.max(1) as usize,
+                "conn-delay-connector" => self.conn_delay_connector = Duration::from_secs(n),
+                "conn-delay-domain" => self.conn_delay_domain = Duration::from_secs(n),
+                "conn-delay-source" => self.conn_delay_source = Duration::from_secs(n),
                 _ => {}
             }
         }
@@ -120,6 +150,9 @@ pub type AuthLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct RouteSpec {
     /// The action, `helo` already chosen for the source address.
     pub action: RelayAction,
+    /// What limits and pauses follow: the destination domain (lower case), or the
+    /// smarthost's name.
+    pub domain: String,
     pub source: Option<IpAddr>,
     pub limits: MtaLimits,
     /// `auth` table entries by label.
@@ -157,6 +190,47 @@ pub struct Pool {
     /// Source addresses paused for a destination (`smtpctl pause mta from ADDR for
     /// DOMAIN`): the address and the domain as given, compared without case.
     blocks: Mutex<Vec<(IpAddr, String)>>,
+    /// When a session was last opened per connector, domain and source, for the
+    /// `conn-delay-*` limits: kept after a route's sessions end, pruned past an hour.
+    recent: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    connector: HashMap<RouteKey, Instant>,
+    domain: HashMap<String, Instant>,
+    source: HashMap<Option<IpAddr>, Instant>,
+}
+
+impl Recent {
+    const KEEP: Duration = Duration::from_secs(3600);
+
+    fn opened(&mut self, key: &RouteKey, domain: &str, now: Instant) {
+        if self.connector.len() + self.domain.len() > 4096 {
+            self.connector
+                .retain(|_, t| now.duration_since(*t) < Self::KEEP);
+            self.domain
+                .retain(|_, t| now.duration_since(*t) < Self::KEEP);
+            self.source
+                .retain(|_, t| now.duration_since(*t) < Self::KEEP);
+        }
+        self.connector.insert(key.clone(), now);
+        self.domain.insert(domain.to_string(), now);
+        self.source.insert(key.source, now);
+    }
+
+    /// The earliest time the `conn-delay-*` limits let another session open.
+    fn due(&self, key: &RouteKey, domain: &str, l: &MtaLimits) -> Option<Instant> {
+        let after = |t: Option<&Instant>, d: Duration| t.filter(|_| !d.is_zero()).map(|t| *t + d);
+        [
+            after(self.connector.get(key), l.conn_delay_connector),
+            after(self.domain.get(domain), l.conn_delay_domain),
+            after(self.source.get(&key.source), l.conn_delay_source),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
 }
 
 fn now_secs() -> u64 {
@@ -186,6 +260,7 @@ impl Pool {
             routes: Mutex::new(HashMap::new()),
             hosts: HostLimiter::default(),
             blocks: Mutex::new(Vec::new()),
+            recent: Mutex::new(Recent::default()),
         })
     }
 
@@ -353,14 +428,17 @@ impl Pool {
             }
         }
         for key in touched {
-            if let Some(state) = routes.get_mut(&key) {
-                self.dispatch(&key, state);
-            }
+            self.dispatch(&mut routes, &key);
         }
     }
 
-    /// Hand the queue to an idle session, or open another when the limits allow.
-    fn dispatch(self: &Arc<Self>, key: &RouteKey, state: &mut RouteState) {
+    /// Hand the queue to an idle session, or open another when the limits allow. A
+    /// route held back by a limit is looked at again when its delay is over, or every
+    /// second while sessions of others fill a shared limit.
+    fn dispatch(self: &Arc<Self>, routes: &mut HashMap<RouteKey, RouteState>, key: &RouteKey) {
+        let Some(state) = routes.get(key) else {
+            return;
+        };
         if state.queue.is_empty() {
             return;
         }
@@ -369,33 +447,68 @@ impl Pool {
             return;
         }
         let limits = state.spec.limits;
-        if state.workers >= limits.max_conn_per_route {
+        if state.workers >= limits.max_conn_per_route.min(limits.max_conn_per_connector) {
             return;
         }
+        let domain = state.spec.domain.clone();
+        // Sessions shared with other routes: same relay, same domain, same source.
+        let (mut relay, mut same_domain, mut source) = (0, 0, 0);
+        for (k, st) in routes.iter() {
+            if k.dispatcher == key.dispatcher && k.url == key.url && k.domain == key.domain {
+                relay += st.workers;
+            }
+            if st.spec.domain == domain {
+                same_domain += st.workers;
+            }
+            if k.source == key.source {
+                source += st.workers;
+            }
+        }
+        let full = relay >= limits.max_conn_per_relay
+            || same_domain >= limits.max_conn_per_domain
+            || source >= limits.max_conn_per_source;
+        let now = Instant::now();
+        let mut due = self
+            .recent
+            .lock()
+            .ok()
+            .and_then(|r| r.due(key, &domain, &limits));
         if state.workers > 0
             && let Some(last) = state.last_connect
         {
-            let due = last + limits.conn_delay_relay;
-            if Instant::now() < due {
-                if !state.retry_pending {
-                    state.retry_pending = true;
-                    let me = self.clone();
-                    let key = key.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(due).await;
-                        if let Ok(mut routes) = me.routes.lock()
-                            && let Some(state) = routes.get_mut(&key)
-                        {
+            due = due.max(Some(last + limits.conn_delay_relay));
+        }
+        let wait_until = if full {
+            tracing::debug!("debug: mta: limits reached for {domain}");
+            Some(now + Duration::from_secs(1))
+        } else {
+            due.filter(|d| *d > now)
+        };
+        let Some(state) = routes.get_mut(key) else {
+            return;
+        };
+        if let Some(until) = wait_until {
+            if !state.retry_pending {
+                state.retry_pending = true;
+                let me = self.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(until).await;
+                    if let Ok(mut routes) = me.routes.lock() {
+                        if let Some(state) = routes.get_mut(&key) {
                             state.retry_pending = false;
-                            me.dispatch(&key, state);
                         }
-                    });
-                }
-                return;
+                        me.dispatch(&mut routes, &key);
+                    }
+                });
             }
+            return;
         }
         state.workers += 1;
-        state.last_connect = Some(Instant::now());
+        state.last_connect = Some(now);
+        if let Ok(mut r) = self.recent.lock() {
+            r.opened(key, &domain, now);
+        }
         let me = self.clone();
         let key = key.clone();
         let spec = state.spec.clone();
@@ -672,8 +785,41 @@ mod tests {
                 conn_delay_relay: Duration::from_secs(2),
                 session_transaction_delay: Duration::ZERO,
                 max_failures_per_session: 25,
+                max_conn_per_connector: 20,
+                max_conn_per_relay: 100,
+                max_conn_per_domain: 100,
+                max_conn_per_source: 100,
+                conn_delay_connector: Duration::ZERO,
+                conn_delay_domain: Duration::ZERO,
+                conn_delay_source: Duration::ZERO,
                 family: Family::Any,
             }
+        );
+        let cfg = config(
+            "mta limit max-conn-per-connector 2 max-conn-per-relay 3 max-conn-per-domain 4
+             mta limit max-conn-per-source 5 conn-delay-connector 6 conn-delay-domain 7
+             mta limit conn-delay-source 8
+             action \"r\" relay
+             match for any action \"r\"
+",
+        );
+        let l = MtaLimits::for_domain(&cfg, "x.test");
+        assert_eq!(
+            (
+                l.max_conn_per_connector,
+                l.max_conn_per_relay,
+                l.max_conn_per_domain,
+                l.max_conn_per_source
+            ),
+            (2, 3, 4, 5)
+        );
+        assert_eq!(
+            (
+                l.conn_delay_connector.as_secs(),
+                l.conn_delay_domain.as_secs(),
+                l.conn_delay_source.as_secs()
+            ),
+            (6, 7, 8)
         );
         let cfg = config(
             "mta limit session-transaction-delay 3
@@ -691,6 +837,7 @@ mod tests {
     fn srs_applies_to_forwarded_mail_only() {
         let spec = RouteSpec {
             action: RelayAction::default(),
+            domain: "far.test".into(),
             source: None,
             limits: MtaLimits::default(),
             auth: Box::new(|_| None),

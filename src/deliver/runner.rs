@@ -610,6 +610,7 @@ impl Runner {
                 let layout = self.spool.layout().clone();
                 let spec = Arc::new(RouteSpec {
                     limits: MtaLimits::for_domain(cfg, &limit_domain),
+                    domain: limit_domain,
                     action,
                     source,
                     auth: Box::new(auth),

@@ -34,6 +34,8 @@ pub struct Sink {
     /// Connections open now, and the most open at once.
     pub open_now: Arc<std::sync::atomic::AtomicUsize>,
     pub open_max: Arc<std::sync::atomic::AtomicUsize>,
+    /// When each connection was accepted.
+    pub accepted_at: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl Sink {
@@ -48,6 +50,10 @@ impl Sink {
                     return;
                 };
                 me.peers.lock().unwrap().push(peer);
+                me.accepted_at
+                    .lock()
+                    .unwrap()
+                    .push(std::time::Instant::now());
                 let now = me.open_now.fetch_add(1, SeqCst) + 1;
                 me.open_max.fetch_max(now, SeqCst);
                 let me = me.clone();
