@@ -24,6 +24,12 @@ fn start(conf: &str, ports: &[u16]) -> Daemon {
     let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    // A private key readable by others is refused, as by OpenSMTPD.
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let conf = conf.replace("DIR", dir.path().to_str().unwrap());
     std::fs::write(dir.path().join("smtpd.conf"), conf).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_smtpd"))

@@ -76,6 +76,12 @@ fn starttls_smtps_and_auth_with_python_smtplib() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    // A private key readable by others is refused, as by OpenSMTPD.
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let hash = smtpd::table::credentials::encrypt(b"secret").unwrap();
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let conf = format!(

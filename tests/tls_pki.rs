@@ -21,10 +21,17 @@ fn self_signed(names: &[&str], cn: Option<&str>) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// Writes a file only its owner may read, as a private key must be.
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
+    set_mode(&path, 0o600);
     path.to_str().unwrap().to_string()
+}
+
+fn set_mode(path: impl AsRef<Path>, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn load_config(text: &str) -> Config {
@@ -280,5 +287,55 @@ mod mutated_certificates {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = certificate_names(&bytes);
         }
+    }
+}
+
+/// As OpenSMTPD: a private key others may read (beyond `rwxr-----`), or a certificate or
+/// CA file others may write (beyond `rwxr-xr-x`), is refused at start-up, and so is a file
+/// owned by someone else than root (or the user smtpd runs as).
+#[test]
+fn key_and_certificate_files_open_to_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(&["a.test"], None);
+    let cert_path = write(dir.path(), "c.pem", &cert);
+    let key_path = write(dir.path(), "k.pem", &key);
+    let load = || LoadedPki::load("a", Some(Path::new(&cert_path)), Some(Path::new(&key_path)));
+    // Group-readable keys and world-readable certificates are fine.
+    set_mode(&key_path, 0o740);
+    set_mode(&cert_path, 0o755);
+    assert!(load().is_ok());
+
+    set_mode(&key_path, 0o644);
+    let err = load().unwrap_err();
+    assert_eq!(err.to_string(), "load_pki_keys: failed to load key file");
+    assert_eq!(
+        err.detail(),
+        Some(format!("{key_path}: insecure permissions: must be at most rwxr----- ").as_str())
+    );
+    set_mode(&key_path, 0o600);
+
+    set_mode(&cert_path, 0o664);
+    let err = load().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "load_pki_tree: failed to load certificate file"
+    );
+    assert_eq!(
+        err.detail(),
+        Some(format!("{cert_path}: insecure permissions: must be at most rwxr-xr-x ").as_str())
+    );
+    let err = CaRoots::load("c", Path::new(&cert_path)).unwrap_err();
+    assert_eq!(err.to_string(), "load_pki_tree: failed to load CA file");
+    set_mode(&cert_path, 0o644);
+    assert!(CaRoots::load("c", Path::new(&cert_path)).is_ok());
+
+    if nix::unistd::geteuid().is_root() {
+        // Root's smtpd takes only root's files.
+        std::os::unix::fs::chown(&key_path, Some(65534), None).unwrap();
+        let err = load().unwrap_err();
+        assert_eq!(
+            err.detail(),
+            Some(format!("{key_path}: not owned by uid 0").as_str())
+        );
     }
 }

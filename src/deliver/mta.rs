@@ -544,6 +544,7 @@ impl Pool {
     /// `session-mail-max` transactions or when idle past `session-keepalive`.
     async fn worker(self: Arc<Self>, key: RouteKey, spec: Arc<RouteSpec>, notify: Arc<Notify>) {
         let mut session: Option<Session> = None;
+        let mut opened_before = false;
         let mut transactions = 0usize;
         let mut idle_since: Option<Instant> = None;
         loop {
@@ -604,9 +605,15 @@ impl Pool {
                     continue;
                 }
             };
-            // A session for the batch.
+            // A session for the batch. The worker's first one was allowed by `dispatch`;
+            // a later one (after `session-mail-max`, or a lost session) waits for the
+            // `conn-delay-*` spacings like any other.
             if session.is_none() {
                 transactions = 0;
+                if opened_before {
+                    self.wait_for_spacing(&key, &spec).await;
+                }
+                opened_before = true;
                 let opened = self.open_session(&key, &spec).await;
                 match opened {
                     Ok(s) => session = Some(s),
@@ -663,6 +670,7 @@ impl Pool {
                         && let Some(old) = session.take()
                     {
                         old.close().await;
+                        self.wait_for_spacing(&key, &spec).await;
                         if let Ok(mut fresh) = self.open_session(&key, &spec).await {
                             transactions = 1;
                             results = fresh.transaction(&tx).await;
@@ -703,6 +711,28 @@ impl Pool {
                 );
                 tokio::time::sleep(rest).await;
             }
+        }
+    }
+
+    /// Waits until the `conn-delay-connector`, `-domain` and `-source` spacings let a
+    /// session of `key` open, and records it as opened.
+    async fn wait_for_spacing(&self, key: &RouteKey, spec: &RouteSpec) {
+        // Bounded: each round waits for the latest spacing; others' sessions may move it.
+        for _ in 0..16 {
+            let now = Instant::now();
+            let due = self
+                .recent
+                .lock()
+                .ok()
+                .and_then(|r| r.due(key, &spec.domain, &spec.limits))
+                .filter(|d| *d > now);
+            match due {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => break,
+            }
+        }
+        if let Ok(mut r) = self.recent.lock() {
+            r.opened(key, &spec.domain, Instant::now());
         }
     }
 

@@ -46,6 +46,14 @@ impl LoadedPki {
     ) -> Result<Self, TlsSetupError> {
         let cert = cert.ok_or_else(|| TlsSetupError::MissingCertificate { pki: name.into() })?;
         let key = key.ok_or_else(|| TlsSetupError::MissingKey { pki: name.into() })?;
+        check_file_mode(cert, CERTIFICATE_MODE).map_err(|detail| TlsSetupError::Certificate {
+            pki: name.into(),
+            detail,
+        })?;
+        check_file_mode(key, KEY_MODE).map_err(|detail| TlsSetupError::Key {
+            pki: name.into(),
+            detail,
+        })?;
         let cert_pem = std::fs::read(cert).map_err(|e| TlsSetupError::Certificate {
             pki: name.into(),
             detail: format!("{}: {e}", cert.display()),
@@ -91,6 +99,49 @@ impl LoadedPki {
     }
 }
 
+/// The most a private key file may allow, as in OpenSMTPD: `rwxr-----`.
+pub const KEY_MODE: u32 = 0o740;
+/// The most a certificate or CA file may allow: `rwxr-xr-x` (no one else may write it).
+pub const CERTIFICATE_MODE: u32 = 0o755;
+
+/// OpenSMTPD's checks on a certificate or key file before it is read: owned by root (or,
+/// for an smtpd not started as root, by the user it runs as), and no permission beyond
+/// `most`. A refusal is logged with 6.8's warning (`warn:  PATH: insecure permissions:
+/// must be at most rwxr----- `) and returned as the error's detail. A file that cannot be
+/// examined is left to the read that follows, which says why.
+pub fn check_file_mode(path: &Path, most: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let refusal = if md.uid() != 0 && md.uid() != nix::unistd::geteuid().as_raw() {
+        format!("{}: not owned by uid 0", path.display())
+    } else if md.mode() & 0o777 & !most != 0 {
+        format!(
+            "{}: insecure permissions: must be at most {} ",
+            path.display(),
+            mode_text(most)
+        )
+    } else {
+        return Ok(());
+    };
+    tracing::warn!("warn:  {refusal}");
+    Err(refusal)
+}
+
+/// `rwxr-----` for 0o740, as strmode(3) writes the permission bits.
+fn mode_text(mode: u32) -> String {
+    (0..9)
+        .map(|i| {
+            if mode & (0o400 >> i) == 0 {
+                '-'
+            } else {
+                ['r', 'w', 'x'][i % 3]
+            }
+        })
+        .collect()
+}
+
 /// All certificates of a PEM text; at least one.
 fn read_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut chain = Vec::new();
@@ -112,6 +163,10 @@ pub struct CaRoots {
 impl CaRoots {
     /// Reads a PEM file of trust anchors.
     pub fn load(name: &str, path: &Path) -> Result<CaRoots, TlsSetupError> {
+        check_file_mode(path, CERTIFICATE_MODE).map_err(|detail| TlsSetupError::Ca {
+            ca: name.into(),
+            detail,
+        })?;
         let pem = std::fs::read(path).map_err(|e| TlsSetupError::Ca {
             ca: name.into(),
             detail: format!("{}: {e}", path.display()),
