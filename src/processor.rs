@@ -156,7 +156,9 @@ pub fn spawn_all(specs: &[Proc]) -> Result<Vec<Spawned>, String> {
     let root = nix::unistd::geteuid().is_root();
     let mut out = Vec::new();
     for spec in specs {
+        // As 6.8 runs it (system(3)): the shell's own errors read `sh: 1: …`.
         let mut cmd = Command::new("/bin/sh");
+        std::os::unix::process::CommandExt::arg0(&mut cmd, "sh");
         cmd.arg("-c")
             .arg(shell_command(&spec.command))
             .stdin(Stdio::piped())
@@ -695,6 +697,7 @@ async fn read_loop(
         return;
     }
     warn!("warn: lost processor: {name} {cause}");
+    info!("Exiting");
     std::process::exit(1);
 }
 

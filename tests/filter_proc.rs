@@ -939,4 +939,7 @@ fn a_filter_program_that_cannot_start_is_lost() {
         .unwrap_or_else(|| panic!("{log}"));
     assert!(said < lost, "{log}");
     assert!(!log.contains("Broken pipe"), "{log}");
+    // The shell speaks as `sh`, as under 6.8's system(3); then the parent shuts down.
+    assert!(log.contains("rspamd: sh: "), "{log}");
+    assert_eq!(log.lines().nth(lost + 1), Some("Exiting"), "{log}");
 }

@@ -445,6 +445,10 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!("{e}");
+                    if matches!(e, smtpd::processor::RegisterError::Lost(_)) {
+                        // 6.8's parent shuts down after a lost processor.
+                        info!("Exiting");
+                    }
                     std::process::exit(1);
                 }
             }
