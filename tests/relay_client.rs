@@ -67,7 +67,9 @@ async fn smarthost_gets_crlf_lines_and_dot_stuffed_body() {
     .await;
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert_eq!(out.stat, "250 2.0.0 queued as 42");
-    assert_eq!(out.relay, "127.0.0.1");
+    // The host as 6.8 names it: address and name (the address again without a PTR name).
+    assert_eq!(out.relay, "127.0.0.1 (127.0.0.1)");
+    assert_eq!(out.source.as_deref(), Some("127.0.0.1"));
     let cmds = sink.commands();
     assert_eq!(
         cmds,
@@ -302,7 +304,7 @@ async fn mx_routing_tries_exchangers_by_preference_on_port_25() {
     )
     .await;
     assert_eq!(out.status, Status::Ok, "{out:?}");
-    assert_eq!(out.relay, "mx2.dest.test");
+    assert_eq!(out.relay, "127.0.0.13 (127.0.0.13)");
     assert!(
         sink.commands()
             .contains(&"RCPT TO:<carol@dest.test>".to_string())
@@ -605,7 +607,7 @@ async fn a_route_that_never_answered_is_disabled_then_enabled() {
     assert_eq!(out.stat, "Network error on destination MXs");
     assert_eq!(
         r.routes_text(),
-        vec!["1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout=1s"]
+        vec!["1. [] <-> 127.0.0.1 (127.0.0.1) ND-- nconn=0 nerror=1 penalty=1 timeout=1s"]
     );
     // While disabled, the route is not tried even though a server now listens.
     let (sink, _) = Sink::default()
@@ -628,14 +630,14 @@ async fn a_route_that_never_answered_is_disabled_then_enabled() {
     }
     assert_eq!(
         r.routes_text(),
-        vec!["1. [] <-> 127.0.0.1 N--- nconn=0 nerror=0 penalty=0 timeout=-"]
+        vec!["1. [] <-> 127.0.0.1 (127.0.0.1) N--- nconn=0 nerror=0 penalty=0 timeout=-"]
     );
     let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert_eq!(sink.connections(), 1);
     assert_eq!(
         r.routes_text(),
-        vec!["1. [] <-> 127.0.0.1 ---- nconn=0 nerror=0 penalty=0 timeout=-"]
+        vec!["1. [] <-> 127.0.0.1 (127.0.0.1) ---- nconn=0 nerror=0 penalty=0 timeout=-"]
     );
 }
 

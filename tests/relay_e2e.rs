@@ -170,7 +170,10 @@ async fn foreign_mail_is_relayed_with_starttls_and_auth_plain() {
         "the delivery line carries the session id {sid}"
     );
     assert!(delivery.contains("from=<alice@client.test> to=<bob@far.test> rcpt=<->"));
-    assert!(delivery.contains("source=\"-\" relay=\"127.0.0.1\""));
+    assert!(
+        delivery.contains(" source=\"127.0.0.1\" relay=\"127.0.0.1 (127.0.0.1)\" "),
+        "{delivery}"
+    );
     assert!(delivery.ends_with("result=\"Ok\" stat=\"250 2.0.0 queued as 42\""));
     let connecting = format!(
         " mta connecting address=smtp://127.0.0.1:{} host=127.0.0.1",
@@ -305,6 +308,14 @@ mx1  IN A   127.0.0.24
 mx2  IN A   127.0.0.23
 ";
 
+/// The reverse zone of the MX test: a PTR name for mx2's address only.
+const PTR_ZONE: &str = "$ORIGIN 127.in-addr.arpa.
+$TTL 300
+@        IN SOA ns.far.test. admin.far.test. 1 3600 600 86400 300
+@        IN NS  ns.far.test.
+23.0.0   IN PTR mx2.far.test.
+";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_follows_the_mx_records_to_port_25() {
     let sink = match Sink::default().start("127.0.0.23:25").await {
@@ -314,7 +325,8 @@ async fn mail_follows_the_mx_records_to_port_25() {
             return;
         }
     };
-    let (_dns, dns_addr) = common::loopback_dns(MX_ZONE).await;
+    // mx2's address has a PTR name, mx1's none.
+    let (_dns, dns_addr) = common::loopback_dns_zones(&[MX_ZONE, PTR_ZONE]).await;
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(
@@ -339,16 +351,22 @@ async fn mail_follows_the_mx_records_to_port_25() {
     assert!(reply.starts_with("250"), "{reply}");
     let delivery = daemon.wait_for("mta delivery");
     println!("{delivery}");
-    assert!(delivery.contains("relay=\"mx2.far.test\""), "{delivery}");
+    // As 6.8 names the host: its address and its PTR name; the source is the local
+    // address of the connection.
+    assert!(
+        delivery.contains(" source=\"127.0.0.1\" relay=\"127.0.0.23 (mx2.far.test)\" "),
+        "{delivery}"
+    );
     assert!(delivery.ends_with("result=\"Ok\" stat=\"250 2.0.0 queued as 42\""));
     let log = daemon.log();
     // mx1 (preference 10) refuses; mx2 (20) is the sink.
+    // `host=` is the address's PTR name, or the address when it has none.
     assert!(
-        log.contains(" mta connecting address=smtp://127.0.0.24:25 host=mx1.far.test"),
+        log.contains(" mta connecting address=smtp://127.0.0.24:25 host=127.0.0.24\n"),
         "{log}"
     );
     assert!(
-        log.contains(" mta connecting address=smtp://127.0.0.23:25 host=mx2.far.test"),
+        log.contains(" mta connecting address=smtp://127.0.0.23:25 host=mx2.far.test\n"),
         "{log}"
     );
     let cmds = sink.commands();
@@ -805,7 +823,11 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         "{delivery}"
     );
     let line = daemon.wait_for("smtp-out: Disabling route");
-    assert_eq!(line, "smtp-out: Disabling route [] <-> 127.0.0.1 for 15s");
+    // No PTR name: the address stands for it, as getnameinfo(3) gives it to 6.8.
+    assert_eq!(
+        line,
+        "smtp-out: Disabling route [] <-> 127.0.0.1 (127.0.0.1) for 15s"
+    );
     let spool = dir.path().join("spool");
     let t = Instant::now();
     while !spool.join("smtpd.sock").exists() {
@@ -817,17 +839,19 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
     assert!(
-        text.starts_with("1. [] <-> 127.0.0.1 ND-- nconn=0 nerror=1 penalty=1 timeout="),
+        text.starts_with(
+            "1. [] <-> 127.0.0.1 (127.0.0.1) ND-- nconn=0 nerror=1 penalty=1 timeout="
+        ),
         "{text}"
     );
-    // `show hosts`: the address, its name (none known), the routes to it, open sessions,
-    // and the time since the last attempt.
+    // `show hosts`: the address, its name (the address again: it has no PTR name), the
+    // routes to it, open sessions, and the time since the last attempt.
     let out = common::smtpctl(&spool, &["show", "hosts"]);
     let hosts = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success());
     let line = hosts.trim_end();
     assert!(
-        line.starts_with("127.0.0.1 - refcount=1 nconn=0 lastconn=") && line.ends_with('s'),
+        line.starts_with("127.0.0.1 127.0.0.1 refcount=1 nconn=0 lastconn=") && line.ends_with('s'),
         "{hosts}"
     );
     assert_eq!(hosts.lines().count(), 1, "{hosts}");
@@ -835,11 +859,13 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
     // route is an error.
     let out = common::smtpctl(&spool, &["resume", "route", "1"]);
     assert!(out.status.success(), "{out:?}");
-    daemon.wait_for("smtp-out: Enabling route [] <-> 127.0.0.1 per admin request");
+    daemon.wait_for("smtp-out: Enabling route [] <-> 127.0.0.1 (127.0.0.1) per admin request");
     let out = common::smtpctl(&spool, &["show", "routes"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        text.starts_with("1. [] <-> 127.0.0.1 N--- nconn=0 nerror=0 penalty=0 timeout=-"),
+        text.starts_with(
+            "1. [] <-> 127.0.0.1 (127.0.0.1) N--- nconn=0 nerror=0 penalty=0 timeout=-"
+        ),
         "{text}"
     );
     let out = common::smtpctl(&spool, &["resume", "route", "9"]);
@@ -1565,5 +1591,72 @@ async fn conn_delay_domain_spaces_the_sessions() {
             gap >= Duration::from_millis(1900),
             "{gap:?} between sessions"
         );
+    }
+}
+
+/// `NOTIFY=SUCCESS` on relayed mail: a next hop that offers DSN takes the request over
+/// (it gets the NOTIFY parameter) and smtpd sends no report, as 6.8's queue decides; a
+/// next hop without DSN cannot, so smtpd reports the delivery to the sender itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_reports_of_relayed_mail_are_left_to_a_next_hop_with_dsn() {
+    for offers in [true, false] {
+        let sink = Sink {
+            dsn: offers,
+            ..Sink::default()
+        };
+        let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
+        let (daemon, port) = start(dir.path(), &conf);
+        let reply = tokio::task::spawn_blocking(move || {
+            submit_rcpts(
+                port,
+                "alice@client.test",
+                &["bob@far.test NOTIFY=SUCCESS"],
+                "Subject: dsn\r\n\r\nhi\r\n",
+            )
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+        let first = daemon.wait_for("mta delivery");
+        assert!(first.contains("result=\"Ok\""), "{first}");
+        if offers {
+            // Time for a report to be queued and relayed, were one made.
+            std::thread::sleep(Duration::from_secs(2));
+            let reports = sink
+                .commands()
+                .iter()
+                .filter(|c| c.as_str() == "MAIL FROM:<>")
+                .count();
+            assert_eq!(reports, 0, "{:#?}", sink.commands());
+            assert!(
+                sink.commands()
+                    .contains(&"RCPT TO:<bob@far.test> NOTIFY=SUCCESS".to_string())
+            );
+        } else {
+            let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
+            assert!(
+                lines[1].contains(" from=<> to=<alice@client.test> "),
+                "{lines:#?}"
+            );
+            let data = sink.data.lock().unwrap().clone();
+            let report = String::from_utf8_lossy(&data[1]).into_owned();
+            assert!(
+                report.contains("Subject: Delivery status notification: delivered"),
+                "{report}"
+            );
+            // The report comes in over a local session of its own, logged as 6.8 logs it.
+            let sid = daemon.wait_for(" smtp connected address=local host=")[..16].to_string();
+            let log = daemon.log();
+            for line in [
+                " smtp message msgid=",
+                " smtp envelope evpid=",
+                " smtp disconnected reason=quit",
+            ] {
+                assert!(log.contains(&format!("{sid}{line}")), "{log}");
+            }
+            assert!(log.contains(" from=<> to=<alice@client.test>\n"), "{log}");
+        }
     }
 }

@@ -406,6 +406,8 @@ impl Pool {
                     stat: "Internal error".into(),
                     relay: "-".into(),
                     session: super::relay::NO_SESSION.into(),
+                    source: None,
+                    next_hop_dsn: false,
                 });
             }
             return;
@@ -683,9 +685,23 @@ impl Pool {
                     vec![(Status::TempFail, format!("Cannot read message: {err}")); batch.len()]
                 }
             };
-            let (relay, sid) = session.as_ref().map_or_else(
-                || ("-".to_string(), super::relay::NO_SESSION.to_string()),
-                |s| (s.host().to_string(), s.id().to_string()),
+            let (relay, sid, source, dsn) = session.as_ref().map_or_else(
+                || {
+                    (
+                        spec.domain.clone(),
+                        super::relay::NO_SESSION.to_string(),
+                        None,
+                        false,
+                    )
+                },
+                |s| {
+                    (
+                        s.relay_text().to_string(),
+                        s.id().to_string(),
+                        s.source_text(),
+                        s.offers_dsn(),
+                    )
+                },
             );
             for ((job, _), (status, stat)) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(RelayOutcome {
@@ -693,6 +709,8 @@ impl Pool {
                     stat,
                     relay: relay.clone(),
                     session: sid.clone(),
+                    source: source.clone(),
+                    next_hop_dsn: dsn,
                 });
             }
             if session
@@ -749,6 +767,7 @@ impl Pool {
         let limits = ConnectLimits {
             family: spec.limits.family,
             per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
+            relay_name: Some(&spec.domain),
         };
         let mut session = self
             .relayer

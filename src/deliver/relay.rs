@@ -154,6 +154,12 @@ pub struct RelayOutcome {
     pub relay: String,
     /// The id of the last session, or zeros when none was opened (DNS failures).
     pub session: String,
+    /// The local address of the session the outcome comes from (`source=`); `None`
+    /// when no session carried it.
+    pub source: Option<String>,
+    /// The next hop offered DSN: it took the notification requests over, so no success
+    /// report is ours to send (as 6.8's queue decides).
+    pub next_hop_dsn: bool,
 }
 
 impl RelayOutcome {
@@ -163,8 +169,24 @@ impl RelayOutcome {
             stat: stat.into(),
             relay: relay.to_string(),
             session: NO_SESSION.to_string(),
+            source: None,
+            next_hop_dsn: false,
         }
     }
+}
+
+/// An address as OpenSMTPD's `sa_to_text` writes it: IPv6 in brackets.
+pub fn address_text(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// A remote host as 6.8's `mta_host_to_text` writes it in `relay=`: its address and its
+/// name (the PTR name, or the address again when it has none, as getnameinfo(3) gives).
+pub fn host_text(a: IpAddr, name: &str) -> String {
+    format!("{} ({name})", address_text(a))
 }
 
 /// One message to hand over: envelope sender, recipients, and the queued content.
@@ -542,6 +564,9 @@ impl HostLimiter {
 pub struct ConnectLimits<'a> {
     pub family: Family,
     pub per_host: Option<(&'a HostLimiter, usize)>,
+    /// What 6.8 names the relay in `relay=` when no host could take the mail: the
+    /// destination domain, or the smarthost's name. `None`: the first hop's name.
+    pub relay_name: Option<&'a str>,
 }
 
 /// One recipient of a transaction, with its DSN parameters.
@@ -605,6 +630,8 @@ pub struct Session {
     max_failures: usize,
     /// The local address of the connection (`source=` of `mta delivery`).
     local: Option<SocketAddr>,
+    /// The remote host as `relay=` names it: `ADDRESS (NAME)`.
+    relay: String,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The route the session counts in (`nconn` of `show routes`).
     route: Option<(SharedRoutes, RouteKey)>,
@@ -626,9 +653,21 @@ impl Session {
     pub fn id(&self) -> &str {
         &self.sid
     }
-    /// The host spoken to (`relay=`).
+    /// The host name spoken to (the MX or smarthost name).
     pub fn host(&self) -> &str {
         &self.host
+    }
+    /// The remote host as `relay=` names it: `ADDRESS (PTR NAME)`.
+    pub fn relay_text(&self) -> &str {
+        &self.relay
+    }
+    /// Whether the next hop offered DSN.
+    pub fn offers_dsn(&self) -> bool {
+        self.dsn
+    }
+    /// The local address as `source=` names it.
+    pub fn source_text(&self) -> Option<String> {
+        self.local.map(|l| address_text(l.ip()))
     }
     /// Messages the next hop accepted so far.
     pub fn sent(&self) -> usize {
@@ -1040,36 +1079,44 @@ impl Relayer {
         }
     }
 
-    /// A connection on the route failed before the greeting: a route that never worked
-    /// is disabled for base × penalty² (at most an hour), then enabled again with one
-    /// penalty point less, as OpenSMTPD's `mta_route_disable`/`mta_route_enable` do.
-    async fn route_failed(&self, key: RouteKey) {
+    /// The name of a route's remote address, as 6.8 has getnameinfo(3) give it: its PTR
+    /// name, else the address itself. Looked up once per route (at most 5 s).
+    async fn ptr_name(&self, key: RouteKey) -> String {
         let known = self
             .routes
             .lock()
             .ok()
             .and_then(|mut t| t.get(key).ptr.clone());
-        let ptr = match known {
-            Some(p) => Some(p),
-            None => {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                match within(deadline, self.resolver.ptr(key.1)).await {
-                    Answer::Records(names) => names
-                        .into_iter()
-                        .next()
-                        .map(|n| n.trim_end_matches('.').to_string()),
-                    _ => None,
-                }
-            }
-        };
+        if let Some(p) = known {
+            return p;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let name = match within(deadline, self.resolver.ptr(key.1)).await {
+            Answer::Records(names) => names
+                .into_iter()
+                .next()
+                .map(|n| n.trim_end_matches('.').to_string())
+                .filter(|n| !n.is_empty()),
+            _ => None,
+        }
+        .unwrap_or_else(|| key.1.to_string());
+        if let Ok(mut t) = self.routes.lock() {
+            t.get(key).ptr = Some(name.clone());
+        }
+        name
+    }
+
+    /// A connection on the route failed before the greeting: a route that never worked
+    /// is disabled for base × penalty² (at most an hour), then enabled again with one
+    /// penalty point less, as OpenSMTPD's `mta_route_disable`/`mta_route_enable` do.
+    async fn route_failed(&self, key: RouteKey) {
+        let ptr = self.ptr_name(key).await;
         let (delay, text) = {
             let Ok(mut t) = self.routes.lock() else {
                 return;
             };
             let r = t.get(key);
-            if ptr.is_some() {
-                r.ptr = ptr;
-            }
+            r.ptr = Some(ptr);
             r.nerror += 1;
             if !r.fresh {
                 return;
@@ -1151,8 +1198,10 @@ impl Relayer {
         let outcome = RelayOutcome {
             status,
             stat,
-            relay: session.host.clone(),
+            relay: session.relay.clone(),
             session: session.sid.clone(),
+            source: session.source_text(),
+            next_hop_dsn: session.dsn,
         };
         session.close().await;
         outcome
@@ -1288,10 +1337,14 @@ impl Relayer {
             .helo
             .clone()
             .unwrap_or_else(|| self.server_name.clone());
+        // Outcomes no host answered for name the relay, as 6.8's `mta_flush` does.
+        let relay_name = limits
+            .relay_name
+            .unwrap_or_else(|| hops.first().map_or("-", |h| h.host.as_str()));
         let mut last = RelayOutcome::new(
             Status::TempFail,
             "Network error on destination MXs",
-            hops.first().map_or("-", |h| h.host.as_str()),
+            relay_name,
         );
         // Why no connection was tried, when none was (6.8's connector errors).
         let (mut seen, mut other_family, mut disabled, mut tried) = (0usize, 0usize, 0usize, 0);
@@ -1336,12 +1389,15 @@ impl Relayer {
                 };
                 let sid = session_id();
                 let mut greeted = false;
+                // The remote name of the log lines, known before connecting, as 6.8 asks
+                // for it first.
+                let ptr = self.ptr_name(route).await;
                 let mut opened = self
                     .open(
                         &sid,
                         action,
                         &helo,
-                        host,
+                        (host, &ptr),
                         (source, sa),
                         *scheme,
                         credentials.clone(),
@@ -1359,7 +1415,7 @@ impl Relayer {
                             &sid,
                             action,
                             &helo,
-                            host,
+                            (host, &ptr),
                             (source, sa),
                             RelayScheme::SmtpNoTls,
                             credentials,
@@ -1397,6 +1453,7 @@ impl Relayer {
                             failures: 0,
                             max_failures: 25,
                             local,
+                            relay: host_text(addr, &ptr),
                             _slot: slot,
                         });
                     }
@@ -1410,7 +1467,11 @@ impl Relayer {
                         ));
                     }
                     Err((status, text)) => {
-                        return Err(with_sid(RelayOutcome::new(status, text, host)));
+                        return Err(with_sid(RelayOutcome::new(
+                            status,
+                            text,
+                            &host_text(addr, &ptr),
+                        )));
                     }
                 }
             }
@@ -1420,7 +1481,7 @@ impl Relayer {
             let relay = hops.first().map_or_else(String::new, |h| {
                 format!("[relay:{},{}]", h.host, h.scheme.url_text())
             });
-            let first = hops.first().map_or("-", |h| h.host.as_str());
+            let first = relay_name;
             let why = if seen == 0 {
                 info!("smtp-out: No MX found for {relay}");
                 "No MX found for destination"
@@ -1458,14 +1519,14 @@ impl Relayer {
         sid: &str,
         action: &RelayAction,
         helo: &str,
-        host: &str,
+        (host, ptr): (&str, &str),
         (source, addr): (Option<IpAddr>, SocketAddr),
         scheme: RelayScheme,
         credentials: Option<RelayCredentials>,
         greeted: &mut bool,
     ) -> Result<(Conn, Capabilities, Option<SocketAddr>), Failure> {
         info!(
-            "{sid} mta connecting address={}://{addr} host={host}",
+            "{sid} mta connecting address={}://{addr} host={ptr}",
             scheme.text()
         );
         let tcp = match timeout(CONNECT_TIMEOUT, connect_from(source, addr)).await {
@@ -1490,12 +1551,7 @@ impl Relayer {
         if conn.reports.is_some() {
             // `link-connect`: the remote name (its PTR when known), the FCrDNS result 6.8
             // always reports for relays, the local and the remote address.
-            let rdns = self
-                .routes
-                .lock()
-                .ok()
-                .and_then(|mut t| t.get((source, addr.ip())).ptr.clone())
-                .unwrap_or_else(|| host.to_string());
+            let rdns = ptr;
             let src = local.map(|l| l.to_string()).unwrap_or_default();
             conn.report("link-connect", Some(&format!("{rdns}|pass|{src}|{addr}")));
         }

@@ -507,7 +507,7 @@ impl Runner {
                 continue;
             }
             match self.route_of(&e) {
-                Ok((key, spec, source)) => {
+                Ok((key, spec)) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     // OpenSMTPD logs the sender as announced (`mail-from`, SRS).
                     let announced = super::mta::envelope_sender(&spec, &e);
@@ -519,17 +519,17 @@ impl Runner {
                             reply: tx,
                         },
                     ));
-                    waiting.push((e, source, announced, rx));
+                    waiting.push((e, announced, rx));
                 }
                 Err(outcome) => {
                     let sender = e.sender.clone();
-                    self.relayed(e, None, &sender, outcome).await;
+                    self.relayed(e, &sender, outcome).await;
                 }
             }
         }
         self.mta.enqueue_all(jobs);
         let mut finishing = tokio::task::JoinSet::new();
-        for (e, source, announced, rx) in waiting {
+        for (e, announced, rx) in waiting {
             let me = self.clone();
             finishing.spawn(async move {
                 let outcome = rx.await.unwrap_or_else(|_| RelayOutcome {
@@ -537,20 +537,18 @@ impl Runner {
                     stat: "Internal error".into(),
                     relay: "-".into(),
                     session: super::relay::NO_SESSION.into(),
+                    source: None,
+                    next_hop_dsn: false,
                 });
-                me.relayed(e, source, &announced, outcome).await;
+                me.relayed(e, &announced, outcome).await;
             });
         }
         while finishing.join_next().await.is_some() {}
     }
 
-    /// The route of a relayed envelope: its key, how its sessions are opened, and the
-    /// source address chosen (`src`). `Err` when it cannot be relayed at all.
-    #[allow(clippy::type_complexity)]
-    fn route_of(
-        &self,
-        e: &Envelope,
-    ) -> Result<(RouteKey, Arc<RouteSpec>, Option<std::net::IpAddr>), RelayOutcome> {
+    /// The route of a relayed envelope: its key (with the source address chosen, `src`)
+    /// and how its sessions are opened. `Err` when it cannot be relayed at all.
+    fn route_of(&self, e: &Envelope) -> Result<(RouteKey, Arc<RouteSpec>), RelayOutcome> {
         let evpid = e.id;
         let cfg = &self.graph.config;
         match cfg.action_named(&e.dispatcher).map(|a| &a.method) {
@@ -567,6 +565,8 @@ impl Runner {
                                 stat: format!("could not look up the relay of {domain}: {e}"),
                                 relay: "-".into(),
                                 session: super::relay::NO_SESSION.into(),
+                                source: None,
+                                next_hop_dsn: false,
                             });
                         }
                     },
@@ -627,13 +627,15 @@ impl Runner {
                     url,
                     source,
                 };
-                Ok((key, spec, source))
+                Ok((key, spec))
             }
             _ => Err(RelayOutcome {
                 status: Status::TempFail,
                 stat: format!("no such relay dispatcher: {}", e.dispatcher),
                 relay: "-".into(),
                 session: super::relay::NO_SESSION.into(),
+                source: None,
+                next_hop_dsn: false,
             }),
         }
     }
@@ -674,6 +676,8 @@ impl Runner {
                 stat: "All routes to destination blocked".into(),
                 relay: domain.to_string(),
                 session: super::relay::NO_SESSION.into(),
+                source: None,
+                next_hop_dsn: false,
             }),
         }
     }
@@ -707,13 +711,7 @@ impl Runner {
 
     /// Log the `mta delivery` line of a relay attempt (with the sender as announced to
     /// the next hop) and record its outcome.
-    async fn relayed(
-        &self,
-        e: Envelope,
-        used_source: Option<std::net::IpAddr>,
-        announced: &str,
-        outcome: RelayOutcome,
-    ) {
+    async fn relayed(&self, e: Envelope, announced: &str, outcome: RelayOutcome) {
         let evpid = e.id;
         let result = match outcome.status {
             Status::Ok => "Ok",
@@ -726,12 +724,17 @@ impl Runner {
             announced,
             e.dest,
             if e.rcpt == e.dest { "-" } else { &e.rcpt },
-            used_source.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            outcome.source.as_deref().unwrap_or("-"),
             outcome.relay,
             super::log::duration_to_text(now().saturating_sub(e.ctime) as i64),
             outcome.stat
         );
         self.note_host(&e, outcome.status, &outcome.stat);
+        // A next hop that offered DSN took NOTIFY=SUCCESS over: no report from here.
+        let mut e = e;
+        if outcome.status == Status::Ok && outcome.next_hop_dsn {
+            e.dsn.notify.0 &= !crate::queue::DsnNotify::SUCCESS;
+        }
         self.settle(
             e,
             outcome.status,
@@ -1065,8 +1068,21 @@ impl Runner {
             envelopes.push(e);
         }
         let scheduled = envelopes.clone();
+        let size = text.len();
         match writer.commit(envelopes).await {
             Ok(m) => {
+                // 6.8 submits its reports over a local SMTP session of its own, and logs
+                // it as one.
+                let sid = format!("{:016x}", random_u64());
+                info!("{sid} smtp connected address=local host={hostname}");
+                info!("{sid} smtp message msgid={m} size={size} nrcpt=1 proto=ESMTP");
+                if let Some(last) = scheduled.last() {
+                    info!(
+                        "{sid} smtp envelope evpid={} from=<> to=<{sender}>",
+                        last.id
+                    );
+                }
+                info!("{sid} smtp disconnected reason=quit");
                 self.stats.bounces.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     "debug: bounce: {} report on {} ({} recipient(s)) queued as {m} to <{sender}>",

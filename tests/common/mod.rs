@@ -283,21 +283,33 @@ pub async fn loopback_dns(
     hickory_server::Server<hickory_server::zone_handler::Catalog>,
     std::net::SocketAddr,
 ) {
+    loopback_dns_zones(&[zone]).await
+}
+
+/// [`loopback_dns`] serving several zones (a forward zone and a reverse one, say).
+pub async fn loopback_dns_zones(
+    zones: &[&str],
+) -> (
+    hickory_server::Server<hickory_server::zone_handler::Catalog>,
+    std::net::SocketAddr,
+) {
     use hickory_server::net::runtime::TokioRuntimeProvider;
     use hickory_server::proto::rr::LowerName;
     use hickory_server::proto::serialize::txt::Parser;
     use hickory_server::store::in_memory::InMemoryZoneHandler;
     use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
     let mut catalog = Catalog::new();
-    let (origin, records) = Parser::new(zone, None, None).parse().expect("zone");
-    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
-        origin.clone(),
-        records,
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    )
-    .expect("zone handler");
-    catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(handler)]);
+    for zone in zones {
+        let (origin, records) = Parser::new(*zone, None, None).parse().expect("zone");
+        let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+            origin.clone(),
+            records,
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        )
+        .expect("zone handler");
+        catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(handler)]);
+    }
     for _ in 0..50 {
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
