@@ -211,3 +211,220 @@ fn compare_one(
         "{diff}  OpenSMTPD log:\n{their_log}\n  smtpd log:\n{my_log}"
     ))
 }
+
+/// What both must answer and log the same: odd and hostile commands, and a message to a
+/// local user, to an alias of root and to a user that does not exist.
+const DIALOGUES: &str = "\
+HELO
+EHLO
+HELO a.example
+HELO a.example
+EHLO c.example
+MAIL FROM:<x@client.example>
+MAIL FROM:<x@client.example>
+RSET
+RCPT TO:<nobody@localhost>
+DATA
+QUIT
+
+EHLO c.example
+MAIL FROM:<x@client.example
+MAIL FROM:x@client.example
+MAIL FROM:<>
+RCPT TO:<>
+RCPT TO:<postmaster>
+RCPT TO:<nobody@localhost> FOO=BAR
+RCPT TO:<nobody@localhost> NOTIFY=NEVER
+RCPT TO:<nobody@localhost> NOTIFY=WHAT
+QUIT
+
+EHLO c.example
+NOOP
+NOOP x
+HELP
+VRFY root
+EXPN root
+ETRN x
+BDAT 10
+FOO
+AUTH PLAIN
+STARTTLS
+QUIT
+
+EHLO c.example
+MAIL FROM:<x@client.example> SIZE=999999999999
+MAIL FROM:<x@client.example> BODY=8BITMIME
+RCPT TO:<NOBODY@LOCALHOST>
+RCPT TO:<nobody@[127.0.0.1]>
+RCPT TO:<\"nobody\"@localhost>
+RCPT TO:<@a,@b:nobody@localhost>
+RCPT TO:<a..b@localhost>
+RCPT TO:<nobody@-bad.example>
+RCPT TO:<x@elsewhere.example>
+RSET
+QUIT
+
+ehlo c.example
+mail from:<x@client.example>
+rcpt to:<nobody@localhost>
+rcpt to:<postmaster@localhost>
+rcpt to:<nosuchuser@localhost>
+data
+<DATA>
+QUIT
+";
+
+/// Session ids, queue ids and times, which differ from run to run.
+fn normalized(text: &str) -> String {
+    let rules = [
+        (r"\b[0-9a-f]{16}\b", "ID"),
+        (r"\b[0-9a-f]{8}\b", "MSGID"),
+        (
+            r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun),? [^\n]*\d\d:\d\d:\d\d[^\n]*",
+            "DATE",
+        ),
+        (r"<[0-9a-f]+@", "<ID@"),
+    ];
+    let mut t = text.to_string();
+    for (pattern, with) in rules {
+        t = regex::Regex::new(pattern)
+            .unwrap()
+            .replace_all(&t, with)
+            .into_owned();
+    }
+    t
+}
+
+/// The log lines that are about mail (not start-up), normalized and sorted: deliveries of
+/// one message run side by side, so their order may differ.
+fn mail_log(log: &str) -> Vec<String> {
+    let mut lines: Vec<String> = log
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("info: ")
+                || l.starts_with("warn: purge_task")
+                || l.starts_with("warn: resolver")
+                || *l == "Exiting")
+        })
+        .map(normalized)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn dialogues_deliveries_and_logs_are_opensmtpds() {
+    let reference = std::env::var_os("SMTPD_REFERENCE").map(PathBuf::from);
+    if let Some(why) = missing_tools(&reference) {
+        eprintln!("SKIPPED: {why}: dialogue comparison not run");
+        return;
+    }
+    let reference = reference.unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("smtpd.conf");
+    std::fs::write(
+        &conf,
+        "listen on lo\n\
+         table aliases { postmaster = root }\n\
+         action \"local\" mbox alias <aliases>\n\
+         action \"out\" relay\n\
+         match from local for local action \"local\"\n\
+         match from local for any action \"out\"\n",
+    )
+    .unwrap();
+    let script = dir.path().join("dialogues");
+    std::fs::write(&script, DIALOGUES).unwrap();
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dialogue_probe.py");
+    let run = |tag: &str, mta: &[&str], spool_mount: bool| {
+        let work = dir.path().join(tag);
+        let mail = work.join("mail");
+        std::fs::create_dir_all(&mail).unwrap();
+        std::fs::set_permissions(&mail, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
+        let spool = work.join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .unwrap();
+        let mut setup = format!("mount --bind '{}' /var/mail", mail.display());
+        if spool_mount {
+            setup.push_str(&format!(
+                " && mount --bind '{}' /var/spool/smtpd && mount -t tmpfs tmpfs /run",
+                spool.display()
+            ));
+        }
+        setup.push_str(" && exec \"$@\"");
+        let log = work.join("log");
+        let out = Command::new("unshare")
+            .args(["-n", "-m", "sh", "-c", &setup, "sh", "python3"])
+            .arg(&probe)
+            .arg(&script)
+            .args(mta)
+            .env("PROBE_LOG", &log)
+            .output()
+            .expect("run the probe");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut mailboxes = String::new();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&mail)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            mailboxes.push_str(&format!(
+                "--- {}\n{text}",
+                p.file_name().unwrap().to_string_lossy()
+            ));
+        }
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            mailboxes,
+        )
+    };
+    std::fs::create_dir_all("/var/spool/smtpd").unwrap();
+    let conf = conf.to_str().unwrap();
+    let (their_talk, their_log, their_mail) = run(
+        "opensmtpd",
+        &[reference.to_str().unwrap(), "-d", "-f", conf],
+        true,
+    );
+    let spool = dir.path().join("smtpd-spool");
+    let (my_talk, my_log, my_mail) = run(
+        "smtpd",
+        &[
+            env!("CARGO_BIN_EXE_smtpd"),
+            "-d",
+            "-f",
+            conf,
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+        false,
+    );
+    // smtpd offers PIPELINING, OpenSMTPD 6.8 does not (compatibility.md §3.2).
+    let my_talk: String = my_talk
+        .lines()
+        .filter(|l| *l != "S: 250-PIPELINING")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let their_talk: String = their_talk.lines().map(|l| format!("{l}\n")).collect();
+    assert!(their_talk.matches("\nC: ").count() >= 50, "{their_talk}");
+    assert_eq!(normalized(&my_talk), normalized(&their_talk));
+    assert_eq!(
+        mail_log(&my_log),
+        mail_log(&their_log),
+        "{my_log}\n{their_log}"
+    );
+    assert!(their_mail.contains("--- nobody\n"), "{their_mail}");
+    assert!(
+        their_log.matches(" mda delivery ").count() == 2
+            && their_log.contains(" smtp failed-command "),
+        "{their_log}"
+    );
+    assert_eq!(normalized(&my_mail), normalized(&their_mail));
+}
