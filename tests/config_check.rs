@@ -377,6 +377,27 @@ fn diagnostics_are_opensmtpds() {
             "warn: F:1: auth-plaintext: this listener accepts passwords without TLS\nconfiguration OK\n",
         ),
         (format!("queue encryption stdin\naction \"l\" mbox\n{m}"), "smtpd: crypto_setup:invalid key for queue encryption\n"),
+        // Without a key, the key is asked for at start-up, not by -n (as 6.8).
+        (format!("queue encryption\naction \"l\" mbox\n{m}"), "configuration OK\n"),
+        // 6.8's mid-rule actions: `table NAME` makes the (empty, untyped) table before the
+        // syntax error, and `filter NAME phase` names the filter before its bad condition.
+        (
+            "action \"l\" mbox\ntable t\nmatch from src <t> for any action \"l\"\n".into(),
+            "F:2: syntax error\nF:3: table \"t\" may not be used for from lookups\nwarn: no rules, nothing to do\n",
+        ),
+        (
+            "filter \"f2\" phase mail-from match mail-from regex <nosuch> reject \"550 no\"\nfilter \"c\" chain { \"f2\" }\nlisten on lo filter \"c\"\naction \"l\" mbox\nmatch from any for local action \"l\"\n".into(),
+            "F:1: no such table: nosuch\n",
+        ),
+        (
+            "filter \"f2\" phase mail-from match junkword\nfilter \"f2\" phase connect match rdns junk\naction \"l\" mbox\nmatch from any for local action \"l\"\n".into(),
+            "F:1: syntax error\nF:2: filter already exists with that name: f2\n",
+        ),
+        // An error inside braces that never close: the lines after it are read again.
+        (
+            "action \"l\" mbox\ntable t { a, \nmatch from src <t> for any action \"l\"\n".into(),
+            "F:2: syntax error\n",
+        ),
         ("action \"l\" maildir \\\n  alias <nosuch>\n".into(), "F:2: no such table: nosuch\nwarn: no rules, nothing to do\n"),
     ];
     let dir = tempfile::tempdir().unwrap();

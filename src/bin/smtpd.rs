@@ -95,9 +95,16 @@ fn main() -> ExitCode {
         .diagnostics
         .render(hints, &|f| std::fs::read_to_string(f).ok());
     eprint!("{report}");
-    let Some(cfg) = checked.config else {
+    let Some(mut cfg) = checked.config else {
         return ExitCode::from(1);
     };
+    // `queue encryption` without a key: asked for at start-up only, as 6.8 does.
+    if !args.check
+        && let Err(msg) = config::set_prompted_queue_key(&mut cfg)
+    {
+        eprintln!("smtpd: {msg}");
+        return ExitCode::from(1);
+    }
     // Start-up compiles the rule graph; so does the check, so that both validate the same.
     let graph = RuleGraph::compile(cfg);
     if args.check {

@@ -121,27 +121,65 @@ fn load_pki(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `queue encryption KEY`: 32 bytes, or 64 hex digits; `stdin`, `-` or no KEY read it
-/// from standard input. The key goes to `config.queue.key`.
+/// `queue encryption KEY`: 32 bytes, or 64 hex digits; `stdin` or `-` read it from
+/// standard input. The key goes to `config.queue.key`. Without KEY the key is asked for
+/// at start-up ([`set_prompted_queue_key`]), not when the configuration is checked, as
+/// 6.8 does.
 fn check_queue_key(config: &mut Config) -> Result<(), String> {
     let Some(key) = &config.queue.encryption else {
         return Ok(());
     };
     let key = match key.as_deref() {
-        None | Some("stdin") | Some("-") => {
+        None => return Ok(()),
+        Some("stdin") | Some("-") => {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
             line.trim_end_matches(['\r', '\n']).to_string()
         }
         Some(k) => k.to_string(),
     };
-    match crate::queue::crypto::parse_key(&key) {
+    set_queue_key(config, &key)
+}
+
+fn set_queue_key(config: &mut Config, key: &str) -> Result<(), String> {
+    match crate::queue::crypto::parse_key(key) {
         Some(k) => {
             config.queue.key = Some(k);
             Ok(())
         }
         None => Err("crypto_setup:invalid key for queue encryption".into()),
     }
+}
+
+/// `queue encryption` without a key, at start-up: asked for as 6.8's getpass(3) does
+/// (`queue key: ` on the terminal, without echo), or read as a line of standard input
+/// when that is not a terminal.
+pub fn set_prompted_queue_key(config: &mut Config) -> Result<(), String> {
+    if config.queue.encryption != Some(None) || config.queue.key.is_some() {
+        return Ok(());
+    }
+    use std::io::{IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        eprint!("queue key: ");
+        let _ = std::io::stderr().flush();
+        let saved = tcgetattr(&stdin).ok();
+        if let Some(t) = &saved {
+            let mut quiet = t.clone();
+            quiet.local_flags.remove(LocalFlags::ECHO);
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+        }
+        let _ = stdin.read_line(&mut line);
+        if let Some(t) = &saved {
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+        }
+        eprintln!();
+    } else {
+        let _ = stdin.read_line(&mut line);
+    }
+    set_queue_key(config, line.trim_end_matches(['\r', '\n']))
 }
 
 /// Entry point for a fuzzer: arbitrary bytes as smtpd.conf, checked on a machine with only

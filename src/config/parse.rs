@@ -270,11 +270,11 @@ impl<'s> Parser<'s> {
                 }
                 toks.push(t);
             };
-            let eof = terminator.kind == TokenKind::Eof && self.pending.is_empty();
             if !toks.is_empty() {
                 self.statement(toks, &terminator)?;
             }
-            if eof {
+            // Error recovery may have put tokens back to be read again, even at the end.
+            if terminator.kind == TokenKind::Eof && self.pending.is_empty() {
                 self.flush_lex(u64::MAX);
                 return Ok(());
             }
@@ -316,13 +316,17 @@ impl<'s> Parser<'s> {
                     Some(Err(Stop::Fatal)) => return Err(Fatal),
                     None => {}
                 }
+                let mut prefix_applied = false;
                 if report && idx > 0 && idx < toks.len() {
                     match self.apply_closed_prefix(&toks[..idx], terminator) {
-                        Some(Ok(())) => {}
+                        Some(Ok(())) => prefix_applied = true,
                         Some(Err(Stop::Failed)) => report = false,
                         Some(Err(Stop::Fatal)) => return Err(Fatal),
                         None => {}
                     }
+                }
+                if report && !prefix_applied {
+                    self.mid_rule_effects(&toks, idx);
                 }
                 self.flush_lex(toks.get(idx).map_or(terminator.seq, |t| t.seq));
                 if report {
@@ -368,6 +372,20 @@ impl<'s> Parser<'s> {
             }
         }
     }
+}
+
+/// Whether 6.8 has named the filter of a `filter` statement whose syntax error is at
+/// token `idx`: after `filter NAME phase`, or `filter NAME proc-exec CMD`.
+fn filter_named_early(toks: &[Token], idx: usize) -> bool {
+    (idx >= 3
+        && toks
+            .get(2)
+            .is_some_and(|t| t.kind == TokenKind::Keyword("phase")))
+        || (idx >= 4
+            && toks
+                .get(2)
+                .is_some_and(|t| t.kind == TokenKind::Keyword("proc-exec"))
+            && matches!(toks.get(3).map(|t| &t.kind), Some(TokenKind::Str(_))))
 }
 
 /// The tokens of `table NAME { ... }` when the braces hold nothing but a well-formed list of
@@ -504,6 +522,18 @@ impl Parser<'_> {
                     .at(&file, line, format!("not a valid domain name: {name}"));
                 Some(Err(Stop::Failed))
             }
+            // `filter NAME phase` and `filter NAME proc-exec CMD` name the filter before the
+            // rest is read (mid-rule actions in 6.8's grammar): a duplicate is reported then.
+            TokenKind::Keyword("filter")
+                if filter_named_early(toks, idx) && self.cfg.filter_named(&name).is_some() =>
+            {
+                self.diags.at(
+                    &file,
+                    line,
+                    format!("filter already exists with that name: {name}"),
+                );
+                Some(Err(Stop::Failed))
+            }
             TokenKind::Keyword("table") if idx >= 2 && self.cfg.table_named(&name).is_some() => {
                 self.diags.plain(format!(
                     "smtpd: table_create: table \"{name}\" already defined"
@@ -511,6 +541,41 @@ impl Parser<'_> {
                 Some(Err(Stop::Fatal))
             }
             _ => None,
+        }
+    }
+
+    /// What 6.8's mid-rule actions did before the syntax error at `idx`, when the tokens
+    /// before it are not a whole statement: `table NAME` followed by anything but a
+    /// backend string creates the (inline) table, `filter NAME phase` and `filter NAME
+    /// proc-exec CMD` name the filter; later references then find them.
+    fn mid_rule_effects(&mut self, toks: &[Token], idx: usize) {
+        let name = match toks.get(1).map(|t| &t.kind) {
+            Some(TokenKind::Str(n)) => n.clone(),
+            _ => return,
+        };
+        let span = Span {
+            file: toks[1].file.clone(),
+            line: toks[1].line,
+        };
+        match toks[0].kind {
+            TokenKind::Keyword("filter") if filter_named_early(toks, idx) => {
+                self.register_failed_filter(&name, span);
+            }
+            TokenKind::Keyword("table")
+                if idx >= 2
+                    && !matches!(toks.get(2).map(|t| &t.kind), Some(TokenKind::Str(_)))
+                    && self.cfg.table_named(&name).is_none() =>
+            {
+                // Entries read before the error make it a list; with none it has no
+                // type, and no lookup may use it.
+                let kind = if idx > 3 && toks[2].kind == TokenKind::Punct('{') {
+                    TableKind::List
+                } else {
+                    TableKind::Unusable
+                };
+                self.add_inline_table(name, kind, std::collections::BTreeMap::new(), span);
+            }
+            _ => {}
         }
     }
 
@@ -2271,7 +2336,13 @@ impl<'s> Parser<'s> {
                     chroot: None,
                     span: self.span(),
                 };
-                self.proc_options(b, &mut proc)?;
+                if let Err(stop) = self.proc_options(b, &mut proc) {
+                    // 6.8 names the filter before it reads the options: later references
+                    // to it find it.
+                    let span = self.span();
+                    self.register_failed_filter(&name, span);
+                    return Err(stop.into());
+                }
                 FilterKind::ProcExec {
                     command,
                     user: proc.user,
@@ -2287,14 +2358,23 @@ impl<'s> Parser<'s> {
                     .expect("grammar: chain list");
                 FilterKind::Chain(self.chain_members(list)?)
             }
-            _ => FilterKind::Builtin(
-                self.builtin_filter(
+            _ => {
+                let built = self.builtin_filter(
                     body.into_inner()
                         .filter(not_punct)
                         .nth(1)
                         .expect("grammar: phase rule"),
-                )?,
-            ),
+                );
+                match built {
+                    Ok(b) => FilterKind::Builtin(b),
+                    Err(stop) => {
+                        // As for proc-exec: 6.8 names the filter at `phase`.
+                        let span = self.span();
+                        self.register_failed_filter(&name, span);
+                        return Err(stop.into());
+                    }
+                }
+            }
         };
         let span = self.span();
         self.cfg.filters.push(Filter {
@@ -2307,6 +2387,27 @@ impl<'s> Parser<'s> {
             .items
             .push(Item::Filter(self.cfg.filters.len() - 1));
         Ok(())
+    }
+
+    /// A `filter NAME phase …` or `filter NAME proc-exec …` statement failed after 6.8
+    /// had registered its name (a mid-rule action of its grammar): the name exists, so a
+    /// chain or listener naming it gets no second error. The configuration is refused
+    /// anyway; the entry is never run.
+    fn register_failed_filter(&mut self, name: &str, span: Span) {
+        if self.cfg.filter_named(name).is_some() {
+            return;
+        }
+        self.cfg.filters.push(Filter {
+            name: name.to_string(),
+            kind: FilterKind::Builtin(BuiltinFilter {
+                phase: Phase::Connect,
+                negate: false,
+                condition: Condition::Fcrdns,
+                decision: Decision::Bypass,
+            }),
+            anonymous: false,
+            span,
+        });
     }
 
     fn builtin_filter(&mut self, rule: P) -> Check<BuiltinFilter> {
