@@ -491,7 +491,7 @@ fn hints_follow_the_opensmtpd_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("F"),
-        "listen on lo\naccept from any for domain \"x\" deliver to mbox\nlsiten on lo\n",
+        "listen on lo\naccept from any for domain \"x\" deliver to mbox\n\nlsiten on lo\n",
     )
     .unwrap();
     let out = Command::new(smtpd())
@@ -510,8 +510,25 @@ fn hints_follow_the_opensmtpd_line() {
         lines[2].starts_with("    hint: `accept ... deliver to` is the pre-6.4 syntax"),
         "{err}"
     );
-    assert_eq!(lines[3], "F:3: syntax error");
+    assert_eq!(lines[3], "F:4: syntax error");
     assert!(lines[5].contains("did you mean `listen`?"), "{err}");
+    // As from OpenSMTPD's parser: right after an error, a bad line is not reported until
+    // three tokens were taken (here: the newline and `lsiten`, taken as a macro name).
+    std::fs::write(
+        dir.path().join("F"),
+        "listen on lo\naccept from any for domain \"x\" deliver to mbox\nlsiten on lo\n",
+    )
+    .unwrap();
+    let out = Command::new(smtpd())
+        .args(["-n", "-f", "F"])
+        .current_dir(dir.path())
+        .env("SMTPD_NO_HINTS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "F:2: syntax error\nwarn: no rules, nothing to do\n"
+    );
 }
 
 #[test]

@@ -125,6 +125,10 @@ pub struct Parser<'s> {
     starts: Vec<usize>,
     end_line: u32,
     end_file: Arc<str>,
+    /// yacc's `yyerrflag`: after an error, a syntax error is reported only once three
+    /// tokens have been read and taken since (the error's own newline counts as one), so a
+    /// run of bad lines gets one message, as from OpenSMTPD's parser.
+    errflag: usize,
 }
 
 /// Outcome of a statement that failed a check; the message was already recorded.
@@ -161,6 +165,7 @@ impl<'s> Parser<'s> {
             lexers: Vec::new(),
             macros: Macros::default(),
             pending: VecDeque::new(),
+            errflag: 0,
             diags: Diagnostics::default(),
             cfg,
             system,
@@ -270,7 +275,10 @@ impl<'s> Parser<'s> {
                 }
                 toks.push(t);
             };
-            if !toks.is_empty() {
+            if toks.is_empty() {
+                // A blank line: its newline is taken.
+                self.took(usize::from(terminator.kind == TokenKind::Newline));
+            } else {
                 self.statement(toks, &terminator)?;
             }
             // Error recovery may have put tokens back to be read again, even at the end.
@@ -306,6 +314,10 @@ impl<'s> Parser<'s> {
                 // statement takes effect (a `match ... action "x" junk` line still adds its
                 // rule), and if it fails its own check, that message replaces the syntax error.
                 let mut report = true;
+                // The tokens before the bad one were taken; a statement that starts with a
+                // bare string has had it taken as the name of a macro definition.
+                let starts_with_string = idx == 0 && matches!(toks[0].kind, TokenKind::Str(_));
+                self.took(if starts_with_string { 1 } else { idx });
                 // The name-level checks happen once the token after the name is read.
                 if let Some(t) = toks.get(2) {
                     self.flush_lex(t.seq.min(toks.get(idx).map_or(terminator.seq, |x| x.seq)));
@@ -329,10 +341,12 @@ impl<'s> Parser<'s> {
                     self.mid_rule_effects(&toks, idx);
                 }
                 self.flush_lex(toks.get(idx).map_or(terminator.seq, |t| t.seq));
-                if report {
+                if report && self.errflag == 0 {
                     let hint = super::hints::syntax_hint(&toks, idx);
                     self.diags.at_hint(&file, line, "syntax error".into(), hint);
                 }
+                // Recovery takes the newline that ends the skip.
+                self.errflag = 2;
                 // Skip to the next newline, as yacc's error recovery does; what follows it is
                 // read again as new statements.
                 let from = idx.min(toks.len());
@@ -359,6 +373,8 @@ impl<'s> Parser<'s> {
                     return Ok(());
                 };
                 self.flush_lex(terminator.seq);
+                // A whole statement: its tokens and its newline are taken.
+                let taken = toks.len() + usize::from(terminator.kind == TokenKind::Newline);
                 self.tokens = toks;
                 self.starts = rendered.starts;
                 self.end_line = terminator.line;
@@ -366,12 +382,56 @@ impl<'s> Parser<'s> {
                 let r = self.apply(stmt);
                 self.tokens.clear();
                 match r {
-                    Ok(_) | Err(Stop::Failed) => Ok(()),
+                    Ok(_) => {
+                        self.took(taken);
+                        Ok(())
+                    }
+                    // A failed check (YYERROR) recovers like a syntax error, silently.
+                    Err(Stop::Failed) => {
+                        self.errflag = 2;
+                        Ok(())
+                    }
                     Err(Stop::Fatal) => Err(Fatal),
                 }
             }
         }
     }
+}
+
+/// The entries of an inline table whose braces hold a syntax error, as 6.8 adds them one
+/// by one until the bad token (`body` stops before it): values, or `key = value` pairs.
+fn entries_before(body: &[Token]) -> (TableKind, Vec<(String, String)>) {
+    let text = |t: &Token| match &t.kind {
+        TokenKind::Str(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut entries = Vec::new();
+    let mut kind = TableKind::Unusable;
+    let mut i = 0;
+    while i < body.len() {
+        let Some(key) = text(&body[i]) else {
+            i += 1;
+            continue;
+        };
+        let pair = matches!(
+            body.get(i + 1).map(|t| &t.kind),
+            Some(TokenKind::Arrow | TokenKind::Punct('='))
+        );
+        match (pair, body.get(i + 2).and_then(text)) {
+            (true, Some(value)) => {
+                kind = TableKind::Mapping;
+                entries.push((key.to_ascii_lowercase(), value));
+                i += 3;
+            }
+            (true, None) => break,
+            (false, _) => {
+                kind = TableKind::List;
+                entries.push((key.to_ascii_lowercase(), String::new()));
+                i += 1;
+            }
+        }
+    }
+    (kind, entries)
 }
 
 /// Whether 6.8 has named the filter of a `filter` statement whose syntax error is at
@@ -484,7 +544,13 @@ impl Parser<'_> {
             };
         }
         self.add_inline_table(name, kind, crate::table::build_entries(entries), span);
+        self.took(usize::MAX);
         Ok(())
+    }
+
+    /// `n` tokens were taken since the last error (yacc decrements `yyerrflag` per shift).
+    fn took(&mut self, n: usize) {
+        self.errflag = self.errflag.saturating_sub(n);
     }
 
     /// Checks OpenSMTPD makes as soon as a statement's name is read, before the rest of the
@@ -566,14 +632,15 @@ impl Parser<'_> {
                     && !matches!(toks.get(2).map(|t| &t.kind), Some(TokenKind::Str(_)))
                     && self.cfg.table_named(&name).is_none() =>
             {
-                // Entries read before the error make it a list; with none it has no
-                // type, and no lookup may use it.
-                let kind = if idx > 3 && toks[2].kind == TokenKind::Punct('{') {
-                    TableKind::List
-                } else {
-                    TableKind::Unusable
-                };
-                self.add_inline_table(name, kind, std::collections::BTreeMap::new(), span);
+                // The entries read before the error are in it, and make it a list or a
+                // mapping; with none it has no type, and no lookup may use it.
+                let (kind, entries) =
+                    if toks.get(2).map(|t| &t.kind) == Some(&TokenKind::Punct('{')) {
+                        entries_before(toks.get(3..idx).unwrap_or_default())
+                    } else {
+                        (TableKind::Unusable, Vec::new())
+                    };
+                self.add_inline_table(name, kind, crate::table::build_entries(entries), span);
             }
             _ => {}
         }
