@@ -7,6 +7,8 @@
 //! every message line, not only the first (599 of the 600 agree, 2,990 of 3,000: the rest
 //! are yacc recovery paths not followed to the letter).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -172,15 +174,7 @@ fn mutated_configs_get_opensmtpds_verdicts() {
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_smtpd"));
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let dir = tempfile::tempdir().unwrap();
-    let stubs = dir.path().join("stubs");
-    std::fs::create_dir(&stubs).unwrap();
-    for e in std::fs::read_dir(corpus.join("stubs")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), stubs.join(e.file_name())).unwrap();
-    }
-    // OpenSMTPD refuses keys readable by others.
-    let key = stubs.join("key.pem");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let stubs = common::corpus_stubs(dir.path());
     let mut texts = Vec::new();
     for set in ["real", "broken"] {
         let mut files: Vec<PathBuf> = std::fs::read_dir(corpus.join(set))

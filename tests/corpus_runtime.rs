@@ -10,6 +10,8 @@
 //! (`tests/corpus_runtime_probe.py`), and OpenSMTPD named by `SMTPD_REFERENCE` (`.ci/run`
 //! installs all of them); otherwise it says what is missing and checks nothing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -68,18 +70,7 @@ fn real_configurations_answer_as_opensmtpd_does() {
     let ours = env!("CARGO_BIN_EXE_smtpd");
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let dir = tempfile::tempdir().unwrap();
-    let stubs = dir.path().join("stubs");
-    std::fs::create_dir(&stubs).unwrap();
-    for e in std::fs::read_dir(corpus.join("stubs")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), stubs.join(e.file_name())).unwrap();
-    }
-    // Both refuse a private key others may read.
-    std::fs::set_permissions(
-        stubs.join("key.pem"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let stubs = common::corpus_stubs(dir.path());
     // OpenSMTPD's spool is compiled in: each run mounts a fresh one over it, in a mount
     // namespace of its own (with its own /run for the control socket).
     std::fs::create_dir_all("/var/spool/smtpd").unwrap();

@@ -12,18 +12,16 @@ with SIGTERM. The transcript starts with `running`, or `exited STATUS` for an MT
 ended on its own; then for each address and port that answered, `== ADDRESS port PORT`
 followed by the `S: ` reply lines and `C: ` command lines in order.
 """
-import fcntl
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_util import loopback_up, reply  # noqa: E402
+
 
 DIALOGUE = [
     "EHLO client.example",
@@ -32,26 +30,6 @@ DIALOGUE = [
     "RCPT TO:<nobody@elsewhere.example>",
     "QUIT",
 ]
-
-
-def loopback_up():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    req = struct.pack("16sH", b"lo", 0)
-    flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
-    fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
-    s.close()
-
-
-def reply(f):
-    lines = []
-    while True:
-        line = f.readline()
-        if not line:
-            lines.append("<closed>")
-            return lines
-        lines.append(line.decode(errors="replace").rstrip("\r\n"))
-        if len(line) < 4 or line[3:4] != b"-":
-            return lines
 
 
 def accepting(ports):

@@ -9,36 +9,17 @@ SCRIPT holds the dialogues, separated by blank lines; each line is sent as a com
 final dot. COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
 MTA delivers until its log has been quiet for 2 s, then gets SIGTERM.
 """
-import fcntl
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_util import loopback_up, reply  # noqa: E402
+
 MESSAGE = b"Subject: probe\r\nFrom: x@client.example\r\n\r\nbody line\r\n..leading dot\r\n\r\n.\r\n"
-
-
-def loopback_up():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    req = struct.pack("16sH", b"lo", 0)
-    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, req))[1]
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
-    s.close()
-
-
-def reply(f):
-    lines = []
-    while True:
-        line = f.readline()
-        if not line:
-            lines.append("<closed>")
-            return lines
-        lines.append(line.decode(errors="replace").rstrip("\r\n"))
-        if len(line) < 4 or line[3:4] != b"-":
-            return lines
 
 
 def main():

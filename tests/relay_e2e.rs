@@ -763,31 +763,42 @@ fn submit_reply_to_rcpt(port: u16, from: &str, to: &str) -> String {
     last
 }
 
+/// A sink that offers DSN or not, smtpd relaying to it, and one message from alice (with
+/// MAIL parameters after a space) to `rcpts`, accepted.
+async fn relay_to_dsn_sink(
+    offers: bool,
+    from: &'static str,
+    rcpts: &'static [&'static str],
+) -> (Sink, Daemon, tempfile::TempDir) {
+    let sink = Sink {
+        dsn: offers,
+        ..Sink::default()
+    };
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_rcpts(port, from, rcpts, "Subject: dsn\r\n\r\nhi\r\n")
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    (sink, daemon, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
     for offers in [true, false] {
-        let sink = Sink {
-            dsn: offers,
-            ..Sink::default()
-        };
-        let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
-        let (daemon, port) = start(dir.path(), &conf);
-        let reply = tokio::task::spawn_blocking(move || {
-            submit_rcpts(
-                port,
-                "alice@client.test RET=HDRS ENVID=env42",
-                &[
-                    "bob@far.test NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@far.test",
-                    "carol@far.test",
-                ],
-                "Subject: dsn\r\n\r\nhi\r\n",
-            )
-        })
-        .await
-        .unwrap();
-        assert!(reply.starts_with("250"), "{reply}");
+        let (sink, daemon, _dir) = relay_to_dsn_sink(
+            offers,
+            "alice@client.test RET=HDRS ENVID=env42",
+            &[
+                "bob@far.test NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@far.test",
+                "carol@far.test",
+            ],
+        )
+        .await;
         let lines = wait_for_n(&daemon, "mta delivery", 2, 20);
         assert!(
             lines.iter().all(|l| l.contains("result=\"Ok\"")),
@@ -1600,25 +1611,12 @@ async fn conn_delay_domain_spaces_the_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_reports_of_relayed_mail_are_left_to_a_next_hop_with_dsn() {
     for offers in [true, false] {
-        let sink = Sink {
-            dsn: offers,
-            ..Sink::default()
-        };
-        let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
-        let (daemon, port) = start(dir.path(), &conf);
-        let reply = tokio::task::spawn_blocking(move || {
-            submit_rcpts(
-                port,
-                "alice@client.test",
-                &["bob@far.test NOTIFY=SUCCESS"],
-                "Subject: dsn\r\n\r\nhi\r\n",
-            )
-        })
-        .await
-        .unwrap();
-        assert!(reply.starts_with("250"), "{reply}");
+        let (sink, daemon, _dir) = relay_to_dsn_sink(
+            offers,
+            "alice@client.test",
+            &["bob@far.test NOTIFY=SUCCESS"],
+        )
+        .await;
         let first = daemon.wait_for("mta delivery");
         assert!(first.contains("result=\"Ok\""), "{first}");
         if offers {

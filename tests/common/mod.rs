@@ -341,3 +341,23 @@ pub fn run_with_input(cmd: &mut std::process::Command, input: &[u8]) -> std::pro
     }
     child.wait_with_output().expect("wait for the command")
 }
+
+/// A copy of the corpus's stub files (`tests/corpus/stubs`) in `dir/stubs`, its private
+/// key readable by its owner only (OpenSMTPD, and smtpd at start-up, refuse others);
+/// the path to put for `@STUBS@`.
+pub fn corpus_stubs(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let stubs = dir.join("stubs");
+    std::fs::create_dir(&stubs).expect("stubs directory");
+    for e in std::fs::read_dir(corpus.join("stubs")).expect("corpus stubs") {
+        let e = e.expect("stub entry");
+        std::fs::copy(e.path(), stubs.join(e.file_name())).expect("copy a stub");
+    }
+    std::fs::set_permissions(
+        stubs.join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("key mode");
+    stubs
+}
