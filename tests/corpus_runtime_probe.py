@@ -13,14 +13,13 @@ ended on its own; then for each address and port that answered, `== ADDRESS port
 followed by the `S: ` reply lines and `C: ` command lines in order.
 """
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_util import loopback_up, reply  # noqa: E402
+from probe_util import loopback_up, reply, stop  # noqa: E402
 
 
 DIALOGUE = [
@@ -74,13 +73,7 @@ def main():
                 except OSError as e:
                     out.append("<%s>" % type(e).__name__)
                 s.close()
-        if mta.poll() is None:
-            mta.send_signal(signal.SIGTERM)
-            try:
-                mta.wait(15)
-            except subprocess.TimeoutExpired:
-                mta.kill()
-                mta.wait()
+        stop(mta)
     print("\n".join(out))
 
 

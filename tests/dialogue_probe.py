@@ -10,14 +10,13 @@ final dot. COMMAND's output goes to the file named by PROBE_LOG. After the dialo
 MTA delivers until its log has been quiet for 2 s, then gets SIGTERM.
 """
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_util import loopback_up, reply  # noqa: E402
+from probe_util import loopback_up, reply, stop  # noqa: E402
 
 MESSAGE = b"Subject: probe\r\nFrom: x@client.example\r\n\r\nbody line\r\n..leading dot\r\n\r\n.\r\n"
 
@@ -76,13 +75,7 @@ def main():
             elif time.monotonic() - quiet_since >= 2:
                 break
             time.sleep(0.1)
-        if mta.poll() is None:
-            mta.send_signal(signal.SIGTERM)
-            try:
-                mta.wait(15)
-            except subprocess.TimeoutExpired:
-                mta.kill()
-                mta.wait()
+        stop(mta)
     print("\n".join(out))
 
 

@@ -1,8 +1,10 @@
 """What the namespace probes share: the loopback interface brought up, and SMTP replies
 read line by line."""
 import fcntl
+import signal
 import socket
 import struct
+import subprocess
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -29,3 +31,14 @@ def reply(f):
         lines.append(line.decode(errors="replace").rstrip("\r\n"))
         if len(line) < 4 or line[3:4] != b"-":
             return lines
+
+
+def stop(mta):
+    """SIGTERM to `mta` if it still runs, then SIGKILL after 15 s."""
+    if mta.poll() is None:
+        mta.send_signal(signal.SIGTERM)
+        try:
+            mta.wait(15)
+        except subprocess.TimeoutExpired:
+            mta.kill()
+            mta.wait()

@@ -73,6 +73,29 @@ fn submit_numbered(port: u16, n: usize, subject: &str) {
     }
 }
 
+/// Starts `sink` and smtpd relaying to it (`head` lines first, `extra` action options),
+/// sends `n` numbered messages and waits (at most `secs`) until all are delivered.
+async fn relay_numbered(
+    sink: Sink,
+    head: &str,
+    extra: &str,
+    n: usize,
+    secs: u64,
+) -> (Sink, Daemon, tempfile::TempDir) {
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, port) = start(dir.path(), &relay_conf(head, addr.port(), extra));
+    tokio::task::spawn_blocking(move || submit_numbered(port, n, "message "))
+        .await
+        .unwrap();
+    let lines = wait_for_n(&daemon, "mta delivery", n, secs);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    (sink, daemon, dir)
+}
+
 /// Sends one message to several recipients (with optional RCPT parameters after a space).
 fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -593,22 +616,14 @@ async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
         data_delay: Some(Duration::from_millis(300)),
         ..Sink::default()
     };
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
+    let (sink, daemon, _dir) = relay_numbered(
+        sink,
         "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n",
-        addr.port(),
         "",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    tokio::task::spawn_blocking(move || submit_numbered(port, 8, "message "))
-        .await
-        .unwrap();
-    let lines = wait_for_n(&daemon, "mta delivery", 8, 30);
-    assert!(
-        lines.iter().all(|l| l.contains("result=\"Ok\"")),
-        "{lines:#?}"
-    );
+        8,
+        30,
+    )
+    .await;
     wait_for_n(&daemon, "mta disconnected", 4, 20);
     std::thread::sleep(Duration::from_millis(300));
     let sessions: Vec<String> = daemon
@@ -1548,23 +1563,15 @@ async fn max_conn_per_domain_bounds_the_sessions_of_all_sources() {
         data_delay: Some(Duration::from_millis(400)),
         ..Sink::default()
     };
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
+    let (sink, _daemon, _dir) = relay_numbered(
+        sink,
         "table sources { 127.0.0.5, 127.0.0.6 }\n\
          mta limit max-conn-per-route 2 max-conn-per-domain 3 session-mail-max 1 conn-delay-relay 0\n",
-        addr.port(),
         " src <sources>",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    tokio::task::spawn_blocking(move || submit_numbered(port, 12, "message "))
-        .await
-        .unwrap();
-    let lines = wait_for_n(&daemon, "mta delivery", 12, 60);
-    assert!(
-        lines.iter().all(|l| l.contains("result=\"Ok\"")),
-        "{lines:#?}"
-    );
+        12,
+        60,
+    )
+    .await;
     let sources: std::collections::BTreeSet<String> = sink
         .peers
         .lock()
@@ -1581,19 +1588,15 @@ async fn max_conn_per_domain_bounds_the_sessions_of_all_sources() {
 /// from different source addresses and after the previous session ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conn_delay_domain_spaces_the_sessions() {
-    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
+    let (sink, _daemon, _dir) = relay_numbered(
+        Sink::default(),
         "table sources { 127.0.0.5, 127.0.0.6 }\n\
          mta limit conn-delay-domain 2 session-mail-max 1\n",
-        addr.port(),
         " src <sources>",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
-    tokio::task::spawn_blocking(move || submit_numbered(port, 3, "message "))
-        .await
-        .unwrap();
-    wait_for_n(&daemon, "mta delivery", 3, 30);
+        3,
+        30,
+    )
+    .await;
     let times = sink.accepted_at.lock().unwrap().clone();
     assert_eq!(times.len(), 3, "{times:?}");
     for pair in times.windows(2) {
