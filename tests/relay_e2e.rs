@@ -54,6 +54,15 @@ fn start_with_args(dir: &Path, conf: &str, resolv_conf: &Path, extra: &[&str]) -
     (d, port)
 }
 
+/// Waits (at most 10 s) until the daemon's control socket is in `spool`.
+fn wait_for_control(spool: &Path) {
+    let t = Instant::now();
+    while !spool.join("smtpd.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends one message over SMTP, returning the last reply.
 fn submit(port: u16, from: &str, to: &str, body: &str) -> String {
     submit_rcpts(port, from, &[to], body)
@@ -482,11 +491,7 @@ async fn relay_with(conf: &str, to: &str, body: &str) -> (Daemon, tempfile::Temp
     let dir = tempfile::tempdir().unwrap();
     let (daemon, port) = start(dir.path(), conf);
     let spool = dir.path().join("spool");
-    let t = Instant::now();
-    while !spool.join("smtpd.sock").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_control(&spool);
     let (to, body) = (to.to_string(), body.to_string());
     let reply = tokio::task::spawn_blocking(move || submit(port, "alice@client.test", &to, &body))
         .await
@@ -855,11 +860,7 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         "smtp-out: Disabling route [] <-> 127.0.0.1 (127.0.0.1) for 15s"
     );
     let spool = dir.path().join("spool");
-    let t = Instant::now();
-    while !spool.join("smtpd.sock").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_control(&spool);
     let out = common::smtpctl(&spool, &["show", "routes"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -1226,11 +1227,7 @@ async fn hostile_replies_of_the_next_hop_never_reach_the_envelope() {
     assert!(first.contains("result=\"TempFail\""), "{first}");
     assert!(first.contains("stat=\"451-4.7.1 first 451\""), "{first}");
     let spool = dir.path().join("spool");
-    let t = Instant::now();
-    while !spool.join("smtpd.sock").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_control(&spool);
     // The second attempt, on a new session once the first one closed, meets the CR and
     // the injected lines.
     daemon.wait_for("mta disconnected");
@@ -1408,11 +1405,7 @@ async fn paused_sources_are_passed_over_and_all_paused_holds_the_mail() {
     );
     let (daemon, port) = start(dir.path(), &conf);
     let spool = dir.path().join("spool");
-    let t = Instant::now();
-    while !spool.join("smtpd.sock").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_control(&spool);
     let ctl = |args: &[&str]| {
         let out = common::smtpctl(&spool, args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -1487,11 +1480,7 @@ async fn profile_lines_time_queue_operations_and_process_round_trips() {
     );
     let (daemon, port) = start(dir.path(), &conf);
     let spool = dir.path().join("spool");
-    let t = Instant::now();
-    while !spool.join("smtpd.sock").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_control(&spool);
     let ctl = |args: &[&str]| {
         let out = common::smtpctl(&spool, args);
         assert!(out.status.success(), "{args:?}: {out:?}");
