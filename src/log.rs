@@ -120,39 +120,68 @@ fn seconds_text(d: Duration) -> String {
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
-/// Times one queue operation for `profile queue`: when dropped, writes 6.8's debug line
-/// `profile-queue: NAME S.NNNNNNNNN` (shown with `-v` or `smtpctl log verbose`).
-pub struct QueueTimer(Option<(&'static str, Instant)>);
+/// Times one profiled operation (`profile queue`, `profile imsg`): when dropped, writes
+/// 6.8's debug line, the operation's words then `S.NNNNNNNNN` (shown with `-v` or
+/// `smtpctl log verbose`). Nothing is measured or formatted while profiling is off.
+pub struct ProfileTimer(Option<(String, Instant)>);
 
-/// Starts timing the queue operation `name` (6.8's names: `queue_message_create`,
-/// `queue_envelope_load`, ...) if queue profiling is on.
-pub fn queue_timer(name: &'static str) -> QueueTimer {
-    QueueTimer(
-        (PROFILING.load(Ordering::Relaxed) & PROFILE_QUEUE != 0).then(|| (name, Instant::now())),
-    )
+impl ProfileTimer {
+    fn start(bit: u8, words: impl FnOnce() -> String) -> ProfileTimer {
+        ProfileTimer(
+            (PROFILING.load(Ordering::Relaxed) & bit != 0).then(|| (words(), Instant::now())),
+        )
+    }
 }
 
-impl Drop for QueueTimer {
+impl Drop for ProfileTimer {
     fn drop(&mut self) {
-        if let Some((name, t0)) = self.0.take() {
-            tracing::debug!("profile-queue: {name} {}", seconds_text(t0.elapsed()));
+        if let Some((words, t0)) = self.0.take() {
+            tracing::debug!("{words} {}", seconds_text(t0.elapsed()));
         }
     }
 }
 
-/// Whether messages between smtpd's processes are profiled (`profile imsg`).
-pub fn profiling_imsg() -> bool {
-    PROFILING.load(Ordering::Relaxed) & PROFILE_IMSG != 0
+/// Times the queue operation `name` (6.8's names: `queue_message_create`,
+/// `queue_envelope_load`, ...): `profile-queue: NAME S.NNNNNNNNN`.
+pub fn queue_timer(name: &'static str) -> ProfileTimer {
+    ProfileTimer::start(PROFILE_QUEUE, || format!("profile-queue: {name}"))
 }
 
-/// 6.8's `profile-imsg: PROCESS PEER MESSAGE LENGTH S.NNNNNNNNN` debug line for one
-/// round trip of the network side (`smtpd`) with the privileged broker (`parent`) or a
-/// delivery worker (`worker`).
-pub fn profile_imsg(peer: &str, message: &str, len: usize, took: Duration) {
-    tracing::debug!(
-        "profile-imsg: smtpd {peer} {message} {len} {}",
-        seconds_text(took)
-    );
+/// Times one round trip of the network side (`smtpd`) with the privileged broker
+/// (`parent`) or a delivery worker (`worker`): 6.8's `profile-imsg: PROCESS PEER MESSAGE
+/// LENGTH S.NNNNNNNNN`.
+pub fn imsg_timer(peer: &str, message: &str, len: usize) -> ProfileTimer {
+    ProfileTimer::start(PROFILE_IMSG, || {
+        format!("profile-imsg: smtpd {peer} {message} {len}")
+    })
+}
+
+/// The mail log lines of an incoming SMTP session, as OpenSMTPD writes them. The SMTP
+/// server writes them, and so does the queue side for the reports it makes itself, which
+/// 6.8 submits over a local session of its own.
+pub mod smtp_in {
+    use std::fmt::Display;
+
+    /// `SID smtp connected address=ADDRESS host=NAME`.
+    pub fn connected(sid: impl Display, address: impl Display, host: impl Display) {
+        tracing::info!("{sid} smtp connected address={address} host={host}");
+    }
+
+    /// `SID smtp message msgid=MSGID size=N nrcpt=N proto=ESMTP|SMTP`.
+    pub fn message(sid: impl Display, msgid: impl Display, size: u64, nrcpt: usize, esmtp: bool) {
+        let proto = if esmtp { "ESMTP" } else { "SMTP" };
+        tracing::info!("{sid} smtp message msgid={msgid} size={size} nrcpt={nrcpt} proto={proto}");
+    }
+
+    /// `SID smtp envelope evpid=EVPID from=<SENDER> to=<RCPT>`.
+    pub fn envelope(sid: impl Display, evpid: impl Display, from: impl Display, to: impl Display) {
+        tracing::info!("{sid} smtp envelope evpid={evpid} from=<{from}> to=<{to}>");
+    }
+
+    /// `SID smtp disconnected reason=REASON`.
+    pub fn disconnected(sid: impl Display, reason: impl Display) {
+        tracing::info!("{sid} smtp disconnected reason={reason}");
+    }
 }
 
 struct Message(String);
@@ -286,12 +315,13 @@ mod tests {
         assert_eq!(profile_bit("all"), 0);
         set_trace(profile_category("queue").unwrap(), true);
         assert!(queue_timer("queue_message_create").0.is_some());
-        assert!(!profiling_imsg());
+        assert!(imsg_timer("parent", "deliver", 1).0.is_none());
         set_trace("profile-imsg", true);
-        assert!(profiling_imsg());
+        assert!(imsg_timer("parent", "deliver", 1).0.is_some());
         set_trace("profile-queue", false);
         set_trace("profile-imsg", false);
-        assert!(queue_timer("queue_message_create").0.is_none() && !profiling_imsg());
+        assert!(queue_timer("queue_message_create").0.is_none());
+        assert!(imsg_timer("parent", "deliver", 1).0.is_none());
         assert_eq!(profile_category("stat"), None);
     }
 

@@ -398,40 +398,60 @@ impl<'s> Parser<'s> {
     }
 }
 
-/// The entries of an inline table whose braces hold a syntax error, as 6.8 adds them one
-/// by one until the bad token (`body` stops before it): values, or `key = value` pairs.
-fn entries_before(body: &[Token]) -> (TableKind, Vec<(String, String)>) {
-    let text = |t: &Token| match &t.kind {
-        TokenKind::Str(s) => Some(s.clone()),
+/// The entries at the head of an inline table's braces, as the grammar's `table_values`
+/// reads them: values, or `key = value` / `key => value` pairs if the first entry is one
+/// (keys lower-cased), separated by one comma, newlines or nothing. Reading stops at the
+/// first token that does not go on with the list; the last number is how many tokens the
+/// entries took, with the separators between them. With no entry the kind is `Unusable`
+/// (6.8's untyped table).
+fn read_entries(body: &[Token]) -> (TableKind, Vec<(String, String)>, usize) {
+    let string = |t: Option<&Token>| match t.map(|t| &t.kind) {
+        Some(TokenKind::Str(s)) => Some(s.clone()),
         _ => None,
     };
-    let mut entries = Vec::new();
-    let mut kind = TableKind::Unusable;
-    let mut i = 0;
-    while i < body.len() {
-        let Some(key) = text(&body[i]) else {
-            i += 1;
-            continue;
-        };
-        let pair = matches!(
-            body.get(i + 1).map(|t| &t.kind),
+    let pair_sign = |t: Option<&Token>| {
+        matches!(
+            t.map(|t| &t.kind),
             Some(TokenKind::Arrow | TokenKind::Punct('='))
-        );
-        match (pair, body.get(i + 2).and_then(text)) {
-            (true, Some(value)) => {
-                kind = TableKind::Mapping;
-                entries.push((key.to_ascii_lowercase(), value));
-                i += 3;
+        )
+    };
+    let mapping = pair_sign(body.get(1));
+    let mut entries = Vec::new();
+    let (mut i, mut read) = (0, 0);
+    while let Some(key) = string(body.get(i)) {
+        let mut next = i + 1;
+        let value = if mapping {
+            let Some(value) = pair_sign(body.get(next))
+                .then(|| string(body.get(next + 1)))
+                .flatten()
+            else {
+                break;
+            };
+            next += 2;
+            value
+        } else {
+            String::new()
+        };
+        entries.push((key.to_ascii_lowercase(), value));
+        read = next;
+        i = next;
+        // A separator: one comma, one or more newlines, or nothing.
+        match body.get(i).map(|t| &t.kind) {
+            Some(TokenKind::Punct(',')) => i += 1,
+            Some(TokenKind::Newline) => {
+                while body.get(i).is_some_and(|t| t.kind == TokenKind::Newline) {
+                    i += 1;
+                }
             }
-            (true, None) => break,
-            (false, _) => {
-                kind = TableKind::List;
-                entries.push((key.to_ascii_lowercase(), String::new()));
-                i += 1;
-            }
+            _ => {}
         }
     }
-    (kind, entries)
+    let kind = match (entries.is_empty(), mapping) {
+        (true, _) => TableKind::Unusable,
+        (false, true) => TableKind::Mapping,
+        (false, false) => TableKind::List,
+    };
+    (kind, entries, read)
 }
 
 /// Whether 6.8 has named the filter of a `filter` statement whose syntax error is at
@@ -465,56 +485,10 @@ fn plain_inline_table(toks: &[Token]) -> Option<(TableKind, Vec<(String, String)
     {
         return None;
     }
-    let string = |t: Option<&Token>| match t.map(|t| &t.kind) {
-        Some(TokenKind::Str(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let mapping = matches!(
-        body.get(1).map(|t| &t.kind),
-        Some(TokenKind::Arrow | TokenKind::Punct('='))
-    );
-    let mut entries = Vec::new();
-    let mut i = 0;
-    loop {
-        let key = string(body.get(i))?;
-        i += 1;
-        if mapping {
-            if !matches!(
-                body.get(i).map(|t| &t.kind),
-                Some(TokenKind::Arrow | TokenKind::Punct('='))
-            ) {
-                return None;
-            }
-            let value = string(body.get(i + 1))?;
-            i += 2;
-            entries.push((key.to_ascii_lowercase(), value));
-        } else {
-            entries.push((key.to_ascii_lowercase(), String::new()));
-        }
-        if i == body.len() {
-            break;
-        }
-        // A separator: one comma, one or more newlines, or nothing.
-        match &body[i].kind {
-            TokenKind::Punct(',') => i += 1,
-            TokenKind::Newline => {
-                while body.get(i).is_some_and(|t| t.kind == TokenKind::Newline) {
-                    i += 1;
-                }
-            }
-            _ => {}
-        }
-        if i == body.len() {
-            // A separator before `}` is a syntax error: the grammar reports it.
-            return None;
-        }
-    }
-    let kind = if mapping {
-        TableKind::Mapping
-    } else {
-        TableKind::List
-    };
-    Some((kind, entries))
+    // The whole body must be entries (a separator before `}` is a syntax error: the
+    // grammar reports it).
+    let (kind, entries, read) = read_entries(body);
+    (!entries.is_empty() && read == body.len()).then_some((kind, entries))
 }
 
 impl Parser<'_> {
@@ -634,11 +608,11 @@ impl Parser<'_> {
             {
                 // The entries read before the error are in it, and make it a list or a
                 // mapping; with none it has no type, and no lookup may use it.
-                let (kind, entries) =
+                let (kind, entries, _) =
                     if toks.get(2).map(|t| &t.kind) == Some(&TokenKind::Punct('{')) {
-                        entries_before(toks.get(3..idx).unwrap_or_default())
+                        read_entries(toks.get(3..idx).unwrap_or_default())
                     } else {
-                        (TableKind::Unusable, Vec::new())
+                        (TableKind::Unusable, Vec::new(), 0)
                     };
                 self.add_inline_table(name, kind, crate::table::build_entries(entries), span);
             }

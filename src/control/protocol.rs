@@ -278,6 +278,11 @@ impl Reply {
         }
     }
 
+    /// Success with output of one line per item (`show routes`, `show relays`, ...).
+    pub fn lines(lines: Vec<String>) -> Reply {
+        Reply::ok(lines.into_iter().map(|l| l + "\n").collect::<String>())
+    }
+
     /// OpenSMTPD's `command succeeded`.
     pub fn succeeded() -> Reply {
         Reply::ok("command succeeded\n")

@@ -131,28 +131,10 @@ impl Control {
                     Err(_) => Reply::failed(None),
                 }
             }
-            Request::ShowRoutes => Reply::ok(
-                self.runner
-                    .routes_text()
-                    .into_iter()
-                    .map(|l| l + "\n")
-                    .collect::<String>(),
-            ),
+            Request::ShowRoutes => Reply::lines(self.runner.routes_text()),
             Request::ShowHostStats => Reply::ok(self.runner.hoststats_text()),
-            Request::ShowRelays => Reply::ok(
-                self.runner
-                    .relays_text()
-                    .into_iter()
-                    .map(|l| l + "\n")
-                    .collect::<String>(),
-            ),
-            Request::ShowHosts => Reply::ok(
-                self.runner
-                    .hosts_text()
-                    .into_iter()
-                    .map(|l| l + "\n")
-                    .collect::<String>(),
-            ),
+            Request::ShowRelays => Reply::lines(self.runner.relays_text()),
+            Request::ShowHosts => Reply::lines(self.runner.hosts_text()),
             Request::ShowStatus => Reply::ok(show::status_text(
                 self.runner.is_paused(DeliveryKind::Mda),
                 self.runner.is_paused(DeliveryKind::Mta),
@@ -195,13 +177,7 @@ impl Control {
                 }
                 Reply::succeeded()
             }
-            Request::ShowMtaBlocks => Reply::ok(
-                self.runner
-                    .mta_blocks_text()
-                    .into_iter()
-                    .map(|l| l + "\n")
-                    .collect::<String>(),
-            ),
+            Request::ShowMtaBlocks => Reply::lines(self.runner.mta_blocks_text()),
             Request::Discover(id) => {
                 let n = self.runner.discover(id);
                 Reply::ok(format!(

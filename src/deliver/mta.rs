@@ -301,10 +301,7 @@ impl Pool {
                 .then_with(|| a.1.to_ascii_lowercase().cmp(&b.1.to_ascii_lowercase()))
         });
         list.into_iter()
-            .map(|(a, d)| match a {
-                IpAddr::V4(v4) => format!("{v4} -> {d}"),
-                IpAddr::V6(v6) => format!("[{v6}] -> {d}"),
-            })
+            .map(|(a, d)| format!("{} -> {d}", crate::queue::ClientAddr::Ip(a).text()))
             .collect()
     }
 
@@ -401,14 +398,9 @@ impl Pool {
     pub fn enqueue_all(self: &Arc<Self>, jobs: Vec<(RouteKey, Arc<RouteSpec>, Job)>) {
         let Ok(mut routes) = self.routes.lock() else {
             for (_, _, job) in jobs {
-                let _ = job.reply.send(RelayOutcome {
-                    status: Status::TempFail,
-                    stat: "Internal error".into(),
-                    relay: "-".into(),
-                    session: super::relay::NO_SESSION.into(),
-                    source: None,
-                    next_hop_dsn: false,
-                });
+                let _ = job
+                    .reply
+                    .send(RelayOutcome::new(Status::TempFail, "Internal error", "-"));
             }
             return;
         };
@@ -470,11 +462,7 @@ impl Pool {
             || same_domain >= limits.max_conn_per_domain
             || source >= limits.max_conn_per_source;
         let now = Instant::now();
-        let mut due = self
-            .recent
-            .lock()
-            .ok()
-            .and_then(|r| r.due(key, &domain, &limits));
+        let mut due = self.spacing_due(key, &state.spec);
         if state.workers > 0
             && let Some(last) = state.last_connect
         {
@@ -508,9 +496,7 @@ impl Pool {
         }
         state.workers += 1;
         state.last_connect = Some(now);
-        if let Ok(mut r) = self.recent.lock() {
-            r.opened(key, &domain, now);
-        }
+        self.note_opened(key, &state.spec, now);
         let me = self.clone();
         let key = key.clone();
         let spec = state.spec.clone();
@@ -737,20 +723,27 @@ impl Pool {
     async fn wait_for_spacing(&self, key: &RouteKey, spec: &RouteSpec) {
         // Bounded: each round waits for the latest spacing; others' sessions may move it.
         for _ in 0..16 {
-            let now = Instant::now();
-            let due = self
-                .recent
-                .lock()
-                .ok()
-                .and_then(|r| r.due(key, &spec.domain, &spec.limits))
-                .filter(|d| *d > now);
-            match due {
+            match self.spacing_due(key, spec).filter(|d| *d > Instant::now()) {
                 Some(until) => tokio::time::sleep_until(until).await,
                 None => break,
             }
         }
+        self.note_opened(key, spec, Instant::now());
+    }
+
+    /// When the `conn-delay-connector`, `-domain` and `-source` spacings let another
+    /// session of `key` open (`None`: no session they count was opened yet).
+    fn spacing_due(&self, key: &RouteKey, spec: &RouteSpec) -> Option<Instant> {
+        self.recent
+            .lock()
+            .ok()
+            .and_then(|r| r.due(key, &spec.domain, &spec.limits))
+    }
+
+    /// A session of `key` opens at `now`: the spacings count from here.
+    fn note_opened(&self, key: &RouteKey, spec: &RouteSpec, now: Instant) {
         if let Ok(mut r) = self.recent.lock() {
-            r.opened(key, &spec.domain, Instant::now());
+            r.opened(key, &spec.domain, now);
         }
     }
 

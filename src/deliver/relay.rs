@@ -163,7 +163,9 @@ pub struct RelayOutcome {
 }
 
 impl RelayOutcome {
-    fn new(status: Status, stat: impl Into<String>, relay: &str) -> Self {
+    /// An outcome no session carried (`source="-"`, no session id): a failure decided
+    /// before or without a connection.
+    pub fn new(status: Status, stat: impl Into<String>, relay: &str) -> Self {
         RelayOutcome {
             status,
             stat: stat.into(),
@@ -175,18 +177,10 @@ impl RelayOutcome {
     }
 }
 
-/// An address as OpenSMTPD's `sa_to_text` writes it: IPv6 in brackets.
-pub fn address_text(a: IpAddr) -> String {
-    match a {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
-
 /// A remote host as 6.8's `mta_host_to_text` writes it in `relay=`: its address and its
 /// name (the PTR name, or the address again when it has none, as getnameinfo(3) gives).
 pub fn host_text(a: IpAddr, name: &str) -> String {
-    format!("{} ({name})", address_text(a))
+    format!("{} ({name})", crate::queue::ClientAddr::Ip(a).text())
 }
 
 /// One message to hand over: envelope sender, recipients, and the queued content.
@@ -667,7 +661,8 @@ impl Session {
     }
     /// The local address as `source=` names it.
     pub fn source_text(&self) -> Option<String> {
-        self.local.map(|l| address_text(l.ip()))
+        self.local
+            .map(|l| crate::queue::ClientAddr::Ip(l.ip()).text())
     }
     /// Messages the next hop accepted so far.
     pub fn sent(&self) -> usize {
@@ -1481,7 +1476,6 @@ impl Relayer {
             let relay = hops.first().map_or_else(String::new, |h| {
                 format!("[relay:{},{}]", h.host, h.scheme.url_text())
             });
-            let first = relay_name;
             let why = if seen == 0 {
                 info!("smtp-out: No MX found for {relay}");
                 "No MX found for destination"
@@ -1494,7 +1488,7 @@ impl Relayer {
             } else {
                 "No valid route to destination"
             };
-            return Err(RelayOutcome::new(Status::TempFail, why, first));
+            return Err(RelayOutcome::new(Status::TempFail, why, relay_name));
         }
         Err(last)
     }
@@ -1551,9 +1545,8 @@ impl Relayer {
         if conn.reports.is_some() {
             // `link-connect`: the remote name (its PTR when known), the FCrDNS result 6.8
             // always reports for relays, the local and the remote address.
-            let rdns = ptr;
             let src = local.map(|l| l.to_string()).unwrap_or_default();
-            conn.report("link-connect", Some(&format!("{rdns}|pass|{src}|{addr}")));
+            conn.report("link-connect", Some(&format!("{ptr}|pass|{src}|{addr}")));
         }
         conn.enter("MTA_INIT");
         let mut secure = false;

@@ -532,14 +532,9 @@ impl Runner {
         for (e, announced, rx) in waiting {
             let me = self.clone();
             finishing.spawn(async move {
-                let outcome = rx.await.unwrap_or_else(|_| RelayOutcome {
-                    status: Status::TempFail,
-                    stat: "Internal error".into(),
-                    relay: "-".into(),
-                    session: super::relay::NO_SESSION.into(),
-                    source: None,
-                    next_hop_dsn: false,
-                });
+                let outcome = rx
+                    .await
+                    .unwrap_or_else(|_| RelayOutcome::new(Status::TempFail, "Internal error", "-"));
                 me.relayed(e, &announced, outcome).await;
             });
         }
@@ -560,14 +555,11 @@ impl Runner {
                     (None, Some(t)) => match self.graph.table(t).get(Service::Relayhost, domain) {
                         Ok(v) => v.map(std::borrow::Cow::into_owned),
                         Err(crate::table::LookupError(e)) => {
-                            return Err(RelayOutcome {
-                                status: Status::TempFail,
-                                stat: format!("could not look up the relay of {domain}: {e}"),
-                                relay: "-".into(),
-                                session: super::relay::NO_SESSION.into(),
-                                source: None,
-                                next_hop_dsn: false,
-                            });
+                            return Err(RelayOutcome::new(
+                                Status::TempFail,
+                                format!("could not look up the relay of {domain}: {e}"),
+                                "-",
+                            ));
                         }
                     },
                     (None, None) => None,
@@ -629,14 +621,11 @@ impl Runner {
                 };
                 Ok((key, spec))
             }
-            _ => Err(RelayOutcome {
-                status: Status::TempFail,
-                stat: format!("no such relay dispatcher: {}", e.dispatcher),
-                relay: "-".into(),
-                session: super::relay::NO_SESSION.into(),
-                source: None,
-                next_hop_dsn: false,
-            }),
+            _ => Err(RelayOutcome::new(
+                Status::TempFail,
+                format!("no such relay dispatcher: {}", e.dispatcher),
+                "-",
+            )),
         }
     }
 
@@ -671,14 +660,11 @@ impl Runner {
         }
         match chosen {
             None => Ok(None),
-            Some(_) => Err(RelayOutcome {
-                status: Status::TempFail,
-                stat: "All routes to destination blocked".into(),
-                relay: domain.to_string(),
-                session: super::relay::NO_SESSION.into(),
-                source: None,
-                next_hop_dsn: false,
-            }),
+            Some(_) => Err(RelayOutcome::new(
+                Status::TempFail,
+                "All routes to destination blocked",
+                domain,
+            )),
         }
     }
 
@@ -1073,16 +1059,14 @@ impl Runner {
             Ok(m) => {
                 // 6.8 submits its reports over a local SMTP session of its own, and logs
                 // it as one.
+                use crate::log::smtp_in;
                 let sid = format!("{:016x}", random_u64());
-                info!("{sid} smtp connected address=local host={hostname}");
-                info!("{sid} smtp message msgid={m} size={size} nrcpt=1 proto=ESMTP");
+                smtp_in::connected(&sid, "local", &hostname);
+                smtp_in::message(&sid, m, size as u64, 1, true);
                 if let Some(last) = scheduled.last() {
-                    info!(
-                        "{sid} smtp envelope evpid={} from=<> to=<{sender}>",
-                        last.id
-                    );
+                    smtp_in::envelope(&sid, last.id, "", &sender);
                 }
-                info!("{sid} smtp disconnected reason=quit");
+                smtp_in::disconnected(&sid, "quit");
                 self.stats.bounces.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     "debug: bounce: {} report on {} ({} recipient(s)) queued as {m} to <{sender}>",

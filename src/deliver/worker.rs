@@ -567,20 +567,8 @@ fn close(worker: Worker) {
 /// Sends a batch and reads its outcomes, in order; `Err(n)`: the worker was lost after
 /// taking the first `n` jobs.
 fn exchange(socket: &OwnedFd, batch: &[Pending], timeout: Duration) -> Result<Vec<Outcome>, usize> {
-    let t0 = crate::log::profiling_imsg().then(std::time::Instant::now);
-    let outcomes = exchange_batch(socket, batch, timeout);
-    if let Some(t0) = t0 {
-        let len = batch.iter().map(|p| 1 + p.text.len()).sum();
-        crate::log::profile_imsg("worker", "deliver", len, t0.elapsed());
-    }
-    outcomes
-}
-
-fn exchange_batch(
-    socket: &OwnedFd,
-    batch: &[Pending],
-    timeout: Duration,
-) -> Result<Vec<Outcome>, usize> {
+    let len = batch.iter().map(|p| 1 + p.text.len()).sum();
+    let _profile = crate::log::imsg_timer("worker", "deliver", len);
     let mut sent = 0;
     for (i, p) in batch.iter().enumerate() {
         let mut packet = Vec::with_capacity(1 + p.text.len());

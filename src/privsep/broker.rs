@@ -276,7 +276,10 @@ impl BrokerClient {
         if payload.len() > MAX_REQUEST {
             return Err("request too large".into());
         }
-        let t0 = crate::log::profiling_imsg().then(std::time::Instant::now);
+        // The request's first line names it (`deliver`, `worker`, `forward`, ...).
+        let name = payload.split(|b| *b == b'\n').next().unwrap_or_default();
+        let _profile =
+            crate::log::imsg_timer("parent", &String::from_utf8_lossy(name), payload.len());
         let (mine, theirs) = pair().map_err(|e| format!("socketpair: {}", e.desc()))?;
         receive_timeout(&mine, wait).map_err(|e| format!("setsockopt: {}", e.desc()))?;
         let mut fds = vec![theirs.as_raw_fd()];
@@ -286,18 +289,7 @@ impl BrokerClient {
         send(&self.channel, payload, &fds)
             .map_err(|e| format!("privileged broker: {}", e.desc()))?;
         drop(theirs);
-        let answer = receive(&mine, MAX_ANSWER);
-        if let Some(t0) = t0 {
-            // The request's first line names it (`deliver`, `worker`, `forward`, ...).
-            let name = payload.split(|b| *b == b'\n').next().unwrap_or_default();
-            crate::log::profile_imsg(
-                "parent",
-                &String::from_utf8_lossy(name),
-                payload.len(),
-                t0.elapsed(),
-            );
-        }
-        match answer {
+        match receive(&mine, MAX_ANSWER) {
             Ok(Some(p)) if !p.truncated => Ok((p.payload, p.fds)),
             Ok(_) => Err("privileged broker did not answer".into()),
             Err(Errno::EAGAIN) => Err("privileged broker did not answer in time".into()),

@@ -138,6 +138,16 @@ pub enum ClientAddr {
 }
 
 impl ClientAddr {
+    /// The address as OpenSMTPD's `sa_to_text` writes it, in envelopes and log lines:
+    /// `a.b.c.d`, `[v6]`, or `local`.
+    pub fn text(self) -> String {
+        match self {
+            ClientAddr::Local => "local".to_string(),
+            ClientAddr::Ip(IpAddr::V4(v4)) => v4.to_string(),
+            ClientAddr::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+        }
+    }
+
     /// The address family as `show queue` prints it.
     pub fn family(self) -> &'static str {
         match self {

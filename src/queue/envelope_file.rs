@@ -168,14 +168,6 @@ impl Writer {
     }
 }
 
-fn sockaddr_text(addr: ClientAddr) -> String {
-    match addr {
-        ClientAddr::Local => "local".to_string(),
-        ClientAddr::Ip(IpAddr::V4(v4)) => v4.to_string(),
-        ClientAddr::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
-    }
-}
-
 fn flags_text(flags: EnvelopeFlags) -> String {
     let mut words = Vec::new();
     if flags.authenticated {
@@ -216,7 +208,7 @@ impl Envelope {
         w.field("hostname", &self.hostname)?;
         w.field("username", &self.auth_user)?;
         w.field("errorline", &self.errorline)?;
-        w.field("sockaddr", &sockaddr_text(self.client))?;
+        w.field("sockaddr", &ClientAddr::text(self.client))?;
         w.field(
             "sender",
             if self.sender.is_empty() {

@@ -31,7 +31,7 @@ use super::session::Session;
 use crate::config::model::{self as cfg, Phase};
 use crate::dns::{self, Resolver};
 use crate::expand;
-use crate::log::vis;
+use crate::log::{smtp_in, vis};
 use crate::processor::{ProcSession, Processors};
 use crate::queue::{self, Spool};
 use crate::rules::RuleGraph;
@@ -176,11 +176,7 @@ pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, li
         .clone()
         .unwrap_or_else(|| server.graph.config.hostname.clone());
     client.fcrdns = Fcrdns::Pass;
-    info!(
-        "{sid} smtp connected address={} host={}",
-        client.address.text(),
-        client.rdns
-    );
+    smtp_in::connected(sid, client.address.text(), &client.rdns);
     let _filter_trace = l.filter.is_some().then(|| FilterSessionTrace::begin(sid));
     let mut params = session_params(&server, sid, &l, client.clone(), loopback);
     params.local_enqueue = true;
@@ -196,7 +192,7 @@ pub async fn serve_local(server: Arc<Server>, stream: tokio::net::UnixStream, li
     if let Some(w) = conn.writer.take() {
         let _ = w.abort();
     }
-    info!("{sid} smtp disconnected reason={reason}");
+    smtp_in::disconnected(sid, &reason);
     conn.report("link-disconnect", None);
 }
 
@@ -447,16 +443,9 @@ impl Conn {
                 sender,
                 recipients,
             } => {
-                info!(
-                    "{sid} smtp message msgid={msgid} size={size} nrcpt={} proto={}",
-                    recipients.len(),
-                    if *esmtp { "ESMTP" } else { "SMTP" }
-                );
+                smtp_in::message(sid, msgid, *size as u64, recipients.len(), *esmtp);
                 for (evpid, to) in recipients {
-                    info!(
-                        "{sid} smtp envelope evpid={evpid} from=<{}> to=<{to}>",
-                        addr_text(sender)
-                    );
+                    smtp_in::envelope(sid, evpid, addr_text(sender), to);
                 }
                 self.log_delivered();
             }
@@ -785,12 +774,7 @@ impl Conn {
         if let Ok(outcome) = task.await {
             self.client = client_info(self.client_ip, &outcome);
         }
-        info!(
-            "{} smtp connected address={} host={}",
-            self.sid,
-            self.client.address.text(),
-            self.client.rdns
-        );
+        smtp_in::connected(self.sid, self.client.address.text(), &self.client.rdns);
         session.set_client(self.client.clone());
     }
 
@@ -1049,7 +1033,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
                 early = rest;
             }
             Err(why) => {
-                info!("{sid} smtp disconnected reason=\"proxy-v2: {why}\"");
+                smtp_in::disconnected(sid, format!("\"proxy-v2: {why}\""));
                 return;
             }
         }
@@ -1090,11 +1074,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
         (ClientInfo::unknown(ClientAddress::Ip(ip)), Some(task))
     };
     if pending.is_none() {
-        info!(
-            "{sid} smtp connected address={} host={}",
-            client.address.text(),
-            client.rdns
-        );
+        smtp_in::connected(sid, client.address.text(), &client.rdns);
     }
     // `-T filters`: session-begin now; session-end when this guard drops at the very end,
     // after the `smtp disconnected` line. Filtered listeners only.
@@ -1124,7 +1104,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, peer: SocketAddr,
         let _ = w.abort();
     }
     let _ = conn.client_ip;
-    info!("{sid} smtp disconnected reason={reason}");
+    smtp_in::disconnected(sid, &reason);
     conn.report("link-disconnect", None);
 }
 
