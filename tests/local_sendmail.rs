@@ -406,11 +406,7 @@ fn offline_messages_are_submitted_at_the_next_start() {
 #[test]
 fn mailq_and_bp_list_the_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     let port = free_port();
     // Mail for remote.test waits in the queue: its relay does not answer.
     let conf = format!(

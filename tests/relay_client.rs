@@ -2,13 +2,13 @@
 //! CRLF and dot-stuffing, MX routing, 4xx retried through the scheduler, 5xx as a permanent
 //! failure, STARTTLS with AUTH PLAIN, and DNS failures mapped as OpenSMTPD does.
 
+mod common;
 mod relay_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::net::TcpListener;
 
 use relay_support::{Sink, tls_config};
 
@@ -204,11 +204,8 @@ async fn temporary_refusal_is_retried_by_the_scheduler_and_then_delivered() {
 
 #[tokio::test]
 async fn connection_refused_is_a_temporary_network_error() {
-    // Bind then drop to find a closed port.
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port nothing listens on.
+    let port = common::free_port();
     let out = send(
         &relayer(""),
         &RelayAction::default(),
@@ -594,11 +591,7 @@ async fn a_host_without_addresses_is_no_mx_found() {
 #[tokio::test]
 async fn a_route_that_never_answered_is_disabled_then_enabled() {
     // A port nothing listens on (yet).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let url = format!("smtp://127.0.0.1:{port}");
     let r = relayer("").with_route_penalty_base(Duration::from_secs(1));
     let action = RelayAction::default();

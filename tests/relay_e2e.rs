@@ -8,7 +8,7 @@ mod common;
 mod relay_support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -842,11 +842,7 @@ async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = common::free_port();
     let (daemon, dir) = relay_one("", closed, "bob@far.test", "Subject: x\r\n\r\nhi\r\n").await;
     let delivery = daemon.wait_for("mta delivery");
     assert!(

@@ -4,9 +4,11 @@
 //! by it, so it may be queued twice; those duplicates are counted and must be explained by
 //! such interrupted transactions.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -193,11 +195,7 @@ fn run_with_kills(conf: &Path, spool: &Path, port: u16, messages: usize) -> Run 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let conf = dir.path().join("smtpd.conf");
     std::fs::write(
         &conf,
@@ -272,11 +270,7 @@ fn delivered_tokens(new: &Path) -> HashMap<String, usize> {
 #[test]
 fn kill_9_while_delivering_loses_nothing_and_delivers_each_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let root = nix::unistd::geteuid().is_root();
     let (uid, gid) = if root {
         (2000, 2000)

@@ -5,14 +5,28 @@
 use std::io::BufRead;
 use std::net::TcpListener;
 
-/// A port on 127.0.0.1 that was free a moment ago (the daemon binds it next; a test that
-/// must not race another process binds it itself).
+/// A port on 127.0.0.1 that was free a moment ago, for a daemon to bind next or for a
+/// relay target that must stay closed.
+///
+/// The ports come from 20000–31999, below the kernel's ephemeral range (32768–60999 on
+/// Linux), and each is handed out once per test process: a listener bound to port 0 or an
+/// outgoing connection never takes one, and no other test of this binary gets it again,
+/// even after the test that had it closed it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Processes that run one after the other start at different places.
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// Reads one SMTP reply, every line of it (`250-…` lines up to the `250 …` one), with the
