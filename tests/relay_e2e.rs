@@ -168,6 +168,7 @@ async fn foreign_mail_is_relayed_with_starttls_and_auth_plain() {
     std::fs::write(dir.path().join("secrets"), "lbl joe:s3cret\n").unwrap();
     let conf = format!(
         "table secrets file:{}\n\
+         mta limit conn-delay-route 0 reconn-delay-route 0\n\
          listen on 127.0.0.1 port PORT\n\
          action \"relay\" relay host \"smtp+tls://lbl@127.0.0.1:{}\" auth <secrets> tls no-verify\n\
          match from local for any action \"relay\"\n",
@@ -623,7 +624,8 @@ async fn session_mail_max_and_max_conn_per_route_bound_the_sessions() {
     };
     let (sink, daemon, _dir) = relay_numbered(
         sink,
-        "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n",
+        "mta limit max-conn-per-route 2 session-mail-max 2 conn-delay-relay 0 session-keepalive 1\n\
+         mta limit conn-delay-route 0 reconn-delay-route 0\n",
         "",
         8,
         30,
@@ -796,7 +798,11 @@ async fn relay_to_dsn_sink(
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
+    let conf = relay_conf(
+        "mta limit session-keepalive 1 conn-delay-route 0 reconn-delay-route 0\n",
+        addr.port(),
+        "",
+    );
     let (daemon, port) = start(dir.path(), &conf);
     let reply = tokio::task::spawn_blocking(move || {
         submit_rcpts(port, from, rcpts, "Subject: dsn\r\n\r\nhi\r\n")
@@ -908,7 +914,11 @@ async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
+    let conf = relay_conf(
+        "mta limit session-keepalive 1 conn-delay-route 0 reconn-delay-route 0\n",
+        addr.port(),
+        "",
+    );
     let (daemon, port) = start(dir.path(), &conf);
     tokio::task::spawn_blocking(move || submit_numbered(port, 2, ""))
         .await
@@ -942,7 +952,11 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("mta limit session-keepalive 0\n", addr.port(), "");
+    let conf = relay_conf(
+        "mta limit session-keepalive 0 conn-delay-route 0 reconn-delay-route 0\n",
+        addr.port(),
+        "",
+    );
     let (daemon, port) = start(dir.path(), &conf);
     let spool = dir.path().join("spool");
     let hoststats = move || {
@@ -1212,7 +1226,7 @@ async fn hostile_replies_of_the_next_hop_never_reach_the_envelope() {
     .await
     .unwrap();
     let (daemon, dir) = relay_one(
-        "mta limit session-keepalive 1\n",
+        "mta limit session-keepalive 1 conn-delay-route 0 reconn-delay-route 0\n",
         addr.port(),
         "bob@far.test",
         "Subject: x\r\n\r\nhi\r\n",
@@ -1551,7 +1565,8 @@ async fn max_conn_per_domain_bounds_the_sessions_of_all_sources() {
     let (sink, _daemon, _dir) = relay_numbered(
         sink,
         "table sources { 127.0.0.5, 127.0.0.6 }\n\
-         mta limit max-conn-per-route 2 max-conn-per-domain 3 session-mail-max 1 conn-delay-relay 0\n",
+         mta limit max-conn-per-route 2 max-conn-per-domain 3 session-mail-max 1 conn-delay-relay 0\n\
+         mta limit conn-delay-route 0 reconn-delay-route 0\n",
         " src <sources>",
         12,
         60,
@@ -1576,7 +1591,7 @@ async fn conn_delay_domain_spaces_the_sessions() {
     let (sink, _daemon, _dir) = relay_numbered(
         Sink::default(),
         "table sources { 127.0.0.5, 127.0.0.6 }\n\
-         mta limit conn-delay-domain 2 session-mail-max 1\n",
+         mta limit conn-delay-domain 2 session-mail-max 1 conn-delay-route 0 reconn-delay-route 0\n",
         " src <sources>",
         3,
         30,
@@ -1645,4 +1660,133 @@ async fn success_reports_of_relayed_mail_are_left_to_a_next_hop_with_dsn() {
             assert!(log.contains(" from=<> to=<alice@client.test>\n"), "{log}");
         }
     }
+}
+
+/// The gaps between consecutive times, in order.
+fn gaps(times: &[std::time::Instant]) -> Vec<Duration> {
+    times.windows(2).map(|p| p[1] - p[0]).collect()
+}
+
+/// `conn-delay-route` (5 s by default, as in 6.8): a second session on a route, from the
+/// same source to the same address, opens that long after the first, even when the first
+/// ended meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_route_open_conn_delay_route_apart_by_default() {
+    let (sink, daemon, _dir) =
+        relay_numbered(Sink::default(), "mta limit session-mail-max 1\n", "", 2, 30).await;
+    let opened = sink.accepted_at.lock().unwrap().clone();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    let gap = gaps(&opened)[0];
+    assert!(
+        gap >= Duration::from_millis(4900),
+        "{gap:?} between sessions"
+    );
+    assert_eq!(
+        daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("mta disconnected reason=quit messages=1"))
+            .count(),
+        2
+    );
+}
+
+/// `reconn-delay-route`: after a session of a route ends, the next one waits that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_rests_reconn_delay_route_after_a_session_ends() {
+    let sink = Sink {
+        data_delay: Some(Duration::from_millis(1500)),
+        ..Sink::default()
+    };
+    let (sink, _daemon, _dir) = relay_numbered(
+        sink,
+        "mta limit session-mail-max 1 max-conn-per-route 1 conn-delay-relay 0\n\
+         mta limit conn-delay-route 0 reconn-delay-route 2\n",
+        "",
+        3,
+        30,
+    )
+    .await;
+    let opened = sink.accepted_at.lock().unwrap().clone();
+    let closed = sink.closed_at.lock().unwrap().clone();
+    assert_eq!(opened.len(), 3, "{opened:?}");
+    for i in 0..2 {
+        let rest = opened[i + 1].saturating_duration_since(closed[i]);
+        assert!(
+            rest >= Duration::from_millis(1900),
+            "session {} opened {rest:?} after session {} ended",
+            i + 2,
+            i + 1
+        );
+    }
+    // `conn-delay-route` alone (no rest after an end) counts from the opening instead:
+    // the sessions of a one-session route follow each other at once once it has passed.
+    let sink = Sink {
+        data_delay: Some(Duration::from_millis(1500)),
+        ..Sink::default()
+    };
+    let (sink, _daemon, _dir) = relay_numbered(
+        sink,
+        "mta limit session-mail-max 1 max-conn-per-route 1 conn-delay-relay 0\n\
+         mta limit conn-delay-route 1 reconn-delay-route 0\n",
+        "",
+        2,
+        30,
+    )
+    .await;
+    let opened = sink.accepted_at.lock().unwrap().clone();
+    let closed = sink.closed_at.lock().unwrap().clone();
+    assert!(closed[0] - opened[0] >= Duration::from_millis(1500));
+    assert!(gaps(&opened)[0] >= Duration::from_millis(1500));
+}
+
+/// `conn-delay-host`: sessions to one remote address open that far apart, even on
+/// different routes (here, from two source addresses for two domains).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_to_one_host_open_conn_delay_host_apart() {
+    let (sink, addr) = Sink::default().start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "table s1 {{ 127.0.0.5 }}\n\
+         table s2 {{ 127.0.0.6 }}\n\
+         mta limit conn-delay-host 3 conn-delay-route 0 reconn-delay-route 0 conn-delay-relay 0\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"r1\" relay host \"smtp://127.0.0.1:{p}\" src <s1>\n\
+         action \"r2\" relay host \"smtp://127.0.0.1:{p}\" src <s2>\n\
+         match from local for domain \"one.test\" action \"r1\"\n\
+         match from local for domain \"two.test\" action \"r2\"\n",
+        p = addr.port()
+    );
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_rcpts(
+            port,
+            "alice@client.test",
+            &["a@one.test", "b@two.test"],
+            "Subject: x\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 30);
+    assert!(
+        lines.iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
+    );
+    let peers: std::collections::BTreeSet<String> = sink
+        .peers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.ip().to_string())
+        .collect();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    let opened = sink.accepted_at.lock().unwrap().clone();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    let gap = gaps(&opened)[0];
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "{gap:?} between sessions"
+    );
 }

@@ -6,10 +6,11 @@
 //! most [`MAX_RCPT_PER_TRANSACTION`]); each recipient's result is its own. A session
 //! carries at most `session-mail-max` transactions; the last session of a route waits
 //! `session-keepalive` seconds for more mail before QUIT. A route opens at most
-//! `max-conn-per-route` sessions, a new one no sooner than `conn-delay-relay` seconds after
-//! the previous one, and at most `max-conn-per-host` sessions are open to one address.
-//! Bounds shared between routes (`max-conn-per-relay`, `-domain`, `-source`) and the
-//! `conn-delay-connector`, `-domain`, `-source` spacings are checked before a session opens.
+//! `max-conn-per-route` sessions, and at most `max-conn-per-host` sessions are open to one
+//! address. Bounds shared between routes (`max-conn-per-relay`, `-domain`, `-source`) and
+//! the `conn-delay-relay`, `-connector`, `-domain`, `-source` spacings are checked before a
+//! session opens; the `conn-delay-host`, `conn-delay-route` and `reconn-delay-route`
+//! pauses when its remote address is chosen.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -20,8 +21,8 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::relay::{
-    ConnectLimits, Family, HostLimiter, Recipient, RelayOutcome, Relayer, Session, Transaction,
-    mail_from,
+    ConnectLimits, Family, HostLimiter, Recipient, RelayOutcome, Relayer, RouteDelays, Session,
+    Transaction, mail_from,
 };
 use super::result::Status;
 use crate::config::model::{Config, RelayAction};
@@ -57,6 +58,13 @@ pub struct MtaLimits {
     pub conn_delay_connector: Duration,
     pub conn_delay_domain: Duration,
     pub conn_delay_source: Duration,
+    /// Least time between two sessions opened to one remote address
+    /// (`conn-delay-host`), on one route from a source to a remote address
+    /// (`conn-delay-route`), and from the end of a route's session to the next one
+    /// (`reconn-delay-route`).
+    pub conn_delay_host: Duration,
+    pub conn_delay_route: Duration,
+    pub reconn_delay_route: Duration,
     pub family: Family,
 }
 
@@ -77,6 +85,9 @@ impl Default for MtaLimits {
             conn_delay_connector: Duration::ZERO,
             conn_delay_domain: Duration::ZERO,
             conn_delay_source: Duration::ZERO,
+            conn_delay_host: Duration::ZERO,
+            conn_delay_route: Duration::from_secs(5),
+            reconn_delay_route: Duration::from_secs(3),
             family: Family::Any,
         }
     }
@@ -126,6 +137,9 @@ impl MtaLimits {
                 "conn-delay-connector" => self.conn_delay_connector = Duration::from_secs(n),
                 "conn-delay-domain" => self.conn_delay_domain = Duration::from_secs(n),
                 "conn-delay-source" => self.conn_delay_source = Duration::from_secs(n),
+                "conn-delay-host" => self.conn_delay_host = Duration::from_secs(n),
+                "conn-delay-route" => self.conn_delay_route = Duration::from_secs(n),
+                "reconn-delay-route" => self.reconn_delay_route = Duration::from_secs(n),
                 _ => {}
             }
         }
@@ -197,6 +211,8 @@ pub struct Pool {
 
 #[derive(Default)]
 struct Recent {
+    /// By relay: the route key without its source address.
+    relay: HashMap<RouteKey, Instant>,
     connector: HashMap<RouteKey, Instant>,
     domain: HashMap<String, Instant>,
     source: HashMap<Option<IpAddr>, Instant>,
@@ -213,16 +229,21 @@ impl Recent {
                 .retain(|_, t| now.duration_since(*t) < Self::KEEP);
             self.source
                 .retain(|_, t| now.duration_since(*t) < Self::KEEP);
+            self.relay
+                .retain(|_, t| now.duration_since(*t) < Self::KEEP);
         }
+        self.relay.insert(relay_key(key), now);
         self.connector.insert(key.clone(), now);
         self.domain.insert(domain.to_string(), now);
         self.source.insert(key.source, now);
     }
 
-    /// The earliest time the `conn-delay-*` limits let another session open.
+    /// The earliest time the `conn-delay-relay`, `-connector`, `-domain` and `-source`
+    /// limits let another session open.
     fn due(&self, key: &RouteKey, domain: &str, l: &MtaLimits) -> Option<Instant> {
         let after = |t: Option<&Instant>, d: Duration| t.filter(|_| !d.is_zero()).map(|t| *t + d);
         [
+            after(self.relay.get(&relay_key(key)), l.conn_delay_relay),
             after(self.connector.get(key), l.conn_delay_connector),
             after(self.domain.get(domain), l.conn_delay_domain),
             after(self.source.get(&key.source), l.conn_delay_source),
@@ -230,6 +251,15 @@ impl Recent {
         .into_iter()
         .flatten()
         .max()
+    }
+}
+
+/// A relay, as 6.8 shares `conn-delay-relay` and `max-conn-per-relay` between its
+/// connectors: the route key without the source address.
+fn relay_key(key: &RouteKey) -> RouteKey {
+    RouteKey {
+        source: None,
+        ..key.clone()
     }
 }
 
@@ -462,12 +492,7 @@ impl Pool {
             || same_domain >= limits.max_conn_per_domain
             || source >= limits.max_conn_per_source;
         let now = Instant::now();
-        let mut due = self.spacing_due(key, &state.spec);
-        if state.workers > 0
-            && let Some(last) = state.last_connect
-        {
-            due = due.max(Some(last + limits.conn_delay_relay));
-        }
+        let due = self.spacing_due(key, &state.spec);
         let wait_until = if full {
             tracing::debug!("debug: mta: limits reached for {domain}");
             Some(now + Duration::from_secs(1))
@@ -761,6 +786,11 @@ impl Pool {
             family: spec.limits.family,
             per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
             relay_name: Some(&spec.domain),
+            delays: RouteDelays {
+                host: spec.limits.conn_delay_host,
+                route: spec.limits.conn_delay_route,
+                reconn: spec.limits.reconn_delay_route,
+            },
         };
         let mut session = self
             .relayer
@@ -834,6 +864,9 @@ mod tests {
                 conn_delay_connector: Duration::ZERO,
                 conn_delay_domain: Duration::ZERO,
                 conn_delay_source: Duration::ZERO,
+                conn_delay_host: Duration::ZERO,
+                conn_delay_route: Duration::from_secs(5),
+                reconn_delay_route: Duration::from_secs(3),
                 family: Family::Any,
             }
         );

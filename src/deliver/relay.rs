@@ -238,8 +238,11 @@ struct RouteInfo {
     disabled_until: Option<Instant>,
     nconn: usize,
     nerror: u32,
-    /// When a session was last opened on it (`smtpctl show hosts`).
+    /// When a session was last opened on it (`smtpctl show hosts`, `conn-delay-route`,
+    /// `conn-delay-host`).
     last_conn: Option<Instant>,
+    /// When a session on it last ended, or a connection failed (`reconn-delay-route`).
+    last_disc: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -262,9 +265,49 @@ impl RouteTable {
                 nconn: 0,
                 nerror: 0,
                 last_conn: None,
+                last_disc: None,
             }
         })
     }
+
+    /// When `delays` let a session open on `key` (`None`: now), as 6.8's
+    /// `mta_find_route` skips a host opened less than `conn-delay-host` ago, and a route
+    /// opened less than `conn-delay-route` ago or closed less than `reconn-delay-route`
+    /// ago. Otherwise the session is counted as opened now.
+    fn claim(&mut self, key: RouteKey, delays: RouteDelays, now: Instant) -> Option<Instant> {
+        let after = |t: Option<Instant>, d: Duration| t.filter(|_| !d.is_zero()).map(|t| t + d);
+        let host_last = self
+            .routes
+            .iter()
+            .filter(|((_, addr), _)| *addr == key.1)
+            .filter_map(|(_, r)| r.last_conn)
+            .max();
+        let r = self.get(key);
+        let due = [
+            after(host_last, delays.host),
+            after(r.last_conn, delays.route),
+            after(r.last_disc, delays.reconn),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .filter(|d| *d > now);
+        if due.is_none() {
+            r.last_conn = Some(now);
+        }
+        due
+    }
+}
+
+/// The pauses between sessions to one remote address (`conn-delay-host`) and on one
+/// route, from a source address to a remote address (`conn-delay-route` after a session
+/// opened, `reconn-delay-route` after one ended). All zero by default: only the session
+/// pool sets them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteDelays {
+    pub host: Duration,
+    pub route: Duration,
+    pub reconn: Duration,
 }
 
 /// `[src] <-> address (ptr)` as OpenSMTPD's `mta_route_to_text` writes a route.
@@ -561,6 +604,8 @@ pub struct ConnectLimits<'a> {
     /// What 6.8 names the relay in `relay=` when no host could take the mail: the
     /// destination domain, or the smarthost's name. `None`: the first hop's name.
     pub relay_name: Option<&'a str>,
+    /// Pauses before a session opens on a route.
+    pub delays: RouteDelays,
 }
 
 /// One recipient of a transaction, with its DSN parameters.
@@ -638,6 +683,7 @@ impl Drop for Session {
         {
             let r = t.get(key);
             r.nconn = r.nconn.saturating_sub(1);
+            r.last_disc = Some(Instant::now());
         }
     }
 }
@@ -1056,6 +1102,35 @@ impl Relayer {
         Some(true)
     }
 
+    /// Waits until `delays` let a session open on the route, and counts it as opened
+    /// then; `false` when the route is disabled (at first, or meanwhile). Bounded: each
+    /// round waits for the latest pause, which other sessions may move.
+    async fn wait_for_route(&self, key: RouteKey, delays: RouteDelays) -> bool {
+        for _ in 0..16 {
+            if self.route_disabled(key) {
+                return false;
+            }
+            let now = Instant::now();
+            let due = match self.routes.lock() {
+                Ok(mut t) => t.claim(key, delays, now),
+                Err(_) => None,
+            };
+            let Some(until) = due else {
+                return true;
+            };
+            tracing::debug!(
+                "debug: mta-routing: route {} cannot be used before {}s",
+                route_text(key, None),
+                until.saturating_duration_since(now).as_secs_f64().ceil()
+            );
+            tokio::time::sleep_until(until).await;
+        }
+        if let Ok(mut t) = self.routes.lock() {
+            t.get(key).last_conn = Some(Instant::now());
+        }
+        !self.route_disabled(key)
+    }
+
     /// Whether the route is disabled now.
     fn route_disabled(&self, key: RouteKey) -> bool {
         let now = Instant::now();
@@ -1360,7 +1435,7 @@ impl Relayer {
             {
                 let sa = SocketAddr::new(addr, *port);
                 let route = (source, addr);
-                if self.route_disabled(route) {
+                if !self.wait_for_route(route, limits.delays).await {
                     disabled += 1;
                     continue;
                 }
@@ -1418,13 +1493,15 @@ impl Relayer {
                         )
                         .await;
                 }
-                if let Ok(mut t) = self.routes.lock() {
-                    t.get(route).last_conn = Some(Instant::now());
-                }
                 if greeted {
                     self.route_ok(route);
                 } else if opened.is_err() {
                     self.route_failed(route).await;
+                }
+                if opened.is_err()
+                    && let Ok(mut t) = self.routes.lock()
+                {
+                    t.get(route).last_disc = Some(Instant::now());
                 }
                 let with_sid = |mut o: RelayOutcome| {
                     o.session = sid.clone();

@@ -34,8 +34,9 @@ pub struct Sink {
     /// Connections open now, and the most open at once.
     pub open_now: Arc<std::sync::atomic::AtomicUsize>,
     pub open_max: Arc<std::sync::atomic::AtomicUsize>,
-    /// When each connection was accepted.
+    /// When each connection was accepted, and when each ended.
     pub accepted_at: Arc<Mutex<Vec<std::time::Instant>>>,
+    pub closed_at: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl Sink {
@@ -67,6 +68,7 @@ impl Sink {
                             me.dialogue(secure, index, true).await;
                         }
                     }
+                    me.closed_at.lock().unwrap().push(std::time::Instant::now());
                     me.open_now.fetch_sub(1, SeqCst);
                 });
             }
