@@ -25,6 +25,16 @@ pub enum Destination {
     Syslog,
 }
 
+/// The C library's wording of an I/O error (`No such file or directory`), as OpenSMTPD's
+/// `log_warn` and its error texts give it: Rust's ` (os error N)` suffix left out.
+pub fn strerror(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(cut) if text.ends_with(')') => text[..cut].to_string(),
+        _ => text,
+    }
+}
+
 /// Runtime-switchable log settings (`smtpctl log verbose`, `smtpctl trace`).
 pub struct Settings {
     verbose: AtomicBool,

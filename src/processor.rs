@@ -654,7 +654,10 @@ async fn write_loop(
             }
         }
         if let Err(e) = stdin.write_all(&out).await {
-            warn!("warn: processor {name}: write: {e}");
+            warn!(
+                "warn: processor {name}: write: {}",
+                crate::log::strerror(&e)
+            );
             return;
         }
     }

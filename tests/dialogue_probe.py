@@ -7,12 +7,18 @@ usage: dialogue_probe.py SCRIPT COMMAND [ARG]...
 SCRIPT holds the dialogues, separated by blank lines; each line is sent as a command
 (CRLF added) and its reply read. A line `<DATA>` sends a small message ending with the
 final dot. COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
-MTA delivers until its log has been quiet for 2 s, then gets SIGTERM.
+MTA delivers until its log has been quiet for PROBE_QUIET seconds (2 by default), then
+gets SIGTERM.
+
+With PROBE_SINK=ADDR:PORT, a next hop listens there for relayed mail: it refuses RCPTs
+whose local part is `temp` (451) or `perm` (550), takes the others, and what it was sent
+is printed after the transcript, behind a line `== sink`.
 """
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +27,77 @@ from probe_util import loopback_up, reply, stop  # noqa: E402
 MESSAGE = b"Subject: probe\r\nFrom: x@client.example\r\n\r\nbody line\r\n..leading dot\r\n\r\n.\r\n"
 
 
+class Sink:
+    """A next hop on loopback that records every line it is sent."""
+
+    def __init__(self, address):
+        host, port = address.rsplit(":", 1)
+        self.server = socket.create_server((host, int(port)))
+        self.lines = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def note(self, line):
+        with self.lock:
+            self.lines.append(line)
+
+    def serve(self):
+        for _ in range(50):
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        conn.settimeout(30)
+        f = conn.makefile("rb")
+
+        def send(text):
+            conn.sendall(text.encode() + b"\r\n")
+
+        try:
+            self.note("<connect>")
+            send("220 sink.example ESMTP")
+            for _ in range(500):
+                line = f.readline()
+                if not line:
+                    break
+                cmd = line.decode(errors="replace").rstrip("\r\n")
+                self.note("C: " + cmd)
+                verb = cmd.split(" ", 1)[0].upper()
+                if verb in ("EHLO", "HELO"):
+                    send("250-sink.example\r\n250 8BITMIME")
+                elif verb == "RCPT":
+                    local = cmd.split("<", 1)[-1].split("@", 1)[0].lower()
+                    if local == "temp":
+                        send("451 4.2.0 try later")
+                    elif local == "perm":
+                        send("550 5.1.1 no such user")
+                    else:
+                        send("250 2.1.5 ok")
+                elif verb == "DATA":
+                    send("354 go on")
+                    for _ in range(10000):
+                        body = f.readline()
+                        if not body or body == b".\r\n":
+                            break
+                        self.note("D: " + body.decode(errors="replace").rstrip("\r\n"))
+                    send("250 2.0.0 queued")
+                elif verb == "QUIT":
+                    send("221 2.0.0 bye")
+                    break
+                else:
+                    send("250 2.0.0 ok")
+        except OSError as e:
+            self.note("<%s>" % type(e).__name__)
+        conn.close()
+        self.note("<close>")
+
+
 def main():
     loopback_up()
+    sink = Sink(os.environ["PROBE_SINK"]) if os.environ.get("PROBE_SINK") else None
     with open(sys.argv[1]) as f:
         dialogues = [b.strip("\n").split("\n") for b in f.read().split("\n\n") if b.strip()]
     with open(os.environ["PROBE_LOG"], "wb") as log:
@@ -66,16 +141,21 @@ def main():
             except OSError as e:
                 out.append("<%s>" % type(e).__name__)
             s.close()
-        # Deliveries end when the log has been quiet for 2 s (within 30 s).
-        quiet_since, size, end = time.monotonic(), -1, time.monotonic() + 30
+        # Deliveries end when the log has been quiet for a while (within 60 s).
+        quiet = float(os.environ.get("PROBE_QUIET", "2"))
+        quiet_since, size, end = time.monotonic(), -1, time.monotonic() + 60
         while time.monotonic() < end:
             now_size = os.path.getsize(os.environ["PROBE_LOG"])
             if now_size != size:
                 size, quiet_since = now_size, time.monotonic()
-            elif time.monotonic() - quiet_since >= 2:
+            elif time.monotonic() - quiet_since >= quiet:
                 break
             time.sleep(0.1)
         stop(mta)
+    if sink is not None:
+        out.append("== sink")
+        with sink.lock:
+            out.extend(sink.lines)
     print("\n".join(out))
 
 

@@ -855,6 +855,23 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
         delivery.ends_with("result=\"TempFail\" stat=\"Network error on destination MXs\""),
         "{delivery}"
     );
+    // As 6.8 flushes a relay it gave up on: no session, no source, the relay's name.
+    assert!(
+        delivery.starts_with("0000000000000000 mta delivery ")
+            && delivery.contains(" source=\"-\" relay=\"127.0.0.1\" "),
+        "{delivery}"
+    );
+    assert_eq!(
+        daemon.wait_for("smtp-out: No valid route"),
+        format!(
+            "smtp-out: No valid route for [connector:[]->[relay:127.0.0.1,port={closed},smtp,mx],0x0]"
+        )
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("mta error reason=IO Error: Connection refused\n")
+    );
     let line = daemon.wait_for("smtp-out: Disabling route");
     // No PTR name: the address stands for it, as getnameinfo(3) gives it to 6.8.
     assert_eq!(

@@ -92,11 +92,4 @@ impl Diagnostics {
     }
 }
 
-/// The C library's wording of an I/O error (`No such file or directory`).
-pub fn strerror(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+pub use crate::log::strerror;

@@ -61,7 +61,7 @@ impl SmtpGate {
             {
                 Ok(l) => l,
                 Err(e) => {
-                    warn!("warn: smtp: listener: {e}");
+                    warn!("warn: smtp: listener: {}", crate::log::strerror(&e));
                     return;
                 }
             };

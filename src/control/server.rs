@@ -290,7 +290,7 @@ pub async fn serve(control: Arc<Control>, listener: UnixListener, path: PathBuf)
                 tokio::spawn(control.clone().session(stream));
             }
             Err(e) => {
-                warn!("warn: control: accept: {e}");
+                warn!("warn: control: accept: {}", crate::log::strerror(&e));
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
             }

@@ -167,6 +167,8 @@ pub struct RouteSpec {
     /// What limits and pauses follow: the destination domain (lower case), or the
     /// smarthost's name.
     pub domain: String,
+    /// The relay as 6.8 names it (`[relay:…]`, see [`relay_text`]).
+    pub relay_text: String,
     pub source: Option<IpAddr>,
     pub limits: MtaLimits,
     /// `auth` table entries by label.
@@ -283,6 +285,55 @@ pub fn envelope_sender(spec: &RouteSpec, e: &Envelope) -> String {
     }
 }
 
+/// A relay as 6.8's `mta_relay_to_text` names it: `[relay:NAME,port=N,SCHEME,auth=TABLE:
+/// LABEL,pki_name=P,mx,sourcetable=T,helotable=T,heloname=H]`, for the smarthost `url` or
+/// the destination `domain` (MX routing).
+pub fn relay_text(url: Option<&str>, domain: &str, action: &RelayAction, cfg: &Config) -> String {
+    let table = |t: Option<crate::config::model::TableId>| t.map(|id| cfg.table(id).name.clone());
+    let url = url.and_then(super::relay::parse_relay_url);
+    let mut words = Vec::new();
+    match &url {
+        Some(u) => {
+            words.push(format!("relay:{}", u.host));
+            if u.port != 25 {
+                words.push(format!("port={}", u.port));
+            }
+            words.push(u.scheme.url_text().to_string());
+            if let (Some(t), Some(label)) = (table(action.auth), &u.label) {
+                words.push(format!("auth={t}:{label}"));
+            }
+        }
+        None => {
+            words.push(format!("relay:{domain}"));
+            words.push(
+                if action.tls.is_some() {
+                    "smtp+tls"
+                } else {
+                    "smtp"
+                }
+                .into(),
+            );
+        }
+    }
+    if let Some(p) = &action.pki {
+        words.push(format!("pki_name={p}"));
+    }
+    if url.is_some() {
+        // 6.8 marks a relay whose name is a host, not a domain, this way.
+        words.push("mx".into());
+    }
+    if let Some(t) = table(action.src) {
+        words.push(format!("sourcetable={t}"));
+    }
+    if let Some(t) = table(action.helo_src) {
+        words.push(format!("helotable={t}"));
+    }
+    if let Some(h) = &action.helo {
+        words.push(format!("heloname={h}"));
+    }
+    format!("[{}]", words.join(","))
+}
+
 impl Pool {
     pub fn new(relayer: Relayer) -> Arc<Pool> {
         Arc::new(Pool {
@@ -345,58 +396,14 @@ impl Pool {
     /// heloname=H]`), then `refcount=` (sessions and waiting envelopes), `ntask=` (waiting
     /// envelopes), `nconn=` (sessions open or opening), `lastconn=` (since the last session
     /// was opened), `timeout=-` and `wait=`.
-    pub fn relays_text(&self, cfg: &Config) -> Vec<String> {
+    pub fn relays_text(&self) -> Vec<String> {
         let Ok(routes) = self.routes.lock() else {
             return Vec::new();
         };
         let now = Instant::now();
-        let table =
-            |t: Option<crate::config::model::TableId>| t.map(|id| cfg.table(id).name.clone());
         let mut lines: Vec<String> = routes
-            .iter()
-            .map(|(key, state)| {
-                let action = &state.spec.action;
-                let url = key.url.as_deref().and_then(super::relay::parse_relay_url);
-                let mut words = Vec::new();
-                match &url {
-                    Some(u) => {
-                        words.push(format!("relay:{}", u.host));
-                        if u.port != 25 {
-                            words.push(format!("port={}", u.port));
-                        }
-                        words.push(u.scheme.url_text().to_string());
-                        if let (Some(t), Some(label)) = (table(action.auth), &u.label) {
-                            words.push(format!("auth={t}:{label}"));
-                        }
-                    }
-                    None => {
-                        words.push(format!("relay:{}", key.domain));
-                        words.push(
-                            if action.tls.is_some() {
-                                "smtp+tls"
-                            } else {
-                                "smtp"
-                            }
-                            .into(),
-                        );
-                    }
-                }
-                if let Some(p) = &action.pki {
-                    words.push(format!("pki_name={p}"));
-                }
-                if url.is_some() {
-                    // 6.8 marks a relay whose name is a host, not a domain, this way.
-                    words.push("mx".into());
-                }
-                if let Some(t) = table(action.src) {
-                    words.push(format!("sourcetable={t}"));
-                }
-                if let Some(t) = table(action.helo_src) {
-                    words.push(format!("helotable={t}"));
-                }
-                if let Some(h) = &action.helo {
-                    words.push(format!("heloname={h}"));
-                }
+            .values()
+            .map(|state| {
                 let lastconn = state.last_connect.map_or_else(
                     || "-".to_string(),
                     |t| {
@@ -406,8 +413,8 @@ impl Pool {
                     },
                 );
                 format!(
-                    "[{}] refcount={} ntask={} nconn={} lastconn={lastconn} timeout=- wait=",
-                    words.join(","),
+                    "{} refcount={} ntask={} nconn={} lastconn={lastconn} timeout=- wait=",
+                    state.spec.relay_text,
                     state.workers + state.queue.len(),
                     state.queue.len(),
                     state.workers,
@@ -782,10 +789,20 @@ impl Pool {
             .relayer
             .route(&spec.action, key.url.as_deref(), &key.domain)
             .await?;
+        // As 6.8's `mta_connector_to_text` names the relay from this source.
+        let connector = format!(
+            "[connector:{}->{},0x0]",
+            spec.source.map_or_else(
+                || "[]".to_string(),
+                |a| crate::queue::ClientAddr::Ip(a).text()
+            ),
+            spec.relay_text
+        );
         let limits = ConnectLimits {
             family: spec.limits.family,
             per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),
             relay_name: Some(&spec.domain),
+            connector: Some(&connector),
             delays: RouteDelays {
                 host: spec.limits.conn_delay_host,
                 route: spec.limits.conn_delay_route,
@@ -913,6 +930,7 @@ mod tests {
         let spec = RouteSpec {
             action: RelayAction::default(),
             domain: "far.test".into(),
+            relay_text: "[relay:far.test,smtp]".into(),
             source: None,
             limits: MtaLimits::default(),
             auth: Box::new(|_| None),

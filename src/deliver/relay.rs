@@ -403,7 +403,7 @@ impl Conn {
                     self.report("timeout", None);
                     return Err("Timeout".into());
                 }
-                Ok(Err(e)) => return Err(format!("IO Error: {e}")),
+                Ok(Err(e)) => return Err(format!("IO Error: {}", crate::log::strerror(&e))),
                 Ok(Ok(n)) => n,
             };
             if n == 0 {
@@ -442,7 +442,7 @@ impl Conn {
         .await
         {
             Err(_) => Err("Timeout".into()),
-            Ok(Err(e)) => Err(format!("IO Error: {e}")),
+            Ok(Err(e)) => Err(format!("IO Error: {}", crate::log::strerror(&e))),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -604,6 +604,9 @@ pub struct ConnectLimits<'a> {
     /// What 6.8 names the relay in `relay=` when no host could take the mail: the
     /// destination domain, or the smarthost's name. `None`: the first hop's name.
     pub relay_name: Option<&'a str>,
+    /// The connector as 6.8's `smtp-out:` lines name it (`[connector:SRC->[relay:…],0x0]`);
+    /// `None`: `[relay:HOST,SCHEME]` of the first hop.
+    pub connector: Option<&'a str>,
     /// Pauses before a session opens on a route.
     pub delays: RouteDelays,
 }
@@ -1418,6 +1421,7 @@ impl Relayer {
         );
         // Why no connection was tried, when none was (6.8's connector errors).
         let (mut seen, mut other_family, mut disabled, mut tried) = (0usize, 0usize, 0usize, 0);
+        let mut failed_routes: Vec<RouteKey> = Vec::new();
         for Hop {
             host,
             port,
@@ -1531,12 +1535,14 @@ impl Relayer {
                     }
                     // Connection-level trouble: try the next address or MX.
                     Err((Status::TempFail, text)) if text.starts_with('!') => {
-                        // 6.8 reports every failed route this way, smarthosts too.
-                        last = with_sid(RelayOutcome::new(
+                        // 6.8 reports every failed route this way, smarthosts too, once
+                        // it gives up on the relay: no session, the relay's name.
+                        failed_routes.push(route);
+                        last = RelayOutcome::new(
                             Status::TempFail,
                             "Network error on destination MXs",
-                            host,
-                        ));
+                            relay_name,
+                        );
                     }
                     Err((status, text)) => {
                         return Err(with_sid(RelayOutcome::new(
@@ -1548,11 +1554,21 @@ impl Relayer {
                 }
             }
         }
+        // How 6.8 names the connector in its `smtp-out:` lines.
+        let relay = limits.connector.map_or_else(
+            || {
+                hops.first().map_or_else(String::new, |h| {
+                    format!("[relay:{},{}]", h.host, h.scheme.url_text())
+                })
+            },
+            str::to_string,
+        );
+        if !failed_routes.is_empty() && failed_routes.iter().all(|r| self.route_disabled(*r)) {
+            // 6.8 looks for another route at once, finds those it just disabled, and says so.
+            info!("smtp-out: No valid route for {relay}");
+        }
         if tried == 0 {
             // Nothing to connect to: say why, as 6.8's `mta_find_route` does.
-            let relay = hops.first().map_or_else(String::new, |h| {
-                format!("[relay:{},{}]", h.host, h.scheme.url_text())
-            });
             let why = if seen == 0 {
                 info!("smtp-out: No MX found for {relay}");
                 "No MX found for destination"
@@ -1603,6 +1619,7 @@ impl Relayer {
         let tcp = match timeout(CONNECT_TIMEOUT, connect_from(source, addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                let e = crate::log::strerror(&e);
                 info!("{sid} mta error reason=IO Error: {e}");
                 return Err(temp(format!("!IO Error: {e}")));
             }

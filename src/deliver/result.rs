@@ -145,14 +145,7 @@ impl From<Failure> for Outcome {
     }
 }
 
-/// `strerror(errno)` of an I/O error, without Rust's ` (os error N)` suffix.
-pub fn strerror(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" (os error ") {
-        Some(cut) if text.ends_with(')') => text[..cut].to_string(),
-        _ => text,
-    }
-}
+pub use crate::log::strerror;
 
 /// The result of one delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]

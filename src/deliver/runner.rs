@@ -600,9 +600,16 @@ impl Runner {
                     None
                 };
                 let layout = self.spool.layout().clone();
+                let relay_text = super::mta::relay_text(
+                    url.as_deref(),
+                    &domain.to_ascii_lowercase(),
+                    &action,
+                    cfg,
+                );
                 let spec = Arc::new(RouteSpec {
                     limits: MtaLimits::for_domain(cfg, &limit_domain),
                     domain: limit_domain,
+                    relay_text,
                     action,
                     source,
                     auth: Box::new(auth),
@@ -1135,7 +1142,7 @@ impl Runner {
 
     /// The destinations with mail or sessions, as `smtpctl show relays` lists them.
     pub fn relays_text(&self) -> Vec<String> {
-        self.mta.relays_text(&self.graph.config)
+        self.mta.relays_text()
     }
 
     /// `smtpctl pause|resume mta from ADDR for DOMAIN`.

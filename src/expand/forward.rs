@@ -44,13 +44,7 @@ pub trait IncludeFiles {
     fn read(&self, path: &str) -> std::io::Result<Vec<u8>>;
 }
 
-/// The text `strerror` gives for an I/O error, as OpenSMTPD's `log_warn` appends it.
-pub fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-        None => e.to_string(),
-    }
-}
+pub use crate::log::strerror;
 
 /// Real `.forward` files: `<home>/.forward`, opened without following symbolic links (by the
 /// privileged broker when the daemon runs with one).

@@ -79,7 +79,12 @@ impl fmt::Display for QueueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QueueError::Io { op, path, source } => {
-                write!(f, "queue: {op} {}: {source}", path.display())
+                write!(
+                    f,
+                    "queue: {op} {}: {}",
+                    path.display(),
+                    crate::log::strerror(source)
+                )
             }
             QueueError::Locked(path) => write!(
                 f,

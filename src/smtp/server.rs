@@ -110,7 +110,7 @@ pub async fn accept_loop(server: Arc<Server>, listener: TcpListener, index: usiz
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!("warn: smtp: accept: {e}");
+                warn!("warn: smtp: accept: {}", crate::log::strerror(&e));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -141,7 +141,7 @@ pub async fn accept_local_loop(
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                warn!("warn: smtp: accept: {e}");
+                warn!("warn: smtp: accept: {}", crate::log::strerror(&e));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

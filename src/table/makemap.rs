@@ -176,9 +176,7 @@ pub fn entries(
     Ok(out)
 }
 
-fn strerror(e: &std::io::Error) -> String {
-    crate::config::diag::strerror(e)
-}
+use crate::log::strerror;
 
 /// Build `db` from the text file `source`; returns the number of entries.
 pub fn make(source: &str, db: &str, t: MapType) -> Result<usize, String> {
