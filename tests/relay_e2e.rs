@@ -1266,12 +1266,23 @@ async fn hostile_replies_of_the_next_hop_never_reach_the_envelope() {
         lines[1].ends_with("stat=\"Bad response: 451\\rtype: mda\""),
         "{lines:?}"
     );
-    let envelopes: Vec<_> = files_under(&spool.join("queue"))
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n != "message"))
-        .collect();
-    assert_eq!(envelopes.len(), 1, "{envelopes:?}");
-    let text = std::fs::read_to_string(&envelopes[0]).unwrap();
+    // The envelope as rewritten after the attempt (the log line comes first).
+    let mut text = String::new();
+    for _ in 0..200 {
+        let envelopes: Vec<_> = files_under(&spool.join("queue"))
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n != "message"))
+            .collect();
+        if let [only] = envelopes.as_slice()
+            && only.extension().is_none()
+        {
+            text = std::fs::read_to_string(only).unwrap_or_default();
+            if text.contains("errorline: Bad response") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(!text.contains('\r'), "{text:?}");
     let types: Vec<&str> = text.lines().filter(|l| l.starts_with("type:")).collect();
     assert_eq!(types, ["type: mta"], "{text}");
@@ -1805,5 +1816,60 @@ async fn sessions_to_one_host_open_conn_delay_host_apart() {
     assert!(
         gap >= Duration::from_millis(2900),
         "{gap:?} between sessions"
+    );
+}
+
+/// As in 6.8, a recipient the next hop refuses is reported when its RCPT is refused; the
+/// others once the message is accepted (here, 3 s after its end was sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_recipient_is_logged_before_the_message_is_sent() {
+    let sink = Sink {
+        refuse_rcpt: Some("ghost".into()),
+        data_delay: Some(Duration::from_secs(3)),
+        ..Sink::default()
+    };
+    let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
+    let (daemon, port) = start(dir.path(), &conf);
+    let reply = tokio::task::spawn_blocking(move || {
+        submit_rcpts(
+            port,
+            "alice@client.test",
+            &["bob@far.test", "ghost@far.test", "carol@far.test"],
+            "Subject: x\r\n\r\nhi\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    // When the refusal and the acceptance show in the log.
+    let (mut refused_at, mut accepted_at) = (None, None);
+    let t0 = Instant::now();
+    while accepted_at.is_none() && t0.elapsed() < Duration::from_secs(30) {
+        let log = daemon.log();
+        if refused_at.is_none() && log.contains("result=\"PermFail\"") {
+            refused_at = Some(Instant::now());
+        }
+        if log.contains("result=\"Ok\"") {
+            accepted_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (refused_at, accepted_at) = (refused_at.unwrap(), accepted_at.unwrap());
+    assert!(
+        accepted_at.duration_since(refused_at) >= Duration::from_secs(1),
+        "refusal logged {:?} before the acceptance",
+        accepted_at.duration_since(refused_at)
+    );
+    let lines = wait_for_n(&daemon, "mta delivery", 3, 30);
+    assert!(
+        lines[0].contains("to=<ghost@far.test>")
+            && lines[0].ends_with("result=\"PermFail\" stat=\"550 5.1.1 no such user\""),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1..].iter().all(|l| l.contains("result=\"Ok\"")),
+        "{lines:#?}"
     );
 }

@@ -256,6 +256,53 @@ impl Recent {
     }
 }
 
+/// Who an outcome names: the session's next hop, id and source address, and whether the
+/// next hop takes DSN requests over; with no session, the relay and no session id.
+struct SentBy {
+    relay: String,
+    session: String,
+    source: Option<String>,
+    dsn: bool,
+}
+
+impl SentBy {
+    fn of(s: Option<&Session>, spec: &RouteSpec) -> SentBy {
+        match s {
+            Some(s) => SentBy {
+                relay: s.relay_text().to_string(),
+                session: s.id().to_string(),
+                source: s.source_text(),
+                dsn: s.offers_dsn(),
+            },
+            None => SentBy {
+                relay: spec.domain.clone(),
+                session: super::relay::NO_SESSION.to_string(),
+                source: None,
+                dsn: false,
+            },
+        }
+    }
+
+    /// Sends recipient `i`'s outcome, unless it was sent already.
+    fn send(
+        &self,
+        replies: &mut [Option<oneshot::Sender<RelayOutcome>>],
+        i: usize,
+        (status, stat): &(Status, String),
+    ) {
+        if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+            let _ = reply.send(RelayOutcome {
+                status: *status,
+                stat: stat.clone(),
+                relay: self.relay.clone(),
+                session: self.session.clone(),
+                source: self.source.clone(),
+                next_hop_dsn: self.dsn,
+            });
+        }
+    }
+}
+
 /// A relay, as 6.8 shares `conn-delay-relay` and `max-conn-per-relay` between its
 /// connectors: the route key without the source address.
 fn relay_key(key: &RouteKey) -> RouteKey {
@@ -656,7 +703,16 @@ impl Pool {
                     }
                 }
             }
-            let msgid = batch[0].0.envelope.id.msgid();
+            // The outcomes go out as they are known: refused recipients at once.
+            let mut replies = Vec::with_capacity(batch.len());
+            let batch: Vec<(Envelope, String)> = batch
+                .into_iter()
+                .map(|(job, sender)| {
+                    replies.push(Some(job.reply));
+                    (job.envelope, sender)
+                })
+                .collect();
+            let msgid = batch[0].0.id.msgid();
             let content = tokio::fs::read((spec.message_file)(msgid))
                 .await
                 .and_then(crate::queue::crypto::open_queue_bytes);
@@ -665,15 +721,15 @@ impl Pool {
                     let tx = Transaction {
                         msgid: msgid.to_string(),
                         sender: &batch[0].1,
-                        ret: batch[0].0.envelope.dsn.ret,
-                        envid: &batch[0].0.envelope.dsn.envid,
+                        ret: batch[0].0.dsn.ret,
+                        envid: &batch[0].0.dsn.envid,
                         rcpts: batch
                             .iter()
-                            .map(|(j, _)| Recipient {
-                                dest: &j.envelope.dest,
-                                notify: j.envelope.dsn.notify,
-                                orcpt: &j.envelope.dsn.orcpt,
-                                evpid: j.envelope.id.to_string(),
+                            .map(|(e, _)| Recipient {
+                                dest: &e.dest,
+                                notify: e.dsn.notify,
+                                orcpt: &e.dsn.orcpt,
+                                evpid: e.id.to_string(),
                             })
                             .collect(),
                         content,
@@ -682,7 +738,10 @@ impl Pool {
                     let Some(s) = session.as_mut() else {
                         continue;
                     };
-                    let mut results = s.transaction(&tx).await;
+                    let by = SentBy::of(Some(s), &spec);
+                    let mut results = s
+                        .transaction_reporting(&tx, &mut |i, r| by.send(&mut replies, i, r))
+                        .await;
                     // A reused connection the next hop closed meanwhile: once more on a
                     // new one.
                     if s.lost_before_mail()
@@ -693,7 +752,10 @@ impl Pool {
                         self.wait_for_spacing(&key, &spec).await;
                         if let Ok(mut fresh) = self.open_session(&key, &spec).await {
                             transactions = 1;
-                            results = fresh.transaction(&tx).await;
+                            let by = SentBy::of(Some(&fresh), &spec);
+                            results = fresh
+                                .transaction_reporting(&tx, &mut |i, r| by.send(&mut replies, i, r))
+                                .await;
                             session = Some(fresh);
                         }
                     }
@@ -703,33 +765,9 @@ impl Pool {
                     vec![(Status::TempFail, format!("Cannot read message: {err}")); batch.len()]
                 }
             };
-            let (relay, sid, source, dsn) = session.as_ref().map_or_else(
-                || {
-                    (
-                        spec.domain.clone(),
-                        super::relay::NO_SESSION.to_string(),
-                        None,
-                        false,
-                    )
-                },
-                |s| {
-                    (
-                        s.relay_text().to_string(),
-                        s.id().to_string(),
-                        s.source_text(),
-                        s.offers_dsn(),
-                    )
-                },
-            );
-            for ((job, _), (status, stat)) in batch.into_iter().zip(results) {
-                let _ = job.reply.send(RelayOutcome {
-                    status,
-                    stat,
-                    relay: relay.clone(),
-                    session: sid.clone(),
-                    source: source.clone(),
-                    next_hop_dsn: dsn,
-                });
+            let by = SentBy::of(session.as_ref(), &spec);
+            for (i, result) in results.iter().enumerate() {
+                by.send(&mut replies, i, result);
             }
             if session
                 .as_ref()

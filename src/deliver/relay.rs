@@ -765,6 +765,16 @@ impl Session {
     /// connection breaks, the recipients without a result fail temporarily with the
     /// reason, and the session is no longer usable.
     pub async fn transaction(&mut self, tx: &Transaction<'_>) -> Vec<(Status, String)> {
+        self.transaction_reporting(tx, &mut |_, _| {}).await
+    }
+
+    /// [`Session::transaction`], with `refused` called for each recipient the next hop
+    /// refuses, as the refusal arrives (6.8 reports those at once, the others at the end).
+    pub async fn transaction_reporting(
+        &mut self,
+        tx: &Transaction<'_>,
+        refused: &mut (dyn FnMut(usize, &(Status, String)) + Send),
+    ) -> Vec<(Status, String)> {
         let n = tx.rcpts.len();
         let mut results: Vec<Option<(Status, String)>> = vec![None; n];
         let finish = |results: Vec<Option<(Status, String)>>, why: &str| {
@@ -852,7 +862,9 @@ impl Session {
                         "tx-rcpt",
                         Some(&format!("{msgid}|{}|{}", result_word(&r), rcpt.dest)),
                     );
-                    results[i] = Some((r.status(), r.text()));
+                    let result = (r.status(), r.text());
+                    refused(i, &result);
+                    results[i] = Some(result);
                     self.failures += 1;
                     if self.max_failures > 0 && self.failures == self.max_failures {
                         // The rest of the transaction waits for another session.
