@@ -104,6 +104,14 @@ fn queued_mail_is_sealed_on_disk_and_delivered_in_clear() {
     let queue = smtpctl(&spool, &["show", "queue"]);
     assert!(queue.contains("alice@example.org"), "{queue}");
     d.stop();
+    // Without the daemon (and its key), the sealed envelope cannot be listed: as 6.8 says.
+    let offline = common::smtpctl(&spool, &["show", "queue"]);
+    assert!(offline.status.success(), "{offline:?}");
+    assert!(offline.stdout.is_empty(), "{offline:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&offline.stderr),
+        "smtpctl: offline encrypted queue is not supported yet\n"
+    );
 
     // Another key: the daemon refuses to start, and nothing is thrown away.
     let wrong = config(&vmail, &ids, "fedcba9876543210fedcba9876543210");

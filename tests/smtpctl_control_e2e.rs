@@ -270,6 +270,26 @@ fn without_a_daemon() {
         .output()
         .unwrap();
     assert_eq!(stdout(&m), text);
+    assert!(m.stderr.is_empty(), "{m:?}");
+    // A damaged envelope beside it is named on stderr; the readable one is still listed.
+    let envelope = common::files_under(&spool.join("queue"))
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.len() == 16))
+        .expect("the envelope file");
+    let name = envelope.file_name().unwrap().to_string_lossy().into_owned();
+    let damaged = envelope.with_file_name(format!("{}00000001", &name[..8]));
+    std::fs::write(&damaged, "garbage\n").unwrap();
+    let q = smtpctl(&spool, &["show", "queue"]);
+    assert!(q.status.success());
+    assert_eq!(stdout(&q), text);
+    let err = String::from_utf8_lossy(&q.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "smtpctl: corrupt envelope {}: ",
+            damaged.display()
+        )) && err.lines().count() == 1,
+        "{err}"
+    );
     // -s names the socket directly.
     let out = Command::new(env!("CARGO_BIN_EXE_smtpctl"))
         .args(["-s", "/nonexistent/smtpd.sock", "pause", "mda"])

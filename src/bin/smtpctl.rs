@@ -479,11 +479,25 @@ fn ask(socket: &std::path::Path, request: &Request) -> std::io::Result<Reply> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed reply"))
 }
 
-/// `show queue` without a daemon: the envelopes on disk, state `offline`.
+/// `show queue` without a daemon: the envelopes on disk, state `offline`. An envelope
+/// sealed by `queue encryption` cannot be read without the daemon's key: as 6.8, a
+/// warning for each one (`offline encrypted queue is not supported yet`) and the others.
 fn offline_queue(spool: Option<PathBuf>) -> ExitCode {
     let root = spool.unwrap_or_else(|| PathBuf::from(smtpd::queue::DEFAULT_SPOOL));
     match smtpd::queue::Spool::offline_envelopes(&root) {
-        Ok(mut list) => {
+        Ok((mut list, unreadable)) => {
+            for e in &unreadable {
+                match e {
+                    smtpd::queue::QueueError::Io { op: "decrypt", .. } => {
+                        eprintln!("smtpctl: offline encrypted queue is not supported yet")
+                    }
+                    // Nothing is moved from here: the daemon does that at its next start.
+                    smtpd::queue::QueueError::Corrupt { path, reason } => {
+                        eprintln!("smtpctl: corrupt envelope {}: {reason}", path.display())
+                    }
+                    other => eprintln!("smtpctl: {other}"),
+                }
+            }
             list.sort_by_key(|e| e.id);
             let mut out = std::io::stdout().lock();
             for e in &list {

@@ -128,11 +128,13 @@ impl Spool {
 
     /// Reads every committed envelope of the spool at `root` without
     /// locking, repairing or changing anything: for `smtpctl show queue`
-    /// when the daemon is not running. Unreadable envelopes are skipped
-    /// (and logged); files that vanish during the walk are ignored.
-    pub fn offline_envelopes(root: impl AsRef<Path>) -> Result<Vec<Envelope>> {
+    /// when the daemon is not running. Unreadable envelopes (damaged, or sealed
+    /// by `queue encryption` with no key at hand) are skipped and returned as
+    /// errors beside the others; files that vanish during the walk are ignored.
+    pub fn offline_envelopes(root: impl AsRef<Path>) -> Result<(Vec<Envelope>, Vec<QueueError>)> {
         let layout = Layout::new(root.as_ref());
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for bucket in recovery::list(&layout.queue())? {
             if !bucket.is_dir {
                 continue;
@@ -163,13 +165,13 @@ impl Spool {
                     match read_envelope(&entry.path, evpid) {
                         Ok(envelope) => out.push(envelope),
                         Err(e) if e.is_not_found() => {}
-                        Err(e) => tracing::warn!("{e}"),
+                        Err(e) => unreadable.push(e),
                     }
                 }
             }
         }
         out.sort_by_key(|e| e.id);
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// Where the spool lives.
