@@ -1414,16 +1414,23 @@ async fn show_relays_lists_the_destination_being_relayed_to() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // `lastconn` is `-` until the session's connection is made, then its age.
-    let line = text.trim_end();
+    // `lastconn` is `-` until the session's connection is made, then its age; under the
+    // relay, its one connector (no source address: `[]`).
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
     let head = format!(
         "[relay:127.0.0.1,port={},smtp,mx,heloname=out.example] refcount=1 ntask=0 nconn=1 lastconn=",
         addr.port()
     );
     assert!(
-        line.starts_with(&head) && line.ends_with(" timeout=- wait=") && !line.contains('\n'),
+        lines[0].starts_with(&head) && lines[0].ends_with(" timeout=- wait="),
         "{text}\n{}",
         daemon.log()
+    );
+    assert!(
+        lines[1].starts_with("  connector [] refcount=1 nconn=1 lastconn=")
+            && lines[1].ends_with(" timeout=- flags="),
+        "{text}"
     );
     daemon.wait_for("mta delivery");
 }

@@ -147,7 +147,7 @@ impl MtaLimits {
 }
 
 /// What identifies a route: envelopes with equal keys may share sessions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
     pub dispatcher: String,
     /// The smarthost URL, or `None` for MX routing.
@@ -442,33 +442,62 @@ impl Pool {
     /// relays (`[relay:NAME,port=N,SCHEME,auth=TABLE:LABEL,mx,sourcetable=T,helotable=T,
     /// heloname=H]`), then `refcount=` (sessions and waiting envelopes), `ntask=` (waiting
     /// envelopes), `nconn=` (sessions open or opening), `lastconn=` (since the last session
-    /// was opened), `timeout=-` and `wait=`.
+    /// was opened), `timeout=-` and `wait=`; under it, as 6.8's `connector` lines, the same
+    /// per source address (`[]` for the one the system chooses), with `flags=WAIT` while a
+    /// limit holds it back.
     pub fn relays_text(&self) -> Vec<String> {
         let Ok(routes) = self.routes.lock() else {
             return Vec::new();
         };
         let now = Instant::now();
-        let mut lines: Vec<String> = routes
-            .values()
-            .map(|state| {
-                let lastconn = state.last_connect.map_or_else(
-                    || "-".to_string(),
-                    |t| {
-                        super::log::duration_to_text(
-                            now.saturating_duration_since(t).as_secs() as i64
-                        )
-                    },
-                );
-                format!(
-                    "{} refcount={} ntask={} nconn={} lastconn={lastconn} timeout=- wait=",
-                    state.spec.relay_text,
-                    state.workers + state.queue.len(),
-                    state.queue.len(),
-                    state.workers,
-                )
-            })
-            .collect();
-        lines.sort();
+        let age = |t: Option<Instant>| {
+            t.map_or_else(
+                || "-".to_string(),
+                |t| super::log::duration_to_text(now.saturating_duration_since(t).as_secs() as i64),
+            )
+        };
+        // A relay's connectors: its routes, one per source address.
+        let mut relays: std::collections::BTreeMap<
+            (String, RouteKey),
+            Vec<(&RouteKey, &RouteState)>,
+        > = std::collections::BTreeMap::new();
+        for (key, state) in routes.iter() {
+            relays
+                .entry((state.spec.relay_text.clone(), relay_key(key)))
+                .or_default()
+                .push((key, state));
+        }
+        let mut lines = Vec::new();
+        for ((text, _), mut connectors) in relays {
+            connectors.sort_by_key(|(k, _)| k.source);
+            let (mut refcount, mut ntask, mut nconn) = (0, 0, 0);
+            for (_, st) in &connectors {
+                refcount += st.workers + st.queue.len();
+                ntask += st.queue.len();
+                nconn += st.workers;
+            }
+            let lastconn = connectors
+                .iter()
+                .filter_map(|(_, st)| st.last_connect)
+                .max();
+            lines.push(format!(
+                "{text} refcount={refcount} ntask={ntask} nconn={nconn} lastconn={} timeout=- wait=",
+                age(lastconn)
+            ));
+            for (key, st) in connectors {
+                lines.push(format!(
+                    "  connector {} refcount={} nconn={} lastconn={} timeout=- flags={}",
+                    key.source.map_or_else(
+                        || "[]".to_string(),
+                        |a| crate::queue::ClientAddr::Ip(a).text()
+                    ),
+                    st.workers + st.queue.len(),
+                    st.workers,
+                    age(st.last_connect),
+                    if st.retry_pending { "WAIT" } else { "" },
+                ));
+            }
+        }
         lines
     }
 
