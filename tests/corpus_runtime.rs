@@ -319,7 +319,8 @@ struct Probed {
 /// Runs the dialogue probe on `script` against `mta` in network and mount namespaces of
 /// its own, with `/var/mail` (and for OpenSMTPD, `spool_mount`, its spool and `/run`)
 /// mounted from `work`. `sink` is the next hop's address, `quiet` how long the log must be
-/// still before the MTA is stopped.
+/// still before the MTA is stopped; `ctl`, smtpctl (with its first arguments) and the
+/// `;`-separated commands to run with it then.
 fn dialogue_probe(
     work: &Path,
     script: &Path,
@@ -327,6 +328,7 @@ fn dialogue_probe(
     spool_mount: bool,
     sink: Option<&str>,
     quiet: u32,
+    ctl: Option<(&str, &str)>,
 ) -> Probed {
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dialogue_probe.py");
     let mail = work.join("mail");
@@ -353,6 +355,9 @@ fn dialogue_probe(
         .env("PROBE_QUIET", quiet.to_string());
     if let Some(sink) = sink {
         cmd.env("PROBE_SINK", sink);
+    }
+    if let Some((smtpctl, commands)) = ctl {
+        cmd.env("PROBE_CTL", smtpctl).env("PROBE_CTL_RUN", commands);
     }
     let out = cmd.output().expect("run the probe");
     assert!(
@@ -385,7 +390,8 @@ fn dialogue_probe(
     }
 }
 
-/// Runs `script` on `conf` under OpenSMTPD and under smtpd; `(OpenSMTPD's, smtpd's)`.
+/// Runs `script` on `conf` under OpenSMTPD and under smtpd, then the `;`-separated smtpctl
+/// `commands` (OpenSMTPD's smtpctl beside its smtpd); `(OpenSMTPD's, smtpd's)`.
 fn both_probed(
     dir: &Path,
     reference: &Path,
@@ -393,6 +399,7 @@ fn both_probed(
     script: &str,
     sink: Option<&str>,
     quiet: u32,
+    commands: &str,
 ) -> (Probed, Probed) {
     let conf_path = dir.join("smtpd.conf");
     std::fs::write(&conf_path, conf).unwrap();
@@ -400,6 +407,7 @@ fn both_probed(
     std::fs::write(&script_path, script).unwrap();
     std::fs::create_dir_all("/var/spool/smtpd").unwrap();
     let conf = conf_path.to_str().unwrap();
+    let their_ctl = reference.with_file_name("smtpctl");
     let theirs = dialogue_probe(
         &dir.join("opensmtpd"),
         &script_path,
@@ -407,8 +415,14 @@ fn both_probed(
         true,
         sink,
         quiet,
+        Some((their_ctl.to_str().unwrap(), commands)),
     );
     let spool = dir.join("smtpd-spool");
+    let my_ctl = format!(
+        "{} --spool {}",
+        env!("CARGO_BIN_EXE_smtpctl"),
+        spool.display()
+    );
     let mine = dialogue_probe(
         &dir.join("smtpd"),
         &script_path,
@@ -423,30 +437,46 @@ fn both_probed(
         false,
         sink,
         quiet,
+        Some((&my_ctl, commands)),
     );
     (theirs, mine)
 }
 
-#[test]
-fn dialogues_deliveries_and_logs_are_opensmtpds() {
+/// OpenSMTPD as `SMTPD_REFERENCE` names it, or `None` (and a SKIPPED line saying why the
+/// `what` comparison is not run) when it or the tools are missing.
+fn reference_for(what: &str) -> Option<PathBuf> {
     let reference = std::env::var_os("SMTPD_REFERENCE").map(PathBuf::from);
     if let Some(why) = missing_tools(&reference) {
-        eprintln!("SKIPPED: {why}: dialogue comparison not run");
-        return;
+        eprintln!("SKIPPED: {why}: {what} comparison not run");
+        return None;
     }
+    reference
+}
+
+/// The start of the small configurations: a listener on `lo`, and local mail to mbox
+/// with `postmaster` an alias of root.
+const LOCAL_HEAD: &str = "listen on lo\n\
+     table aliases { postmaster = root }\n\
+     action \"local\" mbox alias <aliases>\n";
+
+#[test]
+fn dialogues_deliveries_and_logs_are_opensmtpds() {
+    let Some(reference) = reference_for("dialogue") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let (theirs, mine) = both_probed(
         dir.path(),
-        &reference.unwrap_or_default(),
-        "listen on lo\n\
-         table aliases { postmaster = root }\n\
-         action \"local\" mbox alias <aliases>\n\
-         action \"out\" relay\n\
-         match from local for local action \"local\"\n\
-         match from local for any action \"out\"\n",
+        &reference,
+        &format!(
+            "{LOCAL_HEAD}action \"out\" relay\n\
+             match from local for local action \"local\"\n\
+             match from local for any action \"out\"\n"
+        ),
         DIALOGUES,
         None,
         2,
+        "",
     );
     assert!(
         theirs.talk.matches("\nC: ").count() >= 50,
@@ -500,23 +530,20 @@ fn sink_seen(talk: &str) -> String {
 /// bounce's local session) must be the same.
 #[test]
 fn relayed_mail_and_its_bounce_are_opensmtpds() {
-    let reference = std::env::var_os("SMTPD_REFERENCE").map(PathBuf::from);
-    if let Some(why) = missing_tools(&reference) {
-        eprintln!("SKIPPED: {why}: relay comparison not run");
+    let Some(reference) = reference_for("relay") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let (theirs, mine) = both_probed(
         dir.path(),
-        &reference.unwrap_or_default(),
-        "listen on lo\n\
-         table aliases { postmaster = root }\n\
-         action \"local\" mbox alias <aliases>\n\
-         action \"out\" relay host smtp://127.0.0.2:2525\n\
-         action \"dead\" relay host smtp://127.0.0.3:2525\n\
-         match from local for local action \"local\"\n\
-         match from local for domain dead.example action \"dead\"\n\
-         match from local for any action \"out\"\n",
+        &reference,
+        &format!(
+            "{LOCAL_HEAD}action \"out\" relay host smtp://127.0.0.2:2525\n\
+             action \"dead\" relay host smtp://127.0.0.3:2525\n\
+             match from local for local action \"local\"\n\
+             match from local for domain dead.example action \"dead\"\n\
+             match from local for any action \"out\"\n"
+        ),
         "EHLO c.example\n\
          MAIL FROM:<x@client.example>\n\
          RCPT TO:<alice@far.example>\n\
@@ -533,8 +560,9 @@ fn relayed_mail_and_its_bounce_are_opensmtpds() {
         Some("127.0.0.2:2525"),
         // 6.8 reports the dead relay's envelope about 11 s after its connection failed.
         12,
+        CTL_COMMANDS,
     );
-    let talk = |p: &Probed| normalized(p.talk.split("== sink\n").next().unwrap_or_default());
+    let talk = |p: &Probed| normalized(p.talk.split("== ").next().unwrap_or_default());
     assert_eq!(talk(&mine), talk(&theirs));
     let their_sink = sink_seen(&theirs.talk).replace("\nD: leading dot\n", "\nD: ..leading dot\n");
     assert!(
@@ -573,4 +601,56 @@ fn relayed_mail_and_its_bounce_are_opensmtpds() {
         theirs.log
     );
     assert_eq!(log(&mine), theirs_log, "{}\n{}", mine.log, theirs.log);
+    let their_ctl = ctl_seen(&theirs.talk);
+    assert!(
+        their_ctl.contains("|temp@far.example|TIME|TIME|LASTTRY|1|pending|N|451 4.2.0 try later\n")
+            && their_ctl.contains("far.example|TIME|250 2.0.0 queued\n")
+            && their_ctl.contains("== ctl show mta paused\n127.0.0.1 -> far.example\n"),
+        "{their_ctl}"
+    );
+    assert_eq!(ctl_seen(&mine.talk), their_ctl);
+}
+
+/// What smtpctl is asked once the relaying is over: the queue (the deferred recipient and
+/// the envelope for the dead relay, each tried once), the relays, routes and hosts (all
+/// forgotten by then), the last result per domain, pausing a source for a domain, and
+/// pausing relaying.
+const CTL_COMMANDS: &str = "show queue;show relays;show routes;show hosts;show hoststats;\
+     show mta paused;pause mta from 127.0.0.1 for far.example;show mta paused;\
+     resume mta from 127.0.0.1 for far.example;show mta paused;pause mta;show status;\
+     resume mta;show status";
+
+/// The smtpctl part of a transcript, normalized: ids, times, and in `show queue` the time
+/// of the last attempt (6.8 shows 0 once an attempt failed) and the seconds to the next
+/// one; queue lines sorted (by envelope id, which is random).
+fn ctl_seen(talk: &str) -> String {
+    let text = talk
+        .split("== sink\n")
+        .next()
+        .unwrap_or_default()
+        .split_once("== ctl ")
+        .map(|(_, rest)| format!("== ctl {rest}"))
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    let mut queue: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split('|').collect();
+        if fields.len() == 14 {
+            let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+            f[0] = "ID".into();
+            f[7] = "TIME".into();
+            f[8] = "TIME".into();
+            f[9] = "LASTTRY".into();
+            f[12] = "N".into();
+            queue.push(f.join("|"));
+            continue;
+        }
+        queue.sort();
+        out.append(&mut queue);
+        let times = regex::Regex::new(r"\|\d{10}\|").unwrap();
+        out.push(times.replace_all(line, "|TIME|").into_owned());
+    }
+    queue.sort();
+    out.append(&mut queue);
+    out.join("\n") + "\n"
 }

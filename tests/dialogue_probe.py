@@ -13,6 +13,10 @@ gets SIGTERM.
 With PROBE_SINK=ADDR:PORT, a next hop listens there for relayed mail: it refuses RCPTs
 whose local part is `temp` (451) or `perm` (550), takes the others, and what it was sent
 is printed after the transcript, behind a line `== sink`.
+
+With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
+PROBE_CTL_RUN (`;`-separated smtpctl commands), those commands run once the log is quiet,
+before the MTA is stopped; each one's output follows a line `== ctl COMMAND`.
 """
 import os
 import socket
@@ -151,6 +155,16 @@ def main():
             elif time.monotonic() - quiet_since >= quiet:
                 break
             time.sleep(0.1)
+        ctl = os.environ.get("PROBE_CTL", "").split()
+        for command in filter(None, os.environ.get("PROBE_CTL_RUN", "").split(";")):
+            out.append("== ctl " + command)
+            try:
+                r = subprocess.run(ctl + command.split(), capture_output=True, timeout=20)
+                out.extend(r.stdout.decode(errors="replace").splitlines())
+                out.extend("E: " + l for l in r.stderr.decode(errors="replace").splitlines())
+                out.append("<exit %d>" % r.returncode)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                out.append("<%s>" % type(e).__name__)
         stop(mta)
     if sink is not None:
         out.append("== sink")

@@ -611,9 +611,10 @@ async fn a_route_that_never_answered_is_disabled_then_enabled() {
     assert_eq!(out.stat, "Network error on destination MXs");
     assert_eq!(out.session, smtpd::deliver::relay::NO_SESSION);
     assert_eq!(sink.connections(), 0);
-    // Enabled again after the penalty.
+    // Enabled again after the penalty, and then forgotten, as 6.8 frees a route nothing
+    // holds (no session, no penalty left, no pause: this relayer has none).
     let t = std::time::Instant::now();
-    while r.routes_text()[0].contains(" ND-- ") {
+    while r.routes_text().iter().any(|l| l.contains(" ND-- ")) {
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -621,17 +622,11 @@ async fn a_route_that_never_answered_is_disabled_then_enabled() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        r.routes_text(),
-        vec!["1. [] <-> 127.0.0.1 (127.0.0.1) N--- nconn=0 nerror=0 penalty=0 timeout=-"]
-    );
+    assert_eq!(r.routes_text(), Vec::<String>::new());
     let out = send(&r, &action, Some(&url), &no_auth, "b@far.test", b"x\n").await;
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert_eq!(sink.connections(), 1);
-    assert_eq!(
-        r.routes_text(),
-        vec!["1. [] <-> 127.0.0.1 (127.0.0.1) ---- nconn=0 nerror=0 penalty=0 timeout=-"]
-    );
+    assert_eq!(r.routes_text(), Vec::<String>::new());
 }
 
 #[tokio::test]

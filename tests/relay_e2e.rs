@@ -105,6 +105,15 @@ async fn relay_numbered(
     (sink, daemon, dir)
 }
 
+/// Sends one message from alice to `rcpts`, which must be accepted.
+async fn send_from_alice(port: u16, rcpts: &'static [&'static str], body: &'static str) {
+    let reply =
+        tokio::task::spawn_blocking(move || submit_rcpts(port, "alice@client.test", rcpts, body))
+            .await
+            .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+}
+
 /// Sends one message to several recipients (with optional RCPT parameters after a space).
 fn submit_rcpts(port: u16, from: &str, rcpts: &[&str], body: &str) -> String {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -849,7 +858,14 @@ async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
     let closed = common::free_port();
-    let (daemon, dir) = relay_one("", closed, "bob@far.test", "Subject: x\r\n\r\nhi\r\n").await;
+    // A route is remembered while a pause may apply to it: here, a minute after it failed.
+    let (daemon, dir) = relay_one(
+        "mta limit reconn-delay-route 60\n",
+        closed,
+        "bob@far.test",
+        "Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
     let delivery = daemon.wait_for("mta delivery");
     assert!(
         delivery.ends_with("result=\"TempFail\" stat=\"Network error on destination MXs\""),
@@ -897,7 +913,7 @@ async fn a_dead_route_is_disabled_and_shown_by_smtpctl() {
     assert!(out.status.success());
     let line = hosts.trim_end();
     assert!(
-        line.starts_with("127.0.0.1 127.0.0.1 refcount=1 nconn=0 lastconn=") && line.ends_with('s'),
+        line.starts_with("127.0.0.1 127.0.0.1 refcount=2 nconn=0 lastconn=") && line.ends_with('s'),
         "{hosts}"
     );
     assert_eq!(hosts.lines().count(), 1, "{hosts}");
@@ -958,13 +974,16 @@ async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
     assert_eq!(sink.data.lock().unwrap().len(), 2);
 }
 
-/// The last result per destination domain is kept (`smtpctl show hoststats`), and once a
-/// domain takes mail again the envelopes it deferred meanwhile are tried at once instead
-/// of at their next retry (`mta max-deferred`).
+/// The last result per destination domain is kept (`smtpctl show hoststats`). An envelope
+/// deferred because the domain could not be reached is kept back, and once the domain
+/// takes mail again it is tried at once instead of at its next retry (`mta
+/// max-deferred`). A recipient the next hop itself deferred waits for its own retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
     let sink = Sink {
-        rcpt_replies: vec!["451 4.3.0 try later".into()],
+        // The second connection is closed before the greeting; dave is deferred.
+        drop_connections: vec![1],
+        defer_rcpt: Some("dave".into()),
         ..Sink::default()
     };
     let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
@@ -980,22 +999,15 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
         let out = common::smtpctl(&spool, &["show", "hoststats"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let reply = tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "bob@Far.Test",
-            "Subject: 1\r\n\r\nx\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    let send = move |to: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            submit(port, "alice@client.test", to, "Subject: m\r\n\r\nx\r\n")
+        })
+    };
+    // A first message makes the domain known.
+    assert!(send("alice@far.test").await.unwrap().starts_with("250"));
     let first = daemon.wait_for("mta delivery");
-    assert!(
-        first.ends_with("result=\"TempFail\" stat=\"451 4.3.0 try later\""),
-        "{first}"
-    );
+    assert!(first.contains("result=\"Ok\""), "{first}");
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1010,26 +1022,60 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
         time.parse::<u64>().unwrap().abs_diff(before) <= 5,
         "{shown}"
     );
-    assert_eq!(status, "451 4.3.0 try later");
+    assert_eq!(status, "250 2.0.0 queued as 42");
 
-    // The next message is accepted (a new connection): bob's envelope follows at once.
-    tokio::task::spawn_blocking(move || {
-        submit(
-            port,
-            "alice@client.test",
-            "carol@far.test",
-            "Subject: 2\r\n\r\ny\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    let ok = wait_for_n(&daemon, "result=\"Ok\"", 2, 15);
+    // Bob's message finds the next hop unreachable: kept back (no session: the last
+    // result stays).
+    assert!(send("bob@Far.Test").await.unwrap().starts_with("250"));
+    let lines = wait_for_n(&daemon, "mta delivery", 2, 15);
+    assert!(
+        lines[1].contains("to=<bob@Far.Test>")
+            && lines[1].ends_with("result=\"TempFail\" stat=\"Network error on destination MXs\""),
+        "{lines:#?}"
+    );
+    let shown = tokio::task::spawn_blocking(hoststats.clone())
+        .await
+        .unwrap();
+    assert!(shown.ends_with("|250 2.0.0 queued as 42\n"), "{shown}");
+
+    // Dave's message: the next hop defers him. That is no reason to keep him back.
+    assert!(send("dave@far.test").await.unwrap().starts_with("250"));
+    let lines = wait_for_n(&daemon, "mta delivery", 3, 15);
+    assert!(
+        lines[2].contains("to=<dave@far.test>")
+            && lines[2].ends_with("stat=\"451 4.3.0 try later\""),
+        "{lines:#?}"
+    );
+    // Carol's message is taken, and bob follows at once; dave waits for his retry.
+    assert!(send("carol@far.test").await.unwrap().starts_with("250"));
+    let ok = wait_for_n(&daemon, "result=\"Ok\"", 3, 15);
     assert!(ok.iter().any(|l| l.contains("to=<bob@Far.Test>")), "{ok:?}");
     assert!(
         ok.iter().any(|l| l.contains("to=<carol@far.test>")),
         "{ok:?}"
     );
-    assert_eq!(sink.data.lock().unwrap().len(), 2);
+    std::thread::sleep(Duration::from_millis(500));
+    // Dave is not scheduled before his own retry (minutes away).
+    let queue = String::from_utf8_lossy(
+        &common::smtpctl(&dir.path().join("spool"), &["show", "queue"]).stdout,
+    )
+    .into_owned();
+    let fields: Vec<&str> = queue
+        .lines()
+        .find(|l| l.contains("|dave@far.test|"))
+        .expect(&queue)
+        .split('|')
+        .collect();
+    assert_eq!(fields[11], "pending", "{queue}");
+    assert!(fields[12].parse::<u64>().unwrap() >= 60, "{queue}");
+    let log = daemon.log();
+    let dave: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("mta delivery") && l.contains("to=<dave@far.test>"))
+        .collect();
+    assert_eq!(dave.len(), 1, "{log}");
+    assert!(dave[0].ends_with("stat=\"451 4.3.0 try later\""), "{log}");
+    assert_eq!(sink.data.lock().unwrap().len(), 3);
     let shown = tokio::task::spawn_blocking(hoststats).await.unwrap();
     assert!(shown.starts_with("far.test|"), "{shown}");
     assert!(
@@ -1128,17 +1174,12 @@ async fn relay_filter_programs_get_smtp_out_reports() {
         " helo out.example filter \"out\"",
     );
     let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit_rcpts(
-            port,
-            "alice@client.test",
-            &["bob@far.test", "nobody@far.test"],
-            "Subject: s\r\n\r\nx\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_from_alice(
+        port,
+        &["bob@far.test", "nobody@far.test"],
+        "Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
     daemon.wait_for("mta disconnected");
     let t = Instant::now();
     let text = loop {
@@ -1352,17 +1393,12 @@ async fn too_many_refused_recipients_end_the_session() {
         "",
     );
     let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit_rcpts(
-            port,
-            "alice@client.test",
-            &["nobody1@far.test", "nobody2@far.test", "nobody3@far.test"],
-            "Subject: s\r\n\r\nx\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_from_alice(
+        port,
+        &["nobody1@far.test", "nobody2@far.test", "nobody3@far.test"],
+        "Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
     let lines = wait_for_n(&daemon, "mta delivery", 3, 20);
     let refused = lines
         .iter()
@@ -1428,7 +1464,7 @@ async fn show_relays_lists_the_destination_being_relayed_to() {
         daemon.log()
     );
     assert!(
-        lines[1].starts_with("  connector [] refcount=1 nconn=1 lastconn=")
+        lines[1].starts_with("  connector [] refcount=0 nconn=1 lastconn=")
             && lines[1].ends_with(" timeout=- flags="),
         "{text}"
     );
@@ -1607,13 +1643,7 @@ async fn max_conn_per_domain_bounds_the_sessions_of_all_sources() {
         60,
     )
     .await;
-    let sources: std::collections::BTreeSet<String> = sink
-        .peers
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|p| p.ip().to_string())
-        .collect();
+    let sources = sink.source_addresses();
     assert_eq!(sources.len(), 2, "{sources:?}");
     let most = sink.open_max.load(std::sync::atomic::Ordering::SeqCst);
     assert!(most <= 3, "{most} sessions at once");
@@ -1726,24 +1756,31 @@ async fn sessions_of_a_route_open_conn_delay_route_apart_by_default() {
     );
 }
 
-/// `reconn-delay-route`: after a session of a route ends, the next one waits that long.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_rests_reconn_delay_route_after_a_session_ends() {
+/// `n` messages relayed one session each, one session at a time, by a next hop that takes
+/// 1.5 s to accept each, with `delays` (more `mta limit` keys): when the sessions opened
+/// and ended.
+async fn one_session_at_a_time(
+    delays: &str,
+    n: usize,
+) -> (Vec<std::time::Instant>, Vec<std::time::Instant>) {
     let sink = Sink {
         data_delay: Some(Duration::from_millis(1500)),
         ..Sink::default()
     };
-    let (sink, _daemon, _dir) = relay_numbered(
-        sink,
-        "mta limit session-mail-max 1 max-conn-per-route 1 conn-delay-relay 0\n\
-         mta limit conn-delay-route 0 reconn-delay-route 2\n",
-        "",
-        3,
-        30,
-    )
-    .await;
+    let head = format!(
+        "mta limit session-mail-max 1 max-conn-per-route 1 conn-delay-relay 0\nmta limit {delays}\n"
+    );
+    let (sink, _daemon, _dir) = relay_numbered(sink, &head, "", n, 30).await;
     let opened = sink.accepted_at.lock().unwrap().clone();
     let closed = sink.closed_at.lock().unwrap().clone();
+    (opened, closed)
+}
+
+/// `reconn-delay-route`: after a session of a route ends, the next one waits that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_rests_reconn_delay_route_after_a_session_ends() {
+    let (opened, closed) =
+        one_session_at_a_time("conn-delay-route 0 reconn-delay-route 2", 3).await;
     assert_eq!(opened.len(), 3, "{opened:?}");
     for i in 0..2 {
         let rest = opened[i + 1].saturating_duration_since(closed[i]);
@@ -1756,21 +1793,8 @@ async fn a_route_rests_reconn_delay_route_after_a_session_ends() {
     }
     // `conn-delay-route` alone (no rest after an end) counts from the opening instead:
     // the sessions of a one-session route follow each other at once once it has passed.
-    let sink = Sink {
-        data_delay: Some(Duration::from_millis(1500)),
-        ..Sink::default()
-    };
-    let (sink, _daemon, _dir) = relay_numbered(
-        sink,
-        "mta limit session-mail-max 1 max-conn-per-route 1 conn-delay-relay 0\n\
-         mta limit conn-delay-route 1 reconn-delay-route 0\n",
-        "",
-        2,
-        30,
-    )
-    .await;
-    let opened = sink.accepted_at.lock().unwrap().clone();
-    let closed = sink.closed_at.lock().unwrap().clone();
+    let (opened, closed) =
+        one_session_at_a_time("conn-delay-route 1 reconn-delay-route 0", 2).await;
     assert!(closed[0] - opened[0] >= Duration::from_millis(1500));
     assert!(gaps(&opened)[0] >= Duration::from_millis(1500));
 }
@@ -1793,29 +1817,18 @@ async fn sessions_to_one_host_open_conn_delay_host_apart() {
         p = addr.port()
     );
     let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit_rcpts(
-            port,
-            "alice@client.test",
-            &["a@one.test", "b@two.test"],
-            "Subject: x\r\n\r\nhi\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_from_alice(
+        port,
+        &["a@one.test", "b@two.test"],
+        "Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
     let lines = wait_for_n(&daemon, "mta delivery", 2, 30);
     assert!(
         lines.iter().all(|l| l.contains("result=\"Ok\"")),
         "{lines:#?}"
     );
-    let peers: std::collections::BTreeSet<String> = sink
-        .peers
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|p| p.ip().to_string())
-        .collect();
+    let peers = sink.source_addresses();
     assert_eq!(peers.len(), 2, "{peers:?}");
     let opened = sink.accepted_at.lock().unwrap().clone();
     assert_eq!(opened.len(), 2, "{opened:?}");
@@ -1839,17 +1852,12 @@ async fn a_refused_recipient_is_logged_before_the_message_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
     let (daemon, port) = start(dir.path(), &conf);
-    let reply = tokio::task::spawn_blocking(move || {
-        submit_rcpts(
-            port,
-            "alice@client.test",
-            &["bob@far.test", "ghost@far.test", "carol@far.test"],
-            "Subject: x\r\n\r\nhi\r\n",
-        )
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_from_alice(
+        port,
+        &["bob@far.test", "ghost@far.test", "carol@far.test"],
+        "Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
     // When the refusal and the acceptance show in the log.
     let (mut refused_at, mut accepted_at) = (None, None);
     let t0 = Instant::now();

@@ -458,7 +458,9 @@ fn stats_and_monitor() {
     };
     // The start-up probe and the message's session.
     assert!(value("smtp.session.inet4") >= 2, "{stats}");
-    assert_eq!(value("smtp.session.inet6"), 0);
+    // As in 6.8, a counter nothing changed is not listed.
+    assert!(!stats.contains("smtp.session.inet6="), "{stats}");
+    assert!(!stats.contains("scheduler.delivery.permfail="), "{stats}");
     assert_eq!(value("queue.envelope.enqueued"), 1);
     assert_eq!(value("scheduler.envelope"), 1);
 

@@ -77,7 +77,20 @@ impl Control {
                 let s = self.runner.stats();
                 let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
                 let uptime = now().saturating_sub(self.started);
-                Reply::ok(show::stats_text(vec![
+                // 6.8 lists a counter once something changed it: a counter at 0 has not
+                // been touched, and a gauge at 0 only if what feeds it is at 0 too.
+                let sessions_seen = [&SMTP_STATS.inet4, &SMTP_STATS.inet6, &SMTP_STATS.local]
+                    .iter()
+                    .any(|a| a.load(Ordering::Relaxed) > 0);
+                let scheduled = self.runner.scheduled();
+                let envelopes_seen = scheduled > 0 || s.enqueued.load(Ordering::Relaxed) > 0;
+                let touched = |(key, value): &(String, String)| match key.as_str() {
+                    "control.session" | "uptime" | "uptime.human" => true,
+                    "smtp.session" => sessions_seen,
+                    "scheduler.envelope" => envelopes_seen,
+                    _ => value != "0",
+                };
+                let mut pairs = vec![
                     (
                         "control.session".into(),
                         self.sessions.load(Ordering::Relaxed).to_string(),
@@ -91,10 +104,7 @@ impl Control {
                     ("scheduler.delivery.ok".into(), get(&s.ok)),
                     ("scheduler.delivery.permfail".into(), get(&s.permfail)),
                     ("scheduler.delivery.tempfail".into(), get(&s.tempfail)),
-                    (
-                        "scheduler.envelope".into(),
-                        self.runner.scheduled().to_string(),
-                    ),
+                    ("scheduler.envelope".into(), scheduled.to_string()),
                     ("scheduler.envelope.expired".into(), get(&s.expired)),
                     ("scheduler.envelope.removed".into(), get(&s.removed)),
                     ("uptime".into(), uptime.to_string()),
@@ -102,7 +112,9 @@ impl Control {
                         "uptime.human".into(),
                         crate::deliver::log::duration_to_text(uptime as i64),
                     ),
-                ]))
+                ];
+                pairs.retain(touched);
+                Reply::ok(show::stats_text(pairs))
             }
             Request::ShowEnvelope(evpid) => {
                 let spool = self.runner.spool().clone();

@@ -442,9 +442,10 @@ impl Pool {
     /// relays (`[relay:NAME,port=N,SCHEME,auth=TABLE:LABEL,mx,sourcetable=T,helotable=T,
     /// heloname=H]`), then `refcount=` (sessions and waiting envelopes), `ntask=` (waiting
     /// envelopes), `nconn=` (sessions open or opening), `lastconn=` (since the last session
-    /// was opened), `timeout=-` and `wait=`; under it, as 6.8's `connector` lines, the same
-    /// per source address (`[]` for the one the system chooses), with `flags=WAIT` while a
-    /// limit holds it back.
+    /// was opened), `timeout=-` and `wait=`; under it, as 6.8's `connector` lines, each
+    /// source address (`[]` for the one the system chooses) with `refcount=0` (as 6.8, which
+    /// never counts them), its sessions, its `lastconn`, and `flags=WAIT` while a limit holds
+    /// it back.
     pub fn relays_text(&self) -> Vec<String> {
         let Ok(routes) = self.routes.lock() else {
             return Vec::new();
@@ -485,13 +486,13 @@ impl Pool {
                 age(lastconn)
             ));
             for (key, st) in connectors {
+                // 6.8 never counts a connector's references: its refcount is always 0.
                 lines.push(format!(
-                    "  connector {} refcount={} nconn={} lastconn={} timeout=- flags={}",
+                    "  connector {} refcount=0 nconn={} lastconn={} timeout=- flags={}",
                     key.source.map_or_else(
                         || "[]".to_string(),
                         |a| crate::queue::ClientAddr::Ip(a).text()
                     ),
-                    st.workers + st.queue.len(),
                     st.workers,
                     age(st.last_connect),
                     if st.retry_pending { "WAIT" } else { "" },

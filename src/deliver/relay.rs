@@ -243,12 +243,19 @@ struct RouteInfo {
     last_conn: Option<Instant>,
     /// When a session on it last ended, or a connection failed (`reconn-delay-route`).
     last_disc: Option<Instant>,
+    /// Connections being opened on it.
+    connecting: usize,
 }
 
 #[derive(Debug, Default)]
 struct RouteTable {
     next_id: u64,
     routes: std::collections::BTreeMap<RouteKey, RouteInfo>,
+    /// The longest pause a route has to be remembered for (the largest
+    /// `conn-delay-route`, `reconn-delay-route` or `conn-delay-host` seen).
+    keep: Duration,
+    /// When routes nobody needs are forgotten next (see [`RouteTable::prune`]).
+    next_prune: Option<Instant>,
 }
 
 impl RouteTable {
@@ -266,8 +273,29 @@ impl RouteTable {
                 nerror: 0,
                 last_conn: None,
                 last_disc: None,
+                connecting: 0,
             }
         })
+    }
+
+    /// Forgets the routes nothing holds any more, as 6.8 frees a route once no session
+    /// uses it, no penalty keeps it (15 s × penalty² after its last attempt) and no pause
+    /// is pending on it. A route seen again starts afresh.
+    fn prune(&mut self, now: Instant, penalty_base: Duration) {
+        let keep = self.keep;
+        let within = |t: Option<Instant>, d: Duration| t.is_some_and(|t| t + d > now);
+        self.routes.retain(|_, r| {
+            r.nconn > 0
+                || r.connecting > 0
+                || r.disabled_until.is_some_and(|u| u > now)
+                || (r.penalty > 0
+                    && within(
+                        r.last_conn.max(r.last_disc),
+                        (penalty_base * r.penalty * r.penalty).min(ROUTE_PENALTY_MAX),
+                    ))
+                || within(r.last_conn, keep)
+                || within(r.last_disc, keep)
+        });
     }
 
     /// When `delays` let a session open on `key` (`None`: now), as 6.8's
@@ -294,7 +322,13 @@ impl RouteTable {
         .filter(|d| *d > now);
         if due.is_none() {
             r.last_conn = Some(now);
+            r.connecting += 1;
         }
+        self.keep = self
+            .keep
+            .max(delays.host)
+            .max(delays.route)
+            .max(delays.reconn);
         due
     }
 }
@@ -1018,10 +1052,11 @@ impl Relayer {
     /// The routes as `smtpctl show routes` lists them:
     /// `1. [] <-> 127.0.0.1 (localhost) ND-- nconn=0 nerror=0 penalty=1 timeout=4s`.
     pub fn routes_text(&self) -> Vec<String> {
-        let Ok(table) = self.routes.lock() else {
+        let Ok(mut table) = self.routes.lock() else {
             return Vec::new();
         };
         let now = Instant::now();
+        table.prune(now, self.penalty_base);
         let mut lines: Vec<(u64, String)> = table
             .routes
             .iter()
@@ -1056,18 +1091,20 @@ impl Relayer {
 
     /// `smtpctl show hosts`: per remote address of the routes, `ADDR NAME refcount=N
     /// nconn=N lastconn=DELAY` (NAME is its PTR name, `-` until known; refcount the routes
-    /// to it; lastconn the time since a session was last opened to it, `-` if never).
+    /// to it and, as 6.8 counts the relay's list of hosts too, one more; lastconn the time
+    /// since a session was last opened to it, `-` if never).
     pub fn hosts_text(&self) -> Vec<String> {
-        let Ok(table) = self.routes.lock() else {
+        let Ok(mut table) = self.routes.lock() else {
             return Vec::new();
         };
         let now = Instant::now();
+        table.prune(now, self.penalty_base);
         let mut hosts: std::collections::BTreeMap<
             IpAddr,
             (Option<String>, usize, usize, Option<Instant>),
         > = std::collections::BTreeMap::new();
         for ((_, addr), r) in &table.routes {
-            let h = hosts.entry(*addr).or_insert((None, 0, 0, None));
+            let h = hosts.entry(*addr).or_insert((None, 1, 0, None));
             if h.0.is_none() {
                 h.0 = r.ptr.clone();
             }
@@ -1121,6 +1158,14 @@ impl Relayer {
     /// then; `false` when the route is disabled (at first, or meanwhile). Bounded: each
     /// round waits for the latest pause, which other sessions may move.
     async fn wait_for_route(&self, key: RouteKey, delays: RouteDelays) -> bool {
+        // Now and then, the routes nobody needs are forgotten.
+        if let Ok(mut t) = self.routes.lock() {
+            let now = Instant::now();
+            if t.next_prune.is_none_or(|p| p <= now) {
+                t.prune(now, self.penalty_base);
+                t.next_prune = Some(now + Duration::from_secs(60));
+            }
+        }
         for _ in 0..16 {
             if self.route_disabled(key) {
                 return false;
@@ -1141,7 +1186,9 @@ impl Relayer {
             tokio::time::sleep_until(until).await;
         }
         if let Ok(mut t) = self.routes.lock() {
-            t.get(key).last_conn = Some(Instant::now());
+            let r = t.get(key);
+            r.last_conn = Some(Instant::now());
+            r.connecting += 1;
         }
         !self.route_disabled(key)
     }
@@ -1514,10 +1561,12 @@ impl Relayer {
                 } else if opened.is_err() {
                     self.route_failed(route).await;
                 }
-                if opened.is_err()
-                    && let Ok(mut t) = self.routes.lock()
-                {
-                    t.get(route).last_disc = Some(Instant::now());
+                if let Ok(mut t) = self.routes.lock() {
+                    let r = t.get(route);
+                    r.connecting = r.connecting.saturating_sub(1);
+                    if opened.is_err() {
+                        r.last_disc = Some(Instant::now());
+                    }
                 }
                 let with_sid = |mut o: RelayOutcome| {
                     o.session = sid.clone();

@@ -722,7 +722,7 @@ impl Runner {
             super::log::duration_to_text(now().saturating_sub(e.ctime) as i64),
             outcome.stat
         );
-        self.note_host(&e, outcome.status, &outcome.stat);
+        self.note_host(&e, &outcome);
         // A next hop that offered DSN took NOTIFY=SUCCESS over: no report from here.
         let mut e = e;
         if outcome.status == Status::Ok && outcome.next_hop_dsn {
@@ -737,10 +737,16 @@ impl Runner {
         .await;
     }
 
-    /// Keeps the relay result of `e`'s destination domain. A success schedules the
-    /// envelopes that failed temporarily for that domain at once; a temporary failure
-    /// joins them (at most `mta max-deferred`).
-    fn note_host(&self, e: &Envelope, status: Status, stat: &str) {
+    /// Keeps the relay result of `e`'s destination domain, as 6.8's `mta_hoststat_*` do:
+    /// - the result of a session (a recipient refused, the transaction's end) becomes the
+    ///   domain's last result; a success there schedules at once the envelopes kept back
+    ///   for the domain (`mta max-deferred`);
+    /// - an envelope deferred because the domain could not be reached at all (`Network
+    ///   error on destination MXs`, or a session ended by `max-failures-per-session`) is
+    ///   kept back, if the domain has a result already and fewer than `mta max-deferred`
+    ///   are kept. A recipient the next hop deferred (a 4xx to RCPT: greylisting, a full
+    ///   mailbox) waits for its own retry.
+    fn note_host(&self, e: &Envelope, outcome: &RelayOutcome) {
         let domain = e
             .dest
             .rsplit_once('@')
@@ -754,34 +760,45 @@ impl Runner {
             .config
             .mta_max_deferred
             .map_or(DEFAULT_MAX_DEFERRED, |n| usize::try_from(n).unwrap_or(0));
+        let from_session = outcome.session != super::relay::NO_SESSION;
+        let unreachable = outcome.status == Status::TempFail
+            && (outcome.stat == "Network error on destination MXs"
+                || outcome.stat == "Too many consecutive errors, closing connection");
         let t = now();
         let release = {
             let Ok(mut stats) = self.hoststats.lock() else {
                 return;
             };
             stats.retain(|_, h| h.time + HOSTSTAT_EXPIRY > t);
-            let h = stats.entry(domain).or_insert_with(|| HostStat {
-                time: t,
-                status: String::new(),
-                deferred: Vec::new(),
-            });
-            h.time = t;
-            h.status = stat.to_string();
-            match status {
-                Status::Ok => std::mem::take(&mut h.deferred),
-                Status::TempFail => {
-                    if h.deferred.len() < max && !h.deferred.contains(&e.id) {
-                        h.deferred.push(e.id);
+            if from_session {
+                let h = stats.entry(domain.clone()).or_insert_with(|| HostStat {
+                    time: t,
+                    status: String::new(),
+                    deferred: Vec::new(),
+                });
+                h.time = t;
+                h.status = outcome.stat.clone();
+            }
+            match stats.get_mut(&domain) {
+                None => Vec::new(),
+                Some(h) => {
+                    // The envelope was tried: it is no longer kept back.
+                    h.deferred.retain(|id| *id != e.id);
+                    if unreachable {
+                        if h.deferred.len() < max {
+                            h.deferred.push(e.id);
+                        }
+                        Vec::new()
+                    } else if from_session && outcome.status == Status::Ok {
+                        std::mem::take(&mut h.deferred)
+                    } else {
+                        Vec::new()
                     }
-                    Vec::new()
                 }
-                Status::PermFail => Vec::new(),
             }
         };
         for evpid in release {
-            if evpid != e.id {
-                self.schedule_now(Some(QueueId::Envelope(evpid)));
-            }
+            self.schedule_now(Some(QueueId::Envelope(evpid)));
         }
     }
 

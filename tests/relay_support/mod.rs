@@ -31,6 +31,10 @@ pub struct Sink {
     pub data_delay: Option<std::time::Duration>,
     /// Hang up instead of answering the MAIL that follows this many messages.
     pub hang_up_after: Option<usize>,
+    /// Defer RCPT for addresses containing this text with `451 4.3.0 try later`.
+    pub defer_rcpt: Option<String>,
+    /// Connections (by index) closed at once, without a greeting.
+    pub drop_connections: Vec<usize>,
     /// Connections open now, and the most open at once.
     pub open_now: Arc<std::sync::atomic::AtomicUsize>,
     pub open_max: Arc<std::sync::atomic::AtomicUsize>,
@@ -76,6 +80,16 @@ impl Sink {
         Ok((self, local))
     }
 
+    /// The client addresses the connections came from, each once.
+    pub fn source_addresses(&self) -> std::collections::BTreeSet<String> {
+        self.peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.ip().to_string())
+            .collect()
+    }
+
     pub fn commands(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
@@ -92,6 +106,9 @@ impl Sink {
         index: usize,
         secured: bool,
     ) -> Option<S> {
+        if self.drop_connections.contains(&index) {
+            return None;
+        }
         let mut r = BufReader::new(stream);
         if !secured {
             r.get_mut()
@@ -138,6 +155,14 @@ impl Sink {
                         .is_some_and(|r| line.contains(r.as_str())) =>
                 {
                     "550 5.1.1 no such user\r\n".into()
+                }
+                "RCPT"
+                    if self
+                        .defer_rcpt
+                        .as_ref()
+                        .is_some_and(|r| line.contains(r.as_str())) =>
+                {
+                    "451 4.3.0 try later\r\n".into()
                 }
                 "RCPT" => match self.rcpt_replies.get(index) {
                     Some(x) => format!("{x}\r\n"),
