@@ -631,6 +631,7 @@ fn ctl_seen(talk: &str) -> String {
         .split_once("== ctl ")
         .map(|(_, rest)| format!("== ctl {rest}"))
         .unwrap_or_default();
+    let times = regex::Regex::new(r"\|\d{10}\|").unwrap();
     let mut out: Vec<String> = Vec::new();
     let mut queue: Vec<String> = Vec::new();
     for line in text.lines() {
@@ -647,7 +648,6 @@ fn ctl_seen(talk: &str) -> String {
         }
         queue.sort();
         out.append(&mut queue);
-        let times = regex::Regex::new(r"\|\d{10}\|").unwrap();
         out.push(times.replace_all(line, "|TIME|").into_owned());
     }
     queue.sort();
