@@ -1561,10 +1561,14 @@ impl Relayer {
                 } else if opened.is_err() {
                     self.route_failed(route).await;
                 }
+                // From connecting to connected (or not) at once: the route is never
+                // without a hold in between.
                 if let Ok(mut t) = self.routes.lock() {
                     let r = t.get(route);
                     r.connecting = r.connecting.saturating_sub(1);
-                    if opened.is_err() {
+                    if opened.is_ok() {
+                        r.nconn += 1;
+                    } else {
                         r.last_disc = Some(Instant::now());
                     }
                 }
@@ -1574,9 +1578,6 @@ impl Relayer {
                 };
                 match opened {
                     Ok((conn, caps, local)) => {
-                        if let Ok(mut t) = self.routes.lock() {
-                            t.get(route).nconn += 1;
-                        }
                         return Ok(Session {
                             route: Some((self.routes.clone(), route)),
                             sid: sid.clone(),
