@@ -654,3 +654,88 @@ fn ctl_seen(talk: &str) -> String {
     out.append(&mut queue);
     out.join("\n") + "\n"
 }
+
+/// Built-in filters on a listener, measured against 6.8: a decision of each kind
+/// (`report`, `disconnect`, `reject`, `junk`, `rewrite`) at each phase (connect, helo,
+/// ehlo, mail-from, rcpt-to, data, commit), with `src` tables, regular expressions and a
+/// recipient table. The dialogues, the log lines (the message sizes too: with filters on
+/// the listener, 6.8 counts its own header lines twice) and the mailboxes must be the same.
+/// Nothing is sent after a disconnection: whether the client then reads an end of stream
+/// or a reset depends on timing, in 6.8 as in smtpd.
+#[test]
+fn builtin_filters_answer_and_log_as_opensmtpd() {
+    let Some(reference) = reference_for("filter") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (theirs, mine) = both_probed(
+        dir.path(),
+        &reference,
+        "table aliases { postmaster = root }\n\
+         table badrcpt { \"spamtrap@localhost\" }\n\
+         table lab { 127.0.0.0/8 }\n\
+         filter \"helo-bad\" phase helo match helo regex \"^bad\\.\" disconnect \"421 go away\"\n\
+         filter \"ehlo-bad\" phase ehlo match helo regex \"^bad\\.\" reject \"550 5.7.1 bad helo\"\n\
+         filter \"src-lab\" phase connect match src <lab> report \"lab client\"\n\
+         filter \"from-spam\" phase mail-from match mail-from regex \"^spam@\" reject \"550 5.7.1 no spam\"\n\
+         filter \"from-junk\" phase mail-from match mail-from regex \"^junk@\" junk\n\
+         filter \"rcpt-trap\" phase rcpt-to match rcpt-to <badrcpt> reject \"550 5.1.1 trap\"\n\
+         filter \"rcpt-rw\" phase rcpt-to match rcpt-to regex \"^rewrite@\" rewrite \"451 4.7.1 try again\"\n\
+         filter \"data-x\" phase data match mail-from regex \"^nodata@\" reject \"554 5.7.1 no data for you\"\n\
+         filter \"commit-x\" phase commit match mail-from regex \"^nocommit@\" disconnect \"421 4.7.0 not committing\"\n\
+         filter \"chain\" chain { \"src-lab\", \"helo-bad\", \"ehlo-bad\", \"from-spam\", \"from-junk\", \"rcpt-trap\", \"rcpt-rw\", \"data-x\", \"commit-x\" }\n\
+         listen on lo filter \"chain\"\n\
+         action \"local\" mbox alias <aliases>\n\
+         match from local for local action \"local\"\n",
+        "EHLO bad.example\n\
+         EHLO good.example\n\
+         MAIL FROM:<spam@client.example>\n\
+         MAIL FROM:<ok@client.example>\n\
+         RCPT TO:<spamtrap@localhost>\n\
+         RCPT TO:<rewrite@localhost>\n\
+         RCPT TO:<nobody@localhost>\n\
+         DATA\n\
+         <DATA>\n\
+         QUIT\n\
+         \n\
+         HELO bad.example\n\
+         \n\
+         EHLO good.example\n\
+         MAIL FROM:<nodata@client.example>\n\
+         RCPT TO:<nobody@localhost>\n\
+         DATA\n\
+         QUIT\n\
+         \n\
+         EHLO good.example\n\
+         MAIL FROM:<nocommit@client.example>\n\
+         RCPT TO:<nobody@localhost>\n\
+         DATA\n\
+         <DATA>\n\
+         \n\
+         EHLO good.example\n\
+         MAIL FROM:<junk@client.example>\n\
+         RCPT TO:<nobody@localhost>\n\
+         DATA\n\
+         <DATA>\n\
+         QUIT\n",
+        None,
+        2,
+        "",
+    );
+    assert!(
+        theirs.talk.contains("S: 421 4.7.0 not committing\n")
+            && theirs.talk.contains("S: 550 5.1.1 trap\n"),
+        "{}",
+        theirs.talk
+    );
+    assert_eq!(normalized(&mine.talk), normalized(&theirs.talk));
+    assert!(theirs.mail.contains("X-Spam: Yes\n"), "{}", theirs.mail);
+    assert_eq!(
+        mail_log(&mine.log),
+        mail_log(&theirs.log),
+        "{}\n{}",
+        mine.log,
+        theirs.log
+    );
+    assert_eq!(normalized(&mine.mail), normalized(&theirs.mail));
+}

@@ -175,7 +175,8 @@ pub enum Question {
     CommitMessage {
         /// The complete transaction.
         envelope: Envelope,
-        /// Bytes written to the message (smtpd's headers included).
+        /// Bytes written to the message (smtpd's headers included; counted twice when the
+        /// listener has filters, as 6.8 does).
         size: usize,
     },
     /// Check these AUTH credentials. Answer with [`Answer::Credentials`]; on failure, delay
@@ -357,7 +358,8 @@ pub enum Event {
     MessageAccepted {
         /// The message.
         msgid: MsgId,
-        /// Bytes written to the queue, smtpd's headers included.
+        /// Bytes written to the queue, smtpd's headers included (twice when the listener
+        /// has filters, as 6.8 counts them).
         size: usize,
         /// `ESMTP` (true) or `SMTP`.
         esmtp: bool,

@@ -84,6 +84,10 @@ struct Transaction {
     receiver: Option<DataReceiver>,
     writer: Option<MessageWriter>,
     size: usize,
+    /// smtpd's own lines at the top of the message, when the listener has filters: 6.8
+    /// counts them twice in the size it logs and reports (once as it hands them to its
+    /// filter stage, once as they come back), and so does smtpd.
+    counted_twice: usize,
 }
 
 /// Why [`Session::answer`] refused an answer.
@@ -1004,6 +1008,7 @@ impl Session {
             receiver: None,
             writer: None,
             size: 0,
+            counted_twice: 0,
         });
         self.ask(
             Waiting::Sender,
@@ -1105,6 +1110,11 @@ impl Session {
         let Some(prelude) = self.message_prelude(&stamp) else {
             return self.reply(Reply::command_not_allowed());
         };
+        if self.params.filtered
+            && let Some(tx) = self.tx.as_mut()
+        {
+            tx.counted_twice = prelude.len();
+        }
         let filtered = self.params.data_filtered;
         let prelude = if filtered {
             // smtpd's own lines are the first the data-line filters see, even before the
@@ -1246,7 +1256,7 @@ impl Session {
             return;
         }
         self.flush_chunk();
-        let size = self.tx.as_ref().map_or(0, |tx| tx.size);
+        let size = self.tx.as_ref().map_or(0, |tx| tx.size + tx.counted_twice);
         match self.envelope() {
             Some(envelope) => {
                 self.ask(
@@ -1270,7 +1280,7 @@ impl Session {
                 self.reply(Reply::message_accepted(msgid));
                 self.event(Event::MessageAccepted {
                     msgid,
-                    size: tx.size,
+                    size: tx.size + tx.counted_twice,
                     esmtp: self.esmtp,
                     sender: tx.sender,
                     recipients: tx
