@@ -188,6 +188,12 @@ pub mod smtp_in {
         tracing::info!("{sid} smtp envelope evpid={evpid} from=<{from}> to=<{to}>");
     }
 
+    /// `SID smtp failed-command command="COMMAND" result="REPLY"` (the command as the
+    /// log may show it: made safe by the caller).
+    pub fn failed_command(sid: impl Display, command: impl Display, result: impl Display) {
+        tracing::info!("{sid} smtp failed-command command=\"{command}\" result=\"{result}\"");
+    }
+
     /// `SID smtp disconnected reason=REASON`.
     pub fn disconnected(sid: impl Display, reason: impl Display) {
         tracing::info!("{sid} smtp disconnected reason={reason}");

@@ -305,10 +305,32 @@ fn a_report_no_rule_accepts_is_logged_and_dropped() {
         "broken@mx.test",
         "Subject: x\r\n\r\nbody",
     );
+    // As 6.8 logs it: its bounce session's refused RCPT, then the report given up.
     wait_for("the refusal of the report", || {
         d.log()
-            .contains("warn: bounce: cannot send a report to <bob@remote.test>: ")
+            .contains(" envelope: 550 Invalid recipient: <bob@remote.test>")
     });
+    let log = d.log();
+    let warn = log
+        .lines()
+        .find(|l| l.starts_with("warn: PermFail injecting failure report on message "))
+        .expect(&log);
+    assert!(
+        warn.ends_with(
+            " to <bob@remote.test> for 1 envelope: 550 Invalid recipient: <bob@remote.test>"
+        ),
+        "{log}"
+    );
+    let failed = log
+        .lines()
+        .find(|l| l.contains(" smtp failed-command command=\"RCPT TO: <bob@remote.test>\""))
+        .expect(&log);
+    let sid = failed.split(' ').next().unwrap();
+    assert!(
+        log.contains(&format!("{sid} smtp connected address=local host="))
+            && log.contains(&format!("{sid} smtp disconnected reason=quit")),
+        "{log}"
+    );
     // The failed envelope still leaves the queue.
     wait_for("an empty queue", || {
         std::fs::read_dir(dir.path().join("spool/queue"))

@@ -29,6 +29,7 @@ use super::result::{DeliveryResult, Status};
 use crate::config::model::{ActionMethod, LocalMethod};
 use crate::dns::Resolver;
 use crate::expand::userbase::{SystemPasswd, TableUserbase, Userbase};
+use crate::log::smtp_in;
 use crate::queue::scheduler::{
     Action, EnvelopeStatus, ScheduleEntry, Scheduler, SchedulerConfig, TempFailure,
 };
@@ -993,9 +994,18 @@ impl Runner {
         let deliveries = match outcome {
             Ok(crate::expand::ExpandOutcome::Accepted(d)) => d,
             Ok(crate::expand::ExpandOutcome::Refused(r)) => {
+                // As 6.8's bounce session meets the refusal: its local session's lines,
+                // then the report given up.
+                let reply = r.reply(&sender);
+                let sid = format!("{:016x}", random_u64());
+                smtp_in::connected(&sid, "local", &hostname);
+                smtp_in::failed_command(&sid, format!("RCPT TO: <{sender}>"), &reply);
+                smtp_in::disconnected(&sid, "quit");
+                let n = recipients.len();
                 warn!(
-                    "warn: bounce: cannot send a report to <{sender}>: {}",
-                    r.reply(&sender)
+                    "warn: PermFail injecting failure report on message {} to <{sender}> for {n} envelope{}: {reply}",
+                    failed.id.msgid(),
+                    if n > 1 { "s" } else { "" }
                 );
                 return;
             }
@@ -1083,7 +1093,6 @@ impl Runner {
             Ok(m) => {
                 // 6.8 submits its reports over a local SMTP session of its own, and logs
                 // it as one.
-                use crate::log::smtp_in;
                 let sid = format!("{:016x}", random_u64());
                 smtp_in::connected(&sid, "local", &hostname);
                 smtp_in::message(&sid, m, size as u64, 1, true);

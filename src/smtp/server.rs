@@ -415,11 +415,7 @@ impl Conn {
                 self.report("link-identify", Some(&format!("{verb}|{helo}")));
             }
             Event::FailedCommand { command, result } => {
-                info!(
-                    "{sid} smtp failed-command command=\"{}\" result=\"{}\"",
-                    vis(command),
-                    result
-                );
+                crate::log::smtp_in::failed_command(sid, vis(command), result);
             }
             Event::BadInput { result } => info!("{sid} smtp bad-input result=\"{result}\""),
             Event::Authentication { user, result } => {
