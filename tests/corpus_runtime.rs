@@ -419,17 +419,21 @@ fn assert_same(theirs: &Probed, mine: &Probed) {
     assert_eq!(normalized(&mine.mail), normalized(&theirs.mail));
 }
 
-/// Runs `script` on `conf` under OpenSMTPD and under smtpd, then the `;`-separated smtpctl
-/// `commands` (OpenSMTPD's smtpctl beside its smtpd); `(OpenSMTPD's, smtpd's)`.
+/// Runs `script` on `conf` under OpenSMTPD and under smtpd, then the `;`-separated
+/// smtpctl `commands` (OpenSMTPD's smtpctl beside its smtpd); `(OpenSMTPD's, smtpd's)`,
+/// or `None` (and a SKIPPED line naming the `what` comparison) when OpenSMTPD or the
+/// tools are missing.
 fn both_probed(
-    dir: &Path,
-    reference: &Path,
+    what: &str,
     conf: &str,
     script: &str,
     sink: Option<&str>,
     quiet: u32,
     commands: &str,
-) -> (Probed, Probed) {
+) -> Option<(Probed, Probed)> {
+    let reference = reference_for(what)?;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let conf_path = dir.join("smtpd.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let script_path = dir.join("dialogues");
@@ -468,7 +472,7 @@ fn both_probed(
         quiet,
         Some((&my_ctl, commands)),
     );
-    (theirs, mine)
+    Some((theirs, mine))
 }
 
 /// OpenSMTPD as `SMTPD_REFERENCE` names it, or `None` (and a SKIPPED line saying why the
@@ -490,13 +494,8 @@ const LOCAL_HEAD: &str = "listen on lo\n\
 
 #[test]
 fn dialogues_deliveries_and_logs_are_opensmtpds() {
-    let Some(reference) = reference_for("dialogue") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (theirs, mine) = both_probed(
-        dir.path(),
-        &reference,
+    let Some((theirs, mine)) = both_probed(
+        "dialogue",
         &format!(
             "{LOCAL_HEAD}action \"out\" relay\n\
              match from local for local action \"local\"\n\
@@ -506,7 +505,9 @@ fn dialogues_deliveries_and_logs_are_opensmtpds() {
         None,
         2,
         "",
-    );
+    ) else {
+        return;
+    };
     assert!(
         theirs.talk.matches("\nC: ").count() >= 50,
         "{}",
@@ -551,13 +552,8 @@ fn sink_seen(talk: &str) -> String {
 /// bounce's local session) must be the same.
 #[test]
 fn relayed_mail_and_its_bounce_are_opensmtpds() {
-    let Some(reference) = reference_for("relay") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (theirs, mine) = both_probed(
-        dir.path(),
-        &reference,
+    let Some((theirs, mine)) = both_probed(
+        "relay",
         &format!(
             "{LOCAL_HEAD}action \"out\" relay host smtp://127.0.0.2:2525\n\
              action \"dead\" relay host smtp://127.0.0.3:2525\n\
@@ -582,7 +578,9 @@ fn relayed_mail_and_its_bounce_are_opensmtpds() {
         // 6.8 reports the dead relay's envelope about 11 s after its connection failed.
         12,
         CTL_COMMANDS,
-    );
+    ) else {
+        return;
+    };
     let talk = |p: &Probed| normalized(p.talk.split("== ").next().unwrap_or_default());
     assert_eq!(talk(&mine), talk(&theirs));
     let their_sink = sink_seen(&theirs.talk).replace("\nD: leading dot\n", "\nD: ..leading dot\n");
@@ -683,13 +681,8 @@ fn ctl_seen(talk: &str) -> String {
 /// or a reset depends on timing, in 6.8 as in smtpd.
 #[test]
 fn builtin_filters_answer_and_log_as_opensmtpd() {
-    let Some(reference) = reference_for("filter") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (theirs, mine) = both_probed(
-        dir.path(),
-        &reference,
+    let Some((theirs, mine)) = both_probed(
+        "filter",
         "table aliases { postmaster = root }\n\
          table badrcpt { \"spamtrap@localhost\" }\n\
          table lab { 127.0.0.0/8 }\n\
@@ -740,7 +733,9 @@ fn builtin_filters_answer_and_log_as_opensmtpd() {
         None,
         2,
         "",
-    );
+    ) else {
+        return;
+    };
     assert!(
         theirs.talk.contains("S: 421 4.7.0 not committing\n")
             && theirs.talk.contains("S: 550 5.1.1 trap\n"),
@@ -758,13 +753,8 @@ fn builtin_filters_answer_and_log_as_opensmtpd() {
 /// failure report`) and the maildirs (`new/` and `.Junk/new/`) must be the same.
 #[test]
 fn maildir_junk_and_refused_reports_are_opensmtpds() {
-    let Some(reference) = reference_for("maildir") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (theirs, mine) = both_probed(
-        dir.path(),
-        &reference,
+    let Some((theirs, mine)) = both_probed(
+        "maildir",
         "table aliases { postmaster = root }\n\
          filter \"from-junk\" phase mail-from match mail-from regex \"^junk@\" junk\n\
          listen on lo filter \"from-junk\"\n\
@@ -784,7 +774,9 @@ fn maildir_junk_and_refused_reports_are_opensmtpds() {
         None,
         2,
         "",
-    );
+    ) else {
+        return;
+    };
     assert!(
         theirs
             .log

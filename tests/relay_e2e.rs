@@ -82,6 +82,15 @@ fn submit_numbered(port: u16, n: usize, subject: &str) {
     }
 }
 
+/// Starts `sink` and smtpd relaying to it (`head` lines first, `extra` action options);
+/// returns the sink, the daemon, its port and its directory.
+async fn relay_to(sink: Sink, head: &str, extra: &str) -> (Sink, Daemon, u16, tempfile::TempDir) {
+    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, port) = start(dir.path(), &relay_conf(head, addr.port(), extra));
+    (sink, daemon, port, dir)
+}
+
 /// Starts `sink` and smtpd relaying to it (`head` lines first, `extra` action options),
 /// sends `n` numbered messages and waits (at most `secs`) until all are delivered.
 async fn relay_numbered(
@@ -91,9 +100,7 @@ async fn relay_numbered(
     n: usize,
     secs: u64,
 ) -> (Sink, Daemon, tempfile::TempDir) {
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (daemon, port) = start(dir.path(), &relay_conf(head, addr.port(), extra));
+    let (sink, daemon, port, dir) = relay_to(sink, head, extra).await;
     tokio::task::spawn_blocking(move || submit_numbered(port, n, "message "))
         .await
         .unwrap();
@@ -538,10 +545,7 @@ async fn queued_messages_share_one_session_and_one_transaction_per_message() {
         refuse_rcpt: Some("ghost".into()),
         ..Sink::default()
     };
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("mta limit session-keepalive 3\n", addr.port(), "");
-    let (daemon, port) = start(dir.path(), &conf);
+    let (sink, daemon, port, _dir) = relay_to(sink, "mta limit session-keepalive 3\n", "").await;
     tokio::task::spawn_blocking(move || {
         submit_numbered(port, 5, "message ");
         // One message, three recipients of the same domain, one of them refused.
@@ -805,14 +809,12 @@ async fn relay_to_dsn_sink(
         dsn: offers,
         ..Sink::default()
     };
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
+    let (sink, daemon, port, dir) = relay_to(
+        sink,
         "mta limit session-keepalive 1 conn-delay-route 0 reconn-delay-route 0\n",
-        addr.port(),
         "",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
+    )
+    .await;
     let reply = tokio::task::spawn_blocking(move || {
         submit_rcpts(port, from, rcpts, "Subject: dsn\r\n\r\nhi\r\n")
     })
@@ -945,14 +947,12 @@ async fn a_reused_session_closed_by_the_next_hop_is_replaced() {
         hang_up_after: Some(1),
         ..Sink::default()
     };
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
+    let (sink, daemon, port, _dir) = relay_to(
+        sink,
         "mta limit session-keepalive 1 conn-delay-route 0 reconn-delay-route 0\n",
-        addr.port(),
         "",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
+    )
+    .await;
     tokio::task::spawn_blocking(move || submit_numbered(port, 2, ""))
         .await
         .unwrap();
@@ -986,14 +986,12 @@ async fn a_domain_that_takes_mail_again_gets_its_deferred_envelopes_at_once() {
         defer_rcpt: Some("dave".into()),
         ..Sink::default()
     };
-    let (sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf(
+    let (sink, daemon, port, dir) = relay_to(
+        sink,
         "mta limit session-keepalive 0 conn-delay-route 0 reconn-delay-route 0\n",
-        addr.port(),
         "",
-    );
-    let (daemon, port) = start(dir.path(), &conf);
+    )
+    .await;
     let spool = dir.path().join("spool");
     let hoststats = move || {
         let out = common::smtpctl(&spool, &["show", "hoststats"]);
@@ -1848,10 +1846,7 @@ async fn a_refused_recipient_is_logged_before_the_message_is_sent() {
         data_delay: Some(Duration::from_secs(3)),
         ..Sink::default()
     };
-    let (_sink, addr) = sink.start("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = relay_conf("mta limit session-keepalive 1\n", addr.port(), "");
-    let (daemon, port) = start(dir.path(), &conf);
+    let (_sink, daemon, port, _dir) = relay_to(sink, "mta limit session-keepalive 1\n", "").await;
     send_from_alice(
         port,
         &["bob@far.test", "ghost@far.test", "carol@far.test"],

@@ -489,10 +489,7 @@ impl Pool {
                 // 6.8 never counts a connector's references: its refcount is always 0.
                 lines.push(format!(
                     "  connector {} refcount=0 nconn={} lastconn={} timeout=- flags={}",
-                    key.source.map_or_else(
-                        || "[]".to_string(),
-                        |a| crate::queue::ClientAddr::Ip(a).text()
-                    ),
+                    super::relay::source_text(key.source),
                     st.workers,
                     age(st.last_connect),
                     if st.retry_pending { "WAIT" } else { "" },
@@ -860,10 +857,7 @@ impl Pool {
         // As 6.8's `mta_connector_to_text` names the relay from this source.
         let connector = format!(
             "[connector:{}->{},0x0]",
-            spec.source.map_or_else(
-                || "[]".to_string(),
-                |a| crate::queue::ClientAddr::Ip(a).text()
-            ),
+            super::relay::source_text(spec.source),
             spec.relay_text
         );
         let limits = ConnectLimits {

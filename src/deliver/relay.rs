@@ -177,6 +177,15 @@ impl RelayOutcome {
     }
 }
 
+/// A source address as 6.8's `mta_source_to_text` writes it in `connector` texts: `[]`
+/// when the system chooses it, else the address (IPv6 in brackets).
+pub fn source_text(source: Option<IpAddr>) -> String {
+    source.map_or_else(
+        || "[]".to_string(),
+        |a| crate::queue::ClientAddr::Ip(a).text(),
+    )
+}
+
 /// A remote host as 6.8's `mta_host_to_text` writes it in `relay=`: its address and its
 /// name (the PTR name, or the address again when it has none, as getnameinfo(3) gives).
 pub fn host_text(a: IpAddr, name: &str) -> String {
@@ -298,6 +307,14 @@ impl RouteTable {
         });
     }
 
+    /// A session starts connecting on `key` at `now`: the pauses count from here, and the
+    /// route is held until the attempt ends.
+    fn opening(&mut self, key: RouteKey, now: Instant) {
+        let r = self.get(key);
+        r.last_conn = Some(now);
+        r.connecting += 1;
+    }
+
     /// When `delays` let a session open on `key` (`None`: now), as 6.8's
     /// `mta_find_route` skips a host opened less than `conn-delay-host` ago, and a route
     /// opened less than `conn-delay-route` ago or closed less than `reconn-delay-route`
@@ -321,8 +338,7 @@ impl RouteTable {
         .max()
         .filter(|d| *d > now);
         if due.is_none() {
-            r.last_conn = Some(now);
-            r.connecting += 1;
+            self.opening(key, now);
         }
         self.keep = self
             .keep
@@ -1186,9 +1202,7 @@ impl Relayer {
             tokio::time::sleep_until(until).await;
         }
         if let Ok(mut t) = self.routes.lock() {
-            let r = t.get(key);
-            r.last_conn = Some(Instant::now());
-            r.connecting += 1;
+            t.opening(key, Instant::now());
         }
         !self.route_disabled(key)
     }
@@ -1242,13 +1256,13 @@ impl Relayer {
     /// is disabled for base × penalty² (at most an hour), then enabled again with one
     /// penalty point less, as OpenSMTPD's `mta_route_disable`/`mta_route_enable` do.
     async fn route_failed(&self, key: RouteKey) {
-        let ptr = self.ptr_name(key).await;
+        // Known for the route text from here on.
+        self.ptr_name(key).await;
         let (delay, text) = {
             let Ok(mut t) = self.routes.lock() else {
                 return;
             };
             let r = t.get(key);
-            r.ptr = Some(ptr);
             r.nerror += 1;
             if !r.fresh {
                 return;
