@@ -6,10 +6,11 @@
 //! program that is not installed). smtpd's `250-PIPELINING` is left out (a documented
 //! difference); TLS-on-connect listeners (465) are not probed.
 //!
-//! Two more tests hold odd and hostile dialogues with both on one configuration, and relay
-//! a message to a next hop on loopback that takes, defers and refuses recipients: the
-//! transcripts, the log lines, the mailboxes and what the next hop is sent must be the
-//! same.
+//! The other tests hold dialogues with both on small configurations: odd and hostile
+//! commands, relaying to a next hop on loopback that takes, defers and refuses recipients,
+//! built-in filters, maildirs with a junk folder, alias and virtual expansion, `.forward`
+//! files, `mda` and `lmtp`. The transcripts, the log lines, the mailboxes and what the
+//! next hop is sent must be the same.
 //!
 //! Needs root, `unshare` and `mount` (util-linux), python3 for the probe
 //! (`tests/corpus_runtime_probe.py`), and OpenSMTPD named by `SMTPD_REFERENCE` (`.ci/run`
@@ -328,9 +329,8 @@ fn dialogue_probe(
     script: &Path,
     mta: &[&str],
     spool_mount: bool,
-    sink: Option<&str>,
-    quiet: u32,
-    ctl: Option<(&str, &str)>,
+    scenario: &Scenario,
+    smtpctl: &str,
 ) -> Probed {
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dialogue_probe.py");
     let mail = work.join("mail");
@@ -346,6 +346,21 @@ fn dialogue_probe(
             spool.display()
         ));
     }
+    if !scenario.home.is_empty() {
+        let home = work.join("home");
+        std::fs::create_dir(&home).unwrap();
+        for (name, text) in scenario.home {
+            std::fs::write(home.join(name), text).unwrap();
+        }
+        let uid = nix::unistd::User::from_name(HOME_USER)
+            .unwrap()
+            .expect("the backup user")
+            .uid;
+        for p in std::iter::once(home.clone()).chain(common::files_under(&home)) {
+            std::os::unix::fs::chown(&p, Some(uid.as_raw()), None).unwrap();
+        }
+        setup.push_str(&format!(" && mount --bind '{}' {HOME_DIR}", home.display()));
+    }
     setup.push_str(" && exec \"$@\"");
     let log = work.join("log");
     let mut cmd = Command::new("unshare");
@@ -354,12 +369,11 @@ fn dialogue_probe(
         .arg(script)
         .args(mta)
         .env("PROBE_LOG", &log)
-        .env("PROBE_QUIET", quiet.to_string());
-    if let Some(sink) = sink {
+        .env("PROBE_QUIET", scenario.quiet.to_string())
+        .env("PROBE_CTL", smtpctl)
+        .env("PROBE_CTL_RUN", scenario.commands);
+    if let Some(sink) = scenario.sink {
         cmd.env("PROBE_SINK", sink);
-    }
-    if let Some((smtpctl, commands)) = ctl {
-        cmd.env("PROBE_CTL", smtpctl).env("PROBE_CTL_RUN", commands);
     }
     let out = cmd.output().expect("run the probe");
     assert!(
@@ -384,10 +398,22 @@ fn dialogue_probe(
             };
             (
                 name.to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap_or_default(),
+                mbox_sorted(&normalized(
+                    &std::fs::read_to_string(&p).unwrap_or_default(),
+                )),
             )
         })
         .collect();
+    let home = work.join("home");
+    for p in common::files_under(&home) {
+        let rel = p.strip_prefix(&home).unwrap();
+        boxes.push((
+            format!("~{HOME_USER}/{}", rel.display()),
+            mbox_sorted(&normalized(
+                &std::fs::read_to_string(&p).unwrap_or_default(),
+            )),
+        ));
+    }
     boxes.sort();
     let mailboxes: String = boxes
         .iter()
@@ -405,6 +431,24 @@ fn dialogue_probe(
     }
 }
 
+/// An mbox's messages (normalized) in the order of their text: deliveries of one message to one
+/// mailbox run side by side, so the order they were appended in may differ. Other text is
+/// returned as it is.
+fn mbox_sorted(text: &str) -> String {
+    if !text.starts_with("From ") {
+        return text.to_string();
+    }
+    let mut messages: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (at, _) in text.match_indices("\n\nFrom ") {
+        messages.push(&text[start..at + 2]);
+        start = at + 2;
+    }
+    messages.push(&text[start..]);
+    messages.sort();
+    messages.concat()
+}
+
 /// What both must have done the same: the transcripts, the mail log lines and the
 /// mailboxes, normalized.
 fn assert_same(theirs: &Probed, mine: &Probed) {
@@ -419,25 +463,43 @@ fn assert_same(theirs: &Probed, mine: &Probed) {
     assert_eq!(normalized(&mine.mail), normalized(&theirs.mail));
 }
 
-/// Runs `script` on `conf` under OpenSMTPD and under smtpd, then the `;`-separated
-/// smtpctl `commands` (OpenSMTPD's smtpctl beside its smtpd); `(OpenSMTPD's, smtpd's)`,
-/// or `None` (and a SKIPPED line naming the `what` comparison) when OpenSMTPD or the
-/// tools are missing.
-fn both_probed(
-    what: &str,
-    conf: &str,
-    script: &str,
-    sink: Option<&str>,
+/// The user whose home a scenario may fill ([`Scenario::home`]), and that home, which
+/// Debian's base system has.
+const HOME_USER: &str = "backup";
+const HOME_DIR: &str = "/var/backups";
+
+/// One comparison of smtpd with OpenSMTPD.
+#[derive(Default)]
+struct Scenario<'a> {
+    /// Its name, for the SKIPPED line.
+    what: &'a str,
+    /// The configuration both run.
+    conf: &'a str,
+    /// The dialogues (`tests/dialogue_probe.py`).
+    script: &'a str,
+    /// The next hop's address (`PROBE_SINK`), if any.
+    sink: Option<&'a str>,
+    /// How long the log must be still before the MTA is stopped, in seconds.
     quiet: u32,
-    commands: &str,
-) -> Option<(Probed, Probed)> {
-    let reference = reference_for(what)?;
+    /// smtpctl commands run then, `;`-separated.
+    commands: &'a str,
+    /// Files (name, text) of [`HOME_USER`]'s home, a directory of the run's own mounted on
+    /// [`HOME_DIR`], all owned by that user.
+    home: &'a [(&'a str, &'a str)],
+}
+
+/// Runs the scenario's script on its configuration under OpenSMTPD and under smtpd, then
+/// its smtpctl commands (OpenSMTPD's smtpctl beside its smtpd); `(OpenSMTPD's, smtpd's)`,
+/// or `None` (and a SKIPPED line naming the comparison) when OpenSMTPD or the tools are
+/// missing.
+fn both_probed(scenario: &Scenario) -> Option<(Probed, Probed)> {
+    let reference = reference_for(scenario.what)?;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let conf_path = dir.join("smtpd.conf");
-    std::fs::write(&conf_path, conf).unwrap();
+    std::fs::write(&conf_path, scenario.conf).unwrap();
     let script_path = dir.join("dialogues");
-    std::fs::write(&script_path, script).unwrap();
+    std::fs::write(&script_path, scenario.script).unwrap();
     std::fs::create_dir_all("/var/spool/smtpd").unwrap();
     let conf = conf_path.to_str().unwrap();
     let their_ctl = reference.with_file_name("smtpctl");
@@ -446,9 +508,8 @@ fn both_probed(
         &script_path,
         &[reference.to_str().unwrap(), "-d", "-f", conf],
         true,
-        sink,
-        quiet,
-        Some((their_ctl.to_str().unwrap(), commands)),
+        scenario,
+        their_ctl.to_str().unwrap(),
     );
     let spool = dir.join("smtpd-spool");
     let my_ctl = format!(
@@ -468,9 +529,8 @@ fn both_probed(
             spool.to_str().unwrap(),
         ],
         false,
-        sink,
-        quiet,
-        Some((&my_ctl, commands)),
+        scenario,
+        &my_ctl,
     );
     Some((theirs, mine))
 }
@@ -494,18 +554,17 @@ const LOCAL_HEAD: &str = "listen on lo\n\
 
 #[test]
 fn dialogues_deliveries_and_logs_are_opensmtpds() {
-    let Some((theirs, mine)) = both_probed(
-        "dialogue",
-        &format!(
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "dialogue",
+        conf: &format!(
             "{LOCAL_HEAD}action \"out\" relay\n\
              match from local for local action \"local\"\n\
              match from local for any action \"out\"\n"
         ),
-        DIALOGUES,
-        None,
-        2,
-        "",
-    ) else {
+        script: DIALOGUES,
+        quiet: 2,
+        ..Default::default()
+    }) else {
         return;
     };
     assert!(
@@ -552,16 +611,16 @@ fn sink_seen(talk: &str) -> String {
 /// bounce's local session) must be the same.
 #[test]
 fn relayed_mail_and_its_bounce_are_opensmtpds() {
-    let Some((theirs, mine)) = both_probed(
-        "relay",
-        &format!(
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "relay",
+        conf: &format!(
             "{LOCAL_HEAD}action \"out\" relay host smtp://127.0.0.2:2525\n\
              action \"dead\" relay host smtp://127.0.0.3:2525\n\
              match from local for local action \"local\"\n\
              match from local for domain dead.example action \"dead\"\n\
              match from local for any action \"out\"\n"
         ),
-        "EHLO c.example\n\
+        script: "EHLO c.example\n\
          MAIL FROM:<x@client.example>\n\
          RCPT TO:<alice@far.example>\n\
          RCPT TO:<temp@far.example>\n\
@@ -574,11 +633,12 @@ fn relayed_mail_and_its_bounce_are_opensmtpds() {
          DATA\n\
          <DATA>\n\
          QUIT\n",
-        Some("127.0.0.2:2525"),
-        // 6.8 reports the dead relay's envelope about 11 s after its connection failed.
+        sink: Some("127.0.0.2:2525"),
+        quiet: // 6.8 reports the dead relay's envelope about 11 s after its connection failed.
         12,
-        CTL_COMMANDS,
-    ) else {
+        commands: CTL_COMMANDS,
+        ..Default::default()
+    }) else {
         return;
     };
     let talk = |p: &Probed| normalized(p.talk.split("== ").next().unwrap_or_default());
@@ -681,9 +741,9 @@ fn ctl_seen(talk: &str) -> String {
 /// or a reset depends on timing, in 6.8 as in smtpd.
 #[test]
 fn builtin_filters_answer_and_log_as_opensmtpd() {
-    let Some((theirs, mine)) = both_probed(
-        "filter",
-        "table aliases { postmaster = root }\n\
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "filter",
+        conf: "table aliases { postmaster = root }\n\
          table badrcpt { \"spamtrap@localhost\" }\n\
          table lab { 127.0.0.0/8 }\n\
          filter \"helo-bad\" phase helo match helo regex \"^bad\\.\" disconnect \"421 go away\"\n\
@@ -699,7 +759,7 @@ fn builtin_filters_answer_and_log_as_opensmtpd() {
          listen on lo filter \"chain\"\n\
          action \"local\" mbox alias <aliases>\n\
          match from local for local action \"local\"\n",
-        "EHLO bad.example\n\
+        script: "EHLO bad.example\n\
          EHLO good.example\n\
          MAIL FROM:<spam@client.example>\n\
          MAIL FROM:<ok@client.example>\n\
@@ -730,10 +790,9 @@ fn builtin_filters_answer_and_log_as_opensmtpd() {
          DATA\n\
          <DATA>\n\
          QUIT\n",
-        None,
-        2,
-        "",
-    ) else {
+        quiet: 2,
+        ..Default::default()
+    }) else {
         return;
     };
     assert!(
@@ -753,14 +812,14 @@ fn builtin_filters_answer_and_log_as_opensmtpd() {
 /// failure report`) and the maildirs (`new/` and `.Junk/new/`) must be the same.
 #[test]
 fn maildir_junk_and_refused_reports_are_opensmtpds() {
-    let Some((theirs, mine)) = both_probed(
-        "maildir",
-        "table aliases { postmaster = root }\n\
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "maildir",
+        conf: "table aliases { postmaster = root }\n\
          filter \"from-junk\" phase mail-from match mail-from regex \"^junk@\" junk\n\
          listen on lo filter \"from-junk\"\n\
          action \"m\" maildir \"/var/mail/%{user.username}\" junk alias <aliases>\n\
          match from local for local action \"m\"\n",
-        "EHLO good.example\n\
+        script: "EHLO good.example\n\
          MAIL FROM:<ok@client.example>\n\
          RCPT TO:<nobody@localhost>\n\
          RCPT TO:<postmaster@localhost>\n\
@@ -771,10 +830,9 @@ fn maildir_junk_and_refused_reports_are_opensmtpds() {
          DATA\n\
          <DATA>\n\
          QUIT\n",
-        None,
-        2,
-        "",
-    ) else {
+        quiet: 2,
+        ..Default::default()
+    }) else {
         return;
     };
     assert!(
@@ -791,4 +849,137 @@ fn maildir_junk_and_refused_reports_are_opensmtpds() {
         theirs.mail
     );
     assert_same(&theirs, &mine);
+}
+
+/// Alias and virtual expansion, measured against 6.8: lists, nested and looping aliases,
+/// `:include:` files, delivery to a file and to a command, `error:` targets, and a virtual
+/// table with a catch-all. The replies to each RCPT, the log lines and the mailboxes
+/// (the file and what the command wrote among them) must be the same.
+#[test]
+fn alias_and_virtual_expansion_is_opensmtpds() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        files.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let include = files.path().join("team");
+    std::fs::write(&include, "# the team\nnobody\n\nroot, postmaster\n").unwrap();
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "expansion",
+        conf: &format!(
+            "table aliases {{ postmaster = root, list = \"nobody, root\", nested = list, \
+             loop = loop2, loop2 = loop, filer = \"/var/mail/filed\", \
+             cmd = \"|/bin/sh -c 'cat > /var/mail/cmdout'\", \
+             err = \"error:550 5.1.1 list closed\", tmperr = \"error:450 4.2.1 later\", \
+             inc = \":include:{}\", self = \"self, nobody\" }}\n\
+             table virt {{ \"list@virt.example\" = \"nobody, root\", \
+             \"gone@virt.example\" = \"error:550 5.1.1 gone\", \
+             \"@virt.example\" = nobody }}\n\
+             listen on lo\n\
+             action \"local\" mbox alias <aliases>\n\
+             action \"virt\" mbox virtual <virt>\n\
+             match from local for domain \"virt.example\" action \"virt\"\n\
+             match from local for local action \"local\"\n",
+            include.display()
+        ),
+        script: "EHLO c.example\n\
+         MAIL FROM:<x@client.example>\n\
+         RCPT TO:<list@localhost>\n\
+         RCPT TO:<nested@localhost>\n\
+         RCPT TO:<loop@localhost>\n\
+         RCPT TO:<filer@localhost>\n\
+         RCPT TO:<cmd@localhost>\n\
+         RCPT TO:<err@localhost>\n\
+         RCPT TO:<tmperr@localhost>\n\
+         RCPT TO:<inc@localhost>\n\
+         RCPT TO:<self@localhost>\n\
+         RCPT TO:<list@virt.example>\n\
+         RCPT TO:<anyone@virt.example>\n\
+         RCPT TO:<gone@virt.example>\n\
+         DATA\n\
+         <DATA>\n\
+         QUIT\n",
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs
+            .talk
+            .contains("S: 524 5.2.4 Mailing list expansion problem: <loop@localhost>\n")
+            && theirs
+                .talk
+                .contains("S: 450 4.2.1 later: <tmperr@localhost>\n")
+            && theirs
+                .mail
+                .contains("--- cmdout\nReturn-Path: <x@client.example>\n")
+            && theirs.mail.contains("--- filed\nFrom x@client.example "),
+        "{}{}",
+        theirs.talk,
+        theirs.mail
+    );
+    // Before it runs a file or command delivery of an mbox action, 6.8 creates the mbox
+    // of the user it runs as (here its own user, for the alias's file and command), and
+    // leaves it empty; smtpd creates no mailbox it does not deliver to (compatibility.md).
+    let mut theirs = theirs;
+    assert!(
+        theirs.mail.contains("--- opensmtpd\n--- "),
+        "{}",
+        theirs.mail
+    );
+    theirs.mail = theirs.mail.replace("--- opensmtpd\n", "");
+    assert_same(&theirs, &mine);
+}
+
+/// `.forward` files and the other local methods, measured against 6.8: a user's
+/// `.forward` that keeps a copy, pipes one to a command, appends one to a file and sends
+/// one on to root; an `mda` action with format specifiers; and an `lmtp` action to a
+/// server on loopback. The replies, the log lines, the mailboxes, the files the deliveries
+/// wrote in the user's home and what the LMTP server was sent must be the same.
+#[test]
+fn forward_files_mda_and_lmtp_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "forward",
+        conf: "table aliases { postmaster = root }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"mda\" mda \"/bin/sh -c 'cat > /var/mail/mda.%{user.username}.%{rcpt.user}'\"\n\
+               action \"lmtp\" lmtp \"127.0.0.2:2525\" rcpt-to\n\
+               match from local for domain \"mda.example\" action \"mda\"\n\
+               match from local for domain \"lmtp.example\" action \"lmtp\"\n\
+               match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<backup@localhost>\n\
+                 RCPT TO:<nobody@mda.example>\n\
+                 RCPT TO:<nobody@lmtp.example>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n",
+        sink: Some("127.0.0.2:2525"),
+        quiet: 3,
+        home: &[(
+            ".forward",
+            "backup\n|/bin/sh -c 'cat > /var/backups/piped'\n/var/backups/saved\nroot\n",
+        )],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.log.matches(" mda delivery ").count() == 6
+            && theirs
+                .mail
+                .contains("--- ~backup/saved\nFrom x@client.example ")
+            && theirs.mail.contains("--- ~backup/piped\nReturn-Path: ")
+            && sink_seen(&theirs.talk).contains("C: LHLO localhost\n"),
+        "{}{}{}",
+        theirs.talk,
+        theirs.log,
+        theirs.mail
+    );
+    assert_same(&theirs, &mine);
+    assert_eq!(sink_seen(&mine.talk), sink_seen(&theirs.talk));
 }
