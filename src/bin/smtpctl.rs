@@ -401,7 +401,7 @@ fn monitor(socket: &std::path::Path) -> ExitCode {
     let mut prev = std::collections::HashMap::new();
     let mut lines = 0u64;
     loop {
-        let stats = match ask(socket, &Request::ShowStats) {
+        let stats = match ask(socket, &Request::Digest) {
             Ok(r) if r.ok => parse_stats(&r.text),
             _ if lines == 0 => {
                 eprintln!("smtpctl: smtpd doesn't seem to be running");

@@ -72,6 +72,9 @@ pub enum Request {
     ShowQueue,
     /// `show stats`.
     ShowStats,
+    /// Every counter, changed or not, with smtpd's own ones (what `monitor` reads, as
+    /// 6.8's smtpctl reads its digest).
+    Digest,
     /// `show status`.
     ShowStatus,
     /// `show routes`: the outbound routes and their penalties.
@@ -154,6 +157,7 @@ impl Request {
         Ok(match words.as_slice() {
             ["show", "queue"] => Request::ShowQueue,
             ["show", "stats"] => Request::ShowStats,
+            ["digest"] => Request::Digest,
             ["show", "status"] => Request::ShowStatus,
             ["show", "routes"] => Request::ShowRoutes,
             ["show", "hoststats"] => Request::ShowHostStats,
@@ -229,6 +233,7 @@ impl Request {
         match self {
             Request::ShowQueue => "show queue".into(),
             Request::ShowStats => "show stats".into(),
+            Request::Digest => "digest".into(),
             Request::ShowStatus => "show status".into(),
             Request::ShowRoutes => "show routes".into(),
             Request::ShowHostStats => "show hoststats".into(),

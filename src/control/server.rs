@@ -74,48 +74,15 @@ impl Control {
                 Reply::ok(text)
             }
             Request::ShowStats => {
-                let s = self.runner.stats();
-                let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-                let uptime = now().saturating_sub(self.started);
-                // 6.8 lists a counter once something changed it: a counter at 0 has not
-                // been touched, and a gauge at 0 only if what feeds it is at 0 too.
-                let sessions_seen = [&SMTP_STATS.inet4, &SMTP_STATS.inet6, &SMTP_STATS.local]
-                    .iter()
-                    .any(|a| a.load(Ordering::Relaxed) > 0);
-                let scheduled = self.runner.scheduled();
-                let envelopes_seen = scheduled > 0 || s.enqueued.load(Ordering::Relaxed) > 0;
-                let touched = |(key, value): &(String, String)| match key.as_str() {
-                    "control.session" | "uptime" | "uptime.human" => true,
-                    "smtp.session" => sessions_seen,
-                    "scheduler.envelope" => envelopes_seen,
-                    _ => value != "0",
-                };
-                let mut pairs = vec![
-                    (
-                        "control.session".into(),
-                        self.sessions.load(Ordering::Relaxed).to_string(),
-                    ),
-                    ("queue.bounce".into(), get(&s.bounces)),
-                    ("queue.envelope.enqueued".into(), get(&s.enqueued)),
-                    ("smtp.session".into(), get(&SMTP_STATS.current)),
-                    ("smtp.session.inet4".into(), get(&SMTP_STATS.inet4)),
-                    ("smtp.session.inet6".into(), get(&SMTP_STATS.inet6)),
-                    ("smtp.session.local".into(), get(&SMTP_STATS.local)),
-                    ("scheduler.delivery.ok".into(), get(&s.ok)),
-                    ("scheduler.delivery.permfail".into(), get(&s.permfail)),
-                    ("scheduler.delivery.tempfail".into(), get(&s.tempfail)),
-                    ("scheduler.envelope".into(), scheduled.to_string()),
-                    ("scheduler.envelope.expired".into(), get(&s.expired)),
-                    ("scheduler.envelope.removed".into(), get(&s.removed)),
-                    ("uptime".into(), uptime.to_string()),
-                    (
-                        "uptime.human".into(),
-                        crate::deliver::log::duration_to_text(uptime as i64),
-                    ),
-                ];
-                pairs.retain(touched);
+                let (pairs, touched) = self.stats_pairs();
+                let pairs = pairs
+                    .into_iter()
+                    .zip(touched)
+                    .filter_map(|(p, t)| t.then_some(p))
+                    .collect();
                 Reply::ok(show::stats_text(pairs))
             }
+            Request::Digest => Reply::ok(show::stats_text(self.stats_pairs().0)),
             Request::ShowEnvelope(evpid) => {
                 let spool = self.runner.spool().clone();
                 match tokio::task::spawn_blocking(move || spool.load_envelope(evpid)).await {
@@ -216,6 +183,89 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// The counters of `show stats`, in key order, each with whether it is listed: 6.8
+    /// lists a counter once something changed it (a counter at 0 has not been touched; a
+    /// gauge keeps the mark once it moved). `queue.envelope.enqueued` is smtpd's own and
+    /// only feeds `monitor`.
+    fn stats_pairs(&self) -> (Vec<(String, String)>, Vec<bool>) {
+        let s = self.runner.stats();
+        let count = |a: &AtomicU64| {
+            let v = a.load(Ordering::Relaxed);
+            (v.to_string(), v > 0)
+        };
+        let gauge = |g: &crate::deliver::runner::Gauge| match g.get() {
+            Some(v) => (v.to_string(), true),
+            None => ("0".to_string(), false),
+        };
+        let uptime = now().saturating_sub(self.started);
+        let sessions_seen = [&SMTP_STATS.inet4, &SMTP_STATS.inet6, &SMTP_STATS.local]
+            .iter()
+            .any(|a| a.load(Ordering::Relaxed) > 0);
+        let (scheduled, messages) = self.runner.scheduled_counts();
+        let envelopes_seen = scheduled > 0 || s.enqueued.load(Ordering::Relaxed) > 0;
+        let (_, mda_seen) = gauge(&s.mda_user);
+        let listed: Vec<(&str, (String, bool))> = vec![
+            ("bounce.envelope", gauge(&s.bounce_envelope)),
+            ("bounce.message", gauge(&s.bounce_message)),
+            ("bounce.session", gauge(&s.bounce_session)),
+            (
+                "control.session",
+                (self.sessions.load(Ordering::Relaxed).to_string(), true),
+            ),
+            ("mda.envelope", gauge(&s.mda_envelope)),
+            ("mda.pending", gauge(&s.mda_pending)),
+            ("mda.running", gauge(&s.mda_running)),
+            (
+                "mda.user",
+                (self.runner.mda_users_busy().to_string(), mda_seen),
+            ),
+            ("queue.bounce", count(&s.bounces)),
+            (
+                "queue.envelope.enqueued",
+                (s.enqueued.load(Ordering::Relaxed).to_string(), false),
+            ),
+            ("scheduler.delivery.ok", count(&s.ok)),
+            ("scheduler.delivery.permfail", count(&s.permfail)),
+            ("scheduler.delivery.tempfail", count(&s.tempfail)),
+            (
+                "scheduler.envelope",
+                (scheduled.to_string(), envelopes_seen),
+            ),
+            ("scheduler.envelope.expired", count(&s.expired)),
+            ("scheduler.envelope.incoming", gauge(&s.incoming)),
+            ("scheduler.envelope.inflight", gauge(&s.inflight)),
+            ("scheduler.envelope.removed", count(&s.removed)),
+            (
+                "scheduler.ramqueue.envelope",
+                (scheduled.to_string(), envelopes_seen),
+            ),
+            (
+                "scheduler.ramqueue.message",
+                (messages.to_string(), envelopes_seen),
+            ),
+            ("scheduler.ramqueue.update", gauge(&s.rescheduling)),
+            (
+                "smtp.session",
+                (
+                    SMTP_STATS.current.load(Ordering::Relaxed).to_string(),
+                    sessions_seen,
+                ),
+            ),
+            ("smtp.session.inet4", count(&SMTP_STATS.inet4)),
+            ("smtp.session.inet6", count(&SMTP_STATS.inet6)),
+            ("smtp.session.local", count(&SMTP_STATS.local)),
+            ("uptime", (uptime.to_string(), true)),
+            (
+                "uptime.human",
+                (crate::deliver::log::duration_to_text(uptime as i64), true),
+            ),
+        ];
+        listed
+            .into_iter()
+            .map(|(k, (v, seen))| ((k.to_string(), v), seen))
+            .unzip()
     }
 
     fn pause(&self, agent: Agent, pause: bool) -> Reply {

@@ -118,6 +118,64 @@ pub struct DeliveryStats {
     pub bounces: AtomicU64,
     /// Envelopes accepted (queued, or delivered before the reply).
     pub enqueued: AtomicU64,
+    /// Failed envelopes being reported on (6.8's `bounce.envelope`).
+    pub bounce_envelope: Gauge,
+    /// Reports being written (`bounce.message`).
+    pub bounce_message: Gauge,
+    /// Reports being handed to the queue (`bounce.session`).
+    pub bounce_session: Gauge,
+    /// Envelopes in local delivery (`mda.envelope`).
+    pub mda_envelope: Gauge,
+    /// Local deliveries waiting for a slot of their user (`mda.pending`).
+    pub mda_pending: Gauge,
+    /// Local deliveries running (`mda.running`).
+    pub mda_running: Gauge,
+    /// Users with local deliveries running (`mda.user`).
+    pub mda_user: Gauge,
+    /// Envelopes of messages being committed (`scheduler.envelope.incoming`).
+    pub incoming: Gauge,
+    /// Envelopes being delivered or relayed (`scheduler.envelope.inflight`).
+    pub inflight: Gauge,
+    /// Envelopes being rescheduled after a temporary failure
+    /// (`scheduler.ramqueue.update`).
+    pub rescheduling: Gauge,
+}
+
+/// A gauge of `smtpctl show stats`: a value that goes up and down, listed once it has
+/// changed (as OpenSMTPD lists its counters).
+#[derive(Debug, Default)]
+pub struct Gauge {
+    value: AtomicU64,
+    touched: std::sync::atomic::AtomicBool,
+}
+
+impl Gauge {
+    /// Adds `n` until the returned guard is dropped.
+    pub fn hold(&self, n: u64) -> GaugeHold<'_> {
+        self.touched.store(true, Ordering::Relaxed);
+        self.value.fetch_add(n, Ordering::Relaxed);
+        GaugeHold { gauge: self, n }
+    }
+
+    /// The value, or `None` while it has never changed.
+    pub fn get(&self) -> Option<u64> {
+        self.touched
+            .load(Ordering::Relaxed)
+            .then(|| self.value.load(Ordering::Relaxed))
+    }
+}
+
+/// `n` held on a [`Gauge`], given back when dropped.
+#[derive(Debug)]
+pub struct GaugeHold<'a> {
+    gauge: &'a Gauge,
+    n: u64,
+}
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.gauge.value.fetch_sub(self.n, Ordering::Relaxed);
+    }
 }
 
 impl Runner {
@@ -223,7 +281,9 @@ impl Runner {
                 };
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.relay_message(evpids).await;
+                    let inflight = me.stats.inflight.hold(evpids.len() as u64);
+                    me.clone().relay_message(evpids).await;
+                    drop(inflight);
                     drop(permit);
                 });
             }
@@ -246,7 +306,9 @@ impl Runner {
                         };
                         let me = self.clone();
                         tokio::spawn(async move {
+                            let inflight = me.stats.inflight.hold(1);
                             me.deliver(evpid, kind).await;
+                            drop(inflight);
                             drop(permit);
                         });
                     }
@@ -450,12 +512,19 @@ impl Runner {
             Target::Mda(t) => t.user.clone(),
             _ => String::new(),
         };
+        let _envelope = self.stats.mda_envelope.hold(1);
+        let _user = self.stats.mda_user.hold(0);
         // `mda limit max-session-per-user`: this user's deliveries at once.
-        let _user_slot = self.user_slot(&user).acquire_owned().await;
+        let slot = self.user_slot(&user);
+        let pending = self.stats.mda_pending.hold(1);
+        let _user_slot = slot.acquire_owned().await;
+        drop(pending);
+        let running = self.stats.mda_running.hold(1);
         let result = match self.request(&e) {
             Ok(req) => self.agent.deliver(req).await,
             Err((status, text)) => super::result::DeliveryResult::refused(status, 75, &text),
         };
+        drop(running);
         let entry = MdaLogEntry {
             group_id: evpid.get(),
             evpid: evpid.get(),
@@ -857,6 +926,7 @@ impl Runner {
     }
 
     async fn temporary(&self, e: &mut Envelope, why: &str) {
+        let _update = self.stats.rescheduling.hold(1);
         let t = now();
         e.record_temporary_failure(t, why, None);
         let copy = e.clone();
@@ -913,6 +983,8 @@ impl Runner {
             }
             return;
         }
+        // 6.8 counts the failed envelopes it reports on, not the reports.
+        self.stats.bounces.fetch_add(1, Ordering::Relaxed);
         let line = crate::queue::bounce::ReportedRecipient {
             dest: failed.dest.clone(),
             errorline: failed_line(errorline),
@@ -968,6 +1040,9 @@ impl Runner {
         delay: u64,
         recipients: &[crate::queue::bounce::ReportedRecipient],
     ) {
+        let _envelopes = self.stats.bounce_envelope.hold(recipients.len() as u64);
+        let _message = self.stats.bounce_message.hold(1);
+        let _session = self.stats.bounce_session.hold(1);
         let t = now();
         let hostname = self.graph.config.hostname.clone();
         let sender = failed.sender.clone();
@@ -1001,7 +1076,11 @@ impl Runner {
                 smtp_in::connected(&sid, "local", &hostname);
                 smtp_in::failed_command(&sid, format!("RCPT TO: <{sender}>"), &reply);
                 smtp_in::disconnected(&sid, "quit");
+                crate::smtp::server::SMTP_STATS
+                    .local
+                    .fetch_add(1, Ordering::Relaxed);
                 let n = recipients.len();
+                self.stats.permfail.fetch_add(n as u64, Ordering::Relaxed);
                 warn!(
                     "warn: PermFail injecting failure report on message {} to <{sender}> for {n} envelope{}: {reply}",
                     failed.id.msgid(),
@@ -1100,7 +1179,13 @@ impl Runner {
                     smtp_in::envelope(&sid, last.id, "", &sender);
                 }
                 smtp_in::disconnected(&sid, "quit");
-                self.stats.bounces.fetch_add(1, Ordering::Relaxed);
+                crate::smtp::server::SMTP_STATS
+                    .local
+                    .fetch_add(1, Ordering::Relaxed);
+                // Each failed envelope's report was delivered, as 6.8 counts it.
+                self.stats
+                    .ok
+                    .fetch_add(recipients.len() as u64, Ordering::Relaxed);
                 tracing::debug!(
                     "debug: bounce: {} report on {} ({} recipient(s)) queued as {m} to <{sender}>",
                     kind.as_str(),
@@ -1325,6 +1410,22 @@ impl Runner {
     pub fn scheduled(&self) -> usize {
         self.scheduler.lock().map(|s| s.len()).unwrap_or(0)
     }
+
+    /// The envelopes scheduled, and the messages they belong to.
+    pub fn scheduled_counts(&self) -> (usize, usize) {
+        self.scheduler
+            .lock()
+            .map(|s| (s.len(), s.messages()))
+            .unwrap_or((0, 0))
+    }
+
+    /// The users with queued local deliveries waiting or running.
+    pub fn mda_users_busy(&self) -> usize {
+        self.mda_users
+            .lock()
+            .map(|u| u.values().filter(|s| Arc::strong_count(s) > 1).count())
+            .unwrap_or(0)
+    }
 }
 
 /// The queue target of an expanded delivery (as the SMTP side records it).
@@ -1465,6 +1566,12 @@ impl Runner {
         let mut outcome = DirectOutcome::default();
         let mut results = Vec::with_capacity(envelopes.len());
         let mut requests = plan.requests;
+        let n = envelopes.len() as u64;
+        let _incoming = self.stats.incoming.hold(0);
+        let _inflight = self.stats.inflight.hold(n);
+        let _envelopes = self.stats.mda_envelope.hold(n);
+        let _running = self.stats.mda_running.hold(requests.len() as u64);
+        let _user = self.stats.mda_user.hold(0);
         if requests.len() == 1
             && let Some(mut req) = requests.pop()
         {
@@ -1562,5 +1669,27 @@ impl Runner {
                 .map(|(e, _)| e),
         );
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gauge;
+
+    #[test]
+    fn a_gauge_is_listed_once_it_moved_and_holds_only_while_held() {
+        let g = Gauge::default();
+        assert_eq!(g.get(), None);
+        let a = g.hold(3);
+        let b = g.hold(2);
+        assert_eq!(g.get(), Some(5));
+        drop(a);
+        assert_eq!(g.get(), Some(2));
+        drop(b);
+        assert_eq!(g.get(), Some(0));
+        // Touching it without a value still lists it, at 0.
+        let t = Gauge::default();
+        drop(t.hold(0));
+        assert_eq!(t.get(), Some(0));
     }
 }

@@ -301,6 +301,15 @@ impl Scheduler {
         self.slots.len()
     }
 
+    /// Number of messages with an envelope known (ids are ordered by message first).
+    pub fn messages(&self) -> usize {
+        let mut last = None;
+        self.slots
+            .keys()
+            .filter(|id| last.replace(id.msgid()) != Some(id.msgid()))
+            .count()
+    }
+
     /// True when no envelope is known.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
@@ -633,6 +642,18 @@ mod tests {
             Some(TempFailure::Rescheduled(r)) => r,
             other => panic!("expected a reschedule, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn messages_are_counted_once_whatever_their_envelopes() {
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        assert_eq!((s.len(), s.messages()), (0, 0));
+        for (m, e) in [(7, 1), (7, 2), (9, 1), (7, 3), (12, 5)] {
+            s.insert(entry(evp(m, e), DeliveryKind::Mda, T0));
+        }
+        assert_eq!((s.len(), s.messages()), (5, 3));
+        s.delivered(evp(9, 1));
+        assert_eq!((s.len(), s.messages()), (4, 2));
     }
 
     #[test]

@@ -848,7 +848,13 @@ impl Conn {
             }
         }
         let scheduled = envelopes.clone();
-        match writer.commit(envelopes).await {
+        let delivery = self.server.delivery.clone();
+        let incoming = delivery
+            .as_ref()
+            .map(|d| d.stats().incoming.hold(scheduled.len() as u64));
+        let committed = writer.commit(envelopes).await;
+        drop(incoming);
+        match committed {
             Ok(_) => {
                 if let Some(d) = &self.server.delivery {
                     d.submit(&scheduled);
