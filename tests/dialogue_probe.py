@@ -6,7 +6,8 @@ usage: dialogue_probe.py SCRIPT COMMAND [ARG]...
 
 SCRIPT holds the dialogues, separated by blank lines; each line is sent as a command
 (CRLF added) and its reply read. A line `<DATA>` sends a small message ending with the
-final dot. COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
+final dot; `<DATA:NAME>` one of the other messages of MESSAGES (no headers, a long line,
+bare LFs, 8-bit text, a full set of headers, a large body). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
 MTA delivers until its log has been quiet for PROBE_QUIET seconds (2 by default), then
 gets SIGTERM.
 
@@ -29,6 +30,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from probe_util import loopback_up, reply, stop  # noqa: E402
 
 MESSAGE = b"Subject: probe\r\nFrom: x@client.example\r\n\r\nbody line\r\n..leading dot\r\n\r\n.\r\n"
+MESSAGES = {
+    "bare": b"just a body, no header\r\n.\r\n",
+    "longline": b"Subject: long\r\n\r\n" + b"x" * 1500 + b"\r\nafter\r\n.\r\n",
+    "lf": b"Subject: bare lf\r\n\r\nline one\nline two\r\n.\r\n",
+    "8bit": "Subject: caf\u00e9\r\nFrom: x@client.example\r\n\r\nna\u00efve\r\n.\r\n".encode(),
+    "headers": b"Return-Path: <forged@elsewhere.example>\r\n"
+    b"Received: from old.example by older.example; Sun, 1 Nov 2026 10:00:00 +0000\r\n"
+    b"Date: Sun, 1 Nov 2026 10:00:00 +0000\r\nMessage-ID: <kept@client.example>\r\n"
+    b"From: x@client.example\r\nTo: nobody@localhost\r\nSubject: folded\r\n line\r\n"
+    b"\r\nbody\r\n.\r\n",
+    "big": b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 40 + b".\r\n",
+}
 
 
 class Sink:
@@ -137,7 +150,12 @@ def main():
                 out.extend("S: " + l for l in reply(f))
                 for line in lines:
                     out.append("C: " + line)
-                    s.sendall(MESSAGE if line == "<DATA>" else (line + "\r\n").encode())
+                    if line == "<DATA>":
+                        s.sendall(MESSAGE)
+                    elif line.startswith("<DATA:"):
+                        s.sendall(MESSAGES[line[6:-1]])
+                    else:
+                        s.sendall((line + "\r\n").encode())
                     r = reply(f)
                     out.extend("S: " + l for l in r)
                     if r[-1] == "<closed>":

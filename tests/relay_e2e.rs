@@ -1710,6 +1710,13 @@ async fn success_reports_of_relayed_mail_are_left_to_a_next_hop_with_dsn() {
                 report.contains("Subject: Delivery status notification: delivered"),
                 "{report}"
             );
+            // 6.8's notice for mail handed to a next hop that will not report itself.
+            assert!(
+                report.contains(
+                    "    Your message was relayed to these recipients.\r\n\r\nbob@far.test: \r\n"
+                ),
+                "{report}"
+            );
             // The report comes in over a local session of its own, logged as 6.8 logs it.
             let sid = daemon.wait_for(" smtp connected address=local host=")[..16].to_string();
             let log = daemon.log();

@@ -61,8 +61,8 @@ pub struct Runner {
     mta: Arc<Pool>,
     /// Counters for `smtpctl show stats`.
     stats: DeliveryStats,
-    /// Reports being gathered: (message, kind, delay) → recipients so far.
-    reports: Mutex<HashMap<(Msgid, BounceKind, u64), PendingReport>>,
+    /// Reports being gathered: (message, kind, delay, relay notice) → recipients so far.
+    reports: Mutex<HashMap<(Msgid, BounceKind, u64, bool), PendingReport>>,
     /// The last relay result per destination domain (`smtpctl show hoststats`), with the
     /// envelopes deferred meanwhile (`mta max-deferred`).
     hoststats: Mutex<std::collections::BTreeMap<String, HostStat>>,
@@ -900,13 +900,16 @@ impl Runner {
                 } else {
                     self.stats.ok.fetch_add(1, Ordering::Relaxed);
                     // NOTIFY=SUCCESS: a delivery report goes to the sender.
+                    // Its line says what the envelope last recorded (a temporary failure
+                    // before this delivery), nothing for most, as 6.8's.
                     if e.dsn.notify.has(crate::queue::DsnNotify::SUCCESS) && !e.sender.is_empty() {
+                        let last = e.errorline.clone();
                         self.bounce(
                             &e,
                             BounceKind::Delivered,
                             0,
                             StatusCode { class: 2, code: 0 },
-                            "delivered",
+                            &last,
                         )
                         .await;
                     }
@@ -987,14 +990,18 @@ impl Runner {
         self.stats.bounces.fetch_add(1, Ordering::Relaxed);
         let line = crate::queue::bounce::ReportedRecipient {
             dest: failed.dest.clone(),
-            errorline: failed_line(errorline),
+            errorline: if kind == BounceKind::Delivered {
+                crate::queue::envelope::one_line(errorline, crate::queue::envelope::MAX_ERRORLINE)
+            } else {
+                failed_line(errorline)
+            },
             status,
         };
         // Reports on one message and of one kind are grouped, as OpenSMTPD's bounce engine
         // groups them: the first failure waits a moment for the others, then writes one
         // report for all. Every caller returns once the report is durable (or given up), so
         // the failed envelopes, and with them the message, are still queued meanwhile.
-        let key = (failed.id.msgid(), kind, delay);
+        let key = (failed.id.msgid(), kind, delay, relay_notice(failed, kind));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let first = match self.reports.lock() {
             Ok(mut pending) => match pending.get_mut(&key) {
@@ -1128,7 +1135,10 @@ impl Runner {
             ttl: crate::queue::BOUNCE_TTL,
             recipients,
             original: &original,
-            headers_only: false,
+            // RET=HDRS (RFC 3461): only the headers come back, in every kind of report
+            // (6.8 heeds it in success reports only).
+            headers_only: failed.dsn.ret == Some(crate::queue::envelope::DsnRet::Headers),
+            relayed: relay_notice(failed, kind),
         };
         let mut text = crate::queue::bounce::received_line(
             &hostname,
@@ -1455,6 +1465,12 @@ fn queue_target(t: &crate::expand::Target) -> Target {
             ..Default::default()
         }),
     }
+}
+
+/// Whether a success report on `e` is 6.8's relay notice: relayed mail still asks for one
+/// only when the next hop did not offer DSN (it takes the request over otherwise).
+fn relay_notice(e: &Envelope, kind: BounceKind) -> bool {
+    kind == BounceKind::Delivered && matches!(e.target, Target::Mta(_))
 }
 
 /// The report line's error text: OpenSMTPD quotes an agent's message as it recorded it;

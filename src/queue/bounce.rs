@@ -45,8 +45,11 @@ pub struct Report<'a> {
     pub recipients: &'a [ReportedRecipient],
     /// The original message as queued.
     pub original: &'a [u8],
-    /// Only the header block of the original (`RET=HDRS` on a success notice).
+    /// Only the header block of the original (`RET=HDRS`).
     pub headers_only: bool,
+    /// A success notice on mail relayed to a next hop that does not offer DSN: it says
+    /// "relayed", not "delivered" (6.8's `notice_relay`).
+    pub relayed: bool,
 }
 
 /// OpenSMTPD's duration words in notices: the largest unit that fits, truncated
@@ -123,6 +126,9 @@ pub fn report_message(r: &Report<'_>) -> Vec<u8> {
                 duration_words(r.delay)
             ));
             t.push_str("    list of recipients:\n\n");
+        }
+        BounceKind::Delivered if r.relayed => {
+            t.push_str("    Your message was relayed to these recipients.\n\n");
         }
         BounceKind::Delivered => {
             t.push_str("    Your message was successfully delivered to these recipients.\n\n");
@@ -205,6 +211,7 @@ mod tests {
             recipients: &rcpts,
             original,
             headers_only: false,
+            relayed: false,
         };
         let text = String::from_utf8(report_message(&r)).unwrap();
         let expected = "Subject: Delivery status notification: failed\n\
@@ -274,6 +281,7 @@ body line\n\
             recipients: &rcpts,
             original: b"Subject: x\n\nbody\n",
             headers_only: false,
+            relayed: false,
         };
         let text = String::from_utf8(report_message(&r)).unwrap();
         assert!(text.starts_with("Subject: Delivery status notification: delayed\n"));
@@ -300,6 +308,7 @@ body line\n\
             recipients: &rcpts,
             original: b"Subject: secret\n\nthe body\n",
             headers_only: true,
+            relayed: false,
         };
         let text = String::from_utf8(report_message(&r)).unwrap();
         assert!(
@@ -307,6 +316,16 @@ body line\n\
         );
         assert!(text.contains("Subject: secret\n"));
         assert!(!text.contains("the body"));
+        // The header block, then the closing boundary after one empty line, as 6.8.
+        assert!(
+            text.ends_with("\n\nSubject: secret\n\n--               1/h--\n"),
+            "{text}"
+        );
+        let relayed = Report { relayed: true, ..r };
+        let text = String::from_utf8(report_message(&relayed)).unwrap();
+        assert!(text.contains("    Your message was relayed to these recipients.\n\n"));
+        assert!(text.contains("Subject: Delivery status notification: delivered\n"));
+        assert!(text.contains("\nAction: delivered\n"));
     }
 
     #[test]
