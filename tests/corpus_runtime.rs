@@ -10,8 +10,9 @@
 //! commands, relaying to a next hop on loopback that takes, defers and refuses recipients,
 //! built-in filters, maildirs with a junk folder, alias and virtual expansion, `.forward`
 //! files, `mda` and `lmtp`, local deliveries that fail (and smtpctl after them), message
-//! content and size limits, delivery status notifications. The transcripts, the log
-//! lines, the mailboxes and what the next hop is sent must be the same.
+//! content and size limits, session limits, delivery status notifications. The
+//! transcripts, the log lines, the mailboxes and what the next hop is sent must be the
+//! same.
 //!
 //! Needs root, `unshare` and `mount` (util-linux), python3 for the probe
 //! (`tests/corpus_runtime_probe.py`), and OpenSMTPD named by `SMTPD_REFERENCE` (`.ci/run`
@@ -1193,5 +1194,80 @@ fn local_delivery_reports_are_opensmtpds() {
         p.mail = boundary.replace_all(&p.mail, "BOUNDARY/").into_owned();
         p.log = size.replace_all(&p.log, "size=N $1").into_owned();
     }
+    assert_same(&theirs, &mine);
+}
+
+/// Session limits, measured against 6.8: `smtp limit max-rcpt` and `max-mails`, a command
+/// line longer than SMTP allows (nothing is sent after it: once the server has closed,
+/// whether the client reads an end of stream or a reset depends on timing), a very long
+/// address, and unknown commands piling up. The replies and log lines must be the same.
+#[test]
+fn session_limits_are_opensmtpds() {
+    let long_local = "a".repeat(300);
+    let long_line = format!("NOOP {}", "x".repeat(2100));
+    let script = format!(
+        "EHLO c.example\n\
+         MAIL FROM:<x@client.example>\n\
+         RCPT TO:<nobody@localhost>\n\
+         RCPT TO:<root@localhost>\n\
+         RCPT TO:<postmaster@localhost>\n\
+         RCPT TO:<nobody@localhost>\n\
+         DATA\n\
+         <DATA>\n\
+         MAIL FROM:<x@client.example>\n\
+         RCPT TO:<nobody@localhost>\n\
+         DATA\n\
+         <DATA>\n\
+         MAIL FROM:<x@client.example>\n\
+         QUIT\n\
+         \n\
+         EHLO c.example\n\
+         MAIL FROM:<{long_local}@client.example>\n\
+         MAIL FROM:<x@client.example>\n\
+         RCPT TO:<{long_local}@localhost>\n\
+         QUIT\n\
+         \n\
+         EHLO c.example\n\
+         {long_line}\n\
+         \n\
+         EHLO c.example\n\
+         FOO1\n\
+         FOO2\n\
+         FOO3\n\
+         FOO4\n\
+         FOO5\n\
+         FOO6\n\
+         FOO7\n\
+         NOOP\n\
+         QUIT\n"
+    );
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "limits",
+        conf: "table aliases { postmaster = root }\n\
+               smtp limit max-mails 2 max-rcpt 3\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               match from local for local action \"local\"\n",
+        script: &script,
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs
+            .talk
+            .contains("S: 451 4.5.3 Too many recipients: Too many recipients\n")
+            && theirs
+                .talk
+                .contains("S: 452 4.5.3 Too many recipients: Too many messages sent\n")
+            && theirs.talk.contains("S: 500 5.0.0 Command line too long\n")
+            && theirs
+                .log
+                .contains(" smtp bad-input result=\"500 5.0.0 Command line too long\"\n"),
+        "{}{}",
+        theirs.talk,
+        theirs.log
+    );
     assert_same(&theirs, &mine);
 }
