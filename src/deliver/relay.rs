@@ -360,12 +360,14 @@ pub struct RouteDelays {
     pub reconn: Duration,
 }
 
-/// `[src] <-> address (ptr)` as OpenSMTPD's `mta_route_to_text` writes a route.
+/// `[src] <-> address (ptr)` as OpenSMTPD's `mta_route_to_text` writes a route: `[]` for a
+/// source the system chooses, IPv6 addresses in brackets (`sa_to_text`).
 fn route_text((source, addr): RouteKey, ptr: Option<&str>) -> String {
-    let src = source.map_or_else(|| "[]".to_string(), |s| s.to_string());
+    let src = source_text(source);
+    let dst = crate::queue::ClientAddr::Ip(addr).text();
     match ptr {
-        Some(p) => format!("{src} <-> {addr} ({p})"),
-        None => format!("{src} <-> {addr}"),
+        Some(p) => format!("{src} <-> {dst} ({p})"),
+        None => format!("{src} <-> {dst}"),
     }
 }
 
@@ -1994,6 +1996,25 @@ pub fn mail_from(over: Option<&str>, sender: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn routes_are_written_as_opensmtpd_writes_them() {
+        let v4: IpAddr = "192.0.2.25".parse().unwrap();
+        let v6: IpAddr = "2001:db8::25".parse().unwrap();
+        let src6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(
+            super::route_text((None, v4), Some("mx.example")),
+            "[] <-> 192.0.2.25 (mx.example)"
+        );
+        assert_eq!(
+            super::route_text((Some(src6), v6), None),
+            "[2001:db8::7] <-> [2001:db8::25]"
+        );
+        assert_eq!(
+            super::route_text((None, v6), Some("mx6.example")),
+            "[] <-> [2001:db8::25] (mx6.example)"
+        );
+    }
+
     use super::*;
 
     #[test]
