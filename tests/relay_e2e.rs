@@ -1732,6 +1732,32 @@ async fn success_reports_of_relayed_mail_are_left_to_a_next_hop_with_dsn() {
     }
 }
 
+/// A route no session has been greeted on takes one session at a time, as 6.8's "not
+/// validated yet": with no pause between sessions (no `conn-delay-route`, nor 6.8's 2 s of
+/// `conn-delay-relay`), the second one opens only once the first got the (slow) greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_not_validated_yet_takes_one_session_at_a_time() {
+    let sink = Sink {
+        greeting_delay: Some(Duration::from_millis(1500)),
+        ..Sink::default()
+    };
+    let (sink, _daemon, _dir) = relay_numbered(
+        sink,
+        "mta limit conn-delay-route 0 reconn-delay-route 0 conn-delay-relay 0 session-mail-max 1\n",
+        "",
+        3,
+        40,
+    )
+    .await;
+    let opened = sink.accepted_at.lock().unwrap().clone();
+    assert_eq!(opened.len(), 3, "{opened:?}");
+    let first = gaps(&opened)[0];
+    assert!(
+        first >= Duration::from_millis(1400),
+        "{first:?} between the first two sessions"
+    );
+}
+
 /// The gaps between consecutive times, in order.
 fn gaps(times: &[std::time::Instant]) -> Vec<Duration> {
     times.windows(2).map(|p| p[1] - p[0]).collect()

@@ -214,6 +214,8 @@ pub struct Relayer {
     mx_port: u16,
     /// Source-to-address routes and their penalties.
     routes: SharedRoutes,
+    /// Woken when an attempt to connect on a route ends (greeted or not).
+    route_events: Arc<tokio::sync::Notify>,
     /// The first penalty of a route (OpenSMTPD's 15 s; tests may shorten it).
     penalty_base: Duration,
     /// Filter programs that take `smtp-out` reports, once they registered (shared by
@@ -315,11 +317,23 @@ impl RouteTable {
         r.connecting += 1;
     }
 
-    /// When `delays` let a session open on `key` (`None`: now), as 6.8's
-    /// `mta_find_route` skips a host opened less than `conn-delay-host` ago, and a route
-    /// opened less than `conn-delay-route` ago or closed less than `reconn-delay-route`
-    /// ago. Otherwise the session is counted as opened now.
-    fn claim(&mut self, key: RouteKey, delays: RouteDelays, now: Instant) -> Option<Instant> {
+    /// Whether a session is open or opening on `key` while none has been greeted on it
+    /// yet: 6.8's `mta_find_route` opens no second session on a route it has not
+    /// validated ("not validated yet").
+    fn unvalidated_busy(&mut self, key: RouteKey) -> bool {
+        let r = self.get(key);
+        r.fresh && (r.nconn > 0 || r.connecting > 0)
+    }
+
+    /// Whether a session may open on `key` now, as 6.8's `mta_find_route` decides: not on
+    /// a route not validated yet that has a session open or opening; not before the
+    /// pauses of `delays` (a host opened less than `conn-delay-host` ago, a route opened
+    /// less than `conn-delay-route` ago or closed less than `reconn-delay-route` ago).
+    /// Otherwise the session is counted as opened now.
+    fn claim(&mut self, key: RouteKey, delays: RouteDelays, now: Instant) -> Claim {
+        if self.unvalidated_busy(key) {
+            return Claim::Unvalidated;
+        }
         let after = |t: Option<Instant>, d: Duration| t.filter(|_| !d.is_zero()).map(|t| t + d);
         let host_last = self
             .routes
@@ -345,8 +359,19 @@ impl RouteTable {
             .max(delays.host)
             .max(delays.route)
             .max(delays.reconn);
-        due
+        due.map_or(Claim::Opened, Claim::Wait)
     }
+}
+
+/// What [`RouteTable::claim`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// The session is counted as opening now.
+    Opened,
+    /// A pause keeps the route until then.
+    Wait(Instant),
+    /// A session is open or opening on a route none has been greeted on yet.
+    Unvalidated,
 }
 
 /// The pauses between sessions to one remote address (`conn-delay-host`) and on one
@@ -1033,6 +1058,7 @@ impl Relayer {
             server_name: server_name.to_string(),
             mx_port: 25,
             routes: Arc::default(),
+            route_events: Arc::default(),
             penalty_base: Duration::from_secs(15),
             reports: Arc::default(),
         }
@@ -1184,24 +1210,43 @@ impl Relayer {
                 t.next_prune = Some(now + Duration::from_secs(60));
             }
         }
-        for _ in 0..16 {
+        // Bounded: each round waits for the latest pause (at most 16 times; other
+        // sessions may move it), or, on a route not validated yet, for the attempt under
+        // way to end (at most 300 times a second or so: a greeting's time-out).
+        let (mut pauses, mut validations) = (0, 0);
+        for _ in 0..(16 + 300) {
             if self.route_disabled(key) {
                 return false;
             }
+            let ended = self.route_events.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             let now = Instant::now();
-            let due = match self.routes.lock() {
+            let claim = match self.routes.lock() {
                 Ok(mut t) => t.claim(key, delays, now),
-                Err(_) => None,
+                Err(_) => Claim::Opened,
             };
-            let Some(until) = due else {
-                return true;
-            };
-            tracing::debug!(
-                "debug: mta-routing: route {} cannot be used before {}s",
-                route_text(key, None),
-                until.saturating_duration_since(now).as_secs_f64().ceil()
-            );
-            tokio::time::sleep_until(until).await;
+            match claim {
+                Claim::Opened => return true,
+                Claim::Unvalidated if validations < 300 => {
+                    validations += 1;
+                    tracing::debug!(
+                        "debug: mta-routing: skipping route {}: not validated yet",
+                        route_text(key, None)
+                    );
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+                }
+                Claim::Wait(until) if pauses < 16 => {
+                    pauses += 1;
+                    tracing::debug!(
+                        "debug: mta-routing: route {} cannot be used before {}s",
+                        route_text(key, None),
+                        until.saturating_duration_since(now).as_secs_f64().ceil()
+                    );
+                    tokio::time::sleep_until(until).await;
+                }
+                Claim::Unvalidated | Claim::Wait(_) => break,
+            }
         }
         if let Ok(mut t) = self.routes.lock() {
             t.opening(key, Instant::now());
@@ -1588,6 +1633,7 @@ impl Relayer {
                         r.last_disc = Some(Instant::now());
                     }
                 }
+                self.route_events.notify_waiters();
                 let with_sid = |mut o: RelayOutcome| {
                     o.session = sid.clone();
                     o

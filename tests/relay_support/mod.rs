@@ -29,6 +29,8 @@ pub struct Sink {
     pub refuse_rcpt: Option<String>,
     /// Wait this long before answering the end of DATA.
     pub data_delay: Option<std::time::Duration>,
+    /// Wait this long before the greeting.
+    pub greeting_delay: Option<std::time::Duration>,
     /// Hang up instead of answering the MAIL that follows this many messages.
     pub hang_up_after: Option<usize>,
     /// Defer RCPT for addresses containing this text with `451 4.3.0 try later`.
@@ -111,6 +113,9 @@ impl Sink {
         }
         let mut r = BufReader::new(stream);
         if !secured {
+            if let Some(d) = self.greeting_delay {
+                tokio::time::sleep(d).await;
+            }
             r.get_mut()
                 .write_all(b"220 sink.test ESMTP\r\n")
                 .await
