@@ -148,6 +148,15 @@ impl ClientAddr {
         }
     }
 
+    /// The address inside exactly one pair of brackets, as in the greeting and
+    /// `Received:`: `[127.0.0.1]`, `[::1]`, `[local]`.
+    pub fn bracketed(self) -> String {
+        match self {
+            ClientAddr::Ip(IpAddr::V6(_)) => self.text(),
+            _ => format!("[{}]", self.text()),
+        }
+    }
+
     /// The address family as `show queue` prints it.
     pub fn family(self) -> &'static str {
         match self {
@@ -155,6 +164,12 @@ impl ClientAddr {
             ClientAddr::Ip(IpAddr::V4(_)) => "inet4",
             ClientAddr::Ip(IpAddr::V6(_)) => "inet6",
         }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
     }
 }
 

@@ -2,45 +2,11 @@
 //! offers, and the limits. Plain data, filled in by the connection driver from the compiled
 //! configuration, so the session does not depend on the config module.
 
-use std::fmt;
-use std::net::IpAddr;
-
 use super::ids::SessionId;
 
-/// Where the client connects from, as OpenSMTPD prints it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAddress {
-    /// A TCP peer.
-    Ip(IpAddr),
-    /// The local enqueue socket (sendmail, bounces).
-    Local,
-}
-
-impl ClientAddress {
-    /// The address text of logs and filters: `a.b.c.d`, `[v6]`, or `local`.
-    pub fn text(&self) -> String {
-        match self {
-            ClientAddress::Ip(IpAddr::V4(a)) => a.to_string(),
-            ClientAddress::Ip(IpAddr::V6(a)) => format!("[{a}]"),
-            ClientAddress::Local => "local".to_string(),
-        }
-    }
-
-    /// The address inside exactly one pair of brackets, as in the greeting and Received:
-    /// `[127.0.0.1]`, `[::1]`, `[local]`.
-    pub fn bracketed(&self) -> String {
-        match self {
-            ClientAddress::Ip(IpAddr::V6(_)) => self.text(),
-            _ => format!("[{}]", self.text()),
-        }
-    }
-}
-
-impl fmt::Display for ClientAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text())
-    }
-}
+/// Where the client connects from: the queue's own record of it (`sockaddr:` of the
+/// envelope), under the name the session layer uses.
+pub use crate::queue::ClientAddr as ClientAddress;
 
 /// Forward-confirmed reverse DNS outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -743,10 +743,7 @@ impl Conn {
             e.smtpname = self.server.graph.config.hostname.clone();
             e.helo = envelope.helo.clone();
             e.hostname = self.client.rdns.clone();
-            e.client = match self.client.address {
-                ClientAddress::Ip(ip) => queue::ClientAddr::Ip(ip),
-                ClientAddress::Local => queue::ClientAddr::Local,
-            };
+            e.client = self.client.address;
             e.auth_user = envelope.auth_user.clone().unwrap_or_default();
             e.flags.authenticated = envelope.auth_user.is_some();
             e.dsn = dsn.clone();
