@@ -17,7 +17,9 @@ is printed after the transcript, behind a line `== sink`.
 
 With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
 PROBE_CTL_RUN (`;`-separated smtpctl commands), those commands run once the log is quiet,
-before the MTA is stopped; each one's output follows a line `== ctl COMMAND`.
+before the MTA is stopped; each one's output follows a line `== ctl COMMAND`. In a
+command, EVPID and MSGID stand for the first envelope `show queue` printed last, and its
+message.
 """
 import os
 import socket
@@ -174,11 +176,17 @@ def main():
                 break
             time.sleep(0.1)
         ctl = os.environ.get("PROBE_CTL", "").split()
+        evpid = "0"
         for command in filter(None, os.environ.get("PROBE_CTL_RUN", "").split(";")):
             out.append("== ctl " + command)
+            words = [evpid if w == "EVPID" else evpid[:8] if w == "MSGID" else w
+                     for w in command.split()]
             try:
-                r = subprocess.run(ctl + command.split(), capture_output=True, timeout=20)
-                out.extend(r.stdout.decode(errors="replace").splitlines())
+                r = subprocess.run(ctl + words, capture_output=True, timeout=20)
+                text = r.stdout.decode(errors="replace")
+                if command.strip() == "show queue" and "|" in text:
+                    evpid = text.split("|", 1)[0]
+                out.extend(text.splitlines())
                 out.extend("E: " + l for l in r.stderr.decode(errors="replace").splitlines())
                 out.append("<exit %d>" % r.returncode)
             except (OSError, subprocess.TimeoutExpired) as e:

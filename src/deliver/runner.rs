@@ -931,7 +931,10 @@ impl Runner {
     async fn temporary(&self, e: &mut Envelope, why: &str) {
         let _update = self.stats.rescheduling.hold(1);
         let t = now();
-        e.record_temporary_failure(t, why, None);
+        // As 6.8 records it: class 4, and its agents' code (local delivery: 4.3.0 "other
+        // mail system status"; relaying: 4.0.0).
+        let code = if e.kind() == DeliveryKind::Mda { 30 } else { 0 };
+        e.record_temporary_failure(t, why, Some(StatusCode { class: 4, code }));
         let copy = e.clone();
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.update_envelope(&copy)).await;
