@@ -11,8 +11,8 @@
 //! built-in filters, maildirs with a junk folder, alias and virtual expansion, `.forward`
 //! files, `mda` and `lmtp`, local deliveries that fail (and smtpctl after them), message
 //! content and size limits, session limits, delivery status notifications, smtpctl on the
-//! queue. The transcripts, the log lines, the mailboxes and what the next hop is sent
-//! must be the same.
+//! queue, a filter program. The transcripts, the log lines, the mailboxes and what the
+//! next hop is sent must be the same.
 //!
 //! Needs root, `unshare` and `mount` (util-linux), python3 for the probe
 //! (`tests/corpus_runtime_probe.py`), and OpenSMTPD named by `SMTPD_REFERENCE` (`.ci/run`
@@ -1326,5 +1326,134 @@ fn smtpctl_on_the_queue_is_opensmtpds() {
         without_ctl(p);
     }
     without_their_own_mbox(&mut theirs);
+    assert_same(&theirs, &mine);
+}
+
+/// A filter program that records every line its MTA sends it in `/var/mail/filter.log`,
+/// registers for every `smtp-in` report and for a filter at each phase, and hands every
+/// data line back (`body line` in capitals); it refuses senders `spam@…`, ends the
+/// session at recipients `bye@…`, marks recipients `junk@…` as junk, and lets the rest
+/// through.
+const RECORDING_FILTER: &str = r#"#!/usr/bin/env python3
+import sys
+log = open("/var/mail/filter.log", "a", buffering=1)
+def out(s):
+    sys.stdout.write(s + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    log.write(line + "\n")
+    if line == "config|ready":
+        out("register|report|smtp-in|*")
+        for p in ("connect", "helo", "ehlo", "mail-from", "rcpt-to", "data", "data-line", "commit"):
+            out("register|filter|smtp-in|" + p)
+        out("register|ready")
+        continue
+    f = line.split("|")
+    if f[0] == "filter" and len(f) >= 7:
+        phase, sid, token, arg = f[4], f[5], f[6], "|".join(f[7:])
+        if phase == "data-line":
+            out("filter-dataline|%s|%s|%s" % (sid, token, arg.replace("body line", "BODY LINE")))
+        elif phase == "mail-from" and arg.startswith("spam@"):
+            out("filter-result|%s|%s|reject|550 5.7.1 no spam here" % (sid, token))
+        elif phase == "rcpt-to" and arg.startswith("bye@"):
+            out("filter-result|%s|%s|disconnect|421 4.7.0 closing" % (sid, token))
+        elif phase == "rcpt-to" and arg.startswith("junk@"):
+            out("filter-result|%s|%s|junk" % (sid, token))
+        else:
+            out("filter-result|%s|%s|proceed" % (sid, token))
+"#;
+
+/// The filter protocol, measured against 6.8: a filter program registered for every
+/// `smtp-in` report and a filter at each phase sees the same lines from both (the
+/// configuration it is sent, the reports, the filter requests and the message's lines),
+/// and its decisions (reject, disconnect, junk, changed data lines) give the same
+/// dialogue, log lines and mailbox.
+#[test]
+fn filter_programs_see_what_opensmtpd_sends_them() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        files.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let program = files.path().join("recording-filter");
+    std::fs::write(&program, RECORDING_FILTER).unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "filter program",
+        conf: &format!(
+            "table aliases {{ postmaster = root }}\n\
+             filter \"rec\" proc-exec \"{}\"\n\
+             listen on lo filter \"rec\"\n\
+             action \"local\" mbox alias <aliases>\n\
+             match from local for local action \"local\"\n",
+            program.display()
+        ),
+        script: "EHLO c.example\n\
+                 MAIL FROM:<spam@client.example>\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<junk@localhost>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n\
+                 \n\
+                 EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<bye@localhost>\n",
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.talk.contains("S: 550 5.7.1 no spam here\n")
+            && theirs.talk.contains("S: 421 4.7.0 closing\n")
+            && theirs.mail.contains("\nBODY LINE\n")
+            && theirs.mail.contains("\nX-Spam: Yes\n"),
+        "{}{}",
+        theirs.talk,
+        theirs.mail
+    );
+    assert!(
+        theirs.mail.contains("\nconfig|ready\n")
+            && theirs.mail.contains("|smtp-in|link-connect|")
+            && theirs.mail.contains("|smtp-in|commit|")
+            && theirs.mail.contains("|smtp-in|tx-commit|"),
+        "{}",
+        theirs.mail
+    );
+    // When each line was sent and the client's port are the run's own; smtpd offers
+    // PIPELINING, 6.8 does not (compatibility.md §3.2), and says so in its report. The
+    // reports and the filter requests are two streams, each compared in its order: how
+    // they interleave depends on timing (in 6.8, the reply to DATA is reported before or
+    // after the message's lines are sent to the filter, from run to run).
+    let (mut theirs, mut mine) = (theirs, mine);
+    let stamp = regex::Regex::new(r"\|\d{10}\.\d{6}\|").unwrap();
+    let port = regex::Regex::new(r"\|127\.0\.0\.1:\d+\|").unwrap();
+    for p in [&mut theirs, &mut mine] {
+        let text = stamp.replace_all(&p.mail, "|TIME|");
+        let text = port.replace_all(&text, "|127.0.0.1:PORT|");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.ends_with("|smtp-in|protocol-server|ID|250-PIPELINING"))
+            .collect();
+        let (reports, rest): (Vec<&str>, Vec<&str>) =
+            lines.into_iter().partition(|l| l.starts_with("report|"));
+        p.mail = rest
+            .into_iter()
+            .chain(reports)
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
     assert_same(&theirs, &mine);
 }
