@@ -108,6 +108,62 @@ pub fn specs(config: &Config) -> Vec<Proc> {
     out
 }
 
+/// What a processor serves, as its `config|subsystem|…` lines say: `smtp-in` when a
+/// listener's filter runs it, `smtp-out` when a relay action's does (through chains too),
+/// both, or neither (6.8 starts it all the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Subsystems {
+    pub smtp_in: bool,
+    pub smtp_out: bool,
+}
+
+/// The subsystems of every processor of `config`, by processor name.
+pub fn subsystems(config: &Config) -> HashMap<String, Subsystems> {
+    let mut out: HashMap<String, Subsystems> = HashMap::new();
+    // The processors a filter runs: itself (`proc-exec`), its `proc`, or its chain's.
+    fn procs_of<'a>(config: &'a Config, filter: &'a str, depth: u32, found: &mut Vec<&'a str>) {
+        let Some(f) = config.filters.iter().find(|f| f.name == filter) else {
+            return;
+        };
+        match &f.kind {
+            FilterKind::Proc(name) => found.push(name),
+            FilterKind::ProcExec { .. } => found.push(&f.name),
+            FilterKind::Builtin(_) => {}
+            FilterKind::Chain(members) if depth < 8 => {
+                for m in members {
+                    procs_of(config, m, depth + 1, found);
+                }
+            }
+            FilterKind::Chain(_) => {}
+        }
+    }
+    let mut mark = |filter: &str, inbound: bool| {
+        let mut found = Vec::new();
+        procs_of(config, filter, 0, &mut found);
+        for name in found {
+            let e = out.entry(name.to_string()).or_default();
+            if inbound {
+                e.smtp_in = true;
+            } else {
+                e.smtp_out = true;
+            }
+        }
+    };
+    for l in &config.listeners {
+        if let Some(f) = &l.filter {
+            mark(f, true);
+        }
+    }
+    for a in &config.actions {
+        if let crate::config::model::ActionMethod::Relay(r) = &a.method
+            && let Some(f) = &r.filter
+        {
+            mark(f, false);
+        }
+    }
+    out
+}
+
 /// The shell command a processor runs: CMD, under [`PATH_LIBEXEC`] unless it is absolute.
 pub fn shell_command(command: &str) -> String {
     if command.starts_with('/') {
@@ -516,6 +572,7 @@ impl Processors {
     /// inside the runtime.
     pub async fn register(
         spawned: Vec<Spawned>,
+        subsystems: &HashMap<String, Subsystems>,
         admd: &str,
         session_timeout: Duration,
     ) -> Result<Arc<Processors>, RegisterError> {
@@ -542,10 +599,21 @@ impl Processors {
             let mut reader = BufReader::new(stdout);
             let mut registration = Registration::default();
             let handshake = async {
+                let serves = subsystems.get(&name).copied().unwrap_or_default();
                 let hello = format!(
                     "config|smtpd-version|{ANNOUNCED_VERSION}\nconfig|smtp-session-timeout|{}\n\
-                     config|subsystem|smtp-in\nconfig|admd|{admd}\nconfig|ready\n",
-                    session_timeout.as_secs()
+                     {}{}config|admd|{admd}\nconfig|ready\n",
+                    session_timeout.as_secs(),
+                    if serves.smtp_in {
+                        "config|subsystem|smtp-in\n"
+                    } else {
+                        ""
+                    },
+                    if serves.smtp_out {
+                        "config|subsystem|smtp-out\n"
+                    } else {
+                        ""
+                    },
                 );
                 stdin
                     .write_all(hello.as_bytes())
@@ -950,6 +1018,54 @@ impl Drop for ProcSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subsystems_follow_listeners_relays_and_chains() {
+        use crate::config::{self, parse::Options, system::RealSystem};
+        let text = "proc \"p\" \"/bin/cat\"\n\
+                    filter \"in\" proc \"p\"\n\
+                    filter \"out\" proc-exec \"/bin/cat\"\n\
+                    filter \"both\" proc-exec \"/bin/cat\"\n\
+                    filter \"idle\" proc-exec \"/bin/cat\"\n\
+                    filter \"chain\" chain { \"in\", \"both\" }\n\
+                    listen on 127.0.0.1 filter \"chain\"\n\
+                    action \"r\" relay filter \"out\"\n\
+                    action \"r2\" relay host smtp://192.0.2.1 filter \"both\"\n\
+                    match from any for domain \"a.test\" action \"r\"\n\
+                    match from any for domain \"b.test\" action \"r2\"\n";
+        let opts = Options {
+            defines: vec![],
+            hostname: Some("mx.test".into()),
+        };
+        let c = config::check_text("t.conf", text.as_bytes(), &opts, &RealSystem);
+        let cfg = c
+            .config
+            .unwrap_or_else(|| panic!("{}", c.diagnostics.render(false, &|_| None)));
+        let s = subsystems(&cfg);
+        let of = |n: &str| s.get(n).copied().unwrap_or_default();
+        assert_eq!(
+            of("p"),
+            Subsystems {
+                smtp_in: true,
+                smtp_out: false
+            }
+        );
+        assert_eq!(
+            of("out"),
+            Subsystems {
+                smtp_in: false,
+                smtp_out: true
+            }
+        );
+        assert_eq!(
+            of("both"),
+            Subsystems {
+                smtp_in: true,
+                smtp_out: true
+            }
+        );
+        assert_eq!(of("idle"), Subsystems::default());
+    }
 
     #[test]
     fn commands_go_under_libexec_unless_absolute() {

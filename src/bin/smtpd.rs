@@ -439,6 +439,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
         } else {
             match smtpd::processor::Processors::register(
                 spawned,
+                &smtpd::processor::subsystems(&graph.config),
                 // `config|admd|`: the `admd` name, else the server name (as 6.8).
                 graph
                     .config

@@ -933,17 +933,22 @@ impl Session {
                     accepted.push(i);
                 }
                 Ok(r) => {
-                    // As 6.8: a refused recipient is reported after a rollback and reset.
+                    // As 6.8: a refused recipient is reported after a rollback and reset,
+                    // unless the session is given up (too many failures) or no recipient
+                    // is left for the transaction (6.8 flushes it and goes to RSET first).
                     end(&self.conn);
-                    self.conn.report(
-                        "tx-rcpt",
-                        Some(&format!("{msgid}|{}|{}", result_word(&r), rcpt.dest)),
-                    );
+                    let word = result_word(&r);
                     let result = (r.status(), r.text());
                     refused(i, &result);
                     results[i] = Some(result);
                     self.failures += 1;
-                    if self.max_failures > 0 && self.failures == self.max_failures {
+                    let given_up = self.max_failures > 0 && self.failures == self.max_failures;
+                    let none_left = i + 1 == tx.rcpts.len() && accepted.is_empty();
+                    if !given_up && !none_left {
+                        self.conn
+                            .report("tx-rcpt", Some(&format!("{msgid}|{word}|{}", rcpt.dest)));
+                    }
+                    if given_up {
                         // The rest of the transaction waits for another session.
                         const TOO_MANY: &str = "Too many consecutive errors, closing connection";
                         for &j in &accepted {
@@ -985,12 +990,22 @@ impl Session {
         }
         self.conn.report("tx-data", Some(&format!("{msgid}|ok")));
         self.conn.enter("MTA_BODY");
-        if let Err(e) = self.conn.send(&data_payload(tx.content)).await {
+        let payload = data_payload(tx.content);
+        // The message's size as 6.8 reports it in `tx-commit`: its bytes as sent (CRLF line
+        // ends, leading dots doubled), the final dot aside.
+        let (body, _dot) = payload.split_at(payload.len().saturating_sub(3));
+        let size = body.len();
+        if let Err(e) = self.conn.send(body).await {
             let why = self.broke(e);
             return finish(results, &why);
         }
         self.conn
             .enter(if self.lmtp { "MTA_LMTP_EOM" } else { "MTA_EOM" });
+        // The final dot goes as a command of its own: traced and reported (`protocol-client`).
+        if let Err(e) = self.conn.send_command(".", ".").await {
+            let why = self.broke(e);
+            return finish(results, &why);
+        }
         // LMTP answers once per accepted recipient, SMTP once for all.
         let replies = if self.lmtp { accepted.len() } else { 1 };
         let mut any_ok = false;
@@ -1005,7 +1020,7 @@ impl Session {
             let status = if r.code / 100 == 2 {
                 any_ok = true;
                 self.conn
-                    .report("tx-commit", Some(&format!("{msgid}|{}", tx.content.len())));
+                    .report("tx-commit", Some(&format!("{msgid}|{size}")));
                 self.conn.report("tx-reset", Some(msgid));
                 Status::Ok
             } else {
