@@ -14,7 +14,8 @@
 # later): on ext4 without a journal, as on the project's machines, every new inode is
 # checked against the inodes freed in the last minutes, and deleting a few thousand files
 # right before a run slows every file creation in it (run_matrix.sh's --clean does that, for
-# every target alike).
+# every target alike). ROUNDS=N runs N measured runs on the same daemon; with CLEAN=1 each
+# one first deletes the maildir's mail, as run_matrix.sh does, to show that cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/smtpd}; sessions=${2:-50}; n=${3:-3000}; size=${4:-2048}
@@ -45,7 +46,11 @@ done
 # Warm-up: delivery workers started, caches filled.
 python3 "$shared/throughput.py" "127.0.0.1:$port" "$d/Maildir" --server-pid $pid -n 20 -c 1 \
     --to bench@bench.test > /dev/null
-python3 "$shared/throughput.py" "127.0.0.1:$port" "$d/Maildir" --server-pid $pid -n "$n" \
-    -c "$sessions" --size "$size" --to bench@bench.test --timeout 300 \
-    | python3 -c 'import json, sys; d = json.load(sys.stdin); print("delivered %s msg/s, accepted %s msg/s, server CPU %s ms/msg" % (d["deliver_rate"], d["accept_rate"], d["server_cpu_ms_per_msg"]))'
+clean=()
+[ "${CLEAN:-0}" = 1 ] && clean=(--clean)
+for ((round = 1; round <= ${ROUNDS:-1}; round++)); do
+    python3 "$shared/throughput.py" "127.0.0.1:$port" "$d/Maildir" --server-pid $pid -n "$n" \
+        -c "$sessions" --size "$size" --to bench@bench.test --timeout 300 "${clean[@]}" \
+        | python3 -c 'import json, sys; d = json.load(sys.stdin); print("delivered %s msg/s, accepted %s msg/s, server CPU %s ms/msg" % (d["deliver_rate"], d["accept_rate"], d["server_cpu_ms_per_msg"]))'
+done
 echo "work directory: $d" >&2
