@@ -11,10 +11,11 @@
 //! built-in filters, maildirs with a junk folder, alias and virtual expansion, `.forward`
 //! files, `mda` and `lmtp`, local deliveries that fail (and smtpctl after them), message
 //! content and size limits, session limits, delivery status notifications, smtpctl on the
-//! queue, a filter program on a listener and on a relay action. The transcripts, the log
-//! lines, the mailboxes and what the next hop is sent must be the same.
+//! queue, a filter program on a listener and on a relay action, relaying by MX (with a DNS
+//! server in the namespace). The transcripts, the log lines, the mailboxes and what the
+//! next hop is sent must be the same.
 //!
-//! Needs root, `unshare` and `mount` (util-linux), python3 for the probe
+//! Needs root, `unshare` and `mount` (util-linux), `ip` (iproute2), python3 for the probe
 //! (`tests/corpus_runtime_probe.py`), and OpenSMTPD named by `SMTPD_REFERENCE` (`.ci/run`
 //! installs all of them); otherwise it says what is missing and checks nothing.
 
@@ -40,6 +41,9 @@ fn missing_tools(reference: &Option<PathBuf>) -> Option<String> {
     }
     if !works(Command::new("python3").arg("-c").arg("pass")) {
         return Some("no python3".into());
+    }
+    if !works(Command::new("ip").arg("-V")) {
+        return Some("no ip (iproute2)".into());
     }
     None
 }
@@ -363,6 +367,14 @@ fn dialogue_probe(
         }
         setup.push_str(&format!(" && mount --bind '{}' {HOME_DIR}", home.display()));
     }
+    if !scenario.dns.is_empty() {
+        std::fs::write(work.join("zone"), scenario.dns).unwrap();
+        std::fs::write(work.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+        setup.push_str(&format!(
+            " && mount --bind '{}' /etc/resolv.conf",
+            work.join("resolv.conf").display()
+        ));
+    }
     setup.push_str(" && exec \"$@\"");
     let log = work.join("log");
     let mut cmd = Command::new("unshare");
@@ -376,6 +388,9 @@ fn dialogue_probe(
         .env("PROBE_CTL_RUN", scenario.commands);
     if let Some(sink) = scenario.sink {
         cmd.env("PROBE_SINK", sink);
+    }
+    if !scenario.dns.is_empty() {
+        cmd.env("PROBE_DNS", work.join("zone"));
     }
     let out = cmd.output().expect("run the probe");
     assert!(
@@ -488,6 +503,9 @@ struct Scenario<'a> {
     /// Files (name, text) of [`HOME_USER`]'s home, a directory of the run's own mounted on
     /// [`HOME_DIR`], all owned by that user.
     home: &'a [(&'a str, &'a str)],
+    /// A zone (`NAME TYPE VALUE` lines) the probe's DNS server answers from, on
+    /// 127.0.0.1:53, with `/etc/resolv.conf` naming it; empty: no DNS server.
+    dns: &'a str,
 }
 
 /// Runs the scenario's script on its configuration under OpenSMTPD and under smtpd, then
@@ -1537,5 +1555,81 @@ fn smtp_out_reports_are_opensmtpds() {
     theirs.talk = theirs
         .talk
         .replace("\nD: leading dot\n", "\nD: ..leading dot\n");
+    assert_same(&theirs, &mine);
+}
+
+/// Relaying by MX, measured against 6.8, with a DNS server in the namespace: a domain whose
+/// preferred MX is dead and whose second takes the mail, then (7 s later, past the pause
+/// between sessions on a route) a domain without MX (its address is used), and a domain
+/// that does not exist, whose failure report goes to a sender domain with an unreachable
+/// address. The dialogue, what the next hop is sent, the log lines and what smtpctl says
+/// of the queue and the domains must be the same.
+#[test]
+fn mx_relaying_is_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "mx",
+        conf: "table aliases { postmaster = root }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"out\" relay\n\
+               match from local for local action \"local\"\n\
+               match from local for any action \"out\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<alice@far.example>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 <SLEEP:7>\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<bob@nomx.example>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<carol@nxdomain.example>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n",
+        sink: Some("127.0.0.2:25"),
+        quiet: 5,
+        commands: "show queue;show hoststats",
+        dns: "far.example MX 10 mx1.far.example\n\
+              far.example MX 20 mx2.far.example\n\
+              mx1.far.example A 127.0.0.3\n\
+              mx2.far.example A 127.0.0.2\n\
+              nomx.example A 127.0.0.2\n\
+              3.0.0.127.in-addr.arpa PTR mx1.far.example\n\
+              2.0.0.127.in-addr.arpa PTR mx2.far.example\n\
+              1.0.0.127.in-addr.arpa PTR localhost\n\
+              client.example A 192.0.2.1\n",
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let their_sink = sink_seen(&theirs.talk);
+    assert!(
+        their_sink.contains("C: RCPT TO:<alice@far.example>\n")
+            && their_sink.contains("C: RCPT TO:<bob@nomx.example>\n"),
+        "{their_sink}"
+    );
+    assert!(
+        theirs.log.contains(" host=mx1.far.example\n")
+            && theirs
+                .log
+                .contains(" relay=\"127.0.0.2 (mx2.far.example)\" ")
+            && theirs
+                .log
+                .contains("smtp-out: Failed to resolve MX for [relay:nxdomain.example,smtp]: Domain does not exist\n"),
+        "{}",
+        theirs.log
+    );
+    assert_eq!(sink_seen(&mine.talk), their_sink);
+    assert_eq!(ctl_seen(&mine.talk), ctl_seen(&theirs.talk));
+    let (mut theirs, mut mine) = (theirs, mine);
+    // The failure report's size depends on its random MIME boundary.
+    let size = regex::Regex::new(r"size=\d+ (nrcpt=1 proto=ESMTP)").unwrap();
+    for p in [&mut theirs, &mut mine] {
+        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+        p.log = size.replace_all(&p.log, "size=N $1").into_owned();
+    }
     assert_same(&theirs, &mine);
 }

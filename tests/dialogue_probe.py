@@ -7,7 +7,8 @@ usage: dialogue_probe.py SCRIPT COMMAND [ARG]...
 SCRIPT holds the dialogues, separated by blank lines; each line is sent as a command
 (CRLF added) and its reply read. A line `<DATA>` sends a small message ending with the
 final dot; `<DATA:NAME>` one of the other messages of MESSAGES (no headers, a long line,
-bare LFs, 8-bit text, a full set of headers, a large body). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
+bare LFs, 8-bit text, a full set of headers, a large body). `<SLEEP:N>` waits N seconds
+(and is not written in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
 MTA delivers until its log has been quiet for PROBE_QUIET seconds (2 by default), then
 gets SIGTERM.
 
@@ -16,6 +17,10 @@ whose local part is `temp` (451) or `perm` (550), takes the others, and what it 
 is printed after the transcript, behind a line `== sink`.
 
 With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
+With PROBE_DNS=FILE, a DNS server answers on 127.0.0.1:53 (UDP) from FILE's lines
+`NAME TYPE VALUE` (types A, MX as `PREF HOST`, PTR); a name it does not hold gets
+NXDOMAIN, another type of a name it holds an empty answer.
+
 PROBE_CTL_RUN (`;`-separated smtpctl commands), those commands run once the log is quiet,
 before the MTA is stopped; each one's output follows a line `== ctl COMMAND`. In a
 command, EVPID and MSGID stand for the first envelope `show queue` printed last, and its
@@ -114,8 +119,82 @@ class Sink:
         self.note("<close>")
 
 
+class Dns:
+    """A tiny authoritative DNS server on 127.0.0.1:53 for the names of a zone file."""
+
+    TYPES = {"A": 1, "PTR": 12, "MX": 15}
+
+    def __init__(self, path):
+        self.records = {}
+        with open(path) as f:
+            for line in f:
+                parts = line.split(None, 2)
+                if len(parts) == 3:
+                    name, rtype, value = parts
+                    key = (name.rstrip(".").lower(), self.TYPES[rtype])
+                    self.records.setdefault(key, []).append(value.strip())
+        self.names = {n for n, _ in self.records}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 53))
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @staticmethod
+    def encode_name(name):
+        out = b""
+        for label in name.rstrip(".").split("."):
+            out += bytes([len(label)]) + label.encode()
+        return out + b"\0"
+
+    def rdata(self, rtype, value):
+        if rtype == 1:
+            return socket.inet_aton(value)
+        if rtype == 15:
+            pref, host = value.split()
+            return int(pref).to_bytes(2, "big") + self.encode_name(host)
+        return self.encode_name(value)
+
+    def answer(self, query):
+        qid, flags = query[0:2], int.from_bytes(query[2:4], "big")
+        at, labels = 12, []
+        for _ in range(64):
+            n = query[at]
+            at += 1
+            if n == 0:
+                break
+            labels.append(query[at:at + n].decode(errors="replace"))
+            at += n
+        qtype = int.from_bytes(query[at:at + 2], "big")
+        question = query[12:at + 4]
+        name = ".".join(labels).lower()
+        found = self.records.get((name, qtype), [])
+        rcode = 0 if name in self.names else 3
+        head = qid + (0x8480 | (flags & 0x0100) | rcode).to_bytes(2, "big")
+        head += (1).to_bytes(2, "big") + len(found).to_bytes(2, "big") + b"\0\0\0\0"
+        body = question
+        for value in found:
+            data = self.rdata(qtype, value)
+            body += b"\xc0\x0c" + qtype.to_bytes(2, "big") + b"\0\x01"
+            body += (300).to_bytes(4, "big") + len(data).to_bytes(2, "big") + data
+        return head + body
+
+    def serve(self):
+        for _ in range(100000):
+            try:
+                query, peer = self.sock.recvfrom(512)
+                self.sock.sendto(self.answer(query), peer)
+            except (OSError, IndexError, ValueError):
+                continue
+
+
 def main():
     loopback_up()
+    if os.environ.get("PROBE_DNS"):
+        # Resolvers skip IPv4 lookups (AI_ADDRCONFIG) while only loopback has an address.
+        for cmd in (["ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv1"],
+                    ["ip", "addr", "add", "192.0.2.10/24", "dev", "pv0"],
+                    ["ip", "link", "set", "pv0", "up"], ["ip", "link", "set", "pv1", "up"]):
+            subprocess.run(cmd, check=True)
+        Dns(os.environ["PROBE_DNS"])
     sink = Sink(os.environ["PROBE_SINK"]) if os.environ.get("PROBE_SINK") else None
     with open(sys.argv[1]) as f:
         dialogues = [b.strip("\n").split("\n") for b in f.read().split("\n\n") if b.strip()]
@@ -151,6 +230,9 @@ def main():
             try:
                 out.extend("S: " + l for l in reply(f))
                 for line in lines:
+                    if line.startswith("<SLEEP:"):
+                        time.sleep(float(line[7:-1]))
+                        continue
                     out.append("C: " + line)
                     if line == "<DATA>":
                         s.sendall(MESSAGE)

@@ -36,7 +36,8 @@ pub fn queue_line(e: &Envelope, status: Option<&EnvelopeStatus>, now: u64) -> St
         e.client.family(),
         e.kind().as_str(),
         flags.join(","),
-        e.sender,
+        // 6.8 writes each address as `USER@DOMAIN`: the null sender is `@`.
+        if e.sender.is_empty() { "@" } else { &e.sender },
         e.rcpt,
         e.dest,
         e.ctime,

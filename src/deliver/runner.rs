@@ -1175,8 +1175,9 @@ impl Runner {
             e.helo = hostname.clone();
             e.hostname = hostname.clone();
             e.client = crate::queue::ClientAddr::Local;
-            e.flags.bounce = true;
-            e.flags.internal = true;
+            // As 6.8's report session: local and authenticated (`flags: authenticated`,
+            // `auth` in `show queue`). Its sender is `<>`, so it is never reported on.
+            e.flags.authenticated = true;
             envelopes.push(e);
         }
         let scheduled = envelopes.clone();
