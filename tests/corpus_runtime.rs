@@ -75,7 +75,7 @@ fn probe(mta: &[&str], isolate: &[&str], work: &Path, tag: &str) -> (String, Str
 fn real_configurations_answer_as_opensmtpd_does() {
     let reference = std::env::var_os("SMTPD_REFERENCE").map(PathBuf::from);
     if let Some(why) = missing_tools(&reference) {
-        eprintln!("SKIPPED: {why}: runtime comparison of the corpus not run");
+        common::skip(&format!("{why}: runtime comparison of the corpus not run"));
         return;
     }
     let reference = reference.unwrap_or_default();
@@ -592,7 +592,7 @@ fn without_ctl(p: &mut Probed) {
 fn reference_for(what: &str) -> Option<PathBuf> {
     let reference = std::env::var_os("SMTPD_REFERENCE").map(PathBuf::from);
     if let Some(why) = missing_tools(&reference) {
-        eprintln!("SKIPPED: {why}: {what} comparison not run");
+        common::skip(&format!("{why}: {what} comparison not run"));
         return None;
     }
     reference

@@ -668,7 +668,9 @@ const DKIMSIGN: &str = "/usr/libexec/opensmtpd/filter-dkimsign";
 #[test]
 fn opensmtpds_dkimsign_filter_signs_the_delivered_message() {
     if !Path::new(DKIMSIGN).exists() {
-        eprintln!("SKIPPED: {DKIMSIGN} is not installed (package opensmtpd-filter-dkimsign)");
+        common::skip(&format!(
+            "{DKIMSIGN} is not installed (package opensmtpd-filter-dkimsign)"
+        ));
         return;
     }
     let (dir, _, _) = setup("");
@@ -866,7 +868,7 @@ fn eight_bit_message_lines_pass_through_a_program_unchanged() {
 #[test]
 fn a_program_runs_as_its_user_and_group_in_its_chroot() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root");
+        common::skip("needs root");
         return;
     }
     let (dir, prog, log) = setup(

@@ -28,7 +28,7 @@ fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("not root: privilege separation tests skipped");
+    common::skip("not root: privilege separation tests not run");
     false
 }
 

@@ -293,7 +293,7 @@ fn smuggled_end_of_data_is_not_a_command() {
 #[test]
 fn python_smtplib_client() {
     if Command::new("python3").arg("-V").output().is_err() {
-        eprintln!("python3 missing: skipped");
+        common::skip("python3 missing");
         return;
     }
     let d = Daemon::start(CONF);
@@ -323,7 +323,7 @@ fn python_smtplib_client() {
 #[test]
 fn swaks_client() {
     if Command::new("swaks").arg("--version").output().is_err() {
-        eprintln!("swaks missing (apt-get install swaks): skipped");
+        common::skip("swaks missing (apt-get install swaks)");
         return;
     }
     let d = Daemon::start(CONF);

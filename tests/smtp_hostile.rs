@@ -245,7 +245,7 @@ fn a_thousand_slow_clients_do_not_hold_up_an_ordinary_one() {
 #[test]
 fn full_disk_gives_a_temporary_failure_and_no_corrupt_queue() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting a small tmpfs for the spool needs root");
+        common::skip("mounting a small tmpfs for the spool needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +258,7 @@ fn full_disk_gives_a_temporary_failure_and_no_corrupt_queue() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!("skipped: could not mount a tmpfs (no mount permission here)");
+        common::skip("could not mount a tmpfs (no mount permission here)");
         return;
     }
     struct Unmount(PathBuf);

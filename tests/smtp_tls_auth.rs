@@ -65,7 +65,7 @@ fn python(script: &str) -> (bool, String) {
 #[test]
 fn starttls_smtps_and_auth_with_python_smtplib() {
     if Command::new("python3").arg("-V").output().is_err() {
-        eprintln!("python3 missing: skipped");
+        common::skip("python3 missing");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

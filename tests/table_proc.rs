@@ -21,12 +21,12 @@ const PASSWD_PROGRAM: &str = "/usr/libexec/opensmtpd/table-passwd";
 fn have(programs: &[&str]) -> bool {
     for p in programs {
         if !Path::new(p).exists() {
-            eprintln!("SKIPPED: {p} is not installed (package opensmtpd-extras)");
+            common::skip(&format!("{p} is not installed (package opensmtpd-extras)"));
             return false;
         }
     }
     if Command::new("sqlite3").arg("-version").output().is_err() {
-        eprintln!("SKIPPED: sqlite3 is not installed (package sqlite3)");
+        common::skip("sqlite3 is not installed (package sqlite3)");
         return false;
     }
     true
