@@ -59,6 +59,8 @@ class Sink:
         self.server = socket.create_server((host, int(port)))
         self.lines = []
         self.lock = threading.Lock()
+        # Sessions not yet ended: the transcript waits for them once the MTA is stopped.
+        self.active = 0
         threading.Thread(target=self.serve, daemon=True).start()
 
     def note(self, line):
@@ -74,6 +76,15 @@ class Sink:
             threading.Thread(target=self.session, args=(conn,), daemon=True).start()
 
     def session(self, conn):
+        with self.lock:
+            self.active += 1
+        try:
+            self.dialogue(conn)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def dialogue(self, conn):
         conn.settimeout(30)
         f = conn.makefile("rb")
 
@@ -274,6 +285,12 @@ def main():
             except (OSError, subprocess.TimeoutExpired) as e:
                 out.append("<%s>" % type(e).__name__)
         stop(mta)
+    # The MTA's sessions with the next hop end with it: their ends are recorded before the
+    # next hop's part is printed (within 2 s).
+    for _ in range(40):
+        if sink is None or sink.active == 0:
+            break
+        time.sleep(0.05)
     if sink is not None:
         out.append("== sink")
         with sink.lock:
