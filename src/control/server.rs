@@ -73,16 +73,8 @@ impl Control {
                     .collect();
                 Reply::ok(text)
             }
-            Request::ShowStats => {
-                let (pairs, touched) = self.stats_pairs();
-                let pairs = pairs
-                    .into_iter()
-                    .zip(touched)
-                    .filter_map(|(p, t)| t.then_some(p))
-                    .collect();
-                Reply::ok(show::stats_text(pairs))
-            }
-            Request::Digest => Reply::ok(show::stats_text(self.stats_pairs().0)),
+            Request::ShowStats => Reply::ok(show::stats_text(self.stats_pairs(false))),
+            Request::Digest => Reply::ok(show::stats_text(self.stats_pairs(true))),
             Request::ShowEnvelope(evpid) => {
                 let spool = self.runner.spool().clone();
                 match tokio::task::spawn_blocking(move || spool.load_envelope(evpid)).await {
@@ -185,11 +177,11 @@ impl Control {
         }
     }
 
-    /// The counters of `show stats`, in key order, each with whether it is listed: 6.8
-    /// lists a counter once something changed it (a counter at 0 has not been touched; a
-    /// gauge keeps the mark once it moved). `queue.envelope.enqueued` is smtpd's own and
-    /// only feeds `monitor`.
-    fn stats_pairs(&self) -> (Vec<(String, String)>, Vec<bool>) {
+    /// The counters of `show stats`, in key order: those something changed (6.8 lists no
+    /// other: a counter at 0 has not been touched; a gauge keeps the mark once it moved),
+    /// or with `all` every one, smtpd's own `queue.envelope.enqueued` too (it feeds
+    /// `monitor`).
+    fn stats_pairs(&self, all: bool) -> Vec<(String, String)> {
         let s = self.runner.stats();
         let count = |a: &AtomicU64| {
             let v = a.load(Ordering::Relaxed);
@@ -264,8 +256,9 @@ impl Control {
         ];
         listed
             .into_iter()
-            .map(|(k, (v, seen))| ((k.to_string(), v), seen))
-            .unzip()
+            .filter(|(_, (_, seen))| all || *seen)
+            .map(|(k, (v, _))| (k.to_string(), v))
+            .collect()
     }
 
     fn pause(&self, agent: Agent, pause: bool) -> Reply {

@@ -1082,13 +1082,9 @@ impl Runner {
                 // As 6.8's bounce session meets the refusal: its local session's lines,
                 // then the report given up.
                 let reply = r.reply(&sender);
-                let sid = format!("{:016x}", random_u64());
-                smtp_in::connected(&sid, "local", &hostname);
+                let sid = report_session(&hostname);
                 smtp_in::failed_command(&sid, format!("RCPT TO: <{sender}>"), &reply);
                 smtp_in::disconnected(&sid, "quit");
-                crate::smtp::server::SMTP_STATS
-                    .local
-                    .fetch_add(1, Ordering::Relaxed);
                 let n = recipients.len();
                 self.stats.permfail.fetch_add(n as u64, Ordering::Relaxed);
                 warn!(
@@ -1184,18 +1180,12 @@ impl Runner {
         let size = text.len();
         match writer.commit(envelopes).await {
             Ok(m) => {
-                // 6.8 submits its reports over a local SMTP session of its own, and logs
-                // it as one.
-                let sid = format!("{:016x}", random_u64());
-                smtp_in::connected(&sid, "local", &hostname);
+                let sid = report_session(&hostname);
                 smtp_in::message(&sid, m, size as u64, 1, true);
                 if let Some(last) = scheduled.last() {
                     smtp_in::envelope(&sid, last.id, "", &sender);
                 }
                 smtp_in::disconnected(&sid, "quit");
-                crate::smtp::server::SMTP_STATS
-                    .local
-                    .fetch_add(1, Ordering::Relaxed);
                 // Each failed envelope's report was delivered, as 6.8 counts it.
                 self.stats
                     .ok
@@ -1469,6 +1459,18 @@ fn queue_target(t: &crate::expand::Target) -> Target {
             ..Default::default()
         }),
     }
+}
+
+/// Opens the local SMTP session a report is submitted over, as 6.8 submits its reports
+/// (logged as one: `smtp connected address=local host=HOSTNAME`, counted in
+/// `smtp.session.local`); its session id.
+fn report_session(hostname: &str) -> String {
+    let sid = format!("{:016x}", random_u64());
+    smtp_in::connected(&sid, "local", hostname);
+    crate::smtp::server::SMTP_STATS
+        .local
+        .fetch_add(1, Ordering::Relaxed);
+    sid
 }
 
 /// Whether a success report on `e` is 6.8's relay notice: relayed mail still asks for one
