@@ -552,6 +552,16 @@ fn both_probed(scenario: &Scenario) -> Option<(Probed, Probed)> {
         scenario,
         &my_ctl,
     );
+    // For a look at the raw outputs: SMTPD_COMPARE_DUMP=DIR keeps them there.
+    if let Some(dump) = std::env::var_os("SMTPD_COMPARE_DUMP") {
+        let dump = Path::new(&dump).join(scenario.what.replace(' ', "-"));
+        std::fs::create_dir_all(&dump).unwrap();
+        for (who, p) in [("theirs", &theirs), ("mine", &mine)] {
+            std::fs::write(dump.join(format!("{who}.talk")), &p.talk).unwrap();
+            std::fs::write(dump.join(format!("{who}.log")), &p.log).unwrap();
+            std::fs::write(dump.join(format!("{who}.mail")), &p.mail).unwrap();
+        }
+    }
     Some((theirs, mine))
 }
 
@@ -1633,5 +1643,89 @@ fn mx_relaying_is_opensmtpds() {
         p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
         p.log = size.replace_all(&p.log, "size=N $1").into_owned();
     }
+    assert_same(&theirs, &mine);
+}
+
+/// Reverse DNS and FCrDNS, measured against 6.8 with a DNS server in the namespace and
+/// clients connecting from other loopback addresses: a PTR whose name points back, one
+/// whose name has no address (NODATA), one whose name points elsewhere, one whose name
+/// does not exist, one whose address lookup fails (SERVFAIL), no PTR, and a failing PTR
+/// lookup. Connect filters junk on `!rdns` and `!fcrdns`, a mail-from filter refuses by
+/// `rdns <table>`, and the rules route by `from rdns`, `from rdns regex` and their
+/// negations (`!from rdns regex <t>` is false without a reverse name). The dialogues, the
+/// log lines (`host=`, no warning for the failed lookups) and the maildirs (`Received:`
+/// lines, junk folders) must be the same. (`from rdns <t>` is left out: 6.8 compares the
+/// name as a network address and never matches, compatibility.md.)
+#[test]
+fn reverse_dns_filters_and_rules_are_opensmtpds() {
+    // The RCPT a rule may refuse comes first: 6.8's `Received: … for <RCPT>` names the last
+    // RCPT attempted, refused or not (compatibility.md), smtpd the recipient accepted.
+    let transaction = "EHLO c.example\n\
+                       MAIL FROM:<x@client.example>\n\
+                       RCPT TO:<nobody@neg.example>\n\
+                       RCPT TO:<nobody@localhost>\n\
+                       DATA\n\
+                       <DATA>\n\
+                       QUIT\n";
+    let script = ["1", "3", "4", "5", "7", "8", "10"]
+        .map(|host| format!("<FROM:127.0.0.{host}>\n{transaction}"))
+        .join("\n")
+        // Refused at MAIL FROM: nothing more is sent (6.8 offers no PIPELINING).
+        + "\n<FROM:127.0.0.6>\nEHLO c.example\nMAIL FROM:<x@client.example>\nQUIT\n";
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "rdns",
+        conf: "table goodre { \"\\.good\\.example$\" }\n\
+               table liars { \"liar.example\" }\n\
+               table norevre { \"^norev\\.\" }\n\
+               filter check_rdns phase connect match !rdns junk\n\
+               filter check_fcrdns phase connect match !fcrdns junk\n\
+               filter liar phase mail-from match rdns <liars> reject \"550 5.7.1 liar\"\n\
+               filter check chain { check_rdns, check_fcrdns, liar }\n\
+               listen on lo filter check\n\
+               action \"good\" maildir \"/var/mail/good-%{user.username}\" junk\n\
+               action \"norev\" maildir \"/var/mail/norev-%{user.username}\" junk\n\
+               action \"neg\" maildir \"/var/mail/neg-%{user.username}\" junk\n\
+               action \"nordns\" maildir \"/var/mail/nordns-%{user.username}\" junk\n\
+               action \"rdns\" maildir \"/var/mail/rdns-%{user.username}\" junk\n\
+               match from rdns regex <goodre> for local action \"good\"\n\
+               match from rdns regex <norevre> for local action \"norev\"\n\
+               match !from rdns regex <goodre> for domain \"neg.example\" action \"neg\"\n\
+               match !from rdns for local action \"nordns\"\n\
+               match from rdns for local action \"rdns\"\n",
+        script: &script,
+        quiet: 2,
+        dns: "1.0.0.127.in-addr.arpa PTR localhost\n\
+              4.0.0.127.in-addr.arpa PTR norev.example\n\
+              norev.example MX 10 mx.good.example\n\
+              5.0.0.127.in-addr.arpa PTR mx.good.example\n\
+              mx.good.example A 127.0.0.5\n\
+              6.0.0.127.in-addr.arpa PTR liar.example\n\
+              liar.example A 127.0.0.99\n\
+              7.0.0.127.in-addr.arpa SERVFAIL -\n\
+              8.0.0.127.in-addr.arpa PTR gone.example\n\
+              10.0.0.127.in-addr.arpa PTR flaky.example\n\
+              flaky.example SERVFAIL -\n",
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.log.contains(" address=127.0.0.3 host=<unknown>\n")
+            && theirs
+                .log
+                .contains(" address=127.0.0.5 host=mx.good.example\n")
+            && theirs.log.contains(" result=\"550 5.7.1 liar\"\n"),
+        "{}",
+        theirs.log
+    );
+    assert!(
+        theirs.mail.contains("--- good-nobody/new/MESSAGE\n")
+            && theirs.mail.contains("--- norev-nobody/.Junk/new/MESSAGE\n")
+            && theirs
+                .mail
+                .contains("--- nordns-nobody/.Junk/new/MESSAGE\n"),
+        "{}",
+        theirs.mail
+    );
     assert_same(&theirs, &mine);
 }

@@ -8,7 +8,8 @@ SCRIPT holds the dialogues, separated by blank lines; each line is sent as a com
 (CRLF added) and its reply read. A line `<DATA>` sends a small message ending with the
 final dot; `<DATA:NAME>` one of the other messages of MESSAGES (no headers, a long line,
 bare LFs, 8-bit text, a full set of headers, a large body). `<SLEEP:N>` waits N seconds
-(and is not written in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
+(and is not written in the transcript). A dialogue whose first line is `<FROM:ADDR>`
+connects from that loopback address (written in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
 MTA delivers until its log has been quiet for PROBE_QUIET seconds (2 by default), then
 gets SIGTERM.
 
@@ -19,7 +20,8 @@ is printed after the transcript, behind a line `== sink`.
 With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
 With PROBE_DNS=FILE, a DNS server answers on 127.0.0.1:53 (UDP) from FILE's lines
 `NAME TYPE VALUE` (types A, MX as `PREF HOST`, PTR); a name it does not hold gets
-NXDOMAIN, another type of a name it holds an empty answer.
+NXDOMAIN, another type of a name it holds an empty answer, a name with a line
+`NAME SERVFAIL -` a SERVFAIL for every type.
 
 PROBE_CTL_RUN (`;`-separated smtpctl commands), those commands run once the log is quiet,
 before the MTA is stopped; each one's output follows a line `== ctl COMMAND`. In a
@@ -133,7 +135,7 @@ class Sink:
 class Dns:
     """A tiny authoritative DNS server on 127.0.0.1:53 for the names of a zone file."""
 
-    TYPES = {"A": 1, "PTR": 12, "MX": 15}
+    TYPES = {"A": 1, "PTR": 12, "MX": 15, "SERVFAIL": 0}
 
     def __init__(self, path):
         self.records = {}
@@ -179,6 +181,8 @@ class Dns:
         name = ".".join(labels).lower()
         found = self.records.get((name, qtype), [])
         rcode = 0 if name in self.names else 3
+        if (name, 0) in self.records:
+            rcode, found = 2, []
         head = qid + (0x8480 | (flags & 0x0100) | rcode).to_bytes(2, "big")
         head += (1).to_bytes(2, "big") + len(found).to_bytes(2, "big") + b"\0\0\0\0"
         body = question
@@ -231,8 +235,14 @@ def main():
         out = []
         for lines in dialogues:
             out.append("==")
+            source = None
+            if lines and lines[0].startswith("<FROM:"):
+                source = (lines[0][6:-1], 0)
+                out.append("<from %s>" % source[0])
+                lines = lines[1:]
             try:
-                s = socket.create_connection(("127.0.0.1", 25), timeout=2)
+                s = socket.create_connection(("127.0.0.1", 25), timeout=2,
+                                             source_address=source)
             except OSError as e:
                 out.append("<%s>" % type(e).__name__)
                 continue

@@ -684,8 +684,8 @@ fn trusted_bypass_disconnect_and_table_rejections() {
         );
     }
 
-    // A reverse name whose forward lookup fails temporarily (the server refuses the zone):
-    // OpenSMTPD's warning, FCrDNS "error", hence not confirmed, hence junk.
+    // A reverse name whose forward lookup fails (the server refuses the zone): not
+    // confirmed, hence junk, and nothing logged, as with OpenSMTPD's resolver.
     for (source, host) in [
         ("127.0.0.7", "flaky.elsewhere.test"),
         ("127.0.0.4", "norev.bsdsx.test"),
@@ -711,12 +711,7 @@ fn trusted_bypass_disconnect_and_table_rejections() {
             "{log:#?}"
         );
     }
-    assert!(
-        d.log()
-            .contains("getaddrinfo: flaky.elsewhere.test: Temporary failure in name resolution"),
-        "{}",
-        d.log()
-    );
+    assert!(!d.log().contains("getaddrinfo"), "{}", d.log());
 }
 
 /// A name server that never answers: the banner waits for the bounded rDNS lookup only

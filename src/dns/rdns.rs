@@ -8,9 +8,10 @@
 //!    reverse name; without one the name is `<unknown>` and FCrDNS is "fail";
 //! 2. with a name, a forward lookup of that name **in the client's address
 //!    family only**; FCrDNS is "pass" iff one of the returned addresses is the
-//!    client address, "fail" if none is or the name has no such records, and
-//!    "error" if the forward lookup failed temporarily (logged as
-//!    `getaddrinfo: NAME: Temporary failure in name resolution`).
+//!    client address, "fail" if none is, the name has no such records or the
+//!    lookup failed (see below), and "error" only if the name cannot be asked
+//!    for at all (logged as `getaddrinfo: NAME: Non-recoverable failure in
+//!    name resolution`).
 //!
 //! # Several PTR names
 //!
@@ -27,14 +28,17 @@
 //!
 //! # Temporary failures
 //!
-//! A forward lookup that fails temporarily gives FCrDNS "error", as in
-//! OpenSMTPD. A PTR lookup that fails temporarily gives `<unknown>` and FCrDNS
-//! "fail", because that is what OpenSMTPD 6.8 really does: libasr's
-//! `getnameinfo` with `NI_NAMEREQD` reports every failure to find a name,
-//! SERVFAIL and timeouts included, as `EAI_NONAME`, so the session's "error"
-//! branch for getnameinfo (and its `getnameinfo: ADDR: ERR` warning) is never
-//! reached for DNS trouble. [`RdnsOutcome::TempFail`] keeps the difference for
-//! callers that want to act on it.
+//! A lookup that fails (SERVFAIL, a timeout) counts as one that found nothing,
+//! and nothing is logged, because that is what OpenSMTPD 6.8 really does
+//! (measured against 6.8 with a name server answering SERVFAIL, in
+//! `tests/corpus_runtime.rs`): libasr's `getnameinfo` with `NI_NAMEREQD`
+//! reports every failure to find a name as `EAI_NONAME`, and its
+//! `getaddrinfo` every failed query as `EAI_NODATA`, so the session's "error"
+//! branches (and their `getnameinfo: ADDR: ERR` and `getaddrinfo: NAME: ERR`
+//! warnings) are never reached for DNS trouble. A failed PTR lookup gives
+//! `<unknown>` and "fail"; a failed forward lookup gives "fail".
+//! [`RdnsOutcome::TempFail`] and [`FcrdnsOutcome::forward_failure`] keep the
+//! reason, which smtpd logs at debug level (`-v`).
 //!
 //! An IPv4-mapped IPv6 client (`::ffff:a.b.c.d`) is looked up as the IPv4
 //! client it is (PTR in `in-addr.arpa`, A records), which OpenSMTPD does not
@@ -100,7 +104,7 @@ pub enum Fcrdns {
     Pass,
     /// No reverse name, no forward records, or none of them is the client.
     Fail,
-    /// The forward lookup failed temporarily.
+    /// The name could not be asked for (not a valid question).
     Error,
 }
 
@@ -128,7 +132,9 @@ pub struct FcrdnsOutcome {
     pub rdns: RdnsOutcome,
     /// The confirmation state.
     pub fcrdns: Fcrdns,
-    /// Why the forward lookup failed, when `fcrdns` is [`Fcrdns::Error`].
+    /// Why the forward lookup failed, if it did (`fcrdns` is then
+    /// [`Fcrdns::Fail`], or [`Fcrdns::Error`] for a name that is not a valid
+    /// question).
     pub forward_failure: Option<TempFailure>,
 }
 
@@ -144,14 +150,26 @@ impl FcrdnsOutcome {
     }
 
     /// The warning OpenSMTPD logs for this outcome, if any:
-    /// `getaddrinfo: NAME: Temporary failure in name resolution`.
+    /// `getaddrinfo: NAME: Non-recoverable failure in name resolution` for a
+    /// name that cannot be asked for.
     pub fn warning(&self) -> Option<String> {
         match (&self.fcrdns, self.rdns.name()) {
             (Fcrdns::Error, Some(name)) => Some(format!(
-                "getaddrinfo: {name}: Temporary failure in name resolution"
+                "getaddrinfo: {name}: Non-recoverable failure in name resolution"
             )),
             _ => None,
         }
+    }
+
+    /// What failed, for a debug line: a PTR or forward lookup that failed
+    /// and was taken as one that found nothing.
+    pub fn failure(&self) -> Option<String> {
+        if let RdnsOutcome::TempFail(failure) = &self.rdns {
+            return Some(format!("reverse lookup failed: {failure}"));
+        }
+        let name = self.rdns.name()?;
+        let failure = self.forward_failure.as_ref()?;
+        Some(format!("lookup of {name} failed: {failure}"))
     }
 }
 
@@ -184,7 +202,7 @@ pub async fn fcrdns(resolver: &dyn Resolver, client: IpAddr, deadline: Instant) 
     let (fcrdns, forward_failure) = match forward {
         Answer::Records(addresses) if addresses.contains(&client) => (Fcrdns::Pass, None),
         Answer::Records(_) | Answer::NxDomain | Answer::NoData => (Fcrdns::Fail, None),
-        Answer::TempFail(failure) => (Fcrdns::Error, Some(failure)),
+        Answer::TempFail(failure) => (Fcrdns::Fail, Some(failure)),
         Answer::BadName => (
             Fcrdns::Error,
             Some(TempFailure::Other(
@@ -298,14 +316,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn forward_tempfail_is_error_with_opensmtpd_warning() {
+    async fn forward_servfail_is_fail_without_warning_like_libasr() {
         let outcome = check("127.0.0.6").await;
         assert_eq!(outcome.host(), "flaky.example");
-        assert_eq!(outcome.fcrdns, Fcrdns::Error);
+        assert_eq!(outcome.fcrdns, Fcrdns::Fail);
         assert_eq!(outcome.forward_failure, Some(TempFailure::ServFail));
+        assert_eq!(outcome.warning(), None);
         assert_eq!(
-            outcome.warning().as_deref(),
-            Some("getaddrinfo: flaky.example: Temporary failure in name resolution")
+            outcome.failure().as_deref(),
+            Some("lookup of flaky.example failed: server failure (SERVFAIL)")
         );
         assert!(!outcome.fcrdns_condition());
     }
@@ -345,7 +364,7 @@ mod tests {
         .await;
         assert_eq!(start.elapsed(), Duration::from_secs(3));
         assert_eq!(outcome.host(), "slow.example");
-        assert_eq!(outcome.fcrdns, Fcrdns::Error);
+        assert_eq!(outcome.fcrdns, Fcrdns::Fail);
         assert_eq!(outcome.forward_failure, Some(TempFailure::Timeout));
     }
 

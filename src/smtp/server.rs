@@ -967,6 +967,9 @@ fn client_info(ip: IpAddr, outcome: &dns::FcrdnsOutcome) -> ClientInfo {
     if let Some(w) = outcome.warning() {
         warn!("{w}");
     }
+    if let Some(failure) = outcome.failure() {
+        debug!("smtp: client {ip}: {failure}; taken as no record, as OpenSMTPD does");
+    }
     ClientInfo {
         address: ClientAddress::Ip(ip),
         rdns: outcome.host().to_string(),
