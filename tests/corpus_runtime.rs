@@ -644,14 +644,15 @@ fn dialogues_deliveries_and_logs_are_opensmtpds() {
     assert_same(&theirs, &mine);
 }
 
-/// What the next hop was sent, normalized: the RCPTs of one transaction sorted (6.8 sends
-/// them in the order of its envelope ids, which are random), MIME boundaries (random
+/// What the next hop was sent, normalized: its sessions sorted, the RCPTs of one
+/// transaction sorted (6.8 sends them in the order of its envelope ids, which are
+/// random), MIME boundaries (random
 /// numbers) replaced, and the line of the bounce's copy of the message where 6.8 drops
 /// the leading dot (compatibility.md, OpenSMTPD's bugs) taken as 6.8 sends it.
 fn sink_seen(talk: &str) -> String {
     let text = talk.split("== sink\n").nth(1).unwrap_or_default();
     let boundary = regex::Regex::new(r"\b\d{10,20}/").unwrap();
-    let mut out: Vec<String> = Vec::new();
+    let mut sessions: Vec<Vec<String>> = Vec::new();
     let mut rcpts: Vec<String> = Vec::new();
     for line in text.lines() {
         if line.starts_with("C: RCPT TO:") {
@@ -659,11 +660,20 @@ fn sink_seen(talk: &str) -> String {
             continue;
         }
         rcpts.sort();
+        if line.starts_with("<connect from ") || sessions.is_empty() {
+            sessions.push(Vec::new());
+        }
+        let out = sessions.last_mut().expect("a session");
         out.append(&mut rcpts);
         out.push(boundary.replace_all(line, "BOUNDARY/").into_owned());
     }
-    out.append(&mut rcpts);
-    normalized(&out.join("\n"))
+    if let Some(out) = sessions.last_mut() {
+        out.append(&mut rcpts);
+    }
+    // Sessions that run side by side begin in an order of chance.
+    let mut sessions: Vec<String> = sessions.iter().map(|s| normalized(&s.join("\n"))).collect();
+    sessions.sort();
+    sessions.join("\n")
 }
 
 /// Relayed mail, measured against 6.8: one message to four recipients of a next hop that
@@ -1727,5 +1737,74 @@ fn reverse_dns_filters_and_rules_are_opensmtpds() {
         "{}",
         theirs.mail
     );
+    assert_same(&theirs, &mine);
+}
+
+/// The relay action's options, measured against 6.8 with a DNS server in the namespace:
+/// `backup mx NAME` (only the MX hosts preferred to NAME), `backup` where this host is the
+/// best MX, `host` with `smtp+notls://`, `helo` and `mail-from`, and `domain <mapping>`
+/// with `src` and `helo-src` for a mapped and an unmapped domain. The dialogue, what the
+/// next hop is sent (and from which address), the log lines and `show queue` must be the
+/// same.
+#[test]
+fn relay_options_are_opensmtpds() {
+    let transactions: String = ["far", "self", "smart", "routed", "unmapped"]
+        .map(|domain| {
+            format!(
+                "MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<user@{domain}.example>\n\
+                 DATA\n\
+                 <DATA>\n"
+            )
+        })
+        .concat();
+    let script = format!("EHLO c.example\n{transactions}QUIT\n");
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "relay options",
+        conf: "table aliases { postmaster = root }\n\
+               table routes { \"routed.example\" = \"127.0.0.2\" }\n\
+               table helos { \"127.0.0.9\" = \"nine.example\" }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"backup\" relay backup mx \"mx2.far.example\"\n\
+               action \"selfbackup\" relay backup\n\
+               action \"smarthost\" relay host \"smtp+notls://127.0.0.2:25\" helo \"relay.example\" mail-from \"@rewritten.example\"\n\
+               action \"bydomain\" relay domain <routes> src 127.0.0.9 helo-src <helos>\n\
+               match from local for local action \"local\"\n\
+               match from local for domain \"far.example\" action \"backup\"\n\
+               match from local for domain \"self.example\" action \"selfbackup\"\n\
+               match from local for domain \"smart.example\" action \"smarthost\"\n\
+               match from local for domain { \"routed.example\", \"unmapped.example\" } action \"bydomain\"\n",
+        script: &script,
+        sink: Some("127.0.0.2:25"),
+        quiet: 5,
+        commands: "show queue",
+        dns: "far.example MX 10 mx1.far.example\n\
+              far.example MX 20 mx2.far.example\n\
+              far.example MX 30 mx3.far.example\n\
+              mx1.far.example A 127.0.0.2\n\
+              mx2.far.example A 127.0.0.1\n\
+              mx3.far.example A 127.0.0.4\n\
+              self.example MX 10 vm\n\
+              smart.example A 127.0.0.66\n\
+              routed.example A 127.0.0.66\n\
+              unmapped.example A 127.0.0.66\n\
+              2.0.0.127.in-addr.arpa PTR mx1.far.example\n\
+              1.0.0.127.in-addr.arpa PTR localhost\n",
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let their_sink = sink_seen(&theirs.talk);
+    assert!(
+        their_sink.contains("C: RCPT TO:<user@far.example>\n"),
+        "{their_sink}"
+    );
+    assert_eq!(sink_seen(&mine.talk), their_sink);
+    assert_eq!(ctl_seen(&mine.talk), ctl_seen(&theirs.talk));
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+    }
     assert_same(&theirs, &mine);
 }

@@ -15,7 +15,9 @@ gets SIGTERM.
 
 With PROBE_SINK=ADDR:PORT, a next hop listens there for relayed mail: it refuses RCPTs
 whose local part is `temp` (451) or `perm` (550), takes the others, and what it was sent
-is printed after the transcript, behind a line `== sink`.
+is printed after the transcript, behind a line `== sink`, each session from a line
+`<connect from ADDR>` naming the address it came from, the sessions one after the other
+in the order they began.
 
 With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
 With PROBE_DNS=FILE, a DNS server answers on 127.0.0.1:53 (UDP) from FILE's lines
@@ -59,49 +61,53 @@ class Sink:
     def __init__(self, address):
         host, port = address.rsplit(":", 1)
         self.server = socket.create_server((host, int(port)))
-        self.lines = []
+        # Each session's lines, in the order the sessions began.
+        self.sessions = []
         self.lock = threading.Lock()
         # Sessions not yet ended: the transcript waits for them once the MTA is stopped.
         self.active = 0
         threading.Thread(target=self.serve, daemon=True).start()
 
-    def note(self, line):
+    def note(self, lines, line):
         with self.lock:
-            self.lines.append(line)
+            lines.append(line)
 
     def serve(self):
         for _ in range(50):
             try:
-                conn, _ = self.server.accept()
+                conn, peer = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.session, args=(conn, peer[0]), daemon=True).start()
 
-    def session(self, conn):
+    def session(self, conn, peer):
         with self.lock:
             self.active += 1
         try:
-            self.dialogue(conn)
+            self.dialogue(conn, peer)
         finally:
             with self.lock:
                 self.active -= 1
 
-    def dialogue(self, conn):
+    def dialogue(self, conn, peer):
         conn.settimeout(30)
         f = conn.makefile("rb")
+        lines = []
+        with self.lock:
+            self.sessions.append(lines)
 
         def send(text):
             conn.sendall(text.encode() + b"\r\n")
 
         try:
-            self.note("<connect>")
+            self.note(lines, "<connect from %s>" % peer)
             send("220 sink.example ESMTP")
             for _ in range(500):
                 line = f.readline()
                 if not line:
                     break
                 cmd = line.decode(errors="replace").rstrip("\r\n")
-                self.note("C: " + cmd)
+                self.note(lines, "C: " + cmd)
                 verb = cmd.split(" ", 1)[0].upper()
                 if verb in ("EHLO", "HELO"):
                     send("250-sink.example\r\n250 8BITMIME")
@@ -119,7 +125,7 @@ class Sink:
                         body = f.readline()
                         if not body or body == b".\r\n":
                             break
-                        self.note("D: " + body.decode(errors="replace").rstrip("\r\n"))
+                        self.note(lines, "D: " + body.decode(errors="replace").rstrip("\r\n"))
                     send("250 2.0.0 queued")
                 elif verb == "QUIT":
                     send("221 2.0.0 bye")
@@ -127,9 +133,9 @@ class Sink:
                 else:
                     send("250 2.0.0 ok")
         except OSError as e:
-            self.note("<%s>" % type(e).__name__)
+            self.note(lines, "<%s>" % type(e).__name__)
         conn.close()
-        self.note("<close>")
+        self.note(lines, "<close>")
 
 
 class Dns:
@@ -304,7 +310,8 @@ def main():
     if sink is not None:
         out.append("== sink")
         with sink.lock:
-            out.extend(sink.lines)
+            for lines in sink.sessions:
+                out.extend(lines)
     print("\n".join(out))
 
 

@@ -480,7 +480,10 @@ async fn one_session_carries_several_transactions_with_per_recipient_results() {
     let url = format!("smtp://127.0.0.1:{}", addr.port());
     let r = relayer("");
     let action = RelayAction::default();
-    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let hops = r
+        .route(&action, Some(&url), "far.test", None)
+        .await
+        .unwrap();
     let mut s = tokio::time::timeout(
         LIMIT,
         r.connect(&action, &hops, &no_auth, None, ConnectLimits::default()),
@@ -544,7 +547,10 @@ async fn address_family_restriction_skips_other_addresses() {
     let url = format!("smtp://127.0.0.1:{}", addr.port());
     let r = relayer("");
     let action = RelayAction::default();
-    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let hops = r
+        .route(&action, Some(&url), "far.test", None)
+        .await
+        .unwrap();
     let only6 = ConnectLimits {
         family: Family::Inet6,
         ..ConnectLimits::default()
@@ -640,7 +646,10 @@ async fn a_session_that_breaks_fails_its_transaction_temporarily() {
     let url = format!("smtp://127.0.0.1:{}", addr.port());
     let r = relayer("");
     let action = RelayAction::default();
-    let hops = r.route(&action, Some(&url), "far.test").await.unwrap();
+    let hops = r
+        .route(&action, Some(&url), "far.test", None)
+        .await
+        .unwrap();
     let mut s = tokio::time::timeout(
         LIMIT,
         r.connect(&action, &hops, &no_auth, None, ConnectLimits::default()),

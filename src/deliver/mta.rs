@@ -333,7 +333,8 @@ pub fn envelope_sender(spec: &RouteSpec, e: &Envelope) -> String {
 }
 
 /// A relay as 6.8's `mta_relay_to_text` names it: `[relay:NAME,port=N,SCHEME,auth=TABLE:
-/// LABEL,pki_name=P,mx,sourcetable=T,helotable=T,heloname=H]`, for the smarthost `url` or
+/// LABEL,pki_name=P,mx,backup=NAME,sourcetable=T,helotable=T,heloname=H]`, for the
+/// smarthost `url` or
 /// the destination `domain` (MX routing).
 pub fn relay_text(url: Option<&str>, domain: &str, action: &RelayAction, cfg: &Config) -> String {
     let table = |t: Option<crate::config::model::TableId>| t.map(|id| cfg.table(id).name.clone());
@@ -368,6 +369,12 @@ pub fn relay_text(url: Option<&str>, domain: &str, action: &RelayAction, cfg: &C
     if url.is_some() {
         // 6.8 marks a relay whose name is a host, not a domain, this way.
         words.push("mx".into());
+    }
+    if let Some(name) = &action.backup {
+        words.push(format!(
+            "backup={}",
+            name.as_deref().unwrap_or(&cfg.hostname)
+        ));
     }
     if let Some(t) = table(action.src) {
         words.push(format!("sourcetable={t}"));
@@ -850,16 +857,21 @@ impl Pool {
         key: &RouteKey,
         spec: &RouteSpec,
     ) -> Result<Session, RelayOutcome> {
-        let hops = self
-            .relayer
-            .route(&spec.action, key.url.as_deref(), &key.domain)
-            .await?;
         // As 6.8's `mta_connector_to_text` names the relay from this source.
         let connector = format!(
             "[connector:{}->{},0x0]",
             super::relay::source_text(spec.source),
             spec.relay_text
         );
+        let hops = self
+            .relayer
+            .route(
+                &spec.action,
+                key.url.as_deref(),
+                &key.domain,
+                Some(&connector),
+            )
+            .await?;
         let limits = ConnectLimits {
             family: spec.limits.family,
             per_host: Some((&self.hosts, spec.limits.max_conn_per_host)),

@@ -1374,7 +1374,7 @@ impl Relayer {
         source: Option<IpAddr>,
     ) -> RelayOutcome {
         let domain = mail.recipient.rsplit_once('@').map_or("", |(_, d)| d);
-        let hops = match self.route(action, url, domain).await {
+        let hops = match self.route(action, url, domain, None).await {
             Ok(h) => h,
             Err(o) => return o,
         };
@@ -1416,12 +1416,14 @@ impl Relayer {
     }
 
     /// Where mail for `domain` goes: the smarthost `url`, or the MX hosts of the domain.
-    /// `Err` is the outcome of a route that cannot be used.
+    /// `Err` is the outcome of a route that cannot be used. `connector` names the route
+    /// in the `smtp-out:` line logged when no MX host is left (6.8's text).
     pub async fn route(
         &self,
         action: &RelayAction,
         url: Option<&str>,
         domain: &str,
+        connector: Option<&str>,
     ) -> Result<Vec<Hop>, RelayOutcome> {
         // `tls` makes STARTTLS mandatory on MX routes too.
         let mx_scheme = if action.tls.is_some() {
@@ -1492,9 +1494,14 @@ impl Relayer {
                                     match backup_exchangers(list, me) {
                                         Some(l) => l,
                                         None => {
+                                            // This host is the best MX: no route, as
+                                            // 6.8's `mta_find_route` finds.
+                                            if let Some(c) = connector {
+                                                info!("smtp-out: No MX found for {c}");
+                                            }
                                             return Err(RelayOutcome::new(
                                                 Status::TempFail,
-                                                "No MX found for domain",
+                                                "No MX found for destination",
                                                 domain,
                                             ));
                                         }

@@ -591,9 +591,14 @@ impl Runner {
                     ));
                     waiting.push((e, announced, rx));
                 }
-                Err(outcome) => {
+                Err(RouteError::Outcome(outcome)) => {
                     let sender = e.sender.clone();
                     self.relayed(e, &sender, outcome).await;
+                }
+                Err(RouteError::NoSmarthost) => {
+                    // As 6.8's `mta_on_smarthost`: no `mta delivery` line, a retry later.
+                    warn!("warn: Failed to retrieve smarthost for envelope {}", e.id);
+                    self.temporary(&mut e, "Cannot retrieve smarthost").await;
                 }
             }
         }
@@ -613,23 +618,29 @@ impl Runner {
 
     /// The route of a relayed envelope: its key (with the source address chosen, `src`)
     /// and how its sessions are opened. `Err` when it cannot be relayed at all.
-    fn route_of(&self, e: &Envelope) -> Result<(RouteKey, Arc<RouteSpec>), RelayOutcome> {
+    fn route_of(&self, e: &Envelope) -> Result<(RouteKey, Arc<RouteSpec>), RouteError> {
         let evpid = e.id;
         let cfg = &self.graph.config;
         match cfg.action_named(&e.dispatcher).map(|a| &a.method) {
             Some(ActionMethod::Relay(action)) => {
                 let domain = e.dest.rsplit_once('@').map_or("", |(_, d)| d);
-                // `host` wins; then the `domain` mapping; else the MX of the domain.
+                // `host` wins; then the `domain` mapping; else the MX of the domain. A
+                // `host` or `domain` table that gives no relay (a domain the mapping does
+                // not hold, a failed lookup) defers the envelope, as in 6.8.
                 let url: Option<String> = match (action.host, action.domain) {
-                    (Some(t), _) => self.entry_in_turn(t, evpid.get(), Service::Relayhost),
+                    (Some(t), _) => Some(
+                        self.entry_in_turn(t, evpid.get(), Service::Relayhost)
+                            .ok_or(RouteError::NoSmarthost)?,
+                    ),
                     (None, Some(t)) => match self.graph.table(t).get(Service::Relayhost, domain) {
-                        Ok(v) => v.map(std::borrow::Cow::into_owned),
-                        Err(crate::table::LookupError(e)) => {
-                            return Err(RelayOutcome::new(
-                                Status::TempFail,
-                                format!("could not look up the relay of {domain}: {e}"),
-                                "-",
-                            ));
+                        Ok(Some(v)) => Some(v.into_owned()),
+                        Ok(None) => return Err(RouteError::NoSmarthost),
+                        Err(crate::table::LookupError(why)) => {
+                            warn!(
+                                "warn: table {}: lookup of {domain} failed: {why}",
+                                self.graph.table(t).name
+                            );
+                            return Err(RouteError::NoSmarthost);
                         }
                     },
                     (None, None) => None,
@@ -702,7 +713,8 @@ impl Runner {
                 Status::TempFail,
                 format!("no such relay dispatcher: {}", e.dispatcher),
                 "-",
-            )),
+            )
+            .into()),
         }
     }
 
@@ -1691,6 +1703,20 @@ impl Runner {
                 .map(|(e, _)| e),
         );
         outcome
+    }
+}
+
+/// Why an envelope has no route to be relayed on.
+enum RouteError {
+    /// It cannot be relayed: the outcome to log and record as its attempt.
+    Outcome(RelayOutcome),
+    /// Its `host` or `domain` table gave no relay: deferred without an attempt.
+    NoSmarthost,
+}
+
+impl From<RelayOutcome> for RouteError {
+    fn from(o: RelayOutcome) -> RouteError {
+        RouteError::Outcome(o)
     }
 }
 
