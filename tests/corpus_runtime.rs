@@ -1808,3 +1808,80 @@ fn relay_options_are_opensmtpds() {
     }
     assert_same(&theirs, &mine);
 }
+
+/// Listener options and match criteria, measured against 6.8: a listener with `hostname`,
+/// `tag`, `mask-src` and `no-dsn`, one with `hostnames <mapping>` and another tag, and
+/// rules by `tag`, `tag regex`, `helo`, `mail-from regex` and a `reject` by `rcpt-to
+/// regex`. The banners and EHLO replies, DSN parameters where DSN is not offered, where
+/// each message goes, its `Received:` and added `Message-ID:` lines, and the log lines
+/// must be the same. (The refused RCPT comes first: 6.8's `Received: … for` names the last
+/// RCPT sent, compatibility.md.)
+#[test]
+fn listener_options_and_match_criteria_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "listeners",
+        conf: "table aliases { postmaster = root }\n\
+               table names { \"127.0.0.1\" = \"named.example\" }\n\
+               listen on lo\n\
+               listen on lo port 2525 hostname \"mx.example\" tag TAGGED mask-src no-dsn\n\
+               listen on lo port 2526 hostnames <names> tag OTHER\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"a-tag\" maildir \"/var/mail/tag-%{user.username}\"\n\
+               action \"a-helo\" maildir \"/var/mail/helo-%{user.username}\"\n\
+               action \"a-from\" maildir \"/var/mail/from-%{user.username}\"\n\
+               action \"a-other\" maildir \"/var/mail/other-%{user.username}\"\n\
+               match tag TAGGED for local action \"a-tag\"\n\
+               match helo \"special.example\" for local action \"a-helo\"\n\
+               match mail-from regex \"^vip@\" for local action \"a-from\"\n\
+               match from local rcpt-to regex \"^reject-me@\" reject\n\
+               match tag regex \"^OTH\" for local action \"a-other\"\n\
+               match from local for local action \"local\"\n",
+        script: "<TO:127.0.0.1:2525>\n\
+                 EHLO c.example\n\
+                 MAIL FROM:<x@client.example> RET=HDRS\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nobody@localhost> NOTIFY=NEVER\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n\
+                 \n\
+                 <TO:127.0.0.1:2526>\n\
+                 EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n\
+                 \n\
+                 HELO special.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<reject-me@localhost>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 RSET\n\
+                 EHLO c.example\n\
+                 MAIL FROM:<vip@client.example>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n",
+        quiet: 2,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.talk.contains("S: 220 mx.example ESMTP OpenSMTPD\n")
+            && theirs.mail.contains("--- tag-nobody/new/MESSAGE\n"),
+        "{}\n{}",
+        theirs.talk,
+        theirs.mail
+    );
+    assert_same(&theirs, &mine);
+}

@@ -9,7 +9,8 @@ SCRIPT holds the dialogues, separated by blank lines; each line is sent as a com
 final dot; `<DATA:NAME>` one of the other messages of MESSAGES (no headers, a long line,
 bare LFs, 8-bit text, a full set of headers, a large body). `<SLEEP:N>` waits N seconds
 (and is not written in the transcript). A dialogue whose first line is `<FROM:ADDR>`
-connects from that loopback address (written in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
+connects from that loopback address, one (first or second) `<TO:ADDR:PORT>` to that
+address and port instead of 127.0.0.1:25 (both written in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
 MTA delivers until its log has been quiet for PROBE_QUIET seconds (2 by default), then
 gets SIGTERM.
 
@@ -241,14 +242,19 @@ def main():
         out = []
         for lines in dialogues:
             out.append("==")
-            source = None
-            if lines and lines[0].startswith("<FROM:"):
-                source = (lines[0][6:-1], 0)
-                out.append("<from %s>" % source[0])
-                lines = lines[1:]
+            source, target = None, ("127.0.0.1", 25)
+            for _ in range(2):
+                if lines and lines[0].startswith("<FROM:"):
+                    source = (lines[0][6:-1], 0)
+                    out.append("<from %s>" % source[0])
+                    lines = lines[1:]
+                elif lines and lines[0].startswith("<TO:"):
+                    host, port = lines[0][4:-1].rsplit(":", 1)
+                    target = (host, int(port))
+                    out.append("<to %s>" % lines[0][4:-1])
+                    lines = lines[1:]
             try:
-                s = socket.create_connection(("127.0.0.1", 25), timeout=2,
-                                             source_address=source)
+                s = socket.create_connection(target, timeout=2, source_address=source)
             except OSError as e:
                 out.append("<%s>" % type(e).__name__)
                 continue

@@ -104,7 +104,8 @@ pub struct SessionParams {
     /// qualification of bare addresses.
     pub server_name: String,
     /// The listener's host name: used by the header rewriting (`To: bob` → `bob@NAME`) and in
-    /// added `Message-ID:`s. Usually equal to `server_name`.
+    /// added `Message-ID:`s: the listener's `hostname`, else the global name (not the
+    /// `hostnames` lookup, as in 6.8). Usually equal to `server_name`.
     pub listener_hostname: String,
     /// The client.
     pub client: ClientInfo,

@@ -915,24 +915,22 @@ fn session_params(
 ) -> SessionParams {
     let cfg = &server.graph.config;
     let mut p = SessionParams::new(sid, &cfg.hostname, client);
-    p.listener_hostname = l
-        .hostname
-        .clone()
-        .or_else(|| {
-            l.hostnames.and_then(|t| {
-                server
-                    .graph
-                    .table(t)
-                    .get(crate::table::Service::Addrname, &local.to_string())
-                    .ok()
-                    .flatten()
-                    .map(std::borrow::Cow::into_owned)
-            })
-        })
-        .unwrap_or_else(|| cfg.hostname.clone());
-    // OpenSMTPD's session name (banner, EHLO, qualification of bare local parts) is the
-    // listener's host name, which defaults to the server name.
-    p.server_name = p.listener_hostname.clone();
+    // The listener's own name (`hostname`, else the server name) is the domain of an
+    // added `Message-ID:` and of bare addresses in headers, as 6.8 uses it.
+    p.listener_hostname = l.hostname.clone().unwrap_or_else(|| cfg.hostname.clone());
+    // OpenSMTPD's session name (banner, EHLO, `Received:`, qualification of bare local
+    // parts) is that name, or the `hostnames` entry of the local address.
+    p.server_name = match (&l.hostname, l.hostnames) {
+        (None, Some(t)) => server
+            .graph
+            .table(t)
+            .get(crate::table::Service::Addrname, &local.to_string())
+            .ok()
+            .flatten()
+            .map(std::borrow::Cow::into_owned),
+        _ => None,
+    }
+    .unwrap_or_else(|| p.listener_hostname.clone());
     p.tls = match l.tls {
         None => TlsMode::None,
         Some(cfg::TlsMode::Tls) => TlsMode::StartTls,
