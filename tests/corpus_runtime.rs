@@ -1885,3 +1885,58 @@ fn listener_options_and_match_criteria_are_opensmtpds() {
     );
     assert_same(&theirs, &mine);
 }
+
+/// Delay notices, measured against 6.8: a local delivery that asks to be tried again
+/// (`exit 75`) with `bounce warn-interval 5s, 15s`. The first failure (next try in 10 s,
+/// past 5 s) sends the first notice, the retry 10 s later (next try at 40 s, past 15 s) the
+/// second. The log lines (both attempts), the notices in the sender's mbox (their MIME
+/// boundaries aside) and `show queue` must be the same.
+#[test]
+fn delay_notices_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "delay notices",
+        conf: "table aliases { postmaster = root, \
+               later = \"|/bin/sh -c 'echo busy >&2; exit 75'\" }\n\
+               bounce warn-interval 5s, 15s\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<nobody@localhost>\n\
+                 RCPT TO:<later@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n\
+                 \n\
+                 <SLEEP:13>\n\
+                 QUIT\n",
+        quiet: 3,
+        commands: "show queue",
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let their_ctl = ctl_seen(&theirs.talk);
+    assert!(
+        their_ctl.contains("|nobody@localhost|later@localhost|later@localhost|TIME|TIME|LASTTRY|2|pending|N|\"busy\"\n"),
+        "{their_ctl}"
+    );
+    assert_eq!(ctl_seen(&mine.talk), their_ctl);
+    assert!(
+        theirs
+            .mail
+            .matches("Subject: Delivery status notification: delayed\n")
+            .count()
+            == 2,
+        "{}",
+        theirs.mail
+    );
+    let mut theirs = theirs;
+    let mut mine = mine;
+    for p in [&mut theirs, &mut mine] {
+        without_ctl(p);
+    }
+    without_their_own_mbox(&mut theirs);
+    with_reports_normalized(&mut theirs, &mut mine);
+    assert_same(&theirs, &mine);
+}
