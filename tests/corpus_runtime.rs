@@ -337,6 +337,7 @@ fn dialogue_probe(
     spool_mount: bool,
     scenario: &Scenario,
     smtpctl: &str,
+    sendmail: &str,
 ) -> Probed {
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dialogue_probe.py");
     let mail = work.join("mail");
@@ -385,6 +386,7 @@ fn dialogue_probe(
         .env("PROBE_LOG", &log)
         .env("PROBE_QUIET", scenario.quiet.to_string())
         .env("PROBE_CTL", smtpctl)
+        .env("PROBE_SENDMAIL", sendmail)
         .env("PROBE_CTL_RUN", scenario.commands);
     if let Some(sink) = scenario.sink {
         cmd.env("PROBE_SINK", sink);
@@ -530,11 +532,17 @@ fn both_probed(scenario: &Scenario) -> Option<(Probed, Probed)> {
         true,
         scenario,
         their_ctl.to_str().unwrap(),
+        reference.with_file_name("sendmail").to_str().unwrap(),
     );
     let spool = dir.join("smtpd-spool");
     let my_ctl = format!(
         "{} --spool {}",
         env!("CARGO_BIN_EXE_smtpctl"),
+        spool.display()
+    );
+    let my_sendmail = format!(
+        "{} --spool {}",
+        env!("CARGO_BIN_EXE_sendmail"),
         spool.display()
     );
     let mine = dialogue_probe(
@@ -551,6 +559,7 @@ fn both_probed(scenario: &Scenario) -> Option<(Probed, Probed)> {
         false,
         scenario,
         &my_ctl,
+        &my_sendmail,
     );
     // For a look at the raw outputs: SMTPD_COMPARE_DUMP=DIR keeps them there.
     if let Some(dump) = std::env::var_os("SMTPD_COMPARE_DUMP") {
@@ -1938,5 +1947,33 @@ fn delay_notices_are_opensmtpds() {
     }
     without_their_own_mbox(&mut theirs);
     with_reports_normalized(&mut theirs, &mut mine);
+    assert_same(&theirs, &mine);
+}
+
+/// Local submission with sendmail, measured against 6.8 (its sendmail is its smtpctl):
+/// `-t` with local names in `To:` and `Cc:`, explicit recipients with `-f` and `-F`, and a
+/// message with its own `Date:` and `Message-ID:`. The submissions' exit status and output,
+/// the log lines (the local sessions) and the mailboxes (`Received:`, added and qualified
+/// headers) must be the same.
+#[test]
+fn sendmail_submissions_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "sendmail",
+        conf: &format!("{LOCAL_HEAD}match from local for local action \"local\"\n"),
+        script: "<SENDMAIL:cron -t>\n\
+                 \n\
+                 <SENDMAIL:plain -f someone@client.example -F Some_One nobody backup@localhost>\n\
+                 \n\
+                 <SENDMAIL:dated nobody>\n",
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.log.matches(" smtp connected address=local ").count() == 3,
+        "{}",
+        theirs.log
+    );
     assert_same(&theirs, &mine);
 }

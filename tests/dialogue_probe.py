@@ -10,7 +10,9 @@ final dot; `<DATA:NAME>` one of the other messages of MESSAGES (no headers, a lo
 bare LFs, 8-bit text, a full set of headers, a large body). `<SLEEP:N>` waits N seconds
 (and is not written in the transcript). A dialogue whose first line is `<FROM:ADDR>`
 connects from that loopback address, one (first or second) `<TO:ADDR:PORT>` to that
-address and port instead of 127.0.0.1:25 (both written in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
+address and port instead of 127.0.0.1:25 (both written in the transcript). A dialogue
+`<SENDMAIL:NAME ARGS>` runs the command PROBE_SENDMAIL with ARGS instead, message NAME of
+LOCAL_MESSAGES on its standard input (its output and exit status in the transcript). COMMAND's output goes to the file named by PROBE_LOG. After the dialogues the
 MTA delivers until its log has been quiet for PROBE_QUIET seconds (2 by default), then
 gets SIGTERM.
 
@@ -53,6 +55,13 @@ MESSAGES = {
     b"From: x@client.example\r\nTo: nobody@localhost\r\nSubject: folded\r\n line\r\n"
     b"\r\nbody\r\n.\r\n",
     "big": b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 40 + b".\r\n",
+}
+# Messages handed to sendmail on its standard input (LF line ends, no final dot).
+LOCAL_MESSAGES = {
+    "cron": b"To: nobody, backup\nCc: Root <root>\nSubject: cron job\n\nit ran\n.dot line\n",
+    "plain": b"Subject: no recipients in the header\nFrom: Someone <someone>\n\nbody\n",
+    "dated": b"Date: Sun, 1 Nov 2026 10:00:00 +0000\nMessage-ID: <kept@client.example>\n"
+    b"To: nobody@localhost\nSubject: dated\n\nbody\n",
 }
 
 
@@ -208,6 +217,23 @@ class Dns:
                 continue
 
 
+def sendmail(line):
+    """Runs `<SENDMAIL:NAME ARGS>`: PROBE_SENDMAIL (split on spaces) with ARGS (split on
+    spaces), message NAME of LOCAL_MESSAGES on its standard input; its output and exit
+    status for the transcript."""
+    name, _, args = line[10:-1].partition(" ")
+    out = ["C: " + line]
+    try:
+        r = subprocess.run(os.environ["PROBE_SENDMAIL"].split() + args.split(),
+                           input=LOCAL_MESSAGES[name], capture_output=True, timeout=20)
+        out.extend("S: " + l for l in r.stdout.decode(errors="replace").splitlines())
+        out.extend("E: " + l for l in r.stderr.decode(errors="replace").splitlines())
+        out.append("<exit %d>" % r.returncode)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out.append("<%s>" % type(e).__name__)
+    return out
+
+
 def main():
     loopback_up()
     if os.environ.get("PROBE_DNS"):
@@ -242,6 +268,9 @@ def main():
         out = []
         for lines in dialogues:
             out.append("==")
+            if lines and lines[0].startswith("<SENDMAIL:"):
+                out.extend(sendmail(lines[0]))
+                continue
             source, target = None, ("127.0.0.1", 25)
             for _ in range(2):
                 if lines and lines[0].startswith("<FROM:"):
