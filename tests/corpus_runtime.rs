@@ -1753,8 +1753,8 @@ fn reverse_dns_filters_and_rules_are_opensmtpds() {
 /// `backup mx NAME` (only the MX hosts preferred to NAME), `backup` where this host is the
 /// best MX, `host` with `smtp+notls://`, `helo` and `mail-from`, and `domain <mapping>`
 /// with `src` and `helo-src` for a mapped and an unmapped domain. The dialogue, what the
-/// next hop is sent (and from which address), the log lines and `show queue` must be the
-/// same.
+/// next hop is sent (and from which address), the log lines, `show queue` and `show
+/// stats` (the `mta.*` gauges among them) must be the same.
 #[test]
 fn relay_options_are_opensmtpds() {
     let transactions: String = ["far", "self", "smart", "routed", "unmapped"]
@@ -1787,7 +1787,7 @@ fn relay_options_are_opensmtpds() {
         script: &script,
         sink: Some("127.0.0.2:25"),
         quiet: 5,
-        commands: "show queue",
+        commands: "show queue;show stats",
         dns: "far.example MX 10 mx1.far.example\n\
               far.example MX 20 mx2.far.example\n\
               far.example MX 30 mx3.far.example\n\

@@ -605,3 +605,87 @@ fn garbage_on_the_control_socket_only_ends_that_client() {
     assert!(stdout(&s).contains("MDA running"), "{}", stdout(&s));
     send(port, "bob@remote.test", "alice@mx.test");
 }
+
+/// `show stats` counts the outbound side's objects as 6.8's `mta.*` gauges: while a next
+/// hop holds its reply to the final dot, one session, envelope, task (running), relay,
+/// connector, domain, source, route and host; once the message is taken, no envelope and
+/// no task.
+#[test]
+fn stats_count_the_outbound_side() {
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (dot_tx, dot_rx) = std::sync::mpsc::channel::<()>();
+    let next_hop = std::thread::spawn(move || {
+        let (s, _) = sink.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        w.write_all(b"220 hop.test ESMTP\r\n").unwrap();
+        let mut in_data = false;
+        for _ in 0..200 {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            let reply: &[u8] = if in_data {
+                if l != ".\r\n" {
+                    continue;
+                }
+                in_data = false;
+                dot_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                b"250 2.0.0 taken\r\n"
+            } else if l.starts_with("EHLO") {
+                b"250 hop.test\r\n"
+            } else if l.starts_with("DATA") {
+                in_data = true;
+                b"354 go on\r\n"
+            } else if l.starts_with("QUIT") {
+                let _ = w.write_all(b"221 bye\r\n");
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            w.write_all(reply).unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen on 127.0.0.1 port PORT hostname mx.test\n\
+         action \"out\" relay host \"smtp://127.0.0.1:{sink_port}\"\n\
+         match from any for domain \"far.test\" action \"out\"\n"
+    );
+    let (d, port) = start(dir.path(), &conf, &[]);
+    let spool = dir.path().join("spool");
+    let stats = || stdout(&smtpctl(&spool, &["show", "stats"]));
+    // Nothing was relayed yet: no `mta.` counter.
+    assert!(!stats().contains("mta."), "{}", stats());
+    send(port, "a@client.example", "bob@far.test");
+    dot_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let during = stats();
+    for key in [
+        "mta.connector=1",
+        "mta.domain=1",
+        "mta.envelope=1",
+        "mta.host=1",
+        "mta.relay=1",
+        "mta.route=1",
+        "mta.session=1",
+        "mta.source=1",
+        "mta.task=1",
+        "mta.task.running=1",
+    ] {
+        assert!(during.lines().any(|l| l == key), "{key} in {during}");
+    }
+    release_tx.send(()).unwrap();
+    wait_for("the delivery", || {
+        d.log().contains(" mta delivery ") && d.log().contains("result=\"Ok\"")
+    });
+    let after = stats();
+    for key in ["mta.envelope=0", "mta.task=0", "mta.task.running=0"] {
+        assert!(after.lines().any(|l| l == key), "{key} in {after}");
+    }
+    d.stop();
+    next_hop.join().unwrap();
+}

@@ -198,6 +198,10 @@ impl Control {
         let (scheduled, messages) = self.runner.scheduled_counts();
         let envelopes_seen = scheduled > 0 || s.enqueued.load(Ordering::Relaxed) > 0;
         let (_, mda_seen) = gauge(&s.mda_user);
+        let mta = self.runner.mta_census();
+        let mta_seen = mta.is_some();
+        let mta = mta.unwrap_or_default();
+        let mta_gauge = |n: usize| (n.to_string(), mta_seen);
         let listed: Vec<(&str, (String, bool))> = vec![
             ("bounce.envelope", gauge(&s.bounce_envelope)),
             ("bounce.message", gauge(&s.bounce_message)),
@@ -213,6 +217,16 @@ impl Control {
                 "mda.user",
                 (self.runner.mda_users_busy().to_string(), mda_seen),
             ),
+            ("mta.connector", mta_gauge(mta.connector)),
+            ("mta.domain", mta_gauge(mta.domain)),
+            ("mta.envelope", mta_gauge(mta.envelope)),
+            ("mta.host", mta_gauge(mta.host)),
+            ("mta.relay", mta_gauge(mta.relay)),
+            ("mta.route", mta_gauge(mta.route)),
+            ("mta.session", mta_gauge(mta.session)),
+            ("mta.source", mta_gauge(mta.source)),
+            ("mta.task", mta_gauge(mta.task)),
+            ("mta.task.running", mta_gauge(mta.task_running)),
             ("queue.bounce", count(&s.bounces)),
             (
                 "queue.envelope.enqueued",

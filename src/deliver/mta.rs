@@ -209,6 +209,54 @@ pub struct Pool {
     /// When a session was last opened per connector, domain and source, for the
     /// `conn-delay-*` limits: kept after a route's sessions end, pruned past an hour.
     recent: Mutex<Recent>,
+    /// Envelopes and transactions being sent (`mta.envelope`, `mta.task.running`).
+    running: Mutex<(usize, usize)>,
+    /// Mail was handed to the pool once (its `mta.*` counters are then listed).
+    used: std::sync::atomic::AtomicBool,
+}
+
+/// The `show stats` gauges of the outbound side, as 6.8 names its objects: relays
+/// (destinations), connectors (a relay from one source), domains, sources, routes and
+/// hosts (remote addresses, as `show routes` and `show hosts` list them), sessions,
+/// envelopes waiting or being sent, tasks (a message's envelopes on one relay) and tasks
+/// being sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MtaCensus {
+    pub connector: usize,
+    pub domain: usize,
+    pub envelope: usize,
+    pub host: usize,
+    pub relay: usize,
+    pub route: usize,
+    pub session: usize,
+    pub source: usize,
+    pub task: usize,
+    pub task_running: usize,
+}
+
+/// A batch being sent, counted in [`Pool::census`] until dropped.
+struct Running<'a> {
+    pool: &'a Pool,
+    envelopes: usize,
+}
+
+impl<'a> Running<'a> {
+    fn new(pool: &'a Pool, envelopes: usize) -> Running<'a> {
+        if let Ok(mut r) = pool.running.lock() {
+            r.0 += envelopes;
+            r.1 += 1;
+        }
+        Running { pool, envelopes }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.pool.running.lock() {
+            r.0 = r.0.saturating_sub(self.envelopes);
+            r.1 = r.1.saturating_sub(1);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -396,7 +444,47 @@ impl Pool {
             hosts: HostLimiter::default(),
             blocks: Mutex::new(Vec::new()),
             recent: Mutex::new(Recent::default()),
+            running: Mutex::new((0, 0)),
+            used: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The outbound side's objects now ([`MtaCensus`]), or `None` before any mail was
+    /// handed to it.
+    pub fn census(&self) -> Option<MtaCensus> {
+        if !self.used.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let (running_envelopes, running_tasks) = self.running.lock().map_or((0, 0), |r| *r);
+        let mut c = MtaCensus {
+            envelope: running_envelopes,
+            task: running_tasks,
+            task_running: running_tasks,
+            ..MtaCensus::default()
+        };
+        if let Ok(routes) = self.routes.lock() {
+            let mut relays = std::collections::HashSet::new();
+            let mut domains = std::collections::HashSet::new();
+            let mut sources = std::collections::HashSet::new();
+            for (key, state) in routes.iter() {
+                relays.insert((&key.dispatcher, &key.url, &key.domain));
+                domains.insert(&state.spec.domain);
+                sources.insert(key.source);
+                c.session += state.workers;
+                c.envelope += state.queue.len();
+                let mut messages: Vec<Msgid> =
+                    state.queue.iter().map(|j| j.envelope.id.msgid()).collect();
+                messages.sort_unstable();
+                messages.dedup();
+                c.task += messages.len();
+            }
+            c.connector = routes.len();
+            c.relay = relays.len();
+            c.domain = domains.len();
+            c.source = sources.len();
+        }
+        (c.route, c.host) = self.relayer.route_census();
+        Some(c)
     }
 
     /// `smtpctl pause mta from ADDR for DOMAIN` (`on`) and `resume mta from ADDR for
@@ -523,6 +611,9 @@ impl Pool {
             return;
         };
         let mut touched: Vec<RouteKey> = Vec::new();
+        if !jobs.is_empty() {
+            self.used.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         for (key, spec, job) in jobs {
             let state = routes.entry(key.clone()).or_insert_with(|| RouteState {
                 spec: spec.clone(),
@@ -706,6 +797,7 @@ impl Pool {
                     continue;
                 }
             };
+            let running = Running::new(&self, batch.len());
             // A session for the batch. The worker's first one was allowed by `dispatch`;
             // a later one (after `session-mail-max`, or a lost session) waits for the
             // `conn-delay-*` spacings like any other.
@@ -803,6 +895,7 @@ impl Pool {
             for (i, result) in results.iter().enumerate() {
                 by.send(&mut replies, i, result);
             }
+            drop(running);
             if session
                 .as_ref()
                 .is_some_and(|s| !s.usable() || transactions >= spec.limits.session_mail_max)

@@ -1148,6 +1148,18 @@ impl Relayer {
         lines.into_iter().map(|(_, l)| l).collect()
     }
 
+    /// How many routes (source and remote address) and remote hosts are known now, as
+    /// `show routes` and `show hosts` list them (`mta.route`, `mta.host`).
+    pub fn route_census(&self) -> (usize, usize) {
+        let Ok(mut table) = self.routes.lock() else {
+            return (0, 0);
+        };
+        table.prune(Instant::now(), self.penalty_base);
+        let hosts: std::collections::BTreeSet<IpAddr> =
+            table.routes.keys().map(|(_, addr)| *addr).collect();
+        (table.routes.len(), hosts.len())
+    }
+
     /// `smtpctl show hosts`: per remote address of the routes, `ADDR NAME refcount=N
     /// nconn=N lastconn=DELAY` (NAME is its PTR name, `-` until known; refcount the routes
     /// to it and, as 6.8 counts the relay's list of hosts too, one more; lastconn the time

@@ -1435,6 +1435,11 @@ impl Runner {
             .unwrap_or((0, 0))
     }
 
+    /// The outbound side's objects (`mta.*` of `show stats`), `None` before it was used.
+    pub fn mta_census(&self) -> Option<super::mta::MtaCensus> {
+        self.mta.census()
+    }
+
     /// The users with queued local deliveries waiting or running.
     pub fn mda_users_busy(&self) -> usize {
         self.mda_users
