@@ -505,6 +505,8 @@ struct Scenario<'a> {
     /// Files (name, text) of [`HOME_USER`]'s home, a directory of the run's own mounted on
     /// [`HOME_DIR`], all owned by that user.
     home: &'a [(&'a str, &'a str)],
+    /// More arguments for both daemons (`-T` trace categories).
+    flags: &'a [&'a str],
     /// A zone (`NAME TYPE VALUE` lines) the probe's DNS server answers from, on
     /// 127.0.0.1:53, with `/etc/resolv.conf` naming it; empty: no DNS server.
     dns: &'a str,
@@ -525,10 +527,14 @@ fn both_probed(scenario: &Scenario) -> Option<(Probed, Probed)> {
     std::fs::create_dir_all("/var/spool/smtpd").unwrap();
     let conf = conf_path.to_str().unwrap();
     let their_ctl = reference.with_file_name("smtpctl");
+    let their_args: Vec<&str> = [reference.to_str().unwrap(), "-d", "-f", conf]
+        .into_iter()
+        .chain(scenario.flags.iter().copied())
+        .collect();
     let theirs = dialogue_probe(
         &dir.join("opensmtpd"),
         &script_path,
-        &[reference.to_str().unwrap(), "-d", "-f", conf],
+        &their_args,
         true,
         scenario,
         their_ctl.to_str().unwrap(),
@@ -555,7 +561,10 @@ fn both_probed(scenario: &Scenario) -> Option<(Probed, Probed)> {
             conf,
             "--spool",
             spool.to_str().unwrap(),
-        ],
+        ]
+        .into_iter()
+        .chain(scenario.flags.iter().copied())
+        .collect::<Vec<&str>>(),
         false,
         scenario,
         &my_ctl,
@@ -1975,5 +1984,65 @@ fn sendmail_submissions_are_opensmtpds() {
         "{}",
         theirs.log
     );
+    assert_same(&theirs, &mine);
+}
+
+/// The `-T rules`, `-T expand` and `-T lookup` trace lines, measured against 6.8 on
+/// aliases, a virtual table with a catch-all and a user: the lines for each recipient
+/// must be the same.
+#[test]
+fn expansion_traces_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "traces",
+        conf: "table aliases { postmaster = root, list = \"nobody, root\", nested = list, \
+               err = \"error:550 5.1.1 list closed\" }\n\
+               table virt { \"list@virt.example\" = \"nobody, root\", \"@virt.example\" = nobody }\n\
+               table domains { \"virt.example\" }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"virt\" mbox virtual <virt>\n\
+               match from local for domain <domains> action \"virt\"\n\
+               match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nested@localhost>\n\
+                 RCPT TO:<err@localhost>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 RCPT TO:<list@virt.example>\n\
+                 RCPT TO:<anyone@virt.example>\n\
+                 RCPT TO:<x@elsewhere.example>\n\
+                 QUIT\n",
+        quiet: 2,
+        flags: &["-T", "rules", "-T", "expand", "-T", "lookup"],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    // In their order; the addresses of the expansion's objects are the machine's.
+    let pointer = regex::Regex::new(r"0x[0-9a-f]+").unwrap();
+    let traces = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| {
+                ["expand: ", "lookup: ", "rule #", "no rule matched"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .map(|l| pointer.replace_all(l, "0xPTR").into_owned())
+            .collect()
+    };
+    let their_traces = traces(&theirs.log);
+    assert!(
+        their_traces.len() > 100
+            && their_traces.contains(
+                &"lookup: match \"localhost\" as DOMAIN in table static:<localnames> -> true"
+                    .to_string()
+            ),
+        "{their_traces:#?}"
+    );
+    assert_eq!(traces(&mine.log), their_traces);
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        p.log = pointer.replace_all(&p.log, "0xPTR").into_owned();
+    }
     assert_same(&theirs, &mine);
 }
