@@ -2046,3 +2046,79 @@ fn expansion_traces_are_opensmtpds() {
     }
     assert_same(&theirs, &mine);
 }
+
+/// The `-T smtp` and `-T filters` trace lines, measured against 6.8 on a listener with a
+/// filter: the session's state changes, every line read and written, the message's lines
+/// as the filters hand them back (smtpd's own header lines first, leading dots still
+/// doubled, the final dot) and each filter decision, in order. Set aside: the session is
+/// named by its id where 6.8 prints a pointer (and the listener by its position),
+/// `250-PIPELINING`, `data-begin fd=` (smtpd passes no descriptor), and where the `smtp
+/// connected` line falls (smtpd's banner does not wait for the reverse lookup when no
+/// connect-phase filter needs it; compatibility.md §3.11).
+#[test]
+fn smtp_and_filter_traces_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "smtp traces",
+        conf: "table aliases { postmaster = root }\n\
+         filter \"from-junk\" phase mail-from match mail-from regex \"^junk@\" junk\n\
+         listen on lo filter \"from-junk\"\n\
+         action \"local\" mbox alias <aliases>\n\
+         match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<junk@client.example>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 NOOP\n\
+                 RSET\n\
+                 QUIT\n",
+        quiet: 2,
+        flags: &["-T", "smtp", "-T", "filters"],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let rules = [
+        (r"^smtp: (0x[0-9a-f]+|[0-9a-f]{16}):", "smtp: SID:"),
+        (r"^[0-9a-f]{16} filters ", "SID filters "),
+        (r"listener 0x[0-9a-f]+", "listener L"),
+        (r"fd=-?\d+", "fd=N"),
+    ]
+    .map(|(p, with)| (regex::Regex::new(p).unwrap(), with));
+    let traces = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| {
+                (l.starts_with("smtp: ") || l.starts_with("<<< ") || l.contains(" filters "))
+                    && !l.ends_with(": >>> 250-PIPELINING")
+            })
+            .map(|l| {
+                let l = rules.iter().fold(l.to_string(), |l, (re, with)| {
+                    re.replace(&l, *with).into_owned()
+                });
+                normalized(&l)
+            })
+            .collect()
+    };
+    let their_traces = traces(&theirs.log);
+    assert!(
+        their_traces.contains(&"<<< [MSG] X-Spam: Yes".to_string())
+            && their_traces.contains(&"<<< [MSG] ..leading dot".to_string())
+            && their_traces.len() > 60,
+        "{their_traces:#?}"
+    );
+    assert_eq!(traces(&mine.log), their_traces);
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        p.log = p
+            .log
+            .lines()
+            .filter(|l| !l.ends_with(": >>> 250-PIPELINING"))
+            .map(|l| {
+                rules.iter().fold(l.to_string(), |l, (re, with)| {
+                    re.replace(&l, *with).into_owned()
+                }) + "\n"
+            })
+            .collect();
+    }
+    assert_same(&theirs, &mine);
+}

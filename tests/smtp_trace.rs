@@ -78,6 +78,8 @@ fn a_session_traced_as_opensmtpd_traces_it() {
         "<<< [MSG] Subject: traced".to_string(),
         "<<< [MSG] ".to_string(),
         "<<< [MSG] hello".to_string(),
+        // As received: the final dot too (and leading dots still doubled).
+        "<<< [MSG] .".to_string(),
         "<<< [EOM]".to_string(),
         format!("smtp: {sid}: >>> 250 2.0.0 MSGID Message accepted for delivery"),
         format!("smtp: {sid}: STATE_BODY -> STATE_HELO"),

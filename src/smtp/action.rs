@@ -368,4 +368,7 @@ pub enum Event {
         /// Envelope id and address of each accepted recipient (`nrcpt` is their number).
         recipients: Vec<(EnvelopeId, Mailaddr)>,
     },
+    /// A `-T smtp` trace line to write after the events before it (the state change that
+    /// follows an accepted message's log lines in 6.8's trace).
+    Trace(String),
 }

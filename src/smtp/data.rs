@@ -52,6 +52,9 @@ pub struct DataReceiver {
     finished: bool,
     /// Lines are handed on as received (dot-stuffed), for data-line filters.
     raw: bool,
+    /// `-T smtp`: each line as received (still dot-stuffed), the final dot too, traced as
+    /// `<<< [MSG] LINE`, as 6.8 traces them.
+    trace: bool,
 }
 
 impl DataReceiver {
@@ -71,6 +74,7 @@ impl DataReceiver {
             too_big: false,
             finished: false,
             raw: false,
+            trace: false,
         }
     }
 
@@ -81,6 +85,12 @@ impl DataReceiver {
             raw: true,
             ..DataReceiver::with_line_limit(max_size, max_line)
         }
+    }
+
+    /// Traces each line as received (`-T smtp`).
+    pub fn traced(mut self, on: bool) -> DataReceiver {
+        self.trace = on;
+        self
     }
 
     /// Size counted so far: line length + 1 for every line except the final dot.
@@ -146,6 +156,10 @@ impl DataReceiver {
                 Some(t) => (t, true),
                 None => (&line[..], false),
             };
+            if self.trace {
+                let shown = text.split(|&b| b == 0).next().unwrap_or_default();
+                tracing::trace!(target: "smtp", "<<< [MSG] {}", String::from_utf8_lossy(shown));
+            }
             if crlf && self.after_crlf && text == b"." {
                 self.finished = true;
                 return Feed {

@@ -418,6 +418,7 @@ impl Conn {
                 crate::log::smtp_in::failed_command(sid, vis(command), result);
             }
             Event::BadInput { result } => info!("{sid} smtp bad-input result=\"{result}\""),
+            Event::Trace(line) => trace!(target: "smtp", "{line}"),
             Event::Authentication { user, result } => {
                 let outcome = match result {
                     super::action::AuthResult::Ok => "pass",
@@ -1005,7 +1006,8 @@ async fn read_proxy_header(
 }
 
 /// `-T smtp`: `smtp: SID: connected to listener 0xN [hostname=NAME, port=N, tag=TAG]`, with
-/// the listener's position in the configuration standing for OpenSMTPD's pointer.
+/// the listener's position in the configuration standing for OpenSMTPD's pointer, then the
+/// session's first state change.
 fn trace_connected(server: &Server, sid: SessionId, index: usize, l: &cfg::Listener, port: u16) {
     trace!(
         target: "smtp",
@@ -1014,6 +1016,7 @@ fn trace_connected(server: &Server, sid: SessionId, index: usize, l: &cfg::Liste
         l.hostname.as_deref().unwrap_or(&server.graph.config.hostname),
         l.tag.as_deref().unwrap_or("")
     );
+    trace!(target: "smtp", "smtp: {sid}: STATE_NEW -> STATE_CONNECTED");
 }
 
 /// The reverse lookup of a client whose banner did not wait for it.

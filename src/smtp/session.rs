@@ -181,9 +181,10 @@ impl Session {
             tx: None,
             last_command: Vec::new(),
             chunk: Vec::new(),
-            state: "STATE_NEW",
+            // `STATE_NEW -> STATE_CONNECTED` is traced by the server as the connection
+            // comes, before the reverse lookup, as 6.8 traces it.
+            state: "STATE_CONNECTED",
         };
-        s.enter("STATE_CONNECTED");
         let address = s.params.client.address.text();
         s.filter_phase(FilterPhase::Connect, address);
         s
@@ -331,6 +332,15 @@ impl Session {
     /// `-T smtp`: `smtp: SID: STATE_HELO -> STATE_BODY`, where OpenSMTPD changes state.
     fn enter(&mut self, state: &'static str) {
         tracing::trace!(target: "smtp", "smtp: {}: {} -> {}", self.params.id, self.state, state);
+        self.state = state;
+    }
+
+    /// [`Session::enter`], its trace line written after the events already pending.
+    fn enter_after_events(&mut self, state: &'static str) {
+        if crate::log::tracing("smtp") {
+            let line = format!("smtp: {}: {} -> {}", self.params.id, self.state, state);
+            self.event(Event::Trace(line));
+        }
         self.state = state;
     }
 
@@ -550,16 +560,7 @@ impl Session {
         let filtered = self.params.data_filtered;
         let chunk = &mut self.chunk;
         let mut lines = Vec::new();
-        // `-T smtp`: every message line (checked once per feed, not per line).
-        let trace = crate::log::tracing("smtp");
         let feed = receiver.feed(&self.input[self.start..], |line| {
-            if trace {
-                tracing::trace!(
-                    target: "smtp",
-                    "<<< [MSG] {}",
-                    String::from_utf8_lossy(line).trim_end_matches(['\r', '\n'])
-                );
-            }
             if filtered {
                 lines.extend_from_slice(line);
                 lines.push(b'\n');
@@ -576,7 +577,7 @@ impl Session {
                 self.actions.push_back(Action::FilterData(lines));
             }
             if feed.outcome == DataOutcome::End {
-                tracing::trace!(target: "smtp", "<<< [EOM]");
+                // `<<< [EOM]` is traced once the filters handed the message back.
                 self.event(Event::ClientLine(".".into()));
                 self.mode = Mode::Command;
                 self.ask(Waiting::FilteredData, Question::FilteredData);
@@ -1142,17 +1143,29 @@ impl Session {
             masquerade_from,
         });
         let limits = self.params.limits;
+        let trace = crate::log::tracing("smtp");
         if let Some(tx) = self.tx.as_mut() {
             tx.writer = Some(writer);
-            tx.receiver = Some(if filtered {
-                DataReceiver::raw(limits.max_message_size, limits.max_line)
-            } else {
-                DataReceiver::with_line_limit(limits.max_message_size, limits.max_line)
-            });
+            tx.receiver = Some(
+                if filtered {
+                    DataReceiver::raw(limits.max_message_size, limits.max_line)
+                } else {
+                    DataReceiver::with_line_limit(limits.max_message_size, limits.max_line)
+                }
+                // With data-line filters, the lines are traced as they come back.
+                .traced(trace && !filtered),
+            );
         }
         self.chunk.extend_from_slice(prelude.as_bytes());
         self.mode = Mode::Data;
         self.enter("STATE_BODY");
+        // On a filtered listener 6.8 traces the message as its filters hand it back,
+        // smtpd's own lines first.
+        if trace && self.params.filtered {
+            for line in prelude.lines() {
+                tracing::trace!(target: "smtp", "<<< [MSG] {line}");
+            }
+        }
     }
 
     /// The message came back from the data-line filters: it is read as if the client had
@@ -1175,7 +1188,8 @@ impl Session {
         // A client's message that was already too big keeps its receiver, which refuses it
         // at the commit.
         if !too_big {
-            let mut rx = DataReceiver::with_line_limit(limits.max_message_size, limits.max_line);
+            let mut rx = DataReceiver::with_line_limit(limits.max_message_size, limits.max_line)
+                .traced(crate::log::tracing("smtp"));
             let Some(writer) = tx.writer.as_mut() else {
                 return;
             };
@@ -1187,6 +1201,9 @@ impl Session {
                     writer.line(line, chunk);
                 }
             });
+            if feed.outcome == DataOutcome::End {
+                tracing::trace!(target: "smtp", "<<< [EOM]");
+            }
             if feed.outcome == DataOutcome::LineTooLong {
                 self.chunk.clear();
                 self.reply(Reply::line_too_long());
@@ -1290,7 +1307,8 @@ impl Session {
                         .collect(),
                 });
                 self.mails += 1;
-                self.enter("STATE_HELO");
+                // 6.8 logs the message and its envelopes before this state change.
+                self.enter_after_events("STATE_HELO");
             }
             CommitVerdict::Refuse(r) => {
                 self.reply(r);
