@@ -1762,8 +1762,9 @@ fn reverse_dns_filters_and_rules_are_opensmtpds() {
 /// `backup mx NAME` (only the MX hosts preferred to NAME), `backup` where this host is the
 /// best MX, `host` with `smtp+notls://`, `helo` and `mail-from`, and `domain <mapping>`
 /// with `src` and `helo-src` for a mapped and an unmapped domain. The dialogue, what the
-/// next hop is sent (and from which address), the log lines, `show queue` and `show
-/// stats` (the `mta.*` gauges among them) must be the same.
+/// next hop is sent (and from which address), the log lines, the `-T mta` trace lines of
+/// each session, `show queue` and `show stats` (the `mta.*` gauges among them) must be the
+/// same.
 #[test]
 fn relay_options_are_opensmtpds() {
     let transactions: String = ["far", "self", "smart", "routed", "unmapped"]
@@ -1796,6 +1797,7 @@ fn relay_options_are_opensmtpds() {
         script: &script,
         sink: Some("127.0.0.2:25"),
         quiet: 5,
+        flags: &["-T", "mta"],
         commands: "show queue;show stats",
         dns: "far.example MX 10 mx1.far.example\n\
               far.example MX 20 mx2.far.example\n\
@@ -1820,11 +1822,51 @@ fn relay_options_are_opensmtpds() {
     );
     assert_eq!(sink_seen(&mine.talk), their_sink);
     assert_eq!(ctl_seen(&mine.talk), ctl_seen(&theirs.talk));
+    let their_traces = mta_traces(&theirs.log);
+    assert!(
+        their_traces.len() == 3
+            && their_traces.iter().any(|t| {
+                t.contains("\n>>> [...309 bytes...]\nMTA_BODY -> MTA_BODY\nend-of-file\n")
+            }),
+        "{their_traces:#?}"
+    );
+    assert_eq!(mta_traces(&mine.log), their_traces);
     let (mut theirs, mut mine) = (theirs, mine);
     for p in [&mut theirs, &mut mine] {
         p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+        p.log = p
+            .log
+            .lines()
+            .filter(|l| !l.starts_with("mta: "))
+            .map(|l| format!("{l}\n"))
+            .collect();
     }
     assert_same(&theirs, &mine);
+}
+
+/// The `-T mta` lines of each outbound session, its name (6.8: a pointer) left out, the
+/// sessions sorted (they run side by side). Left out too: `MTA_READY -> MTA_READY`, which
+/// 6.8 traces each time an idle session looks for more mail (how often depends on
+/// timing).
+fn mta_traces(log: &str) -> Vec<String> {
+    let mut sessions: Vec<(String, String)> = Vec::new();
+    for line in log.lines() {
+        let Some((session, rest)) = line.strip_prefix("mta: ").and_then(|l| l.split_once(": "))
+        else {
+            continue;
+        };
+        if rest == "MTA_READY -> MTA_READY" {
+            continue;
+        }
+        let rest = normalized(rest) + "\n";
+        match sessions.iter_mut().find(|(s, _)| s == session) {
+            Some((_, text)) => text.push_str(&rest),
+            None => sessions.push((session.to_string(), rest)),
+        }
+    }
+    let mut texts: Vec<String> = sessions.into_iter().map(|(_, t)| t).collect();
+    texts.sort();
+    texts
 }
 
 /// Listener options and match criteria, measured against 6.8: a listener with `hostname`,

@@ -230,6 +230,34 @@ struct OutReportSetup {
     chains: std::collections::HashMap<String, Vec<String>>,
 }
 
+/// How 6.8 queues a message body (lines as sent) for its connection: rounds that each take
+/// lines until 64 KiB wait (the last round ends at the end of the file, and may take
+/// nothing). The bytes of each round.
+fn body_rounds(body: &[u8]) -> Vec<usize> {
+    const HIWAT: usize = 65535;
+    let mut lines = body.split_inclusive(|&b| b == b'\n').map(<[u8]>::len);
+    let mut rounds = Vec::new();
+    // Bounded: each round but the last takes at least one line.
+    for _ in 0..=body.len() {
+        let mut queued = 0;
+        let mut eof = false;
+        while queued < HIWAT {
+            match lines.next() {
+                Some(n) => queued += n,
+                None => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        rounds.push(queued);
+        if eof {
+            break;
+        }
+    }
+    rounds
+}
+
 /// A route: from a source address (`None`: any) to a remote address.
 type RouteKey = (Option<IpAddr>, IpAddr);
 type SharedRoutes = Arc<std::sync::Mutex<RouteTable>>;
@@ -456,6 +484,22 @@ impl Conn {
     fn enter(&mut self, state: &'static str) {
         tracing::trace!(target: "mta", "mta: {}: {} -> {}", self.tag, self.state, state);
         self.state = state;
+    }
+
+    /// `-T mta` for a message body, as 6.8 traces sending it: it queues lines until 64 KiB
+    /// are waiting (`>>> [...N bytes...]`), and each time the connection has taken them it
+    /// enters `MTA_BODY` again, until the end of the file (`end-of-file`).
+    fn trace_body(&mut self, body: &[u8]) {
+        if !crate::log::tracing("mta") {
+            return;
+        }
+        for queued in body_rounds(body) {
+            if queued > 0 {
+                tracing::trace!(target: "mta", "mta: {}: >>> [...{queued} bytes...]", self.tag);
+            }
+            self.enter("MTA_BODY");
+        }
+        tracing::trace!(target: "mta", "mta: {}: end-of-file", self.tag);
     }
 
     async fn read_line(&mut self) -> Result<String, String> {
@@ -995,6 +1039,7 @@ impl Session {
         // ends, leading dots doubled), the final dot aside.
         let (body, _dot) = payload.split_at(payload.len().saturating_sub(3));
         let size = body.len();
+        self.conn.trace_body(body);
         if let Err(e) = self.conn.send(body).await {
             let why = self.broke(e);
             return finish(results, &why);
@@ -2076,6 +2121,20 @@ pub fn mail_from(over: Option<&str>, sender: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn body_is_queued_in_64k_rounds_as_6_8_does() {
+        // One round, then the end of the file.
+        assert_eq!(body_rounds(b"a\r\n..b\r\n"), vec![8]);
+        // Three 30,002-byte lines: the first round stops once 64 KiB wait (after the
+        // third); the next finds the end of the file at once.
+        let line = [vec![b'x'; 30000], b"\r\n".to_vec()].concat();
+        let body = line.repeat(3);
+        assert_eq!(body_rounds(&body), vec![90006, 0]);
+        // Five: 90,006, then the two left.
+        assert_eq!(body_rounds(&line.repeat(5)), vec![90006, 60004]);
+        assert_eq!(body_rounds(b""), vec![0]);
+    }
     #[test]
     fn routes_are_written_as_opensmtpd_writes_them() {
         let v4: IpAddr = "192.0.2.25".parse().unwrap();
