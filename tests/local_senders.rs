@@ -13,7 +13,7 @@ use local_support::*;
 #[test]
 fn senders_masquerade_and_received_auth() {
     if Command::new("python3").arg("-V").output().is_err() {
-        eprintln!("python3 missing: skipped");
+        local_support::common::skip("python3 missing: senders test not run");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

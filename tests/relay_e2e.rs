@@ -372,7 +372,7 @@ async fn mail_follows_the_mx_records_to_port_25() {
     let sink = match Sink::default().start("127.0.0.23:25").await {
         Ok((s, _)) => s,
         Err(e) => {
-            println!("skipped: cannot bind 127.0.0.23:25: {e}");
+            common::skip(&format!("cannot bind 127.0.0.23:25: {e}"));
             return;
         }
     };

@@ -186,7 +186,9 @@ fn a_thousand_slow_clients_do_not_hold_up_an_ordinary_one() {
     let want = 8192.min(hard);
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).unwrap();
     if want < 2200 {
-        eprintln!("skipped: the open-file limit ({hard}) is too low for 1,000 clients");
+        common::skip(&format!(
+            "the open-file limit ({hard}) is too low for 1,000 clients"
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
