@@ -2259,3 +2259,59 @@ fn srs_senders_are_opensmtpds() {
     }
     assert_same(&theirs, &mine);
 }
+
+/// smtpctl's control commands, measured against 6.8: the state of the agents (`show
+/// status`) as `pause`/`resume` of `mda`, `mta` and `smtp` change it, pausing twice,
+/// `log verbose`/`log brief`, `trace`/`untrace`, `profile`/`unprofile`, `update table` of
+/// a file table, and unknown commands and tables. What each prints and its exit status,
+/// and the log lines, must be the same.
+#[test]
+fn smtpctl_control_commands_are_opensmtpds() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        files.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let aliases = files.path().join("aliases");
+    std::fs::write(&aliases, "postmaster: root\n").unwrap();
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "smtpctl control",
+        conf: &format!(
+            "table aliases file:{}\n\
+             listen on lo\n\
+             action \"local\" mbox alias <aliases>\n\
+             match from local for local action \"local\"\n",
+            aliases.display()
+        ),
+        script: "EHLO c.example\nQUIT\n",
+        quiet: 2,
+        commands: "show status;pause mda;pause mda;pause mta;pause smtp;show status;\
+                   resume mda;resume mta;resume smtp;resume smtp;show status;\
+                   log verbose;log brief;trace expand;untrace expand;trace nosuch;\
+                   profile queue;unprofile queue;update table aliases;update table nosuch;\
+                   show nosuch;pause nosuch",
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let their_ctl = ctl_seen(&theirs.talk);
+    assert!(
+        their_ctl.contains("== ctl show status\nMDA paused\nMTA paused\nSMTP paused\n"),
+        "{their_ctl}"
+    );
+    assert_eq!(ctl_seen(&mine.talk), their_ctl);
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        without_ctl(p);
+        // While `log verbose` is on, 6.8 logs its processes' own messages
+        // (`debug: control -> client: pipe closed`).
+        p.log = p
+            .log
+            .lines()
+            .filter(|l| !l.starts_with("debug: "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    assert_same(&theirs, &mine);
+}

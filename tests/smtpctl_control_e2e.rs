@@ -152,8 +152,13 @@ fn queue_status_schedule_pause_resume() {
         msg.contains("Subject: ctl\n") && msg.ends_with("\nhello\n"),
         "{msg}"
     );
+    // A message id where an envelope id goes: not a command (OpenSMTPD's parser).
     let bad = smtpctl(&spool, &["show", "envelope", &f[0][..8]]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(255));
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr),
+        "possibilities are:\nshow envelope <evpid>\n"
+    );
 
     // Abbreviations, as smtpctl allows them.
     let s = smtpctl(&spool, &["sh", "statu"]);
@@ -179,7 +184,8 @@ fn queue_status_schedule_pause_resume() {
     assert!(d.log().contains("info: mda resumed"), "{}", d.log());
     let r = smtpctl(&spool, &["resume", "mda"]);
     assert_eq!(r.status.code(), Some(1));
-    assert_eq!(stdout(&r), "command failed: mda is already running\n");
+    // As 6.8 says it: no reason given.
+    assert_eq!(stdout(&r), "command failed\n");
 
     let r = smtpctl(&spool, &["pause", "mta"]);
     assert_eq!(stdout(&r), "command succeeded\n");
@@ -237,7 +243,11 @@ fn remove_log_and_trace() {
     let r = smtpctl(&spool, &["trace", "nonsense"]);
     assert_eq!(r.status.code(), Some(1));
     let r = smtpctl(&spool, &["schedule", "nothex"]);
-    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(r.status.code(), Some(255));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stderr),
+        "possibilities are:\nschedule <msgid>\nschedule <evpid>\nschedule all\n"
+    );
 }
 
 #[test]
@@ -329,7 +339,7 @@ fn pause_and_resume_smtp() {
         "MDA running\nMTA running\nSMTP paused\n"
     );
     let r = smtpctl(&spool, &["pause", "smtp"]);
-    assert_eq!(stdout(&r), "command failed: smtp is already paused\n");
+    assert_eq!(stdout(&r), "command failed\n");
     // The socket stays bound: the connection waits in the backlog, unanswered.
     let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert_eq!(
@@ -420,22 +430,18 @@ fn update_table_rereads_a_file_table() {
     assert!(rcpt("new.test").starts_with("550 "), "removed again");
 
     let out = smtpctl(&spool, &["update", "table", "nope"]);
-    assert_eq!(stdout(&out), "command failed: no table named \"nope\"\n");
+    assert_eq!(stdout(&out), "command failed\n");
     assert_eq!(out.status.code(), Some(1));
+    assert!(d.wait_log("warn: Lookup table not found: \"nope\"", 10));
     let out = smtpctl(&spool, &["update", "table", "users"]);
-    assert_eq!(
-        stdout(&out),
-        "command failed: table \"users\" is not read from a file\n"
-    );
+    assert_eq!(stdout(&out), "command failed\n");
     assert!(d.wait_log("info: Failed to update table \"users\"", 10));
+    assert!(d.wait_log("is not read from a file", 10));
     // A file that cannot be read leaves the table as it was.
     std::fs::remove_file(&domains).unwrap();
     let out = smtpctl(&spool, &["update", "table", "domains"]);
-    assert!(
-        stdout(&out).starts_with("command failed: "),
-        "{}",
-        stdout(&out)
-    );
+    assert_eq!(stdout(&out), "command failed\n");
+    assert!(d.wait_log("info: Failed to update table \"domains\"", 10));
     assert!(rcpt("mx.test").starts_with("250 "));
     d.stop();
 }

@@ -108,7 +108,12 @@ fn unknown_commands_list_the_possibilities() {
             && err.contains("\nshow\n"),
         "{err}"
     );
+    // No command at all: the same list, as OpenSMTPD's smtpctl gives it.
     let out = smtpctl(&[], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("usage: smtpctl "));
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "possibilities are:\ndiscover\npause\nresume\nshow\nlog\nmonitor\nprofile\n\
+         remove\nschedule\ntrace\nunprofile\nuntrace\nupdate\nencrypt\nspf\n"
+    );
 }

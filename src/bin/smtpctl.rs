@@ -20,263 +20,177 @@ use smtpd::table::credentials;
 const USAGE: &str =
     "usage: smtpctl [-s socket | --spool dir] [--resolv-conf file] command [argument ...]";
 
-/// A word the command line may abbreviate, and the words that may follow it.
-struct Word {
-    name: &'static str,
-    next: Next,
-}
-
-/// What follows a word.
-enum Next {
-    /// The command is complete.
-    End,
-    /// One of these words.
-    Words(&'static [Word]),
-    /// A free argument (an id, a trace category), named for the error text.
-    Argument(&'static str),
-    /// The command may end here, or go on with one of these words.
-    EndOr(&'static [Word]),
-    /// A free argument, then one of these words.
-    ArgumentThen(&'static str, &'static [Word]),
-}
-
-const ENVELOPE: Word = Word {
-    name: "envelope",
-    next: Next::Argument("<evpid>|<msgid>|all"),
-};
-const MDA: Word = Word {
-    name: "mda",
-    next: Next::End,
-};
-/// `pause|resume mta from <addr> for <domain>`.
-const MTA: Word = Word {
-    name: "mta",
-    next: Next::EndOr(&[Word {
-        name: "from",
-        next: Next::ArgumentThen(
-            "<addr>",
-            &[Word {
-                name: "for",
-                next: Next::Argument("<domain>"),
-            }],
-        ),
-    }]),
-};
-const SMTP: Word = Word {
-    name: "smtp",
-    next: Next::End,
-};
-
-/// What `pause` takes.
-const AGENTS: &[Word] = &[ENVELOPE, MDA, MTA, SMTP];
-
-/// What `resume` takes: the agents of `pause`, and a route.
-const RESUMABLE: &[Word] = &[
-    ENVELOPE,
-    MDA,
-    MTA,
-    Word {
-        name: "route",
-        next: Next::Argument("<routeid>"),
-    },
-    SMTP,
+/// The commands, in the order OpenSMTPD 6.8's smtpctl installs them: `possibilities are:`
+/// lists the words valid at a position in this order. A word in angle brackets takes an
+/// argument of that kind.
+const PATTERNS: &[&str] = &[
+    "discover <evpid>",
+    "discover <msgid>",
+    "pause mta from <addr> for <str>",
+    "resume mta from <addr> for <str>",
+    "show mta paused",
+    "log brief",
+    "log verbose",
+    "monitor",
+    "pause envelope <evpid>",
+    "pause envelope <msgid>",
+    "pause envelope all",
+    "pause mda",
+    "pause mta",
+    "pause smtp",
+    "profile <str>",
+    "remove <evpid>",
+    "remove <msgid>",
+    "remove all",
+    "resume envelope <evpid>",
+    "resume envelope <msgid>",
+    "resume envelope all",
+    "resume mda",
+    "resume mta",
+    "resume route <routeid>",
+    "resume smtp",
+    "schedule <msgid>",
+    "schedule <evpid>",
+    "schedule all",
+    "show envelope <evpid>",
+    "show hoststats",
+    "show message <msgid>",
+    "show message <evpid>",
+    "show queue",
+    "show queue <msgid>",
+    "show hosts",
+    "show relays",
+    "show routes",
+    "show stats",
+    "show status",
+    "trace <str>",
+    "unprofile <str>",
+    "untrace <str>",
+    "update table <str>",
+    "encrypt",
+    "encrypt <str>",
+    "spf walk",
 ];
 
-const COMMANDS: &[Word] = &[
-    Word {
-        name: "encrypt",
-        next: Next::End,
-    },
-    Word {
-        name: "discover",
-        next: Next::Argument("<evpid>|<msgid>"),
-    },
-    Word {
-        name: "log",
-        next: Next::Words(&[
-            Word {
-                name: "brief",
-                next: Next::End,
-            },
-            Word {
-                name: "verbose",
-                next: Next::End,
-            },
-        ]),
-    },
-    Word {
-        name: "monitor",
-        next: Next::End,
-    },
-    Word {
-        name: "pause",
-        next: Next::Words(AGENTS),
-    },
-    Word {
-        name: "profile",
-        next: Next::Argument("<str>"),
-    },
-    Word {
-        name: "remove",
-        next: Next::Argument("<evpid>|<msgid>|all"),
-    },
-    Word {
-        name: "resume",
-        next: Next::Words(RESUMABLE),
-    },
-    Word {
-        name: "schedule",
-        next: Next::Argument("<evpid>|<msgid>|all"),
-    },
-    Word {
-        name: "show",
-        next: Next::Words(&[
-            Word {
-                name: "envelope",
-                next: Next::Argument("<evpid>"),
-            },
-            Word {
-                name: "hosts",
-                next: Next::End,
-            },
-            Word {
-                name: "hoststats",
-                next: Next::End,
-            },
-            Word {
-                name: "message",
-                next: Next::Argument("<evpid>|<msgid>"),
-            },
-            Word {
-                name: "mta",
-                next: Next::Words(&[Word {
-                    name: "paused",
-                    next: Next::End,
-                }]),
-            },
-            Word {
-                name: "queue",
-                next: Next::End,
-            },
-            Word {
-                name: "relays",
-                next: Next::End,
-            },
-            Word {
-                name: "routes",
-                next: Next::End,
-            },
-            Word {
-                name: "stats",
-                next: Next::End,
-            },
-            Word {
-                name: "status",
-                next: Next::End,
-            },
-        ]),
-    },
-    Word {
-        name: "spf",
-        next: Next::Words(&[Word {
-            name: "walk",
-            next: Next::End,
-        }]),
-    },
-    Word {
-        name: "trace",
-        next: Next::Argument("<category>"),
-    },
-    Word {
-        name: "untrace",
-        next: Next::Argument("<category>"),
-    },
-    Word {
-        name: "unprofile",
-        next: Next::Argument("<str>"),
-    },
-    Word {
-        name: "update",
-        next: Next::Words(&[Word {
-            name: "table",
-            next: Next::Argument("<name>"),
-        }]),
-    },
-];
+/// One word of the command tree.
+struct Node {
+    token: &'static str,
+    children: Vec<usize>,
+    /// A command ends here.
+    command: bool,
+}
 
-/// OpenSMTPD's answer to a word that matches nothing (or several things): the valid
-/// words at that position, exit status 255.
-fn possibilities(words: &[Word]) -> ExitCode {
-    eprintln!("possibilities are:");
-    for w in words {
-        eprintln!("{}", w.name);
+/// The tree of [`PATTERNS`] (node 0 is the root).
+fn command_tree() -> Vec<Node> {
+    let mut nodes = vec![Node {
+        token: "",
+        children: Vec::new(),
+        command: false,
+    }];
+    for pattern in PATTERNS {
+        let mut at = 0;
+        for token in pattern.split(' ') {
+            let found = nodes[at]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| nodes[c].token == token);
+            at = match found {
+                Some(c) => c,
+                None => {
+                    nodes.push(Node {
+                        token,
+                        children: Vec::new(),
+                        command: false,
+                    });
+                    let new = nodes.len() - 1;
+                    nodes[at].children.push(new);
+                    new
+                }
+            };
+        }
+        nodes[at].command = true;
     }
-    ExitCode::from(255)
+    nodes
 }
 
-/// Resolve abbreviations into the canonical words; `Err` carries the exit code.
+/// Whether `arg` is a word of the node `token` (a keyword itself, or an argument of its
+/// kind), as OpenSMTPD's parser checks it.
+fn accepts(token: &str, arg: &str) -> bool {
+    let hex = |len: usize| {
+        arg.len() == len
+            && u64::from_str_radix(arg, 16).is_ok_and(|v| v != 0 && (len != 8 || v <= 0xffff_ffff))
+    };
+    match token {
+        "<str>" => true,
+        "<evpid>" => hex(16),
+        "<msgid>" => hex(8),
+        "<routeid>" => arg.parse::<i64>().is_ok_and(|n| n >= 1),
+        "<addr>" => arg
+            .split_once('%')
+            .map_or(arg, |(a, _)| a)
+            .parse::<std::net::IpAddr>()
+            .is_ok(),
+        keyword => keyword == arg,
+    }
+}
+
+/// Resolve the command line as OpenSMTPD's smtpctl does: each word is the first word of
+/// the tree it is (or whose kind it has), else the only keyword it begins; the canonical
+/// words (keywords spelled out, arguments as given). `Err` carries the exit code after
+/// OpenSMTPD's message: `possibilities are:` and the valid continuations, or `invalid
+/// command` where none is, status 255.
 fn resolve(args: &[String]) -> Result<Vec<String>, ExitCode> {
+    let tree = command_tree();
+    let mut at = 0;
+    let mut path: Vec<&str> = Vec::new();
     let mut out = Vec::new();
-    let mut level = COMMANDS;
-    let mut i = 0;
-    loop {
-        let Some(given) = args.get(i) else {
-            return Err(possibilities(level));
-        };
-        let exact = level.iter().find(|w| w.name == given);
-        let matches: Vec<&Word> = level
+    let mut failed = false;
+    for arg in args {
+        let node = &tree[at];
+        let exact = node
+            .children
             .iter()
-            .filter(|w| !given.is_empty() && w.name.starts_with(given.as_str()))
-            .collect();
-        let word = match (exact, matches.as_slice()) {
-            (Some(w), _) => w,
-            (None, [w]) => *w,
-            _ => return Err(possibilities(level)),
+            .copied()
+            .find(|&c| accepts(tree[c].token, arg));
+        let chosen = exact.or_else(|| {
+            let mut prefixed = node.children.iter().copied().filter(|&c| {
+                let t = tree[c].token;
+                !t.starts_with('<') && t.starts_with(arg.as_str())
+            });
+            match (prefixed.next(), prefixed.next()) {
+                (Some(c), None) => Some(c),
+                _ => None,
+            }
+        });
+        let Some(c) = chosen else {
+            failed = true;
+            break;
         };
-        out.push(word.name.to_string());
-        i += 1;
-        match &word.next {
-            Next::End => {
-                if word.name == "encrypt" {
-                    // Its optional argument is free text.
-                    out.extend(args[i..].iter().cloned());
-                    return Ok(out);
-                }
-                if i < args.len() {
-                    eprintln!("smtpctl: too many arguments");
-                    eprintln!("{USAGE}");
-                    return Err(ExitCode::from(1));
-                }
-                return Ok(out);
-            }
-            Next::Words(next) => level = next,
-            Next::EndOr(next) => {
-                if i == args.len() {
-                    return Ok(out);
-                }
-                level = next;
-            }
-            Next::ArgumentThen(what, next) => {
-                let Some(arg) = args.get(i) else {
-                    eprintln!("smtpctl: {} needs one argument: {what}", word.name);
-                    eprintln!("{USAGE}");
-                    return Err(ExitCode::from(1));
-                };
-                out.push(arg.clone());
-                i += 1;
-                level = next;
-            }
-            Next::Argument(what) => {
-                let (Some(arg), true) = (args.get(i), args.len() == i + 1) else {
-                    eprintln!("smtpctl: {} needs one argument: {what}", word.name);
-                    eprintln!("{USAGE}");
-                    return Err(ExitCode::from(1));
-                };
-                out.push(arg.clone());
-                return Ok(out);
-            }
+        at = c;
+        let token = tree[c].token;
+        path.push(token);
+        out.push(if token.starts_with('<') {
+            arg.clone()
+        } else {
+            token.to_string()
+        });
+    }
+    if !failed && tree[at].command {
+        return Ok(out);
+    }
+    let node = &tree[at];
+    if node.children.is_empty() {
+        eprintln!("invalid command");
+    } else {
+        eprintln!("possibilities are:");
+        for &c in &node.children {
+            let mut words = path.clone();
+            words.push(tree[c].token);
+            eprintln!("{}", words.join(" "));
         }
     }
+    Err(ExitCode::from(255))
 }
 
 fn exit_status(code: i32) -> ExitCode {
@@ -341,10 +255,6 @@ fn main() -> ExitCode {
         }
     }
     let rest = &args[i..];
-    if rest.is_empty() {
-        eprintln!("{USAGE}");
-        return ExitCode::from(1);
-    }
     if let Some(first) = rest.first() {
         let c = first.as_bytes();
         if !c.is_empty() && b"encrypt".starts_with(c) {
@@ -368,6 +278,14 @@ fn main() -> ExitCode {
     if canonical == ["spf", "walk"] {
         return spf_walk(&resolv_conf);
     }
+    // `show queue MSGID`: the queue's lines of that message.
+    let (canonical, only) = match canonical.as_slice() {
+        [show, queue, msgid] if show == "show" && queue == "queue" => (
+            vec![show.clone(), queue.clone()],
+            Some(msgid.to_ascii_lowercase()),
+        ),
+        _ => (canonical, None),
+    };
     let request = match Request::parse(&canonical.join(" ")) {
         Ok(r) => r,
         Err(e) => {
@@ -378,7 +296,14 @@ fn main() -> ExitCode {
     let socket = socket.unwrap_or_else(|| smtpd::control::socket_path(spool.as_deref()));
     match ask(&socket, &request) {
         Ok(reply) => {
-            print!("{}", reply.text);
+            match &only {
+                Some(msgid) => reply
+                    .text
+                    .lines()
+                    .filter(|l| l.starts_with(msgid.as_str()))
+                    .for_each(|l| println!("{l}")),
+                None => print!("{}", reply.text),
+            }
             let _ = std::io::stdout().flush();
             if reply.ok {
                 ExitCode::SUCCESS
@@ -386,7 +311,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Err(_) if request == Request::ShowQueue => offline_queue(spool),
+        Err(_) if request == Request::ShowQueue => offline_queue(spool, only.as_deref()),
         Err(_) => {
             eprintln!("smtpctl: smtpd doesn't seem to be running");
             ExitCode::from(1)
@@ -482,7 +407,7 @@ fn ask(socket: &std::path::Path, request: &Request) -> std::io::Result<Reply> {
 /// `show queue` without a daemon: the envelopes on disk, state `offline`. An envelope
 /// sealed by `queue encryption` cannot be read without the daemon's key: as 6.8, a
 /// warning for each one (`offline encrypted queue is not supported yet`) and the others.
-fn offline_queue(spool: Option<PathBuf>) -> ExitCode {
+fn offline_queue(spool: Option<PathBuf>, only: Option<&str>) -> ExitCode {
     let root = spool.unwrap_or_else(|| PathBuf::from(smtpd::queue::DEFAULT_SPOOL));
     match smtpd::queue::Spool::offline_envelopes(&root) {
         Ok((mut list, unreadable)) => {
@@ -501,7 +426,10 @@ fn offline_queue(spool: Option<PathBuf>) -> ExitCode {
             list.sort_by_key(|e| e.id);
             let mut out = std::io::stdout().lock();
             for e in &list {
-                let _ = writeln!(out, "{}", smtpd::control::show::queue_line(e, None, 0));
+                let line = smtpd::control::show::queue_line(e, None, 0);
+                if only.is_none_or(|m| line.starts_with(m)) {
+                    let _ = writeln!(out, "{line}");
+                }
             }
             ExitCode::SUCCESS
         }

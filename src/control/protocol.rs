@@ -202,7 +202,7 @@ impl Request {
             ["log", "brief"] => Request::LogVerbose(false),
             [verb @ ("trace" | "untrace"), cat] => {
                 let Some(c) = crate::log::trace_category(cat) else {
-                    return Err(BadRequest(format!("unknown trace flag \"{cat}\"")));
+                    return Err(BadRequest(format!("invalid trace keyword: {cat}")));
                 };
                 Request::Trace(c.to_string(), *verb == "trace")
             }
@@ -401,7 +401,7 @@ mod tests {
         );
         assert_eq!(
             Request::parse("trace nonsense").unwrap_err().0,
-            "unknown trace flag \"nonsense\""
+            "invalid trace keyword: nonsense"
         );
         assert!(Request::parse("").is_err());
         assert!(Request::parse("show envelope 1a2b3c4d").is_err());

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::gate::SmtpGate;
 use super::protocol::{Agent, Reply, Request, envelopes_text};
@@ -157,6 +157,10 @@ impl Control {
                 ))
             }
             Request::UpdateTable(name) => {
+                if !self.runner.graph().has_table(&name) {
+                    warn!("warn: Lookup table not found: \"{name}\"");
+                    return Reply::failed(None);
+                }
                 let graph = self.runner.graph().clone();
                 let table = name.clone();
                 let outcome = tokio::task::spawn_blocking(move || graph.update_table(&table))
@@ -170,7 +174,7 @@ impl Control {
                     Err(why) => {
                         info!("info: Failed to update table \"{name}\"");
                         warn!("warn: update table {name}: {why}");
-                        Reply::failed(Some(&why))
+                        Reply::failed(None)
                     }
                 }
             }
@@ -284,7 +288,9 @@ impl Control {
         let name = agent.as_str();
         if was == pause {
             let state = if pause { "paused" } else { "running" };
-            return Reply::failed(Some(&format!("{name} is already {state}")));
+            // 6.8 says no more than that.
+            debug!("debug: {name} is already {state}");
+            return Reply::failed(None);
         }
         match agent {
             Agent::Mda => self.runner.set_paused(DeliveryKind::Mda, pause),

@@ -148,6 +148,14 @@ impl RuleGraph {
         }
     }
 
+    /// Whether the configuration names a table `name` (`smtpctl update table`).
+    pub fn has_table(&self, name: &str) -> bool {
+        self.config
+            .tables
+            .iter()
+            .any(|t| t.name == name && !t.anonymous)
+    }
+
     /// `smtpctl update table NAME`: re-reads a `file:` or `db:` table and puts the new
     /// entries in effect for every lookup that starts afterwards, or has an external
     /// table's program re-read its configuration (`UPDATE`). Returns the number of
