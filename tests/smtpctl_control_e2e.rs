@@ -695,3 +695,39 @@ fn stats_count_the_outbound_side() {
     d.stop();
     next_hop.join().unwrap();
 }
+
+/// A client that is neither root nor smtpd's own user is refused as OpenSMTPD refuses it:
+/// `smtpctl: need root privileges` on standard error, status 1.
+#[test]
+fn other_users_need_root_privileges() {
+    if !nix::unistd::Uid::effective().is_root() {
+        common::skip("not root: another user's smtpctl cannot be run");
+        return;
+    }
+    let (dir, _vmail, conf) = setup();
+    let (d, _port) = start(dir.path(), &conf, &[]);
+    let spool = dir.path().join("spool");
+    let out = {
+        use std::os::unix::process::CommandExt;
+        Command::new(env!("CARGO_BIN_EXE_smtpctl"))
+            .arg("--spool")
+            .arg(&spool)
+            .args(["show", "status"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "smtpctl: need root privileges\n"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(out.status.code(), Some(1));
+    // Root is served.
+    assert_eq!(
+        stdout(&smtpctl(&spool, &["show", "status"])),
+        "MDA running\nMTA running\nSMTP running\n"
+    );
+    d.stop();
+}

@@ -295,6 +295,10 @@ fn main() -> ExitCode {
     };
     let socket = socket.unwrap_or_else(|| smtpd::control::socket_path(spool.as_deref()));
     match ask(&socket, &request) {
+        Ok(reply) if reply.is_need_root() => {
+            eprintln!("smtpctl: need root privileges");
+            ExitCode::from(1)
+        }
         Ok(reply) => {
             match &only {
                 Some(msgid) => reply

@@ -149,6 +149,9 @@ fn source_address(word: &str) -> Result<std::net::IpAddr, BadRequest> {
         .map_err(|_| BadRequest(format!("invalid address: {}", word.escape_debug())))
 }
 
+/// Why a client that is neither root nor smtpd's user is refused.
+const NEED_ROOT: &str = "need root privileges";
+
 impl Request {
     /// Parse canonical words (as [`Request::line`] writes them).
     pub fn parse(line: &str) -> Result<Request, BadRequest> {
@@ -291,6 +294,17 @@ impl Reply {
     /// OpenSMTPD's `command succeeded`.
     pub fn succeeded() -> Reply {
         Reply::ok("command succeeded\n")
+    }
+
+    /// The refusal of a client that is neither root nor smtpd's own user; smtpctl prints
+    /// it as OpenSMTPD's does: `smtpctl: need root privileges`, status 1.
+    pub fn need_root() -> Reply {
+        Reply::failed(Some(NEED_ROOT))
+    }
+
+    /// Whether this is [`Reply::need_root`].
+    pub fn is_need_root(&self) -> bool {
+        !self.ok && *self == Reply::need_root()
     }
 
     /// OpenSMTPD's `command failed` or `command failed: REASON`.

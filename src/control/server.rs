@@ -317,12 +317,15 @@ impl Control {
             Ok(c) => c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
             Err(_) => false,
         };
-        if !allowed {
-            return Reply::failed(Some("need root privileges"));
-        }
+        // The request is read before anyone is refused: closing a socket with unread data
+        // resets it, and the client would read a reset instead of the refusal.
         let mut line = String::new();
         let mut reader = BufReader::new(stream.take(super::protocol::MAX_REQUEST as u64));
-        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+        if !allowed {
+            return Reply::need_root();
+        }
+        match read {
             Ok(Ok(n)) if n > 0 && line.ends_with('\n') => {}
             _ => return Reply::failed(Some("incomplete request")),
         }
