@@ -2315,3 +2315,58 @@ fn smtpctl_control_commands_are_opensmtpds() {
     }
     assert_same(&theirs, &mine);
 }
+
+/// Format specifiers of an `mda` command, measured against 6.8: every token (`sender`,
+/// `rcpt`, `dest`, `user.*`, `mbox.from`, with their `.user`/`.domain` parts), modifiers
+/// (`lowercase`, `uppercase`, `strip`, `raw`), ranges (`[1]`, `[0:2]`, `[-3:]`), `%%`, the
+/// escaping of shell characters, a null sender, and a range past the end (the delivery
+/// fails for good). Each recipient's command writes its own file. The replies, the log
+/// lines and the files must be the same.
+#[test]
+fn mda_format_specifiers_are_opensmtpds() {
+    // No shell quotes in the command: 6.8 hands it to its mail.mda inside double quotes
+    // (compatibility.md).
+    let fmt = "%{sender},%{sender.user},%{sender.domain},%{mbox.from},%{rcpt},\
+               %{rcpt.user:lowercase},%{rcpt.domain:uppercase},%{rcpt.user:strip},\
+               %{rcpt.domain[0:2]},%{rcpt.domain[-3:]},%{rcpt.user[1]},%{dest},\
+               %{dest.user},%{user.username},%{user.directory},%%,%{rcpt:raw}";
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "mda format",
+        conf: &format!(
+            "table aliases {{ postmaster = root, ali = nobody }}\n\
+             listen on lo\n\
+             action \"fmt\" mda \"echo {fmt} > /var/mail/fmt-%{{rcpt.user}}\" alias <aliases>\n\
+             action \"badfmt\" mda \"echo %{{rcpt.user[99]}} > /var/mail/bad\"\n\
+             match from local rcpt-to regex \"^nobody\\+bad@\" action \"badfmt\"\n\
+             match from local for local action \"fmt\"\n"
+        ),
+        script: "EHLO c.example\n\
+                 MAIL FROM:<Some.One@Client.Example>\n\
+                 RCPT TO:<nobody+Tag@localhost>\n\
+                 RCPT TO:<nobody+t?g@localhost>\n\
+                 RCPT TO:<NoBody@LocalHost>\n\
+                 RCPT TO:<ali@localhost>\n\
+                 RCPT TO:<nobody+bad@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 MAIL FROM:<>\n\
+                 RCPT TO:<nobody+null@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n",
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.mail.contains("--- fmt-nobody+Tag\n"),
+        "{}",
+        theirs.mail
+    );
+    let mut theirs = theirs;
+    without_their_own_mbox(&mut theirs);
+    let mut mine = mine;
+    with_reports_normalized(&mut theirs, &mut mine);
+    assert_same(&theirs, &mine);
+}

@@ -104,6 +104,35 @@ pub fn run(cmd: &MdaCommand, input: impl Read) -> Outcome {
         }
     };
 
+    // The message goes through a pipe, as OpenSMTPD feeds it. What fits in the pipe is
+    // written before the program starts: a program that exits without reading a message
+    // that fits (a notification script) has taken it, whatever the timing; one that leaves
+    // part of a larger message unread "exited prematurely".
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::failure(EX_OSERR, format!("pipe: {}", strerror(&io::Error::from(e))));
+        }
+    };
+    let stdin = File::from(write_end);
+    if nix::fcntl::fcntl(
+        stdin.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .is_err()
+    {
+        return Outcome::failure(EX_OSERR, "fcntl: cannot make the pipe non-blocking");
+    }
+    let mut input = input;
+    let mut pending = Pending::new();
+    if pending.fill(&stdin, &mut input).is_err() {
+        return Outcome {
+            exit: Exit::Killed("Error reading body".into()),
+            last_line: None,
+            premature: false,
+        };
+    }
+
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
@@ -111,7 +140,7 @@ pub fn run(cmd: &MdaCommand, input: impl Read) -> Outcome {
         .env_clear()
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .current_dir(start_directory(&cmd.home))
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(read_end))
         .stdout(out)
         .stderr(err);
     let alarm_secs = u32::try_from(cmd.timeout.as_secs().max(1)).unwrap_or(u32::MAX);
@@ -139,10 +168,10 @@ pub fn run(cmd: &MdaCommand, input: impl Read) -> Outcome {
         Err(e) => return Outcome::failure(EX_OSERR, format!("fork: {}", strerror(&e))),
     };
 
-    let fed = match child.stdin.take() {
-        Some(stdin) => feed(stdin, input, &mut child),
-        None => Feed::Complete,
-    };
+    // `command` holds the read end until it is dropped: only the program may keep it, or
+    // its exit would not be seen as the pipe's end.
+    drop(command);
+    let fed = feed(stdin, input, pending, &mut child);
     if fed == Feed::ReadError {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(child.id() as i32),
@@ -205,24 +234,67 @@ enum Feed {
     ReadError,
 }
 
-/// Writes `input` to the program without ever blocking on it: a program
+/// Message bytes read and not yet written to the pipe.
+struct Pending {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The whole message was read.
+    done: bool,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            buf: vec![0u8; 64 * 1024],
+            start: 0,
+            end: 0,
+            done: false,
+        }
+    }
+
+    /// Writes what the pipe takes now, without blocking. `Err(ReadError)` when the
+    /// message cannot be read.
+    fn fill(&mut self, mut pipe: &File, input: &mut impl Read) -> Result<(), Feed> {
+        loop {
+            if self.start == self.end {
+                match input.read(&mut self.buf) {
+                    Ok(0) => {
+                        self.done = true;
+                        return Ok(());
+                    }
+                    Ok(n) => (self.start, self.end) = (0, n),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(Feed::ReadError),
+                }
+            }
+            match pipe.write(&self.buf[self.start..self.end]) {
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Writes the rest of `input` to the program without ever blocking on it: a program
 /// that stops reading cannot hang the delivery past its own exit.
 fn feed(
-    mut stdin: std::process::ChildStdin,
+    mut stdin: File,
     mut input: impl Read,
+    pending: Pending,
     child: &mut std::process::Child,
 ) -> Feed {
     let fd = stdin.as_raw_fd();
-    if nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .is_err()
-    {
-        return Feed::Premature;
+    let Pending {
+        mut buf,
+        mut start,
+        mut end,
+        done,
+    } = pending;
+    if done && start == end {
+        return Feed::Complete;
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut start, mut end) = (0, 0);
     loop {
         if start == end {
             match input.read(&mut buf) {
@@ -440,6 +512,16 @@ mod tests {
             dead
         });
         assert!(gone, "sleep {pid} survived the timeout");
+    }
+
+    #[test]
+    fn a_message_that_fits_the_pipe_is_taken_even_unread() {
+        // A notification script that never reads its input: the message was in the
+        // pipe before it started, whatever the timing.
+        let small = vec![b'x'; 4 * 1024];
+        for _ in 0..20 {
+            assert_eq!(run(&command("exit 0"), &small[..]), Outcome::success());
+        }
     }
 
     #[test]
