@@ -2370,3 +2370,67 @@ fn mda_format_specifiers_are_opensmtpds() {
     with_reports_normalized(&mut theirs, &mut mine);
     assert_same(&theirs, &mine);
 }
+
+/// Local methods and address handling, measured against 6.8: `smtp sub-addr-delim "-"`,
+/// a virtual table with a catch-all delivered to maildirs as a `userbase` user,
+/// `forward-only` (mail accepted only when an alias sends it elsewhere; else `424 4.2.4`)
+/// and `expand-only` (accepted only when an alias sends it elsewhere; else `524 5.2.4`,
+/// even for an alias to a local user). The replies, what the next hop is sent, the log
+/// lines and the mailboxes must be the same.
+#[test]
+fn virtual_users_and_expansion_only_methods_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "methods",
+        conf: "smtp sub-addr-delim \"-\"\n\
+               table aliases { postmaster = root, fwd = \"someone@far.example\", loc = nobody }\n\
+               table virt { \"v@virt.example\" = \"vuser\", \"@virt.example\" = \"vuser\" }\n\
+               table users { vuser = \"65534:65534:/var/mail/vhome\" }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"virtual\" maildir \"/var/mail/v-%{user.username}-%{dest.user}\" virtual <virt> userbase <users>\n\
+               action \"fwdonly\" forward-only alias <aliases>\n\
+               action \"expandonly\" expand-only alias <aliases>\n\
+               action \"out\" relay host smtp://127.0.0.2:25\n\
+               match from local for domain \"virt.example\" action \"virtual\"\n\
+               match from local for domain \"fwd.example\" action \"fwdonly\"\n\
+               match from local for domain \"exp.example\" action \"expandonly\"\n\
+               match from local for local action \"local\"\n\
+               match from local for any action \"out\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nobody-tag@localhost>\n\
+                 RCPT TO:<v@virt.example>\n\
+                 RCPT TO:<other-x@virt.example>\n\
+                 RCPT TO:<fwd@fwd.example>\n\
+                 RCPT TO:<loc@fwd.example>\n\
+                 RCPT TO:<nobody@fwd.example>\n\
+                 RCPT TO:<loc@exp.example>\n\
+                 RCPT TO:<fwd@exp.example>\n\
+                 RCPT TO:<nobody@exp.example>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n",
+        sink: Some("127.0.0.2:25"),
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs
+            .talk
+            .contains("C: RCPT TO:<nobody@fwd.example>\nS: 424 4.2.4 ")
+            && theirs
+                .talk
+                .contains("C: RCPT TO:<loc@exp.example>\nS: 524 5.2.4 "),
+        "{}",
+        theirs.talk
+    );
+    assert_eq!(sink_seen(&mine.talk), sink_seen(&theirs.talk));
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+    }
+    without_their_own_mbox(&mut theirs);
+    assert_same(&theirs, &mine);
+}
