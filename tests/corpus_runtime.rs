@@ -2434,3 +2434,46 @@ fn virtual_users_and_expansion_only_methods_are_opensmtpds() {
     without_their_own_mbox(&mut theirs);
     assert_same(&theirs, &mine);
 }
+
+/// An `mda wrapper`, a tagged enqueue socket with `mask-src`, and `from socket` rules,
+/// measured against 6.8: mail to a wrapped `mda` action over SMTP, and sendmail's mail,
+/// which the socket's tag routes to a maildir. The replies, the log lines and the
+/// mailboxes (the socket's `Received:` line among them) must be the same.
+#[test]
+fn wrappers_and_the_enqueue_socket_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "wrapper",
+        conf: "table aliases { postmaster = root }\n\
+               mda wrapper \"wrap\" \"%{mda} > /var/mail/wrapped-%{rcpt.user}\"\n\
+               listen on socket tag LOCALSOCK mask-src\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               action \"w\" mda \"cat\" wrapper \"wrap\"\n\
+               action \"sock\" maildir \"/var/mail/sock-%{user.username}\"\n\
+               match from socket tag LOCALSOCK for local action \"sock\"\n\
+               match from local rcpt-to regex \"^nobody\\+w@\" action \"w\"\n\
+               match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<x@client.example>\n\
+                 RCPT TO:<nobody+w@localhost>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n\
+                 \n\
+                 <SENDMAIL:plain nobody>\n",
+        quiet: 3,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.mail.contains("--- wrapped-nobody+w\n")
+            && theirs.mail.contains("--- sock-nobody/new/MESSAGE\n"),
+        "{}",
+        theirs.mail
+    );
+    let mut theirs = theirs;
+    without_their_own_mbox(&mut theirs);
+    assert_same(&theirs, &mine);
+}
