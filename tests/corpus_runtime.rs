@@ -607,6 +607,36 @@ fn with_reports_normalized(theirs: &mut Probed, mine: &mut Probed) {
     }
 }
 
+/// [`assert_same`] on the dialogue without smtpctl's part (compared with [`ctl_seen`]),
+/// without the empty mailbox 6.8 makes for its own user, and with failure reports
+/// normalized ([`with_reports_normalized`]).
+fn assert_same_apart_from_ctl_and_reports(theirs: Probed, mine: Probed) {
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        without_ctl(p);
+    }
+    without_their_own_mbox(&mut theirs);
+    with_reports_normalized(&mut theirs, &mut mine);
+    assert_same(&theirs, &mine);
+}
+
+/// A temporary directory others may read (the daemons' users read files in it).
+fn readable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+/// Leaves the next hop's and smtpctl's parts out of the transcript (compared with
+/// [`sink_seen`] and [`ctl_seen`]).
+fn without_sink_and_ctl(p: &mut Probed) {
+    p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+}
+
 /// Leaves smtpctl's part out of the transcript (compared with [`ctl_seen`]).
 fn without_ctl(p: &mut Probed) {
     p.talk = p
@@ -960,12 +990,7 @@ fn maildir_junk_and_refused_reports_are_opensmtpds() {
 /// (the file and what the command wrote among them) must be the same.
 #[test]
 fn alias_and_virtual_expansion_is_opensmtpds() {
-    let files = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        files.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let files = readable_tempdir();
     let include = files.path().join("team");
     std::fs::write(&include, "# the team\nnobody\n\nroot, postmaster\n").unwrap();
     let Some((theirs, mine)) = both_probed(&Scenario {
@@ -1126,16 +1151,8 @@ fn failed_local_deliveries_and_their_reports_are_opensmtpds() {
         "{}",
         theirs.mail
     );
-    // The dialogue apart from smtpctl's part, compared above; and the empty mailbox 6.8
-    // creates for its own user (see the expansion comparison).
-    let mut theirs = theirs;
-    let mut mine = mine;
-    for p in [&mut theirs, &mut mine] {
-        without_ctl(p);
-    }
-    without_their_own_mbox(&mut theirs);
-    with_reports_normalized(&mut theirs, &mut mine);
-    assert_same(&theirs, &mine);
+    // The dialogue apart from smtpctl's part, compared above.
+    assert_same_apart_from_ctl_and_reports(theirs, mine);
 }
 
 /// What a message becomes, measured against 6.8: no header at all, bare LFs, 8-bit text
@@ -1427,12 +1444,7 @@ for line in sys.stdin:
 /// dialogue, log lines and mailbox.
 #[test]
 fn filter_programs_see_what_opensmtpd_sends_them() {
-    let files = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        files.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let files = readable_tempdir();
     let program = files.path().join("recording-filter");
     std::fs::write(&program, RECORDING_FILTER).unwrap();
     std::fs::set_permissions(
@@ -1524,12 +1536,7 @@ fn filter_programs_see_what_opensmtpd_sends_them() {
 /// Writes [`RECORDING_FILTER`] into a directory of its own (kept as long as the returned
 /// handle) and gives its path.
 fn recording_filter() -> (tempfile::TempDir, PathBuf) {
-    let files = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        files.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let files = readable_tempdir();
     let program = files.path().join("recording-filter");
     std::fs::write(&program, RECORDING_FILTER).unwrap();
     std::fs::set_permissions(
@@ -1677,7 +1684,7 @@ fn mx_relaying_is_opensmtpds() {
     // The failure report's size depends on its random MIME boundary.
     let size = regex::Regex::new(r"size=\d+ (nrcpt=1 proto=ESMTP)").unwrap();
     for p in [&mut theirs, &mut mine] {
-        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+        without_sink_and_ctl(p);
         p.log = size.replace_all(&p.log, "size=N $1").into_owned();
     }
     assert_same(&theirs, &mine);
@@ -1842,7 +1849,7 @@ fn relay_options_are_opensmtpds() {
     assert_eq!(mta_traces(&mine.log), their_traces);
     let (mut theirs, mut mine) = (theirs, mine);
     for p in [&mut theirs, &mut mine] {
-        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+        without_sink_and_ctl(p);
         p.log = p
             .log
             .lines()
@@ -2000,14 +2007,7 @@ fn delay_notices_are_opensmtpds() {
         "{}",
         theirs.mail
     );
-    let mut theirs = theirs;
-    let mut mine = mine;
-    for p in [&mut theirs, &mut mine] {
-        without_ctl(p);
-    }
-    without_their_own_mbox(&mut theirs);
-    with_reports_normalized(&mut theirs, &mut mine);
-    assert_same(&theirs, &mine);
+    assert_same_apart_from_ctl_and_reports(theirs, mine);
 }
 
 /// Local submission with sendmail, measured against 6.8 (its sendmail is its smtpctl):
@@ -2255,7 +2255,7 @@ fn srs_senders_are_opensmtpds() {
     let errno = regex::Regex::new(r"(?m)^(SRS failed to decode: \S+): .*$").unwrap();
     theirs.log = errno.replace_all(&theirs.log, "$1").into_owned();
     for p in [&mut theirs, &mut mine] {
-        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+        without_sink_and_ctl(p);
     }
     assert_same(&theirs, &mine);
 }
@@ -2267,12 +2267,7 @@ fn srs_senders_are_opensmtpds() {
 /// and the log lines, must be the same.
 #[test]
 fn smtpctl_control_commands_are_opensmtpds() {
-    let files = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        files.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let files = readable_tempdir();
     let aliases = files.path().join("aliases");
     std::fs::write(&aliases, "postmaster: root\n").unwrap();
     let Some((theirs, mine)) = both_probed(&Scenario {
@@ -2429,7 +2424,7 @@ fn virtual_users_and_expansion_only_methods_are_opensmtpds() {
     assert_eq!(sink_seen(&mine.talk), sink_seen(&theirs.talk));
     let (mut theirs, mut mine) = (theirs, mine);
     for p in [&mut theirs, &mut mine] {
-        p.talk = p.talk.split("== ").next().unwrap_or_default().to_string();
+        without_sink_and_ctl(p);
     }
     without_their_own_mbox(&mut theirs);
     assert_same(&theirs, &mine);
