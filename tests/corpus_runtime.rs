@@ -2472,3 +2472,63 @@ fn wrappers_and_the_enqueue_socket_are_opensmtpds() {
     without_their_own_mbox(&mut theirs);
     assert_same(&theirs, &mine);
 }
+
+/// Expiry, measured against 6.8: an action with `ttl 12s` whose delivery asks to be tried
+/// again (`exit 75`), tried at once and 10 s later, expires at 12 s: `delivery: Expire for
+/// … stat=Envelope expired`, a report to the sender, and `show stats` counts it. The log
+/// lines, `show queue` (empty) and `show stats` must be the same. The report itself is
+/// not compared: 6.8 sends a `delayed` notice with `4.4.7` on expiry, smtpd a `failed`
+/// report with `5.4.7`, as OpenSMTPD after 6.8 does (compatibility.md).
+#[test]
+fn expiry_by_action_ttl_is_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "expiry",
+        conf: "table aliases { postmaster = root, \
+               later = \"|/bin/sh -c 'echo busy >&2; exit 75'\" }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases> ttl 12s\n\
+               match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<nobody@localhost>\n\
+                 RCPT TO:<later@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 QUIT\n\
+                 \n\
+                 <SLEEP:15>\n\
+                 QUIT\n",
+        quiet: 3,
+        commands: "show queue;show stats",
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(
+        theirs.log.contains(", delay=12s, stat=Envelope expired\n"),
+        "{}",
+        theirs.log
+    );
+    let their_ctl = ctl_seen(&theirs.talk);
+    assert!(
+        their_ctl.contains("== ctl show queue\n<exit 0>\n")
+            && their_ctl.contains("\nscheduler.envelope.expired=1\n"),
+        "{their_ctl}"
+    );
+    assert_eq!(ctl_seen(&mine.talk), their_ctl);
+    assert!(
+        theirs
+            .mail
+            .contains("Subject: Delivery status notification: delayed\n")
+            && mine
+                .mail
+                .contains("Subject: Delivery status notification: failed\n"),
+        "{}\n{}",
+        theirs.mail,
+        mine.mail
+    );
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        p.mail.clear();
+    }
+    assert_same_apart_from_ctl_and_reports(theirs, mine);
+}

@@ -198,7 +198,7 @@ impl Runner {
         };
         let mut scheduler = Scheduler::new(config);
         for e in recovered {
-            scheduler.insert(ScheduleEntry::from_envelope(e));
+            scheduler.insert(schedule_entry(cfg, e));
         }
         let agent = DeliveryAgent::new().with_subaddress_delimiter(cfg.smtp.sub_addr_delim);
         let limit = |key: &str, default: usize| {
@@ -245,7 +245,7 @@ impl Runner {
             .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
         if let Ok(mut s) = self.scheduler.lock() {
             for e in envelopes {
-                s.insert(ScheduleEntry::from_envelope(e));
+                s.insert(schedule_entry(&self.graph.config, e));
             }
         }
         self.wake.notify_one();
@@ -1326,7 +1326,7 @@ impl Runner {
                 continue;
             };
             if let Ok(mut s) = self.scheduler.lock()
-                && s.insert(ScheduleEntry::from_envelope(&e))
+                && s.insert(schedule_entry(&self.graph.config, &e))
             {
                 found += 1;
             }
@@ -1476,6 +1476,19 @@ fn queue_target(t: &crate::expand::Target) -> Target {
             ..Default::default()
         }),
     }
+}
+
+/// The scheduling facts of `e`, its lifetime the `ttl` of its action when the envelope has
+/// none of its own (reports have theirs), else `queue ttl`: OpenSMTPD takes the action's
+/// at scheduling time too, and keeps 0 in the envelope.
+fn schedule_entry(cfg: &crate::config::model::Config, e: &Envelope) -> ScheduleEntry {
+    let mut entry = ScheduleEntry::from_envelope(e);
+    if entry.ttl == 0
+        && let Some(ttl) = cfg.action_named(&e.dispatcher).and_then(|a| a.ttl.as_ref())
+    {
+        entry.ttl = ttl.seconds;
+    }
+    entry
 }
 
 /// Opens the local SMTP session a report is submitted over, as 6.8 submits its reports
