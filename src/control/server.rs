@@ -19,6 +19,7 @@ use super::protocol::{Agent, Reply, Request, envelopes_text};
 use super::show;
 use crate::deliver::runner::Runner;
 use crate::queue::DeliveryKind;
+use crate::rules::UpdateError;
 use crate::smtp::server::SMTP_STATS;
 
 /// How long a client may take to send its request.
@@ -157,21 +158,21 @@ impl Control {
                 ))
             }
             Request::UpdateTable(name) => {
-                if !self.runner.graph().has_table(&name) {
-                    warn!("warn: Lookup table not found: \"{name}\"");
-                    return Reply::failed(None);
-                }
                 let graph = self.runner.graph().clone();
                 let table = name.clone();
                 let outcome = tokio::task::spawn_blocking(move || graph.update_table(&table))
                     .await
-                    .unwrap_or_else(|_| Err("update task failed".into()));
+                    .unwrap_or_else(|_| Err(UpdateError::Failed("update task failed".into())));
                 match outcome {
                     Ok(_) => {
                         info!("info: Table \"{name}\" successfully updated");
                         Reply::succeeded()
                     }
-                    Err(why) => {
+                    Err(UpdateError::NoSuchTable) => {
+                        warn!("warn: Lookup table not found: \"{name}\"");
+                        Reply::failed(None)
+                    }
+                    Err(UpdateError::Failed(why)) => {
                         info!("info: Failed to update table \"{name}\"");
                         warn!("warn: update table {name}: {why}");
                         Reply::failed(None)

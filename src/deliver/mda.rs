@@ -125,7 +125,7 @@ pub fn run(cmd: &MdaCommand, input: impl Read) -> Outcome {
     }
     let mut input = input;
     let mut pending = Pending::new();
-    if pending.fill(&stdin, &mut input).is_err() {
+    if pending.fill(&stdin, &mut input) == Fill::ReadError {
         return Outcome {
             exit: Exit::Killed("Error reading body".into()),
             last_line: None,
@@ -239,8 +239,19 @@ struct Pending {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The whole message was read.
-    done: bool,
+}
+
+/// How far [`Pending::fill`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// The whole message is in the pipe.
+    Done,
+    /// The pipe takes no more for now.
+    Full,
+    /// The pipe is gone: nobody reads it any more.
+    Broken,
+    /// The message could not be read.
+    ReadError,
 }
 
 impl Pending {
@@ -249,29 +260,25 @@ impl Pending {
             buf: vec![0u8; 64 * 1024],
             start: 0,
             end: 0,
-            done: false,
         }
     }
 
-    /// Writes what the pipe takes now, without blocking. `Err(ReadError)` when the
-    /// message cannot be read.
-    fn fill(&mut self, mut pipe: &File, input: &mut impl Read) -> Result<(), Feed> {
+    /// Writes what the (non-blocking) pipe takes now.
+    fn fill(&mut self, mut pipe: &File, input: &mut impl Read) -> Fill {
         loop {
             if self.start == self.end {
                 match input.read(&mut self.buf) {
-                    Ok(0) => {
-                        self.done = true;
-                        return Ok(());
-                    }
+                    Ok(0) => return Fill::Done,
                     Ok(n) => (self.start, self.end) = (0, n),
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => return Err(Feed::ReadError),
+                    Err(_) => return Fill::ReadError,
                 }
             }
             match pipe.write(&self.buf[self.start..self.end]) {
                 Ok(n) => self.start += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Fill::Full,
+                Err(_) => return Fill::Broken,
             }
         }
     }
@@ -280,40 +287,22 @@ impl Pending {
 /// Writes the rest of `input` to the program without ever blocking on it: a program
 /// that stops reading cannot hang the delivery past its own exit.
 fn feed(
-    mut stdin: File,
+    stdin: File,
     mut input: impl Read,
-    pending: Pending,
+    mut pending: Pending,
     child: &mut std::process::Child,
 ) -> Feed {
-    let fd = stdin.as_raw_fd();
-    let Pending {
-        mut buf,
-        mut start,
-        mut end,
-        done,
-    } = pending;
-    if done && start == end {
-        return Feed::Complete;
-    }
     loop {
-        if start == end {
-            match input.read(&mut buf) {
-                Ok(0) => return Feed::Complete,
-                Ok(n) => (start, end) = (0, n),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return Feed::ReadError,
-            }
-        }
-        match stdin.write(&buf[start..end]) {
-            Ok(n) => start += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+        match pending.fill(&stdin, &mut input) {
+            Fill::Done => return Feed::Complete,
+            Fill::ReadError => return Feed::ReadError,
+            Fill::Broken => return Feed::Premature,
+            Fill::Full => {
                 if !matches!(child.try_wait(), Ok(None)) {
                     return Feed::Premature;
                 }
-                wait_writable(fd, 200);
+                wait_writable(stdin.as_raw_fd(), 200);
             }
-            Err(_) => return Feed::Premature,
         }
     }
 }

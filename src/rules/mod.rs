@@ -64,6 +64,15 @@ pub(crate) enum Service {
     Auth,
 }
 
+/// Why `smtpctl update table` did not update a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateError {
+    /// The configuration names no such table (6.8: `Lookup table not found`).
+    NoSuchTable,
+    /// The table could not be re-read, and keeps its entries: why.
+    Failed(String),
+}
+
 impl RuleGraph {
     /// Does `subject` match the table as `service` does (or as a regex table)? `None` when
     /// an external table could not answer. Traced (`-T lookup`) as 6.8 traces every match
@@ -148,28 +157,25 @@ impl RuleGraph {
         }
     }
 
-    /// Whether the configuration names a table `name` (`smtpctl update table`).
-    pub fn has_table(&self, name: &str) -> bool {
-        self.config
-            .tables
-            .iter()
-            .any(|t| t.name == name && !t.anonymous)
-    }
-
     /// `smtpctl update table NAME`: re-reads a `file:` or `db:` table and puts the new
     /// entries in effect for every lookup that starts afterwards, or has an external
     /// table's program re-read its configuration (`UPDATE`). Returns the number of
     /// entries (0 for an external table). The table keeps its kind: a list that became a mapping (or the reverse)
     /// is refused, since the configuration was checked against the kind it had.
-    pub fn update_table(&self, name: &str) -> Result<usize, String> {
+    pub fn update_table(&self, name: &str) -> Result<usize, UpdateError> {
         let Some(id) = self
             .config
             .tables
             .iter()
             .position(|t| t.name == name && !t.anonymous)
         else {
-            return Err(format!("no table named \"{name}\""));
+            return Err(UpdateError::NoSuchTable);
         };
+        self.reload_table(id, name).map_err(UpdateError::Failed)
+    }
+
+    /// Re-reads table `id` (named `name`) for [`RuleGraph::update_table`].
+    fn reload_table(&self, id: usize, name: &str) -> Result<usize, String> {
         let old = &self.config.tables[id];
         let compiled = self.table(TableId(id));
         if compiled.is_external() {

@@ -331,17 +331,22 @@ impl Session {
 
     /// `-T smtp`: `smtp: SID: STATE_HELO -> STATE_BODY`, where OpenSMTPD changes state.
     fn enter(&mut self, state: &'static str) {
-        tracing::trace!(target: "smtp", "smtp: {}: {} -> {}", self.params.id, self.state, state);
+        tracing::trace!(target: "smtp", "{}", self.state_change(state));
         self.state = state;
     }
 
     /// [`Session::enter`], its trace line written after the events already pending.
     fn enter_after_events(&mut self, state: &'static str) {
         if crate::log::tracing("smtp") {
-            let line = format!("smtp: {}: {} -> {}", self.params.id, self.state, state);
+            let line = self.state_change(state);
             self.event(Event::Trace(line));
         }
         self.state = state;
+    }
+
+    /// The `-T smtp` line of a change to `state`.
+    fn state_change(&self, state: &str) -> String {
+        format!("smtp: {}: {} -> {}", self.params.id, self.state, state)
     }
 
     fn send(&mut self, bytes: Vec<u8>) {
