@@ -11,13 +11,19 @@
 #   smtp-sink  127.0.0.1:2543  (no disk: the protocol ceiling)
 # each accepting mail for bench.test and delivering it to one maildir user (uid 2000 for
 # smtpd and OpenSMTPD, user pfbench for Postfix), then drives them interleaved with
-# Postfix's smtp-source through ../shared/bench/run_matrix.sh (throughput.py: a message is
+# Postfix's smtp-source through bench/matrix_keep.sh (throughput.py: a message is
 # delivered when its file is in the maildir) and prints the median table of
 # summarize.py, the delivered-rate ratios smtpd/OpenSMTPD and smtpd/Postfix per cell,
 # and the disk's raw durable-commit rate (fsync_rate.py, 1 and 16 writers).
-# KEEP_MAIL=1 runs bench/matrix_keep.sh instead: delivered mail is set aside between runs
-# rather than deleted (see there why that matters on ext4 without a journal).
-# Environment: BENCH_DIR (default /tmp/smtpd-bench, on the disk under test), REPEAT
+# The mail of the measured sequence is kept: before each run every maildir's new/ is set
+# aside (renamed) rather than emptied, and all of it is deleted at the end, after the
+# fsync_rate.py figures, or at the start of the next call. On ext4 without a journal every
+# file created in the minutes after a deletion scans the freed inodes, so deleting 2,000
+# files before each run measures the file system's scan more than the servers (see
+# bench/matrix_keep.sh and docs/benchmarks.md). Start a call after some minutes without
+# mass deletions on the disk. DELETE_MAIL=1 drives them through ../shared/bench/
+# run_matrix.sh as shipped instead, which deletes each maildir's mail before every run.
+# Environment: DELETE_MAIL (above), BENCH_DIR (default /tmp/smtpd-bench, on the disk under test), REPEAT
 # (default 2), N_SMALL/N_LARGE (messages per cell, default 2000/500), PF_ROOT (default
 # $HOME/pf; fetched with get_smtp_tools.sh when missing). Every run is bounded by
 # run_matrix.sh's RUN_TIMEOUT, and every server is stopped at the end.
@@ -73,11 +79,13 @@ opensmtpd 127.0.0.1:2541 $dir/os/Maildir     $(cat "$dir/os/pid")  bench@bench.t
 postfix   127.0.0.1:2542 $dir/pfhome/Maildir $(cat "$dir/pf/pid")  pfbench@bench.test
 smtp-sink 127.0.0.1:2543 -                   $(cat "$dir/sink/pid") bench@bench.test
 T
-if [ "${KEEP_MAIL:-0}" = 1 ]; then
+if [ "${DELETE_MAIL:-0}" = 1 ]; then
+    echo "mode: run_matrix.sh (each maildir's mail deleted before every run)"
+    "$shared/run_matrix.sh" "$dir/targets.txt" "$dir/results.jsonl" "$sizes" "$concs" 2> "$dir/matrix.log"
+else
+    echo "mode: bench/matrix_keep.sh (delivered mail set aside before every run, deleted at the end)"
     SHARED="$shared" "$root/bench/matrix_keep.sh" "$dir/targets.txt" "$dir/results.jsonl" \
         "$sizes" "$concs" 2> "$dir/matrix.log"
-else
-    "$shared/run_matrix.sh" "$dir/targets.txt" "$dir/results.jsonl" "$sizes" "$concs" 2> "$dir/matrix.log"
 fi
 stop_all
 trap - EXIT
@@ -107,4 +115,7 @@ echo
 for w in 1 16; do
     python3 "$shared/fsync_rate.py" "$dir/fsync" -n 1000 --writers $w --dirsync | tail -n 1
 done
+# The measured sequence is over: its mail (kept, or set aside) goes now, with any earlier
+# call's work directory.
+find "$dir" -path '*/Maildir/new.aside.*' -prune -exec rm -rf {} + 2>/dev/null || true
 rm -rf "$dir".old.*
