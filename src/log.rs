@@ -46,6 +46,10 @@ static SETTINGS: Settings = Settings {
     traces: RwLock::new(BTreeSet::new()),
 };
 
+/// Whether any trace category is on: the queue and the scheduler ask on every message,
+/// and with no `-T` that question costs one load instead of a lock.
+static ANY_TRACE: AtomicBool = AtomicBool::new(false);
+
 /// Canonical trace category for a `-T` name (aliases folded), `None` if unknown.
 pub fn trace_category(name: &str) -> Option<&'static str> {
     Some(match name {
@@ -90,16 +94,34 @@ pub fn set_trace(category: &str, on: bool) {
         } else {
             t.remove(category);
         }
+        ANY_TRACE.store(!t.is_empty(), Ordering::Relaxed);
     }
 }
 
 /// Is the trace category on?
 pub fn tracing(category: &str) -> bool {
-    SETTINGS
-        .traces
-        .read()
-        .map(|t| t.contains(category) || t.contains("all"))
-        .unwrap_or(false)
+    ANY_TRACE.load(Ordering::Relaxed)
+        && SETTINGS
+            .traces
+            .read()
+            .map(|t| t.contains(category) || t.contains("all"))
+            .unwrap_or(false)
+}
+
+/// 6.8's `-T queue` lines, one per queue operation: `queue-backend: OPERATION -> RESULT`.
+/// The words are made only when the category is on.
+pub fn queue_trace(words: impl FnOnce() -> String) {
+    if tracing("queue") {
+        tracing::trace!(target: "queue", "queue-backend: {}", words());
+    }
+}
+
+/// 6.8's `-T scheduler` lines: `scheduler: WHAT` (inserting, committing, deleting,
+/// updating an envelope or a message, pausing and resuming an agent).
+pub fn scheduler_trace(words: impl FnOnce() -> String) {
+    if tracing("scheduler") {
+        tracing::trace!(target: "scheduler", "scheduler: {}", words());
+    }
 }
 
 /// What is being profiled (`-T profile-imsg|profile-queue`, `smtpctl profile imsg|queue`).

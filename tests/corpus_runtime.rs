@@ -2534,3 +2534,130 @@ fn expiry_by_action_ttl_is_opensmtpds() {
     }
     assert_same_apart_from_ctl_and_reports(theirs, mine);
 }
+
+/// The `-T queue` and `-T scheduler` lines, measured against 6.8: a message with one
+/// recipient delivered and one deferred, a transaction rolled back, `smtpctl pause mda`,
+/// `resume mda` and `remove all` (the deferred envelope). 6.8 prints them from two processes, so each process's lines are compared
+/// per message and per envelope, in their order: the queue's (message created, envelopes
+/// written with their lengths, message committed, envelope deleted or updated) and the
+/// scheduler's (inserting, committing, deleting, updating, aborting). Set aside: 6.8's
+/// batch lines (`getting batch`, `got r=`, `sleeping`, `waiting for`: smtpd's scheduler has
+/// no batches),
+/// `queue_message_fd_r` (smtpd's delivery workers open the message themselves) and
+/// `queue_envelope_load` (6.8 answers those from its envelope cache without a line).
+#[test]
+fn queue_and_scheduler_traces_are_opensmtpds() {
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "queue traces",
+        conf: "table aliases { postmaster = root, \
+               later = \"|/bin/sh -c 'echo busy >&2; exit 75'\" }\n\
+               listen on lo\n\
+               action \"local\" mbox alias <aliases>\n\
+               match from local for local action \"local\"\n",
+        script: "EHLO c.example\n\
+                 MAIL FROM:<nobody@localhost>\n\
+                 RCPT TO:<nobody@localhost>\n\
+                 RCPT TO:<later@localhost>\n\
+                 DATA\n\
+                 <DATA>\n\
+                 MAIL FROM:<nobody@localhost>\n\
+                 RSET\n\
+                 QUIT\n",
+        quiet: 2,
+        commands: "pause mda;resume mda;remove all",
+        flags: &["-T", "queue", "-T", "scheduler"],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let traced = |log: &str| -> Vec<String> {
+        let set_aside = [
+            "scheduler: getting batch",
+            "scheduler: got r=",
+            "scheduler: sleeping",
+            "scheduler: waiting for ",
+            "queue-backend: queue_message_fd_r(",
+            "queue-backend: queue_envelope_load(",
+        ];
+        let find = |prefix: &str, suffix: &str| -> String {
+            log.lines()
+                .find(|l| l.contains(prefix) && l.ends_with(suffix))
+                .and_then(|l| l.split(prefix).nth(1)?.split(' ').next())
+                .map(String::from)
+                .unwrap_or_else(|| panic!("no {prefix}…{suffix} line:\n{log}"))
+        };
+        let msg = find(" smtp message msgid=", "nrcpt=2 proto=ESMTP");
+        let delivered = find(" smtp envelope evpid=", "to=<nobody@localhost>");
+        let deferred = find(" smtp envelope evpid=", "to=<later@localhost>");
+        let rolled = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("queue-backend: queue_message_create() -> 1 ("))
+            .map(|m| m.trim_end_matches(')').to_string())
+            .find(|m| *m != msg)
+            .unwrap_or_else(|| panic!("no second message:\n{log}"));
+        let named = |l: &str| {
+            l.replace(&delivered, "EVP_DELIVERED")
+                .replace(&deferred, "EVP_DEFERRED")
+                .replace(&msg, "MSG")
+                .replace(&rolled, "MSG_ROLLED_BACK")
+        };
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.starts_with("queue-backend: ") || l.starts_with("scheduler: "))
+            .filter(|l| !set_aside.iter().any(|p| l.starts_with(p)))
+            .map(named)
+            .collect();
+        // Each process's lines about each object, in order; the objects in a fixed order.
+        let mut out = Vec::new();
+        for process in ["queue-backend: ", "scheduler: "] {
+            for object in [
+                "EVP_DELIVERED",
+                "EVP_DEFERRED",
+                "MSG_ROLLED_BACK",
+                "MSG",
+                "",
+            ] {
+                out.push(format!("== {process}{object}"));
+                for l in lines.iter().filter(|l| l.starts_with(process)) {
+                    let about = ["EVP_DELIVERED", "EVP_DEFERRED", "MSG_ROLLED_BACK", "MSG"]
+                        .into_iter()
+                        .find(|o| l.contains(o))
+                        .unwrap_or("");
+                    if about == object {
+                        out.push(l.clone());
+                    }
+                }
+            }
+        }
+        out
+    };
+    let their_traces = traced(&theirs.log);
+    assert!(
+        their_traces.contains(&"scheduler: updating evp:EVP_DEFERRED".to_string())
+            && their_traces.contains(&"scheduler: deleting evp:EVP_DELIVERED (ok)".to_string())
+            && their_traces.contains(&"scheduler: aborting msg:MSG_ROLLED_BACK".to_string())
+            && their_traces.contains(&"scheduler: resuming mda".to_string()),
+        "{their_traces:#?}\n{}",
+        theirs.log
+    );
+    assert_eq!(
+        traced(&mine.log),
+        their_traces,
+        "{}\n{}",
+        mine.log,
+        theirs.log
+    );
+    assert_eq!(ctl_seen(&mine.talk), ctl_seen(&theirs.talk));
+    let (mut theirs, mut mine) = (theirs, mine);
+    for p in [&mut theirs, &mut mine] {
+        without_ctl(p);
+        p.log = p
+            .log
+            .lines()
+            .filter(|l| !l.starts_with("queue-backend: ") && !l.starts_with("scheduler: "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    without_their_own_mbox(&mut theirs);
+    assert_same(&theirs, &mine);
+}

@@ -200,6 +200,7 @@ impl Runner {
         for e in recovered {
             scheduler.insert(schedule_entry(cfg, e));
         }
+        trace_scheduled(recovered, Scheduled::Walked);
         let agent = DeliveryAgent::new().with_subaddress_delimiter(cfg.smtp.sub_addr_delim);
         let limit = |key: &str, default: usize| {
             cfg.mda_limit(key)
@@ -228,6 +229,15 @@ impl Runner {
 
     /// Pause or resume an agent (`smtpd -P mda|mta`, `smtpctl pause`).
     pub fn set_paused(&self, kind: DeliveryKind, paused: bool) {
+        crate::log::scheduler_trace(|| {
+            let agent = if kind == DeliveryKind::Mta {
+                "mta"
+            } else {
+                "mda"
+            };
+            let verb = if paused { "pausing" } else { "resuming" };
+            format!("{verb} {agent}")
+        });
         if let Ok(mut s) = self.scheduler.lock() {
             if paused {
                 s.pause_agent(kind);
@@ -248,6 +258,7 @@ impl Runner {
                 s.insert(schedule_entry(&self.graph.config, e));
             }
         }
+        trace_scheduled(envelopes, Scheduled::Committed);
         self.wake.notify_one();
     }
 
@@ -350,6 +361,9 @@ impl Runner {
     }
 
     async fn expire(&self, evpid: Evpid) {
+        // The scheduler has let it go already (see `Scheduler::poll`); in 6.8 the queue
+        // acknowledges that before it loads, reports and deletes the envelope.
+        crate::log::scheduler_trace(|| format!("queue ack removal of evp:{evpid}"));
         if let Some(e) = self.load(evpid).await {
             let prefix = if e.kind() == DeliveryKind::Mta {
                 "relay"
@@ -932,6 +946,10 @@ impl Runner {
                 {
                     warn!("warn: queue: remove {evpid}: {err}");
                 }
+                crate::log::scheduler_trace(|| {
+                    let how = if status == Status::Ok { "ok" } else { "fail" };
+                    format!("deleting evp:{evpid} ({how})")
+                });
                 if let Ok(mut s) = self.scheduler.lock() {
                     s.delivered(evpid);
                 }
@@ -950,6 +968,7 @@ impl Runner {
         let copy = e.clone();
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.update_envelope(&copy)).await;
+        crate::log::scheduler_trace(|| format!("updating evp:{}", e.id));
         let outcome = self
             .scheduler
             .lock()
@@ -1320,7 +1339,7 @@ impl Runner {
             QueueId::Envelope(e) => vec![e],
             QueueId::Message(m) => self.spool.envelope_ids(m).unwrap_or_default(),
         };
-        let mut found = 0;
+        let mut found = Vec::new();
         for evpid in evpids {
             let Ok(e) = self.spool.load_envelope(evpid) else {
                 continue;
@@ -1328,9 +1347,11 @@ impl Runner {
             if let Ok(mut s) = self.scheduler.lock()
                 && s.insert(schedule_entry(&self.graph.config, &e))
             {
-                found += 1;
+                found.push(e);
             }
         }
+        trace_scheduled(&found, Scheduled::Discovered);
+        let found = found.len();
         if found > 0 {
             self.wake.notify_one();
         }
@@ -1401,6 +1422,7 @@ impl Runner {
             }
         }
         for evpid in removed {
+            crate::log::scheduler_trace(|| format!("queue ack removal of evp:{evpid}"));
             if let Some(e) = self.load(evpid).await {
                 let prefix = if e.kind() == DeliveryKind::Mta {
                     "relay"
@@ -1757,5 +1779,60 @@ mod tests {
         let t = Gauge::default();
         drop(t.hold(0));
         assert_eq!(t.get(), Some(0));
+    }
+}
+
+/// How envelopes came to the scheduler, for its `-T scheduler` lines (and the queue's walk
+/// at start-up, for `-T queue`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheduled {
+    /// Found in the queue at start-up.
+    Walked,
+    /// Just committed by a session or a report.
+    Committed,
+    /// `smtpctl discover`.
+    Discovered,
+}
+
+/// 6.8's trace of envelopes handed to the scheduler: `inserting evp:ID` for each (or
+/// `discovering evp:ID`), then `committing msg:ID` once the message's envelopes are all in.
+/// At start-up the queue's walk comes first (`queue_envelope_walk() -> LENGTH (ID)`, then
+/// `-> -1` at its end), as 6.8 loads its queue into the scheduler.
+fn trace_scheduled(envelopes: &[Envelope], how: Scheduled) {
+    let walked = how == Scheduled::Walked && crate::log::tracing("queue");
+    if !walked && !crate::log::tracing("scheduler") {
+        return;
+    }
+    let verb = if how == Scheduled::Discovered {
+        "discovering"
+    } else {
+        "inserting"
+    };
+    // A session's envelopes come in the order of its recipients; the queue's walk goes
+    // message by message.
+    let mut ordered: Vec<&Envelope> = envelopes.iter().collect();
+    if how == Scheduled::Walked {
+        ordered.sort_by_key(|e| e.id);
+    }
+    let mut open: Option<crate::queue::Msgid> = None;
+    for e in ordered {
+        if walked {
+            crate::log::queue_trace(|| {
+                let len = e.to_file_text().map(|t| t.len()).unwrap_or(0);
+                format!("queue_envelope_walk() -> {len} ({})", e.id)
+            });
+        }
+        let msgid = e.id.msgid();
+        if let Some(done) = open.filter(|m| *m != msgid) {
+            crate::log::scheduler_trace(|| format!("committing msg:{done}"));
+        }
+        open = Some(msgid);
+        crate::log::scheduler_trace(|| format!("{verb} evp:{}", e.id));
+    }
+    if walked {
+        crate::log::queue_trace(|| "queue_envelope_walk() -> -1 (0000000000000000)".into());
+    }
+    if let Some(done) = open {
+        crate::log::scheduler_trace(|| format!("committing msg:{done}"));
     }
 }

@@ -123,6 +123,7 @@ impl Spool {
                 _lock: lock,
             }),
         };
+        crate::log::queue_trace(|| "queue_init(1) -> 1".into());
         Ok((spool, recovered))
     }
 
@@ -228,12 +229,14 @@ impl Spool {
                 self.release_msgid(msgid);
                 continue;
             }
+            crate::log::queue_trace(|| format!("queue_message_create() -> 1 ({msgid})"));
             return Ok(MessageWriter::new(
                 self.clone(),
                 msgid,
                 layout.incoming_message(msgid),
             ));
         }
+        crate::log::queue_trace(|| "queue_message_create() -> 0 (00000000)".into());
         Err(QueueError::io(
             "find a free message id in",
             &layout.queue(),
@@ -393,6 +396,19 @@ impl Spool {
     /// and reported as [`QueueError::Corrupt`].
     pub fn load_envelope(&self, evpid: Evpid) -> Result<Envelope> {
         let _profile = crate::log::queue_timer("queue_envelope_load");
+        let loaded = self.load_envelope_file(evpid);
+        crate::log::queue_trace(|| {
+            // 6.8 gives the length of the envelope it read, 0 when it could not.
+            let len = match &loaded {
+                Ok(e) => e.to_file_text().map(|t| t.len()).unwrap_or(0),
+                Err(_) => 0,
+            };
+            format!("queue_envelope_load({evpid}) -> {len}")
+        });
+        loaded
+    }
+
+    fn load_envelope_file(&self, evpid: Evpid) -> Result<Envelope> {
         let path = self.inner.layout.envelope_file(evpid);
         match read_envelope(&path, evpid) {
             Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -426,7 +442,12 @@ impl Spool {
     /// old or the new envelope, never a mix.
     pub fn update_envelope(&self, envelope: &Envelope) -> Result<()> {
         let _profile = crate::log::queue_timer("queue_envelope_update");
-        self.store_envelope(envelope, true)
+        let stored = self.store_envelope(envelope, true);
+        crate::log::queue_trace(|| {
+            let r = i32::from(stored.is_ok());
+            format!("queue_envelope_update({}) -> {r}", envelope.id)
+        });
+        stored
     }
 
     /// Draws an envelope id that is free in a committed message (for a
@@ -453,7 +474,13 @@ impl Spool {
     /// durably, the same way [`Spool::update_envelope`] writes.
     pub fn add_envelope(&self, envelope: &Envelope) -> Result<()> {
         let _profile = crate::log::queue_timer("queue_envelope_create");
-        self.store_envelope(envelope, false)
+        let stored = self.store_envelope(envelope, false);
+        crate::log::queue_trace(|| {
+            let len = envelope.to_file_text().map(|t| t.len()).unwrap_or(0);
+            let asked = u64::from(envelope.id.msgid().get()) << 32;
+            envelope_create_words(asked, envelope.id, len, stored.is_ok())
+        });
+        stored
     }
 
     fn store_envelope(&self, envelope: &Envelope, replace: bool) -> Result<()> {
@@ -506,6 +533,15 @@ impl Spool {
     /// it again.
     pub fn remove_envelope(&self, evpid: Evpid) -> Result<Removed> {
         let _profile = crate::log::queue_timer("queue_envelope_delete");
+        let removed = self.remove_envelope_file(evpid);
+        crate::log::queue_trace(|| {
+            let r = i32::from(removed.is_ok());
+            format!("queue_envelope_delete({evpid}) -> {r}")
+        });
+        removed
+    }
+
+    fn remove_envelope_file(&self, evpid: Evpid) -> Result<Removed> {
         let layout = &self.inner.layout;
         let msgid = evpid.msgid();
         let _guard = self.stripe(msgid);
@@ -541,10 +577,15 @@ impl Spool {
     /// envelopes it had.
     pub fn remove_message(&self, msgid: Msgid) -> Result<usize> {
         let _profile = crate::log::queue_timer("queue_message_delete");
-        let count = self.envelope_ids(msgid)?.len();
-        let _guard = self.stripe(msgid);
-        self.purge_locked(msgid)?;
-        Ok(count)
+        let removed = self.envelope_ids(msgid).and_then(|ids| {
+            let _guard = self.stripe(msgid);
+            self.purge_locked(msgid).map(|()| ids.len())
+        });
+        crate::log::queue_trace(|| {
+            let r = i32::from(removed.is_ok());
+            format!("queue_message_delete({msgid}) -> {r}")
+        });
+        removed
     }
 
     /// Moves a message directory to `purge/` (durably gone from `queue/`
@@ -658,13 +699,21 @@ impl Spool {
     pub fn open_message(&self, msgid: Msgid) -> Result<File> {
         let _profile = crate::log::queue_timer("queue_message_fd_r");
         let path = self.inner.layout.message_file(msgid);
-        super::crypto::open_message_file(&path).map_err(|e| {
+        let opened = super::crypto::open_message_file(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 QueueError::NoSuchMessage(msgid)
             } else {
                 QueueError::io("open", &path, e)
             }
-        })
+        });
+        crate::log::queue_trace(|| {
+            let fd = match &opened {
+                Ok(f) => std::os::fd::AsRawFd::as_raw_fd(f),
+                Err(_) => -1,
+            };
+            format!("queue_message_fd_r({msgid}) -> {fd}")
+        });
+        opened
     }
 
     fn stripe(&self, msgid: Msgid) -> MutexGuard<'_, ()> {
@@ -675,4 +724,12 @@ impl Spool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// 6.8's words for an envelope written into the queue: the id it was asked for (`asked`:
+/// the message's id in the high half, or the id of the transaction's envelope before),
+/// the envelope's length, the result and the id it got.
+pub(crate) fn envelope_create_words(asked: u64, evpid: Evpid, len: usize, created: bool) -> String {
+    let (r, got) = if created { (1, evpid.get()) } else { (0, 0) };
+    format!("queue_envelope_create({asked:016x}, {len}) -> {r} ({got:016x})")
 }

@@ -337,13 +337,17 @@ impl MessageWriter {
 
     /// Like [`MessageWriter::discard`], from a blocking context.
     pub fn discard_blocking(mut self) {
+        let msgid = self.msgid;
+        let trace = || crate::log::queue_trace(|| format!("queue_message_delete({msgid}) -> 1"));
         match std::mem::replace(&mut self.body, Body::Broken) {
             Body::Lazy | Body::Memory(_) => {
+                trace();
                 self.finished = true;
                 self.release_held();
                 self.spool.release_msgid(self.msgid);
             }
             Body::Open(file) => {
+                trace();
                 self.finished = true;
                 self.spool.recycle_incoming(&self.dir, file);
                 self.spool.release_msgid(self.msgid);
@@ -369,10 +373,12 @@ impl MessageWriter {
         self.spool.release_msgid(self.msgid);
         let body = std::mem::replace(&mut self.body, Body::Broken);
         self.release_held();
-        match body {
+        let removed = match body {
             Body::Lazy | Body::Memory(_) => Ok(()),
             _ => remove_tree(&self.dir),
-        }
+        };
+        trace_rollback(self.msgid, removed.is_ok());
+        removed
     }
 
     /// Stands for a crash in tests: the writer goes away without cleaning up.
@@ -441,13 +447,23 @@ impl Drop for MessageWriter {
         self.release_held();
         if !self.finished {
             self.spool.release_msgid(self.msgid);
+            let mut removed = true;
             if !matches!(body, Body::Lazy | Body::Memory(_))
                 && let Err(e) = remove_tree(&self.dir)
             {
                 tracing::warn!("{e}");
+                removed = false;
             }
+            trace_rollback(self.msgid, removed);
         }
     }
+}
+
+/// A transaction that ends without a commit, in 6.8's words: the queue deletes the
+/// message, and the scheduler forgets what it had of it.
+fn trace_rollback(msgid: Msgid, removed: bool) {
+    crate::log::queue_trace(|| format!("queue_message_delete({msgid}) -> {}", i32::from(removed)));
+    crate::log::scheduler_trace(|| format!("aborting msg:{msgid}"));
 }
 
 /// Another reader of the memory file `file`, with an offset of its own (through `/proc`).
@@ -564,11 +580,24 @@ impl Transaction {
         };
         let prepared = file.and_then(|file| prepare(&dir, file, &tail, &envelopes, counters));
         Counters::add(&counters.prepare_micros, micros_since(started));
+        // As 6.8 words it, each envelope after the first is asked for with the id the one
+        // before it got.
+        let mut asked = u64::from(msgid.get()) << 32;
+        for (evpid, text) in &envelopes {
+            crate::log::queue_trace(|| {
+                super::spool::envelope_create_words(asked, *evpid, text.len(), prepared.is_ok())
+            });
+            asked = evpid.get();
+        }
         let outcome = match prepared {
             Err(e) => Err(e),
             Ok(()) if cancelled.load(Ordering::Acquire) => Err(QueueError::Cancelled),
             Ok(()) => spool.committer().submit(msgid, cancelled),
         };
+        crate::log::queue_trace(|| {
+            let r = i32::from(outcome.is_ok());
+            format!("queue_message_commit({msgid}) -> {r}")
+        });
         // Committed (the queue holds the id now) or rolled back: the reservation goes.
         spool.release_msgid(msgid);
         match outcome {
