@@ -22,16 +22,17 @@ is printed after the transcript, behind a line `== sink`, each session from a li
 `<connect from ADDR>` naming the address it came from, the sessions one after the other
 in the order they began.
 
-With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
 With PROBE_DNS=FILE, a DNS server answers on 127.0.0.1:53 (UDP) from FILE's lines
 `NAME TYPE VALUE` (types A, MX as `PREF HOST`, PTR); a name it does not hold gets
 NXDOMAIN, another type of a name it holds an empty answer, a name with a line
 `NAME SERVFAIL -` a SERVFAIL for every type.
 
+With PROBE_CTL=COMMAND (smtpctl and its first arguments, split on spaces) and
 PROBE_CTL_RUN (`;`-separated smtpctl commands), those commands run once the log is quiet,
 before the MTA is stopped; each one's output follows a line `== ctl COMMAND`. In a
 command, EVPID and MSGID stand for the first envelope `show queue` printed last, and its
-message.
+message. The word `<QUIET>` in their place prints nothing and waits until the log has
+been quiet again (for what the commands set going to be logged before the MTA stops).
 """
 import os
 import socket
@@ -310,18 +311,13 @@ def main():
                 out.append("<%s>" % type(e).__name__)
             s.close()
         # Deliveries end when the log has been quiet for a while (within 60 s).
-        quiet = float(os.environ.get("PROBE_QUIET", "2"))
-        quiet_since, size, end = time.monotonic(), -1, time.monotonic() + 60
-        while time.monotonic() < end:
-            now_size = os.path.getsize(os.environ["PROBE_LOG"])
-            if now_size != size:
-                size, quiet_since = now_size, time.monotonic()
-            elif time.monotonic() - quiet_since >= quiet:
-                break
-            time.sleep(0.1)
+        wait_quiet()
         ctl = os.environ.get("PROBE_CTL", "").split()
         evpid = "0"
         for command in filter(None, os.environ.get("PROBE_CTL_RUN", "").split(";")):
+            if command.strip() == "<QUIET>":
+                wait_quiet()
+                continue
             out.append("== ctl " + command)
             words = [evpid if w == "EVPID" else evpid[:8] if w == "MSGID" else w
                      for w in command.split()]
@@ -348,6 +344,20 @@ def main():
             for lines in sink.sessions:
                 out.extend(lines)
     print("\n".join(out))
+
+
+def wait_quiet():
+    """Returns once the MTA's log has not grown for PROBE_QUIET seconds (2 by default), or
+    after 60 s."""
+    quiet = float(os.environ.get("PROBE_QUIET", "2"))
+    quiet_since, size, end = time.monotonic(), -1, time.monotonic() + 60
+    while time.monotonic() < end:
+        now_size = os.path.getsize(os.environ["PROBE_LOG"])
+        if now_size != size:
+            size, quiet_since = now_size, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet:
+            break
+        time.sleep(0.1)
 
 
 main()
