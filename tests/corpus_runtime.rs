@@ -2662,3 +2662,88 @@ fn queue_and_scheduler_traces_are_opensmtpds() {
     without_their_own_mbox(&mut theirs);
     assert_same(&theirs, &mine);
 }
+
+/// The `-T tables` dump, measured against 6.8 (with `-v`: 6.8 writes it as debug lines):
+/// every table in name order with its backend, type and file, and the entries of those it
+/// holds itself — inline and file tables, mappings and lists, an anonymous table of a
+/// rule, and the built-in ones. Set aside: the IPv6 entries of `<localhost>` and
+/// `<localnames>`, which 6.8 writes in brackets (`[::1]`, then `[[::1]]` and
+/// `[ipv6:[::1]]`), where smtpd holds `::1`, `[::1]` and `[ipv6:::1]` (compatibility.md).
+#[test]
+fn table_dumps_are_opensmtpds() {
+    let files = readable_tempdir();
+    let aliases = files.path().join("aliases");
+    std::fs::write(
+        &aliases,
+        "postmaster: root\nAbuse: root, nobody\n# comment\n",
+    )
+    .unwrap();
+    let domains = files.path().join("domains");
+    std::fs::write(&domains, "Example.ORG\nexample.net\n").unwrap();
+    let Some((theirs, mine)) = both_probed(&Scenario {
+        what: "table dumps",
+        conf: &format!(
+            "table aliases file:{}\n\
+             table domains \"{}\"\n\
+             table users {{ joe = \"1000:1000:/home/joe\", Ann = \"1001:1001:/home/ann\" }}\n\
+             table nets {{ 127.0.0.0/8, \"::1\" }}\n\
+             listen on lo\n\
+             action \"local\" mbox alias <aliases>\n\
+             action \"virt\" mbox userbase <users>\n\
+             match from src <nets> for domain <domains> action \"virt\"\n\
+             match from src {{ 192.0.2.1, 192.0.2.2 }} for local action \"local\"\n\
+             match from local for local action \"local\"\n",
+            aliases.display(),
+            domains.display()
+        ),
+        script: "EHLO c.example\nQUIT\n",
+        quiet: 2,
+        flags: &["-v", "-T", "tables"],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let dump = |log: &str| -> Vec<String> {
+        let mut table = String::new();
+        log.lines()
+            .filter(|l| l.starts_with("TABLE \"") || l.starts_with("\t\""))
+            .filter(|l| {
+                if let Some(rest) = l.strip_prefix("TABLE \"") {
+                    table = rest.split('"').next().unwrap_or_default().to_string();
+                    return true;
+                }
+                !(matches!(table.as_str(), "<localhost>" | "<localnames>") && l.contains(':'))
+            })
+            .map(String::from)
+            .collect()
+    };
+    let their_dump = dump(&theirs.log);
+    assert!(
+        their_dump.contains(&format!(
+            "TABLE \"aliases\" backend=static type=HASH config=\"{}\"",
+            aliases.display()
+        )) && their_dump.contains(&"\t\"abuse\" -> \"root, nobody\"".to_string())
+            && their_dump
+                .contains(&"TABLE \"<getpwnam>\" backend=getpwnam type=DYNAMIC".to_string()),
+        "{their_dump:#?}\n{}",
+        theirs.log
+    );
+    assert_eq!(dump(&mine.log), their_dump, "{}\n{}", mine.log, theirs.log);
+    // The IPv6 forms each holds.
+    let local = |log: &str, entry: &str| log.lines().any(|l| l == format!("\t\"{entry}\""));
+    for entry in ["[::1]", "[[::1]]", "[ipv6:[::1]]"] {
+        assert!(
+            local(&theirs.log, entry),
+            "6.8 without {entry}:\n{}",
+            theirs.log
+        );
+    }
+    for entry in ["::1", "[::1]", "[ipv6:::1]"] {
+        assert!(
+            local(&mine.log, entry),
+            "smtpd without {entry}:\n{}",
+            mine.log
+        );
+    }
+    assert_eq!(normalized(&mine.talk), normalized(&theirs.talk));
+}

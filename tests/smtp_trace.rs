@@ -282,3 +282,50 @@ fn the_queue_and_the_scheduler_traced_as_opensmtpd_traces_them() {
         "{log}"
     );
 }
+
+#[test]
+fn tables_are_dumped_at_start_with_t_tables_and_v() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("domains");
+    std::fs::write(&list, "B.example\na.example\n").unwrap();
+    let conf = format!(
+        "table domains file:{}\n\
+         table aliases {{ postmaster = root, abuse = \"root, nobody\" }}\n\
+         listen on 127.0.0.1 port PORT\n\
+         action \"local\" mbox alias <aliases>\n\
+         match from any for domain <domains> action \"local\"\n",
+        list.display()
+    );
+    let d = common::Daemon::start(dir.path(), &conf, &["-v", "-T", "tables"]);
+    let log = d.stop();
+    let dump: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("TABLE \"") || l.starts_with('\t'))
+        .collect();
+    let at = |line: &str| dump.iter().position(|l| *l == line);
+    let aliases = at("TABLE \"aliases\" backend=static type=HASH").expect(&log);
+    assert_eq!(
+        dump[aliases + 1..aliases + 3],
+        [
+            "\t\"abuse\" -> \"root, nobody\"",
+            "\t\"postmaster\" -> \"root\""
+        ]
+    );
+    let domains = at(&format!(
+        "TABLE \"domains\" backend=static type=LIST config=\"{}\"",
+        list.display()
+    ))
+    .expect(&log);
+    assert_eq!(
+        dump[domains + 1..domains + 3],
+        ["\t\"a.example\"", "\t\"b.example\""]
+    );
+    // In name order, the built-in tables (`<…>`) first.
+    let getpwnam = at("TABLE \"<getpwnam>\" backend=getpwnam type=DYNAMIC").expect(&log);
+    assert!(getpwnam < aliases && aliases < domains, "{dump:#?}");
+
+    // Without -v the dump is not shown (debug lines, as in 6.8).
+    let d = common::Daemon::start(dir.path(), &conf, &["-T", "tables"]);
+    let log = d.stop();
+    assert!(!log.contains("TABLE \""), "{log}");
+}

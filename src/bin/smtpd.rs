@@ -329,6 +329,7 @@ fn run_daemon(args: &Args, graph: std::sync::Arc<RuleGraph>) -> ExitCode {
             }
         };
     }
+    smtpd::table::trace_dump(&graph.config.tables);
     // External tables' programs run as the daemon's own (unprivileged) user, as
     // OpenSMTPD's lookup process starts them after its privilege drop.
     match graph.open_tables() {

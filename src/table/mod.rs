@@ -89,6 +89,53 @@ pub fn backend_name(t: &crate::config::model::Table) -> &'static str {
     }
 }
 
+/// `-T tables`: every table, in name order, as OpenSMTPD 6.8's lookup process dumps them
+/// once the configuration is in — `TABLE "NAME" backend=BACKEND type=HASH|LIST|DYNAMIC`,
+/// ` config="PATH"` for a table read from a file or run by a program, then for the tables
+/// smtpd holds itself one line per entry (`<TAB>"KEY" -> "VALUE"`, or `<TAB>"KEY"` in a
+/// list). Debug lines, as in 6.8: shown with `-v`.
+pub fn trace_dump(tables: &[crate::config::model::Table]) {
+    use crate::config::model::{TableBackend, TableKind};
+    if !crate::log::tracing("tables") {
+        return;
+    }
+    let mut sorted: Vec<&crate::config::model::Table> = tables.iter().collect();
+    sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    for t in sorted {
+        let backend = backend_name(t);
+        let config = match &t.backend {
+            TableBackend::File { path, .. } | TableBackend::Db { path } => path.clone(),
+            TableBackend::External { backend, config } if config.is_empty() => backend.clone(),
+            TableBackend::External { backend, config } => format!("{backend}:{config}"),
+            TableBackend::Inline | TableBackend::Builtin => String::new(),
+        };
+        // 6.8 types a table by its contents only when it holds them itself; a file
+        // without entries stays untyped.
+        let kind = match (backend, t.kind) {
+            ("static", _) if t.entries.is_empty() => "NONE",
+            ("static", TableKind::List) => "LIST",
+            ("static", TableKind::Mapping) => "HASH",
+            _ => "DYNAMIC",
+        };
+        let config = if config.is_empty() {
+            String::new()
+        } else {
+            format!(" config=\"{config}\"")
+        };
+        tracing::debug!("TABLE \"{}\" backend={backend} type={kind}{config}", t.name);
+        if backend != "static" {
+            continue;
+        }
+        for (key, value) in t.entries.iter() {
+            if t.kind == TableKind::List {
+                tracing::debug!("\t\"{key}\"");
+            } else {
+                tracing::debug!("\t\"{key}\" -> \"{value}\"");
+            }
+        }
+    }
+}
+
 /// Writes OpenSMTPD's lookup trace line (`-T lookup`): `lookup: lookup "KEY" as SERVICE in
 /// table BACKEND:NAME -> "VALUE"|none|error: WHY`.
 pub fn trace_answer<T: AsRef<str>>(
