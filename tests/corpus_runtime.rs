@@ -647,6 +647,17 @@ fn without_ctl(p: &mut Probed) {
         .to_string();
 }
 
+/// Leaves out of the log the lines that begin with one of `prefixes` (traces compared on
+/// their own, or lines one MTA writes for reasons of its own).
+fn without_log_lines(p: &mut Probed, prefixes: &[&str]) {
+    p.log = p
+        .log
+        .lines()
+        .filter(|l| !prefixes.iter().any(|prefix| l.starts_with(prefix)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+}
+
 /// OpenSMTPD as `SMTPD_REFERENCE` names it, or `None` (and a SKIPPED line saying why the
 /// `what` comparison is not run) when it or the tools are missing.
 fn reference_for(what: &str) -> Option<PathBuf> {
@@ -1852,12 +1863,7 @@ fn relay_options_are_opensmtpds() {
     let (mut theirs, mut mine) = (theirs, mine);
     for p in [&mut theirs, &mut mine] {
         without_sink_and_ctl(p);
-        p.log = p
-            .log
-            .lines()
-            .filter(|l| !l.starts_with("mta: "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        without_log_lines(p, &["mta: "]);
     }
     assert_same(&theirs, &mine);
 }
@@ -2303,12 +2309,7 @@ fn smtpctl_control_commands_are_opensmtpds() {
         without_ctl(p);
         // While `log verbose` is on, 6.8 logs its processes' own messages
         // (`debug: control -> client: pipe closed`).
-        p.log = p
-            .log
-            .lines()
-            .filter(|l| !l.starts_with("debug: "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        without_log_lines(p, &["debug: "]);
     }
     assert_same(&theirs, &mine);
 }
@@ -2652,12 +2653,7 @@ fn queue_and_scheduler_traces_are_opensmtpds() {
     let (mut theirs, mut mine) = (theirs, mine);
     for p in [&mut theirs, &mut mine] {
         without_ctl(p);
-        p.log = p
-            .log
-            .lines()
-            .filter(|l| !l.starts_with("queue-backend: ") && !l.starts_with("scheduler: "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        without_log_lines(p, &["queue-backend: ", "scheduler: "]);
     }
     without_their_own_mbox(&mut theirs);
     assert_same(&theirs, &mine);

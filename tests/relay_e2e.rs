@@ -1925,3 +1925,68 @@ async fn a_refused_recipient_is_logged_before_the_message_is_sent() {
         "{lines:#?}"
     );
 }
+
+/// `show stats` counts the outbound side's objects as 6.8's `mta.*` gauges: while a next
+/// hop holds its reply to the final dot, one session, envelope, task (running), relay,
+/// connector, domain, source, route and host; once the message is taken, no envelope and
+/// no task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_the_outbound_side() {
+    let hold = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (sink, addr) = Sink {
+        data_hold: Some(hold.clone()),
+        ..Sink::default()
+    }
+    .start("127.0.0.1:0")
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, port) = start(dir.path(), &relay_conf("", addr.port(), ""));
+    let spool = dir.path().join("spool");
+    wait_for_control(&spool);
+    let stats = || {
+        let out = common::smtpctl(&spool, &["show", "stats"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Nothing was relayed yet: no `mta.` counter.
+    assert!(!stats().contains("mta."), "{}", stats());
+    let reply = tokio::task::spawn_blocking(move || {
+        submit(
+            port,
+            "a@client.example",
+            "bob@far.test",
+            "Subject: s\r\n\r\nx\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    // The next hop has the message and holds its reply.
+    let t = Instant::now();
+    while sink.data.lock().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = stats();
+    for key in [
+        "mta.connector=1",
+        "mta.domain=1",
+        "mta.envelope=1",
+        "mta.host=1",
+        "mta.relay=1",
+        "mta.route=1",
+        "mta.session=1",
+        "mta.source=1",
+        "mta.task=1",
+        "mta.task.running=1",
+    ] {
+        assert!(during.lines().any(|l| l == key), "{key} in {during}");
+    }
+    hold.add_permits(1);
+    let delivered = daemon.wait_for(" mta delivery ");
+    assert!(delivered.contains("result=\"Ok\""), "{delivered}");
+    let after = stats();
+    for key in ["mta.envelope=0", "mta.task=0", "mta.task.running=0"] {
+        assert!(after.lines().any(|l| l == key), "{key} in {after}");
+    }
+}

@@ -301,10 +301,10 @@ fn main() -> ExitCode {
         }
         Ok(reply) => {
             match &only {
-                Some(msgid) => reply
+                Some(_) => reply
                     .text
                     .lines()
-                    .filter(|l| l.starts_with(msgid.as_str()))
+                    .filter(|l| of_message(l, only.as_deref()))
                     .for_each(|l| println!("{l}")),
                 None => print!("{}", reply.text),
             }
@@ -408,6 +408,12 @@ fn ask(socket: &std::path::Path, request: &Request) -> std::io::Result<Reply> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed reply"))
 }
 
+/// Whether a `show queue` line is one `show queue MSGID` shows: every line without a
+/// message id, else the lines of that message (the envelope id comes first).
+fn of_message(line: &str, only: Option<&str>) -> bool {
+    only.is_none_or(|msgid| line.starts_with(msgid))
+}
+
 /// `show queue` without a daemon: the envelopes on disk, state `offline`. An envelope
 /// sealed by `queue encryption` cannot be read without the daemon's key: as 6.8, a
 /// warning for each one (`offline encrypted queue is not supported yet`) and the others.
@@ -431,7 +437,7 @@ fn offline_queue(spool: Option<PathBuf>, only: Option<&str>) -> ExitCode {
             let mut out = std::io::stdout().lock();
             for e in &list {
                 let line = smtpd::control::show::queue_line(e, None, 0);
-                if only.is_none_or(|m| line.starts_with(m)) {
+                if of_message(&line, only) {
                     let _ = writeln!(out, "{line}");
                 }
             }

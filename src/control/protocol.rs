@@ -304,7 +304,7 @@ impl Reply {
 
     /// Whether this is [`Reply::need_root`].
     pub fn is_need_root(&self) -> bool {
-        !self.ok && *self == Reply::need_root()
+        *self == Reply::need_root()
     }
 
     /// OpenSMTPD's `command failed` or `command failed: REASON`.

@@ -100,13 +100,19 @@ pub fn trace_dump(tables: &[crate::config::model::Table]) {
         return;
     }
     let mut sorted: Vec<&crate::config::model::Table> = tables.iter().collect();
-    sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
     for t in sorted {
         let backend = backend_name(t);
         let config = match &t.backend {
-            TableBackend::File { path, .. } | TableBackend::Db { path } => path.clone(),
-            TableBackend::External { backend, config } if config.is_empty() => backend.clone(),
-            TableBackend::External { backend, config } => format!("{backend}:{config}"),
+            TableBackend::File { path, .. } | TableBackend::Db { path } => {
+                format!(" config=\"{path}\"")
+            }
+            TableBackend::External { backend, config } if config.is_empty() => {
+                format!(" config=\"{backend}\"")
+            }
+            TableBackend::External { backend, config } => {
+                format!(" config=\"{backend}:{config}\"")
+            }
             TableBackend::Inline | TableBackend::Builtin => String::new(),
         };
         // 6.8 types a table by its contents only when it holds them itself; a file
@@ -116,11 +122,6 @@ pub fn trace_dump(tables: &[crate::config::model::Table]) {
             ("static", TableKind::List) => "LIST",
             ("static", TableKind::Mapping) => "HASH",
             _ => "DYNAMIC",
-        };
-        let config = if config.is_empty() {
-            String::new()
-        } else {
-            format!(" config=\"{config}\"")
         };
         tracing::debug!("TABLE \"{}\" backend={backend} type={kind}{config}", t.name);
         if backend != "static" {

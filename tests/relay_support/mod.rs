@@ -29,6 +29,9 @@ pub struct Sink {
     pub refuse_rcpt: Option<String>,
     /// Wait this long before answering the end of DATA.
     pub data_delay: Option<std::time::Duration>,
+    /// Before answering the end of DATA, take a permit of this (the test adds one to let
+    /// the reply go); the message is in `data` while it waits.
+    pub data_hold: Option<Arc<tokio::sync::Semaphore>>,
     /// Wait this long before the greeting.
     pub greeting_delay: Option<std::time::Duration>,
     /// Hang up instead of answering the MAIL that follows this many messages.
@@ -190,6 +193,9 @@ impl Sink {
                     received += 1;
                     if let Some(d) = self.data_delay {
                         tokio::time::sleep(d).await;
+                    }
+                    if let Some(hold) = &self.data_hold {
+                        hold.acquire().await.ok()?.forget();
                     }
                     "250 2.0.0 queued as 42\r\n".into()
                 }
